@@ -1,0 +1,355 @@
+//! The `lazyrec-db` command line: start the private Postgres, migrate, ingest logs, import the
+//! catalog, users and MovieLens, refresh popularity, show status.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use sqlx::{Connection, PgConnection, PgPool};
+
+use crate::import::{self, movielens};
+use crate::ingest::{IngestOptions, IngestReport, Ingester};
+use crate::parse::{DEFAULT_MAX_USER_ID, ParseConfig};
+use crate::pgcluster::PgCluster;
+use crate::popularity::{self, PopularityParams};
+use crate::source::{self, LineSource, StreamSource};
+
+/// The database the project's own commands create in the private cluster.
+pub const DATABASE_NAME: &str = "lazyrec";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lazyrec-db",
+    version,
+    about = "lazyrec's data layer: private Postgres, schema, course-log ingestion, catalog and MovieLens import",
+    long_about = "lazyrec's data layer.\n\nWithout DATABASE_URL, commands use the project's private Postgres cluster under the state directory (start it with `lazyrec-db up`). With DATABASE_URL, they use that database instead."
+)]
+struct Cli {
+    /// Postgres URL; overrides the private cluster.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+    /// Where the private cluster and other local state live.
+    #[arg(long, env = "LAZYREC_STATE_DIR", default_value = ".state", global = true)]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start (or reuse) the private Postgres cluster, create and migrate the database, print DATABASE_URL.
+    Up,
+    /// Stop the private Postgres cluster.
+    Down,
+    /// Apply pending schema migrations.
+    Migrate,
+    /// Ingest course log lines from files, directories or stdin, exactly once.
+    Ingest(IngestArgs),
+    /// Import the course catalog (course_catalog_union.jsonl or raw movie-API JSON).
+    ImportCatalog {
+        /// The catalog file.
+        path: PathBuf,
+    },
+    /// Import course users (API JSON or user_id,age,occupation,gender CSV).
+    ImportUsers {
+        /// The users file.
+        path: PathBuf,
+    },
+    /// Import MovieLens ml-latest-small: movies with course-style ids, ratings through the ingester.
+    ImportMovielens(MovieLensArgs),
+    /// Recompute the popularity table (stamped with the current watermark).
+    Popularity {
+        /// Window length in days, ending at the newest ingested event.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(i32).range(1..=3650))]
+        window_days: i32,
+        /// Weight of in-window activity versus TMDB popularity, 0..=1.
+        #[arg(long, default_value_t = 0.7)]
+        activity_weight: f64,
+    },
+    /// Load the bundled default dataset (MovieLens + TMDB overviews), then refresh popularity. Idempotent.
+    LoadDefault,
+    /// Print table counts, the watermark and per-source positions.
+    Status,
+}
+
+#[derive(Args, Debug)]
+struct IngestArgs {
+    /// Files or directories (a directory's files in name order); `-` or nothing reads stdin.
+    paths: Vec<PathBuf>,
+    /// Keep reading files as they grow (like `tail -f`); stop with Ctrl-C.
+    #[arg(long)]
+    follow: bool,
+    /// Name under which stdin's position is stored (resume key).
+    #[arg(long, default_value = "stdin")]
+    source_name: String,
+    /// The rating scale of the log: 5 (older course) or 10 (2026 course).
+    #[arg(long, default_value_t = 5, value_parser = parse_scale)]
+    rating_scale: i16,
+    /// Largest plausible user id; larger ids are rejected as injected garbage.
+    #[arg(long, default_value_t = DEFAULT_MAX_USER_ID)]
+    max_user_id: i64,
+    /// Lines per transaction.
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    batch_lines: u64,
+    /// Never draw a progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[derive(Args, Debug)]
+struct MovieLensArgs {
+    /// The ml-latest-small directory (default: the bundled copy).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// The ml-latest-small × TMDB join file (overviews).
+    #[arg(long)]
+    tmdb_join: Option<PathBuf>,
+    /// The TMDB stats file (popularity, votes).
+    #[arg(long)]
+    tmdb_stats: Option<PathBuf>,
+    /// The course's course_to_ml-latest-small.csv: report how many of our ids agree with it.
+    #[arg(long)]
+    check_mapping: Option<PathBuf>,
+}
+
+/// Runs the command line; the binary prints the error chain and exits non-zero on `Err`.
+pub async fn run() -> Result<()> {
+    let cli = Cli::parse();
+    match &cli.command {
+        Command::Up => {
+            let url = up(&cli).await?;
+            println!("DATABASE_URL={url}");
+            Ok(())
+        }
+        Command::Down => {
+            let stopped = PgCluster::stop_daemon(&cli.state_dir.join("pg")).context("stopping the private cluster")?;
+            println!("{}", if stopped { "stopped the private Postgres cluster" } else { "the private Postgres cluster was not running" });
+            Ok(())
+        }
+        Command::Migrate => {
+            let pool = pool(&cli).await?;
+            crate::migrate(&pool).await.context("applying migrations")?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Ingest(args) => {
+            let report = ingest(&cli, args).await?;
+            println!("{}", report.render());
+            Ok(())
+        }
+        Command::ImportCatalog { path } => {
+            let pool = pool(&cli).await?;
+            let (movies, skipped) = import::catalog::read_catalog(path).context("reading the catalog")?;
+            for s in &skipped {
+                eprintln!("skipped {}: {}", s.at, s.reason);
+            }
+            let source = format!("catalog:{}", file_name(path));
+            let mut stats = import::upsert_movies(&pool, &movies, &source).await.context("writing movies")?;
+            stats.skipped = skipped.len() as u64;
+            println!("movies: {stats}");
+            Ok(())
+        }
+        Command::ImportUsers { path } => {
+            let pool = pool(&cli).await?;
+            let (users, skipped) = import::users::read_users(path).context("reading users")?;
+            let mut stats = import::users::upsert_users(&pool, &users, &format!("users:{}", file_name(path)))
+                .await
+                .context("writing users")?;
+            stats.skipped = skipped;
+            println!("users: {stats}");
+            Ok(())
+        }
+        Command::ImportMovielens(args) => {
+            let pool = pool(&cli).await?;
+            let mut paths = movielens::MovieLensPaths::bundled();
+            if let Some(dir) = &args.dir {
+                paths = movielens::MovieLensPaths { dir: dir.clone(), tmdb_join: None, tmdb_stats: None };
+            }
+            if args.tmdb_join.is_some() {
+                paths.tmdb_join = args.tmdb_join.clone();
+            }
+            if args.tmdb_stats.is_some() {
+                paths.tmdb_stats = args.tmdb_stats.clone();
+            }
+            import_movielens(&cli, &pool, &paths, args.check_mapping.as_deref()).await
+        }
+        Command::Popularity { window_days, activity_weight } => {
+            if !(0.0..=1.0).contains(activity_weight) {
+                bail!("--activity-weight must be between 0 and 1, got {activity_weight}");
+            }
+            let pool = pool(&cli).await?;
+            let params = PopularityParams { window_days: *window_days, activity_weight: *activity_weight };
+            let run = popularity::refresh(&pool, params).await.context("refreshing popularity")?;
+            println!("popularity: {} movies ranked at watermark {} (run {})", run.movies, run.watermark, run.run_id);
+            Ok(())
+        }
+        Command::LoadDefault => {
+            let pool = pool(&cli).await?;
+            import_movielens(&cli, &pool, &movielens::MovieLensPaths::bundled(), None).await?;
+            let run = popularity::refresh(&pool, PopularityParams::default()).await.context("refreshing popularity")?;
+            println!("popularity: {} movies ranked at watermark {}", run.movies, run.watermark);
+            Ok(())
+        }
+        Command::Status => {
+            let pool = pool(&cli).await?;
+            print!("{}", status(&pool).await?);
+            Ok(())
+        }
+    }
+}
+
+fn parse_scale(s: &str) -> Result<i16, String> {
+    match s {
+        "5" => Ok(5),
+        "10" => Ok(10),
+        other => Err(format!("{other:?} is not a rating scale; use 5 or 10")),
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string())
+}
+
+/// Starts the private cluster unless DATABASE_URL is given; creates and migrates the database.
+async fn up(cli: &Cli) -> Result<String> {
+    let url = match &cli.database_url {
+        Some(url) => url.clone(),
+        None => {
+            let dir = cli.state_dir.join("pg");
+            let dir = std::path::absolute(&dir).with_context(|| format!("resolving {}", dir.display()))?;
+            let cluster = tokio::task::spawn_blocking(move || PgCluster::ensure_daemon(&dir))
+                .await
+                .context("cluster start task")?
+                .context("starting the private Postgres cluster")?;
+            let mut admin = PgConnection::connect(&cluster.url("postgres")).await.context("connecting to the private cluster")?;
+            let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(DATABASE_NAME)
+                .fetch_one(&mut admin)
+                .await
+                .context("looking for the database")?;
+            if !exists {
+                sqlx::query(&format!("CREATE DATABASE {DATABASE_NAME}")).execute(&mut admin).await.context("creating the database")?;
+            }
+            cluster.url(DATABASE_NAME)
+        }
+    };
+    let pool = crate::connect_pool(&url, 2).await.with_context(|| format!("connecting to {}", redact(&url)))?;
+    crate::migrate(&pool).await.context("applying migrations")?;
+    Ok(url)
+}
+
+/// The URL to use: DATABASE_URL, else the running private cluster.
+fn database_url(cli: &Cli) -> Result<String> {
+    if let Some(url) = &cli.database_url {
+        return Ok(url.clone());
+    }
+    let port_file = cli.state_dir.join("pg").join("port");
+    let port = std::fs::read_to_string(&port_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<u16>().ok())
+        .with_context(|| format!("no database: set DATABASE_URL or start the private cluster with `lazyrec-db up` (no {})", port_file.display()))?;
+    Ok(format!("postgres://{}@127.0.0.1:{port}/{DATABASE_NAME}", crate::pgcluster::SUPERUSER))
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://…{}", &url[..scheme], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+async fn pool(cli: &Cli) -> Result<PgPool> {
+    let url = database_url(cli)?;
+    crate::connect_pool(&url, 4).await.with_context(|| format!("connecting to Postgres at {}", redact(&url)))
+}
+
+async fn ingest(cli: &Cli, args: &IngestArgs) -> Result<IngestReport> {
+    let follow = args.follow.then_some(Duration::from_millis(250));
+    let mut sources: Vec<Box<dyn LineSource>> = Vec::new();
+    let files: Vec<PathBuf> = args.paths.iter().filter(|p| p.as_os_str() != "-").cloned().collect();
+    if args.paths.is_empty() || args.paths.iter().any(|p| p.as_os_str() == "-") {
+        sources.push(Box::new(StreamSource::stdin(format!("stream:{}", args.source_name), Duration::from_secs(1))));
+    }
+    for file in source::file_sources(&files, follow)? {
+        sources.push(Box::new(file));
+    }
+    let url = database_url(cli)?;
+    let conn = PgConnection::connect_with(&crate::connect_options(&url)?)
+        .await
+        .with_context(|| format!("connecting to Postgres at {}", redact(&url)))?;
+    let opts = IngestOptions {
+        batch_lines: args.batch_lines as usize,
+        parse: ParseConfig { rating_scale: args.rating_scale, max_user_id: args.max_user_id },
+        progress: !args.no_progress && std::io::stderr().is_terminal(),
+    };
+    let mut ingester = Ingester::new(conn, opts).await?;
+    Ok(ingester.run(sources).await?)
+}
+
+async fn import_movielens(cli: &Cli, pool: &PgPool, paths: &movielens::MovieLensPaths, check: Option<&Path>) -> Result<()> {
+    let catalog = movielens::read_catalog(paths).context("reading MovieLens")?;
+    let stats = import::upsert_movies(pool, &catalog.movies, "movielens:ml-latest-small").await.context("writing movies")?;
+    println!("movies: {stats}");
+    if let Some(mapping) = check {
+        let agreement = movielens::mapping_agreement(&catalog, mapping).context("reading the course mapping")?;
+        println!(
+            "course-id agreement with {}: {}/{} ({:.1} %)",
+            file_name(mapping),
+            agreement.agree,
+            agreement.total,
+            100.0 * agreement.agree as f64 / agreement.total.max(1) as f64
+        );
+        for (ml, course, ours) in &agreement.examples {
+            println!("  {ml}: course {course}, ours {ours}");
+        }
+    }
+    let (log, unknown) = movielens::ratings_as_log(paths, &catalog.ids).context("converting ratings")?;
+    if unknown > 0 {
+        eprintln!("warning: {unknown} ratings name movies missing from movies.csv; skipped");
+    }
+    let url = database_url(cli)?;
+    let conn = PgConnection::connect_with(&crate::connect_options(&url)?).await.context("connecting for ingest")?;
+    let opts = IngestOptions {
+        parse: ParseConfig { rating_scale: movielens::RATING_SCALE, max_user_id: DEFAULT_MAX_USER_ID },
+        progress: std::io::stderr().is_terminal(),
+        ..IngestOptions::default()
+    };
+    let name = format!("movielens:{}:ratings", file_name(&paths.dir));
+    let source = StreamSource::new(name, std::io::Cursor::new(log), Duration::from_secs(1));
+    let report = Ingester::new(conn, opts).await?.run(vec![Box::new(source)]).await?;
+    println!("ratings: {} new events, {} rejected, watermark {}", report.accepted.total(), report.rejected_total(), report.watermark);
+    Ok(())
+}
+
+async fn status(pool: &PgPool) -> Result<String> {
+    let mut out = String::new();
+    let watermark: i64 = sqlx::query_scalar("SELECT last_event_id FROM ingest_watermark").fetch_one(pool).await.context("reading the watermark")?;
+    out.push_str(&format!("watermark: {watermark}\n"));
+    for table in [
+        "movies",
+        "users",
+        "watch_events",
+        "rating_events",
+        "recommendation_events",
+        "account_events",
+        "user_watched",
+        "ratings",
+        "rejected_lines",
+        "popularity",
+        "recommendations_history",
+    ] {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(pool).await.with_context(|| format!("counting {table}"))?;
+        out.push_str(&format!("{table}: {n}\n"));
+    }
+    let sources: Vec<(String, i64, i64, i64, i64)> =
+        sqlx::query_as("SELECT source, position, lines, accepted, rejected FROM ingest_sources ORDER BY source")
+            .fetch_all(pool)
+            .await
+            .context("listing sources")?;
+    for (source, position, lines, accepted, rejected) in sources {
+        out.push_str(&format!("source {source}: position {position}, lines {lines}, accepted {accepted}, rejected {rejected}\n"));
+    }
+    Ok(out)
+}

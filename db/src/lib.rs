@@ -1,0 +1,45 @@
+//! lazyrec's data layer: the Postgres schema and migrations, the course event-log parser, the
+//! exactly-once ingester, the catalog/user/MovieLens importers and the popularity table.
+//!
+//! This crate knows nothing of HTTP or gRPC; the server, embedder and load balancer build on it.
+
+pub mod cli;
+pub mod copy;
+pub mod event;
+pub mod import;
+pub mod ingest;
+pub mod parse;
+pub mod pgcluster;
+pub mod popularity;
+pub mod source;
+pub mod synth;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+
+/// The embedded migrations (`db/migrations`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Connection options from a URL, with quiet statement logging.
+pub fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    let opts: PgConnectOptions = url.parse()?;
+    Ok(opts.log_statements(tracing::log::LevelFilter::Trace).log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5)))
+}
+
+/// A pool that fails fast when the server is down (5 s) instead of the driver's 30 s default.
+pub async fn connect_pool(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(connect_options(url)?)
+        .await
+}
+
+/// Applies pending migrations.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}

@@ -1,0 +1,458 @@
+//! A private Postgres cluster started from the system's Postgres binaries.
+//!
+//! The project never needs a system-wide Postgres service: `lazyrec-db up` and the test harness
+//! both run `initdb` into a directory of their own, start the server on a free loopback port with
+//! its unix socket inside that directory and `trust` authentication, and hand out a
+//! `DATABASE_URL`. Two lifetimes exist:
+//!
+//! * [`PgCluster::ensure_daemon`]: a long-lived cluster under the project's state directory
+//!   (started with `pg_ctl`, survives the command, reused by the next one: idempotent);
+//! * [`PgCluster::start_ephemeral`]: a throw-away cluster in a temporary directory whose server
+//!   dies with the process that started it (tests, benchmarks).
+//!
+//! Postgres refuses to run as root, so when we are root the server runs as the `postgres` OS user
+//! (created by Debian's package) and its directory is handed over to that user.
+
+use std::fs;
+use std::io;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::unistd::{Gid, Uid, User};
+
+/// What can go wrong while preparing or starting a private cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// No `initdb`/`postgres` binaries were found.
+    #[error(
+        "Postgres server binaries not found (looked in $LAZYREC_PG_BINDIR, `pg_config --bindir`, /usr/lib/postgresql/*/bin and PATH); install them with `apt-get install postgresql` or run ci/setup.sh"
+    )]
+    BinariesNotFound,
+    /// We are root and there is no unprivileged user to run the server as.
+    #[error(
+        "running as root but there is no `postgres` OS user to run the server as (install Debian's postgresql package)"
+    )]
+    NoServerUser,
+    /// A command we ran failed.
+    #[error("{what} failed: {detail}")]
+    Command {
+        /// Which step.
+        what: &'static str,
+        /// Its output or exit status.
+        detail: String,
+    },
+    /// The server did not accept connections in time.
+    #[error("Postgres did not become ready within {0:?}; see its log at {1}")]
+    NotReady(Duration, PathBuf),
+    /// File-system trouble.
+    #[error("{what} ({path}): {source}")]
+    Io {
+        /// What we were doing.
+        what: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ClusterError + 'a {
+    move |source| ClusterError::Io { what, path: path.to_path_buf(), source }
+}
+
+/// Where the Postgres server programs live.
+#[derive(Debug, Clone)]
+pub struct PgBinaries {
+    bindir: PathBuf,
+}
+
+impl PgBinaries {
+    /// Finds the server binaries: `$LAZYREC_PG_BINDIR`, `pg_config --bindir`, the newest
+    /// `/usr/lib/postgresql/<v>/bin`, then `initdb` on `PATH`.
+    pub fn locate() -> Result<Self, ClusterError> {
+        let has_server = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
+        if let Some(dir) = std::env::var_os("LAZYREC_PG_BINDIR").map(PathBuf::from) {
+            return if has_server(&dir) { Ok(Self { bindir: dir }) } else { Err(ClusterError::BinariesNotFound) };
+        }
+        if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+            let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            if out.status.success() && has_server(&dir) {
+                return Ok(Self { bindir: dir });
+            }
+        }
+        let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+                Some((v, e.path().join("bin")))
+            })
+            .filter(|(_, dir)| has_server(dir))
+            .collect();
+        versions.sort();
+        if let Some((_, dir)) = versions.pop() {
+            return Ok(Self { bindir: dir });
+        }
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .find(|dir| has_server(dir))
+            .map(|dir| Self { bindir: dir })
+            .ok_or(ClusterError::BinariesNotFound)
+    }
+
+    fn program(&self, name: &str) -> PathBuf {
+        self.bindir.join(name)
+    }
+}
+
+/// The OS identity the server runs as.
+#[derive(Debug, Clone, Copy)]
+struct RunAs {
+    uid: Uid,
+    gid: Gid,
+}
+
+impl RunAs {
+    /// `None` when we can run Postgres as ourselves (not root).
+    fn detect() -> Result<Option<Self>, ClusterError> {
+        if !Uid::effective().is_root() {
+            return Ok(None);
+        }
+        let user = User::from_name("postgres").ok().flatten().ok_or(ClusterError::NoServerUser)?;
+        Ok(Some(Self { uid: user.uid, gid: user.gid }))
+    }
+
+    fn apply(self, cmd: &mut Command) {
+        cmd.uid(self.uid.as_raw()).gid(self.gid.as_raw());
+    }
+
+    /// Hands `path` (recursively) to the server user.
+    fn chown_tree(self, path: &Path) -> Result<(), ClusterError> {
+        nix::unistd::chown(path, Some(self.uid), Some(self.gid)).map_err(|e| ClusterError::Io {
+            what: "handing the cluster directory to the postgres user",
+            path: path.to_path_buf(),
+            source: e.into(),
+        })?;
+        if path.is_dir() {
+            for entry in fs::read_dir(path).map_err(io_err("listing", path))? {
+                let entry = entry.map_err(io_err("listing", path))?;
+                self.chown_tree(&entry.path())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How the server is tuned: durable (the local stack) or fast and disposable (tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Default Postgres durability: what a user's data deserves.
+    Durable,
+    /// `fsync=off`, `synchronous_commit=off`, `full_page_writes=off`: for throw-away clusters.
+    Disposable,
+}
+
+/// A running private cluster.
+#[derive(Debug)]
+pub struct PgCluster {
+    dir: PathBuf,
+    port: u16,
+    /// The server process when this value owns it (ephemeral clusters).
+    child: Option<Child>,
+    /// The temporary directory to delete when an ephemeral cluster stops.
+    owns_dir: bool,
+}
+
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The superuser created by `initdb`.
+pub const SUPERUSER: &str = "postgres";
+
+impl PgCluster {
+    /// The TCP port the server listens on (loopback only).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The cluster directory (data in `data/`, socket and log next to it).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A connection URL for `database`.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Starts (or finds running) the project's long-lived cluster in `dir`.
+    ///
+    /// Idempotent: an initialised directory is reused, a running server is left alone, and the
+    /// port is remembered in `dir/port` so the URL stays the same across runs.
+    pub fn ensure_daemon(dir: &Path) -> Result<Self, ClusterError> {
+        let bins = PgBinaries::locate()?;
+        let run_as = RunAs::detect()?;
+        fs::create_dir_all(dir).map_err(io_err("creating the cluster directory", dir))?;
+        let data = dir.join("data");
+        let port_file = dir.join("port");
+        if !data.join("PG_VERSION").is_file() {
+            init_cluster(&bins, run_as, dir, Durability::Durable)?;
+        }
+        let remembered = fs::read_to_string(&port_file).ok().and_then(|s| s.trim().parse::<u16>().ok());
+        if data.join("postmaster.pid").is_file() && pg_ctl_status(&bins, run_as, &data) {
+            if let Some(port) = remembered {
+                let cluster = Self { dir: dir.to_path_buf(), port, child: None, owns_dir: false };
+                wait_ready(&bins, run_as, dir, port, READY_TIMEOUT)?;
+                return Ok(cluster);
+            }
+        }
+        let port = match remembered {
+            Some(p) if port_is_free(p) => p,
+            _ => free_port()?,
+        };
+        if let Some(run_as) = run_as {
+            run_as.chown_tree(dir)?;
+        }
+        let log = dir.join("postgres.log");
+        let mut cmd = Command::new(bins.program("pg_ctl"));
+        cmd.arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(&log)
+            .arg("-o")
+            .arg(format!("-p {port} -k {} -c listen_addresses=127.0.0.1", dir.display()))
+            .arg("-w")
+            .arg("-t")
+            .arg("60")
+            .arg("start");
+        run(cmd, run_as, "pg_ctl start")?;
+        fs::write(&port_file, port.to_string()).map_err(io_err("remembering the port", &port_file))?;
+        wait_ready(&bins, run_as, dir, port, READY_TIMEOUT)?;
+        Ok(Self { dir: dir.to_path_buf(), port, child: None, owns_dir: false })
+    }
+
+    /// Stops the long-lived cluster in `dir` if it runs. Returns whether it was running.
+    pub fn stop_daemon(dir: &Path) -> Result<bool, ClusterError> {
+        let bins = PgBinaries::locate()?;
+        let run_as = RunAs::detect()?;
+        let data = dir.join("data");
+        if !data.join("postmaster.pid").is_file() || !pg_ctl_status(&bins, run_as, &data) {
+            return Ok(false);
+        }
+        let mut cmd = Command::new(bins.program("pg_ctl"));
+        cmd.arg("-D").arg(&data).arg("-m").arg("fast").arg("-w").arg("stop");
+        run(cmd, run_as, "pg_ctl stop")?;
+        Ok(true)
+    }
+
+    /// Starts a disposable cluster in a fresh temporary directory under `parent` (or the
+    /// system's temp dir). The server is a child of a keeper thread and is told to quit when
+    /// this process exits, even on a panic or `kill -9`.
+    pub fn start_ephemeral(parent: Option<&Path>) -> Result<Self, ClusterError> {
+        let bins = PgBinaries::locate()?;
+        let run_as = RunAs::detect()?;
+        let parent = parent.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
+        fs::create_dir_all(&parent).map_err(io_err("creating the temp parent", &parent))?;
+        remove_stale_ephemeral(&parent);
+        let dir = parent.join(format!("lazyrec-pg-{}-{}", std::process::id(), unique_suffix()));
+        fs::create_dir_all(&dir).map_err(io_err("creating the cluster directory", &dir))?;
+        init_cluster(&bins, run_as, &dir, Durability::Disposable)?;
+        let mut last_err = None;
+        for _attempt in 0..3 {
+            let port = free_port()?;
+            let child = spawn_server_with_keeper(&bins, run_as, &dir, port)?;
+            let mut cluster = Self { dir: dir.clone(), port, child: Some(child), owns_dir: true };
+            match wait_ready(&bins, run_as, &dir, port, READY_TIMEOUT) {
+                Ok(()) => return Ok(cluster),
+                Err(e) => {
+                    cluster.stop_child();
+                    cluster.owns_dir = false;
+                    last_err = Some(e);
+                }
+            }
+        }
+        let _removed = fs::remove_dir_all(&dir);
+        Err(last_err.unwrap_or(ClusterError::NotReady(READY_TIMEOUT, dir)))
+    }
+
+    fn stop_child(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGINT is Postgres' "fast shutdown": roll back, close, exit.
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _sent = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _killed = child.kill();
+            let _reaped = child.wait();
+        }
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        self.stop_child();
+        if self.owns_dir {
+            let _removed = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn unique_suffix() -> String {
+    use rand::Rng;
+    format!("{:08x}", rand::rng().random::<u32>())
+}
+
+/// Removes cluster directories left by processes that no longer exist (e.g. a killed test run).
+fn remove_stale_ephemeral(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("lazyrec-pg-")) else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
+        let alive = Path::new(&format!("/proc/{pid}")).exists();
+        if !alive {
+            let _removed = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn init_cluster(bins: &PgBinaries, run_as: Option<RunAs>, dir: &Path, durability: Durability) -> Result<(), ClusterError> {
+    let data = dir.join("data");
+    if let Some(run_as) = run_as {
+        run_as.chown_tree(dir)?;
+    }
+    let mut cmd = Command::new(bins.program("initdb"));
+    cmd.arg("-D")
+        .arg(&data)
+        .arg("-U")
+        .arg(SUPERUSER)
+        .arg("--auth=trust")
+        .arg("--encoding=UTF8")
+        .arg("--locale=C")
+        .arg("--no-instructions");
+    if durability == Durability::Disposable {
+        cmd.arg("--no-sync");
+    }
+    run(cmd, run_as, "initdb")?;
+    let conf = data.join("postgresql.conf");
+    let mut extra = String::from(
+        "\n# lazyrec private cluster\nmax_connections = 200\nshared_buffers = 256MB\nmax_wal_size = 4GB\ncheckpoint_timeout = 15min\nwal_compression = off\nlog_min_messages = warning\n",
+    );
+    if durability == Durability::Disposable {
+        extra.push_str("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n");
+    }
+    let mut text = fs::read_to_string(&conf).map_err(io_err("reading postgresql.conf", &conf))?;
+    text.push_str(&extra);
+    fs::write(&conf, text).map_err(io_err("writing postgresql.conf", &conf))?;
+    Ok(())
+}
+
+fn spawn_server_with_keeper(bins: &PgBinaries, run_as: Option<RunAs>, dir: &Path, port: u16) -> Result<Child, ClusterError> {
+    let mut cmd = Command::new(bins.program("postgres"));
+    cmd.arg("-D")
+        .arg(dir.join("data"))
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-k")
+        .arg(dir)
+        .arg("-c")
+        .arg("listen_addresses=127.0.0.1")
+        .stdin(Stdio::null());
+    let log = dir.join("postgres.log");
+    let log_file = fs::File::create(&log).map_err(io_err("creating the server log", &log))?;
+    let log_err = log_file.try_clone().map_err(io_err("creating the server log", &log))?;
+    cmd.stdout(log_file).stderr(log_err);
+    if let Some(run_as) = run_as {
+        run_as.apply(&mut cmd);
+    }
+    // The parent-death signal fires when the *thread* that forked the child exits, so the fork
+    // happens on a thread that lives as long as the process.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("pg-keeper".into())
+        .spawn(move || {
+            set_parent_death_signal(&mut cmd);
+            let _sent = tx.send(cmd.spawn());
+            loop {
+                std::thread::park();
+            }
+        })
+        .map_err(io_err("starting the keeper thread", dir))?;
+    let spawned = rx.recv().map_err(|_| ClusterError::Command { what: "postgres", detail: "keeper thread died".into() })?;
+    spawned.map_err(|e| ClusterError::Command { what: "starting postgres", detail: e.to_string() })
+}
+
+#[allow(unsafe_code)]
+fn set_parent_death_signal(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which is
+    // async-signal-safe; it allocates nothing and touches no locks.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGQUIT).map_err(io::Error::from)
+        });
+    }
+}
+
+fn pg_ctl_status(bins: &PgBinaries, run_as: Option<RunAs>, data: &Path) -> bool {
+    let mut cmd = Command::new(bins.program("pg_ctl"));
+    cmd.arg("-D").arg(data).arg("status").stdout(Stdio::null()).stderr(Stdio::null());
+    if let Some(run_as) = run_as {
+        run_as.apply(&mut cmd);
+    }
+    cmd.status().map(|s| s.success()).unwrap_or(false)
+}
+
+fn wait_ready(bins: &PgBinaries, run_as: Option<RunAs>, dir: &Path, port: u16, timeout: Duration) -> Result<(), ClusterError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut cmd = Command::new(bins.program("pg_isready"));
+        cmd.arg("-q").arg("-h").arg("127.0.0.1").arg("-p").arg(port.to_string()).arg("-U").arg(SUPERUSER);
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        if let Some(run_as) = run_as {
+            run_as.apply(&mut cmd);
+        }
+        if cmd.status().map(|s| s.success()).unwrap_or(false) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(ClusterError::NotReady(timeout, dir.join("postgres.log")));
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn run(mut cmd: Command, run_as: Option<RunAs>, what: &'static str) -> Result<(), ClusterError> {
+    if let Some(run_as) = run_as {
+        run_as.apply(&mut cmd);
+    }
+    cmd.stdin(Stdio::null());
+    let out = cmd.output().map_err(|e| ClusterError::Command { what, detail: e.to_string() })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut detail = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if detail.is_empty() {
+        detail = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    }
+    let detail = detail.lines().last().unwrap_or("no output").to_string();
+    Err(ClusterError::Command { what, detail: format!("{} ({detail})", out.status) })
+}
+
+fn free_port() -> Result<u16, ClusterError> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(io_err("finding a free port", Path::new("127.0.0.1")))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(io_err("finding a free port", Path::new("127.0.0.1")))
+}
+
+fn port_is_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}

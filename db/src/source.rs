@@ -1,0 +1,368 @@
+//! Where log lines come from: the [`LineSource`] trait and its file and stream implementations.
+//!
+//! A source has a stable name (its key in `ingest_sources`) and a position (a byte offset for
+//! files and streams; a Kafka source will use its partition offset). The ingester commits the
+//! position with the events, so resuming means "seek to the committed position and go on".
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+/// How many leading bytes identify a file's content.
+pub const FINGERPRINT_BYTES: u64 = 4096;
+
+/// What kind of input a source is (stored in `ingest_sources.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    /// A regular file, identified by its path and its first bytes.
+    File,
+    /// An unseekable stream (stdin, generated lines), identified by a name.
+    Stream,
+}
+
+impl SourceKind {
+    /// The value stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::File => "file",
+            SourceKind::Stream => "stream",
+        }
+    }
+}
+
+/// The result of asking a source for its next line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// A complete line is in the buffer (terminator removed); `end` is the position after it.
+    Line {
+        /// Position after the line and its terminator.
+        end: u64,
+    },
+    /// Nothing new for a while (follow mode): a good moment to commit a partial batch.
+    Idle,
+    /// The source is exhausted.
+    Eof,
+}
+
+/// A resumable producer of log lines.
+pub trait LineSource: Send {
+    /// The stable name the position is stored under.
+    fn name(&self) -> &str;
+    /// File or stream.
+    fn kind(&self) -> SourceKind;
+    /// Total size when known (for progress bars).
+    fn len_hint(&self) -> Option<u64>;
+    /// Hash and length of the first bytes, when the source can be re-read from the start.
+    fn fingerprint(&mut self, len: u64) -> io::Result<Option<String>>;
+    /// Continues after `position` (a value previously returned in [`ReadOutcome::Line`]).
+    fn seek(&mut self, position: u64) -> io::Result<()>;
+    /// Reads the next line into `buf` (cleared first).
+    fn read_line(&mut self, buf: &mut Vec<u8>) -> io::Result<ReadOutcome>;
+}
+
+/// A log file, optionally followed like `tail -f`.
+pub struct FileSource {
+    path: PathBuf,
+    name: String,
+    reader: BufReader<File>,
+    position: u64,
+    follow: Option<Duration>,
+    /// Bytes of an unfinished last line seen in follow mode.
+    pending: Vec<u8>,
+}
+
+impl FileSource {
+    /// Opens `path`. With `follow`, end of file means "wait and poll every `follow`".
+    pub fn open(path: &Path, follow: Option<Duration>) -> io::Result<Self> {
+        let file = File::open(path)?;
+        if file.metadata()?.is_dir() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "is a directory"));
+        }
+        let canonical = path.canonicalize()?;
+        Ok(Self {
+            name: format!("file:{}", canonical.display()),
+            path: canonical,
+            reader: BufReader::with_capacity(1 << 20, file),
+            position: 0,
+            follow,
+            pending: Vec::new(),
+        })
+    }
+
+    /// The file's canonical path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl LineSource for FileSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> SourceKind {
+        SourceKind::File
+    }
+
+    fn len_hint(&self) -> Option<u64> {
+        self.reader.get_ref().metadata().ok().map(|m| m.len())
+    }
+
+    fn fingerprint(&mut self, len: u64) -> io::Result<Option<String>> {
+        let mut file = File::open(&self.path)?;
+        let mut head = Vec::new();
+        (&mut file).take(len).read_to_end(&mut head)?;
+        if (head.len() as u64) < len {
+            return Ok(None);
+        }
+        Ok(Some(hex::encode(Sha256::digest(&head))))
+    }
+
+    fn seek(&mut self, position: u64) -> io::Result<()> {
+        let len = self.reader.get_ref().metadata()?.len();
+        if position > len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("file is shorter ({len} bytes) than the committed position {position}: was it truncated?"),
+            ));
+        }
+        self.reader.seek(SeekFrom::Start(position))?;
+        self.position = position;
+        self.pending.clear();
+        Ok(())
+    }
+
+    fn read_line(&mut self, buf: &mut Vec<u8>) -> io::Result<ReadOutcome> {
+        buf.clear();
+        let n = self.reader.read_until(b'\n', &mut self.pending)?;
+        if self.pending.last() == Some(&b'\n') {
+            self.position += self.pending.len() as u64;
+            self.pending.pop();
+            std::mem::swap(buf, &mut self.pending);
+            self.pending.clear();
+            return Ok(ReadOutcome::Line { end: self.position });
+        }
+        debug_assert!(n == 0 || !self.pending.is_empty());
+        match self.follow {
+            Some(poll) => {
+                // An unfinished last line stays pending until its newline arrives.
+                let len = self.reader.get_ref().metadata()?.len();
+                if len < self.position {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "followed file was truncated"));
+                }
+                std::thread::sleep(poll);
+                Ok(ReadOutcome::Idle)
+            }
+            None if self.pending.is_empty() => Ok(ReadOutcome::Eof),
+            None => {
+                // The last line has no newline: it is complete because the file is.
+                self.position += self.pending.len() as u64;
+                std::mem::swap(buf, &mut self.pending);
+                self.pending.clear();
+                Ok(ReadOutcome::Line { end: self.position })
+            }
+        }
+    }
+}
+
+/// A named, unseekable stream of lines (stdin, or lines generated in memory).
+///
+/// A background thread reads blocks of whole lines so that a quiet stream reports
+/// [`ReadOutcome::Idle`] instead of blocking forever with a half-filled batch.
+pub struct StreamSource {
+    name: String,
+    rx: Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    offset_in_chunk: usize,
+    position: u64,
+    idle_after: Duration,
+    finished: bool,
+    /// Bytes still to discard to reach a resume position.
+    to_skip: u64,
+}
+
+impl StreamSource {
+    /// Reads from `reader` on a background thread.
+    pub fn new(name: impl Into<String>, reader: impl Read + Send + 'static, idle_after: Duration) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        std::thread::Builder::new()
+            .name("stream-source".into())
+            .spawn(move || pump(reader, tx))
+            .map(|_detached| ())
+            .unwrap_or_else(|e| tracing::error!(error = %e, "could not start the stream reader thread"));
+        Self {
+            name: name.into(),
+            rx,
+            chunk: Vec::new(),
+            offset_in_chunk: 0,
+            position: 0,
+            idle_after,
+            finished: false,
+            to_skip: 0,
+        }
+    }
+
+    /// Standard input under `name`.
+    pub fn stdin(name: impl Into<String>, idle_after: Duration) -> Self {
+        Self::new(name, io::stdin(), idle_after)
+    }
+
+    fn next_chunk(&mut self) -> io::Result<bool> {
+        match self.rx.recv_timeout(self.idle_after) {
+            Ok(Ok(chunk)) => {
+                self.chunk = chunk;
+                self.offset_in_chunk = 0;
+                Ok(true)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(RecvTimeoutError::Timeout) => Ok(false),
+            Err(RecvTimeoutError::Disconnected) => {
+                self.finished = true;
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// Reads `reader` into chunks that end on a line boundary (the last may not).
+fn pump(mut reader: impl Read, tx: SyncSender<io::Result<Vec<u8>>>) {
+    const CHUNK: usize = 1 << 20;
+    let mut carry: Vec<u8> = Vec::new();
+    loop {
+        let mut chunk = std::mem::take(&mut carry);
+        let start = chunk.len();
+        chunk.resize(start + CHUNK, 0);
+        let n = match reader.read(&mut chunk[start..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                chunk.truncate(start);
+                carry = chunk;
+                continue;
+            }
+            Err(e) => {
+                let _closed = tx.send(Err(e));
+                return;
+            }
+        };
+        chunk.truncate(start + n);
+        if n == 0 {
+            if !chunk.is_empty() {
+                let _closed = tx.send(Ok(chunk));
+            }
+            return;
+        }
+        match chunk.iter().rposition(|b| *b == b'\n') {
+            Some(last_nl) => {
+                carry = chunk.split_off(last_nl + 1);
+                if tx.send(Ok(chunk)).is_err() {
+                    return;
+                }
+            }
+            None => carry = chunk,
+        }
+    }
+}
+
+impl LineSource for StreamSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> SourceKind {
+        SourceKind::Stream
+    }
+
+    fn len_hint(&self) -> Option<u64> {
+        None
+    }
+
+    fn fingerprint(&mut self, _len: u64) -> io::Result<Option<String>> {
+        Ok(None)
+    }
+
+    fn seek(&mut self, position: u64) -> io::Result<()> {
+        if position < self.position {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a stream cannot seek backwards"));
+        }
+        self.to_skip = position - self.position;
+        Ok(())
+    }
+
+    fn read_line(&mut self, buf: &mut Vec<u8>) -> io::Result<ReadOutcome> {
+        buf.clear();
+        loop {
+            if self.offset_in_chunk >= self.chunk.len() {
+                if self.finished {
+                    return Ok(if buf.is_empty() { ReadOutcome::Eof } else { ReadOutcome::Line { end: self.position } });
+                }
+                if !self.next_chunk()? {
+                    if self.finished {
+                        continue;
+                    }
+                    if buf.is_empty() && self.to_skip == 0 {
+                        return Ok(ReadOutcome::Idle);
+                    }
+                    continue;
+                }
+            }
+            let rest = &self.chunk[self.offset_in_chunk..];
+            if self.to_skip > 0 {
+                let skip = (self.to_skip as usize).min(rest.len());
+                self.offset_in_chunk += skip;
+                self.position += skip as u64;
+                self.to_skip -= skip as u64;
+                continue;
+            }
+            match rest.iter().position(|b| *b == b'\n') {
+                Some(i) => {
+                    buf.extend_from_slice(&rest[..i]);
+                    self.offset_in_chunk += i + 1;
+                    self.position += i as u64 + 1;
+                    return Ok(ReadOutcome::Line { end: self.position });
+                }
+                None => {
+                    buf.extend_from_slice(rest);
+                    self.position += rest.len() as u64;
+                    self.offset_in_chunk = self.chunk.len();
+                }
+            }
+        }
+    }
+}
+
+/// Expands paths into file sources: a directory yields its regular files in name order.
+pub fn file_sources(paths: &[PathBuf], follow: Option<Duration>) -> Result<Vec<FileSource>, SourceError> {
+    let mut out = Vec::new();
+    for path in paths {
+        let meta = std::fs::metadata(path).map_err(|e| SourceError { path: path.clone(), source: e })?;
+        if meta.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| SourceError { path: path.clone(), source: e })?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect();
+            files.sort();
+            for file in files {
+                out.push(FileSource::open(&file, None).map_err(|e| SourceError { path: file.clone(), source: e })?);
+            }
+        } else {
+            out.push(FileSource::open(path, follow).map_err(|e| SourceError { path: path.clone(), source: e })?);
+        }
+    }
+    Ok(out)
+}
+
+/// A path that could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {path}: {source}")]
+pub struct SourceError {
+    /// The path given.
+    pub path: PathBuf,
+    /// Why.
+    #[source]
+    pub source: io::Error,
+}
