@@ -91,7 +91,7 @@ struct IngestArgs {
     #[arg(long, default_value_t = DEFAULT_MAX_USER_ID)]
     max_user_id: i64,
     /// Lines per transaction.
-    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     batch_lines: u64,
     /// Never draw a progress bar.
     #[arg(long)]

@@ -1,5 +1,6 @@
 //! The events of the course log, as parsed, borrowing from the line they came from.
 
+use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 
 /// A UTC instant from the log, to the microsecond (Postgres' precision; nanoseconds are cut).
@@ -123,7 +124,7 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecommendationResult<'a> {
     /// `status 200`: the movie ids the simulator parsed, best first.
-    Movies(Vec<&'a str>),
+    Movies(Vec<Cow<'a, str>>),
     /// Any other status: the error text the simulator logged.
     Error(&'a str),
 }
@@ -137,8 +138,8 @@ pub enum Event<'a> {
         ts: Timestamp,
         /// Who.
         user_id: i64,
-        /// Course movie id.
-        movie_id: &'a str,
+        /// Course movie id (stray spaces removed, which allocates; otherwise borrowed).
+        movie_id: Cow<'a, str>,
         /// Which minute of the movie.
         minute: i32,
     },
@@ -148,8 +149,8 @@ pub enum Event<'a> {
         ts: Timestamp,
         /// Who.
         user_id: i64,
-        /// Course movie id.
-        movie_id: &'a str,
+        /// Course movie id (stray spaces removed, which allocates; otherwise borrowed).
+        movie_id: Cow<'a, str>,
         /// 1..=scale.
         rating: i16,
     },

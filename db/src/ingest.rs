@@ -43,7 +43,7 @@ pub struct IngestOptions {
 
 impl Default for IngestOptions {
     fn default() -> Self {
-        Self { batch_lines: 50_000, parse: ParseConfig::default(), progress: false }
+        Self { batch_lines: 200_000, parse: ParseConfig::default(), progress: false }
     }
 }
 
@@ -187,6 +187,88 @@ struct RatingAgg {
     event_id: i64,
 }
 
+/// `COPY` text rows of the four event tables, in the column order of [`EVENT_COPY_STATEMENTS`].
+#[derive(Debug, Default)]
+pub struct EventRows {
+    /// `watch_events` rows.
+    pub watch: Vec<u8>,
+    /// `rating_events` rows.
+    pub rate: Vec<u8>,
+    /// `recommendation_events` rows.
+    pub recommendation: Vec<u8>,
+    /// `account_events` rows.
+    pub account: Vec<u8>,
+}
+
+/// The `COPY` statements matching [`EventRows`]' fields, in field order.
+pub const EVENT_COPY_STATEMENTS: [&str; 4] = [
+    "COPY watch_events (event_id, ts, user_id, movie_id, minute) FROM STDIN",
+    "COPY rating_events (event_id, ts, user_id, movie_id, rating, scale) FROM STDIN",
+    "COPY recommendation_events (event_id, ts, user_id, server, status, latency_ms, movie_ids, error) FROM STDIN",
+    "COPY account_events (event_id, ts, user_id) FROM STDIN",
+];
+
+impl EventRows {
+    /// The buffers in [`EVENT_COPY_STATEMENTS`] order.
+    pub fn tables(&self) -> [&Vec<u8>; 4] {
+        [&self.watch, &self.rate, &self.recommendation, &self.account]
+    }
+
+    /// Appends `event` with id `id` to its table's rows.
+    pub fn push(&mut self, id: i64, event: &Event<'_>, scale: i16) {
+        let (out, ts, user) = match event {
+            Event::Watch { ts, user_id, .. } => (&mut self.watch, ts, user_id),
+            Event::Rate { ts, user_id, .. } => (&mut self.rate, ts, user_id),
+            Event::Recommendation { ts, user_id, .. } => (&mut self.recommendation, ts, user_id),
+            Event::CreateAccount { ts, user_id } => (&mut self.account, ts, user_id),
+        };
+        copy::int(out, id);
+        copy::tab(out);
+        ts.write_pg(out);
+        copy::tab(out);
+        copy::int(out, *user);
+        match event {
+            Event::Watch { movie_id, minute, .. } => {
+                copy::tab(out);
+                copy::text(out, movie_id);
+                copy::tab(out);
+                copy::int(out, *minute);
+            }
+            Event::Rate { movie_id, rating, .. } => {
+                copy::tab(out);
+                copy::text(out, movie_id);
+                copy::tab(out);
+                copy::int(out, *rating);
+                copy::tab(out);
+                copy::int(out, scale);
+            }
+            Event::Recommendation { server, status, result, latency_ms, .. } => {
+                copy::tab(out);
+                copy::text(out, server);
+                copy::tab(out);
+                copy::int(out, *status);
+                copy::tab(out);
+                copy::int(out, *latency_ms);
+                copy::tab(out);
+                match result {
+                    RecommendationResult::Movies(ids) => {
+                        copy::text_array(out, ids.iter().map(|id| id.as_ref()));
+                        copy::tab(out);
+                        copy::null(out);
+                    }
+                    RecommendationResult::Error(text) => {
+                        copy::null(out);
+                        copy::tab(out);
+                        copy::text(out, text);
+                    }
+                }
+            }
+            Event::CreateAccount { .. } => {}
+        }
+        copy::end_row(out);
+    }
+}
+
 /// One transaction's worth of pre-encoded rows.
 #[derive(Default)]
 struct Batch {
@@ -197,10 +279,7 @@ struct Batch {
     next_event_id: i64,
     accepted: KindCounts,
     rejected: [u64; RejectReason::ALL.len()],
-    watch: Vec<u8>,
-    rate: Vec<u8>,
-    recommendation: Vec<u8>,
-    account: Vec<u8>,
+    rows: EventRows,
     rejected_rows: Vec<u8>,
     watched: FxHashMap<(i64, Box<str>), WatchAgg>,
     latest_rating: FxHashMap<(i64, Box<str>), RatingAgg>,
@@ -222,25 +301,11 @@ impl Batch {
     fn push_event(&mut self, event: &Event<'_>, scale: i16) {
         let id = self.next_event_id;
         self.next_event_id += 1;
-        let (out, ts, user) = match event {
-            Event::Watch { ts, user_id, .. } => (&mut self.watch, ts, user_id),
-            Event::Rate { ts, user_id, .. } => (&mut self.rate, ts, user_id),
-            Event::Recommendation { ts, user_id, .. } => (&mut self.recommendation, ts, user_id),
-            Event::CreateAccount { ts, user_id } => (&mut self.account, ts, user_id),
-        };
-        copy::int(out, id);
-        copy::tab(out);
-        ts.write_pg(out);
-        copy::tab(out);
-        copy::int(out, *user);
+        self.rows.push(id, event, scale);
         match event {
             Event::Watch { ts, user_id, movie_id, minute } => {
                 self.accepted.watch += 1;
-                copy::tab(out);
-                copy::text(out, movie_id);
-                copy::tab(out);
-                copy::int(out, *minute);
-                let agg = self.watched.entry((*user_id, (*movie_id).into())).or_insert(WatchAgg {
+                let agg = self.watched.entry((*user_id, movie_id.as_ref().into())).or_insert(WatchAgg {
                     minute_events: 0,
                     max_minute: *minute,
                     first_ts: *ts,
@@ -256,15 +321,9 @@ impl Batch {
             }
             Event::Rate { ts, user_id, movie_id, rating } => {
                 self.accepted.rate += 1;
-                copy::tab(out);
-                copy::text(out, movie_id);
-                copy::tab(out);
-                copy::int(out, *rating);
-                copy::tab(out);
-                copy::int(out, scale);
                 let candidate = RatingAgg { rating: *rating, ts: *ts, event_id: id };
                 self.latest_rating
-                    .entry((*user_id, (*movie_id).into()))
+                    .entry((*user_id, movie_id.as_ref().into()))
                     .and_modify(|cur| {
                         if (candidate.ts, candidate.event_id) > (cur.ts, cur.event_id) {
                             *cur = candidate;
@@ -272,31 +331,9 @@ impl Batch {
                     })
                     .or_insert(candidate);
             }
-            Event::Recommendation { server, status, result, latency_ms, .. } => {
-                self.accepted.recommendation += 1;
-                copy::tab(out);
-                copy::text(out, server);
-                copy::tab(out);
-                copy::int(out, *status);
-                copy::tab(out);
-                copy::int(out, *latency_ms);
-                copy::tab(out);
-                match result {
-                    RecommendationResult::Movies(ids) => {
-                        copy::text_array(out, ids.iter().copied());
-                        copy::tab(out);
-                        copy::null(out);
-                    }
-                    RecommendationResult::Error(text) => {
-                        copy::null(out);
-                        copy::tab(out);
-                        copy::text(out, text);
-                    }
-                }
-            }
+            Event::Recommendation { .. } => self.accepted.recommendation += 1,
             Event::CreateAccount { .. } => self.accepted.create_account += 1,
         }
-        copy::end_row(out);
     }
 
     fn push_rejected(&mut self, source: &str, line_no: u64, position: u64, raw: &[u8], reason: RejectReason, detail: &str) {
@@ -543,18 +580,12 @@ impl Ingester {
             )));
         }
         let (watched, ratings) = batch.summary_rows();
-        for (statement, rows) in [
-            ("COPY watch_events (event_id, ts, user_id, movie_id, minute) FROM STDIN", &batch.watch),
-            ("COPY rating_events (event_id, ts, user_id, movie_id, rating, scale) FROM STDIN", &batch.rate),
-            (
-                "COPY recommendation_events (event_id, ts, user_id, server, status, latency_ms, movie_ids, error) FROM STDIN",
-                &batch.recommendation,
-            ),
-            ("COPY account_events (event_id, ts, user_id) FROM STDIN", &batch.account),
+        let events = EVENT_COPY_STATEMENTS.into_iter().zip(batch.rows.tables());
+        for (statement, rows) in events.chain([
             ("COPY rejected_lines (source, line_no, position, reason, detail, raw) FROM STDIN", &batch.rejected_rows),
             ("COPY batch_watched FROM STDIN", &watched),
             ("COPY batch_ratings FROM STDIN", &ratings),
-        ] {
+        ]) {
             if rows.is_empty() {
                 continue;
             }
@@ -662,8 +693,9 @@ fn parse_source(
             }
             ReadOutcome::Idle => !batch.is_empty(),
             ReadOutcome::Eof => {
-                if !batch.is_empty() && tx.blocking_send(batch).is_err() {
-                    return Ok(());
+                if !batch.is_empty() {
+                    // A send error means the writer stopped; it reports why.
+                    let _writer_gone = tx.blocking_send(batch);
                 }
                 return Ok(());
             }

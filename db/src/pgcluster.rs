@@ -250,7 +250,7 @@ impl PgCluster {
     /// Starts a disposable cluster in a fresh temporary directory under `parent` (or the
     /// system's temp dir). The server is a child of a keeper thread and is told to quit when
     /// this process exits, even on a panic or `kill -9`.
-    pub fn start_ephemeral(parent: Option<&Path>) -> Result<Self, ClusterError> {
+    pub fn start_ephemeral(parent: Option<&Path>, durability: Durability) -> Result<Self, ClusterError> {
         let bins = PgBinaries::locate()?;
         let run_as = RunAs::detect()?;
         let parent = parent.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
@@ -258,7 +258,7 @@ impl PgCluster {
         remove_stale_ephemeral(&parent);
         let dir = parent.join(format!("lazyrec-pg-{}-{}", std::process::id(), unique_suffix()));
         fs::create_dir_all(&dir).map_err(io_err("creating the cluster directory", &dir))?;
-        init_cluster(&bins, run_as, &dir, Durability::Disposable)?;
+        init_cluster(&bins, run_as, &dir, durability)?;
         let mut last_err = None;
         for _attempt in 0..3 {
             let port = free_port()?;

@@ -1,7 +1,7 @@
 //! Test harness: one private Postgres cluster per test process, one fresh migrated database per
 //! test (cloned from a migrated template, so a new database costs ~50 ms), dropped afterwards.
 //!
-//! ```ignore
+//! ```text
 //! let db = db::testing::TestDb::new().await;
 //! sqlx::query("SELECT 1").execute(&db.pool).await?;
 //! ```
@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use sqlx::{Connection, PgConnection, PgPool};
 
-use crate::pgcluster::PgCluster;
+use crate::pgcluster::{Durability, PgCluster};
 
 const TEMPLATE: &str = "lazyrec_template";
 
@@ -24,7 +24,7 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn shared() -> &'static Shared {
     SHARED.get_or_init(|| {
-        let cluster = PgCluster::start_ephemeral(None).unwrap_or_else(|e| panic!("starting the test Postgres: {e}"));
+        let cluster = PgCluster::start_ephemeral(None, Durability::Disposable).unwrap_or_else(|e| panic!("starting the test Postgres: {e}"));
         let admin = cluster.url("postgres");
         let template_url = cluster.url(TEMPLATE);
         // The template is built on a runtime of its own: the caller's runtime is a test's, and

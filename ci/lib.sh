@@ -1,0 +1,32 @@
+# Shared by ci/*.sh: locations and the idempotent set-up of what a fresh Debian machine lacks.
+# shellcheck shell=bash
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/lazyrec-target}"
+export LAZYREC_STATE_DIR="${LAZYREC_STATE_DIR:-$ROOT/.state}"
+BIN="$CARGO_TARGET_DIR/release"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "error: '$*' needs root (no sudo found)" >&2; return 1; fi
+}
+
+have_postgres_server() {
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1
+}
+
+# Installs whatever is missing; does nothing when everything is there.
+setup() {
+  if ! have_postgres_server; then
+    say "installing PostgreSQL from apt"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  fi
+  if ! command -v cargo >/dev/null; then
+    echo "error: cargo not found; install Rust (rustup) first" >&2
+    return 1
+  fi
+}

@@ -1,0 +1,9 @@
+//! Integration tests of the data layer against a real private Postgres cluster (one per test
+//! process, one fresh database per test) and the real course data when it is present.
+
+mod cli;
+mod data;
+mod import;
+mod ingest;
+mod parser;
+mod popularity;
