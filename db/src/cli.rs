@@ -125,7 +125,14 @@ pub async fn run() -> Result<()> {
         }
         Command::Down => {
             let stopped = PgCluster::stop_daemon(&cli.state_dir.join("pg")).context("stopping the private cluster")?;
-            println!("{}", if stopped { "stopped the private Postgres cluster" } else { "the private Postgres cluster was not running" });
+            println!(
+                "{}",
+                if stopped {
+                    "stopped the private Postgres cluster"
+                } else {
+                    "the private Postgres cluster was not running"
+                }
+            );
             Ok(())
         }
         Command::Migrate => {
@@ -223,14 +230,18 @@ async fn up(cli: &Cli) -> Result<String> {
                 .await
                 .context("cluster start task")?
                 .context("starting the private Postgres cluster")?;
-            let mut admin = PgConnection::connect(&cluster.url("postgres")).await.context("connecting to the private cluster")?;
+            let mut admin =
+                PgConnection::connect(&cluster.url("postgres")).await.context("connecting to the private cluster")?;
             let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
                 .bind(DATABASE_NAME)
                 .fetch_one(&mut admin)
                 .await
                 .context("looking for the database")?;
             if !exists {
-                sqlx::query(&format!("CREATE DATABASE {DATABASE_NAME}")).execute(&mut admin).await.context("creating the database")?;
+                sqlx::query(&format!("CREATE DATABASE {DATABASE_NAME}"))
+                    .execute(&mut admin)
+                    .await
+                    .context("creating the database")?;
             }
             cluster.url(DATABASE_NAME)
         }
@@ -246,10 +257,13 @@ fn database_url(cli: &Cli) -> Result<String> {
         return Ok(url.clone());
     }
     let port_file = cli.state_dir.join("pg").join("port");
-    let port = std::fs::read_to_string(&port_file)
-        .ok()
-        .and_then(|s| s.trim().parse::<u16>().ok())
-        .with_context(|| format!("no database: set DATABASE_URL or start the private cluster with `lazyrec-db up` (no {})", port_file.display()))?;
+    let port =
+        std::fs::read_to_string(&port_file).ok().and_then(|s| s.trim().parse::<u16>().ok()).with_context(|| {
+            format!(
+                "no database: set DATABASE_URL or start the private cluster with `lazyrec-db up` (no {})",
+                port_file.display()
+            )
+        })?;
     Ok(format!("postgres://{}@127.0.0.1:{port}/{DATABASE_NAME}", crate::pgcluster::SUPERUSER))
 }
 
@@ -288,9 +302,15 @@ async fn ingest(cli: &Cli, args: &IngestArgs) -> Result<IngestReport> {
     Ok(ingester.run(sources).await?)
 }
 
-async fn import_movielens(cli: &Cli, pool: &PgPool, paths: &movielens::MovieLensPaths, check: Option<&Path>) -> Result<()> {
+async fn import_movielens(
+    cli: &Cli,
+    pool: &PgPool,
+    paths: &movielens::MovieLensPaths,
+    check: Option<&Path>,
+) -> Result<()> {
     let catalog = movielens::read_catalog(paths).context("reading MovieLens")?;
-    let stats = import::upsert_movies(pool, &catalog.movies, "movielens:ml-latest-small").await.context("writing movies")?;
+    let stats =
+        import::upsert_movies(pool, &catalog.movies, "movielens:ml-latest-small").await.context("writing movies")?;
     println!("movies: {stats}");
     if let Some(mapping) = check {
         let agreement = movielens::mapping_agreement(&catalog, mapping).context("reading the course mapping")?;
@@ -319,13 +339,21 @@ async fn import_movielens(cli: &Cli, pool: &PgPool, paths: &movielens::MovieLens
     let name = format!("movielens:{}:ratings", file_name(&paths.dir));
     let source = StreamSource::new(name, std::io::Cursor::new(log), Duration::from_secs(1));
     let report = Ingester::new(conn, opts).await?.run(vec![Box::new(source)]).await?;
-    println!("ratings: {} new events, {} rejected, watermark {}", report.accepted.total(), report.rejected_total(), report.watermark);
+    println!(
+        "ratings: {} new events, {} rejected, watermark {}",
+        report.accepted.total(),
+        report.rejected_total(),
+        report.watermark
+    );
     Ok(())
 }
 
 async fn status(pool: &PgPool) -> Result<String> {
     let mut out = String::new();
-    let watermark: i64 = sqlx::query_scalar("SELECT last_event_id FROM ingest_watermark").fetch_one(pool).await.context("reading the watermark")?;
+    let watermark: i64 = sqlx::query_scalar("SELECT last_event_id FROM ingest_watermark")
+        .fetch_one(pool)
+        .await
+        .context("reading the watermark")?;
     out.push_str(&format!("watermark: {watermark}\n"));
     for table in [
         "movies",
@@ -340,7 +368,10 @@ async fn status(pool: &PgPool) -> Result<String> {
         "popularity",
         "recommendations_history",
     ] {
-        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(pool).await.with_context(|| format!("counting {table}"))?;
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(pool)
+            .await
+            .with_context(|| format!("counting {table}"))?;
         out.push_str(&format!("{table}: {n}\n"));
     }
     let sources: Vec<(String, i64, i64, i64, i64)> =
@@ -349,7 +380,9 @@ async fn status(pool: &PgPool) -> Result<String> {
             .await
             .context("listing sources")?;
     for (source, position, lines, accepted, rejected) in sources {
-        out.push_str(&format!("source {source}: position {position}, lines {lines}, accepted {accepted}, rejected {rejected}\n"));
+        out.push_str(&format!(
+            "source {source}: position {position}, lines {lines}, accepted {accepted}, rejected {rejected}\n"
+        ));
     }
     Ok(out)
 }

@@ -336,7 +336,15 @@ impl Batch {
         }
     }
 
-    fn push_rejected(&mut self, source: &str, line_no: u64, position: u64, raw: &[u8], reason: RejectReason, detail: &str) {
+    fn push_rejected(
+        &mut self,
+        source: &str,
+        line_no: u64,
+        position: u64,
+        raw: &[u8],
+        reason: RejectReason,
+        detail: &str,
+    ) {
         self.rejected[reason as usize] += 1;
         let out = &mut self.rejected_rows;
         copy::text(out, source);
@@ -480,12 +488,13 @@ impl Ingester {
             .execute(&mut self.conn)
             .await
             .map_err(db("registering the source"))?;
-        let (position, lines, fingerprint, fingerprint_len): (i64, i64, Option<String>, Option<i64>) =
-            sqlx::query_as("SELECT position, lines, fingerprint, fingerprint_len FROM ingest_sources WHERE source = $1")
-                .bind(&name)
-                .fetch_one(&mut self.conn)
-                .await
-                .map_err(db("reading the source position"))?;
+        let (position, lines, fingerprint, fingerprint_len): (i64, i64, Option<String>, Option<i64>) = sqlx::query_as(
+            "SELECT position, lines, fingerprint, fingerprint_len FROM ingest_sources WHERE source = $1",
+        )
+        .bind(&name)
+        .fetch_one(&mut self.conn)
+        .await
+        .map_err(db("reading the source position"))?;
         let read_err = |error| IngestError::Read { source_name: name.clone(), error };
         if source.kind() == SourceKind::File {
             match (fingerprint, fingerprint_len) {
@@ -499,13 +508,15 @@ impl Ingester {
                     let len = source.len_hint().unwrap_or(0).min(FINGERPRINT_BYTES);
                     if len > 0 {
                         let fp = source.fingerprint(len).map_err(read_err)?;
-                        sqlx::query("UPDATE ingest_sources SET fingerprint = $2, fingerprint_len = $3 WHERE source = $1")
-                            .bind(&name)
-                            .bind(fp)
-                            .bind(len as i64)
-                            .execute(&mut self.conn)
-                            .await
-                            .map_err(db("storing the source fingerprint"))?;
+                        sqlx::query(
+                            "UPDATE ingest_sources SET fingerprint = $2, fingerprint_len = $3 WHERE source = $1",
+                        )
+                        .bind(&name)
+                        .bind(fp)
+                        .bind(len as i64)
+                        .execute(&mut self.conn)
+                        .await
+                        .map_err(db("storing the source fingerprint"))?;
                     }
                 }
             }
@@ -642,7 +653,8 @@ impl Ingester {
         .execute(&mut *tx)
         .await
         .map_err(db("advancing the source position"))?;
-        let (first, last) = if batch.events() > 0 { (Some(batch.first_event_id), Some(last_event_id)) } else { (None, None) };
+        let (first, last) =
+            if batch.events() > 0 { (Some(batch.first_event_id), Some(last_event_id)) } else { (None, None) };
         sqlx::query(
             "INSERT INTO ingest_batches (source, from_position, to_position, first_event_id, last_event_id, lines, accepted, rejected)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -687,7 +699,9 @@ fn parse_source(
                 batch.lines += 1;
                 match parse_line(&buf, &opts.parse) {
                     Ok(event) => batch.push_event(&event, scale),
-                    Err(rejection) => batch.push_rejected(&name, line_no, start, &buf, rejection.reason, &rejection.detail),
+                    Err(rejection) => {
+                        batch.push_rejected(&name, line_no, start, &buf, rejection.reason, &rejection.detail)
+                    }
                 }
                 batch.lines as usize >= opts.batch_lines
             }

@@ -27,7 +27,9 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Connection options from a URL, with quiet statement logging.
 pub fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
     let opts: PgConnectOptions = url.parse()?;
-    Ok(opts.log_statements(tracing::log::LevelFilter::Trace).log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5)))
+    Ok(opts
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5)))
 }
 
 /// A pool that fails fast when the server is down (5 s) instead of the driver's 30 s default.

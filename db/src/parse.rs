@@ -164,9 +164,8 @@ pub fn parse_line<'a>(line: &'a [u8], cfg: &ParseConfig) -> Result<Event<'a>, Re
         let (movie, minute) = rest
             .rsplit_once('/')
             .ok_or_else(|| Rejection::new(RejectReason::UnknownRequest, "watch request without /<minute>.mpg"))?;
-        let minute = minute
-            .strip_suffix(".mpg")
-            .ok_or_else(|| Rejection::new(RejectReason::BadMinute, clip(minute)))?;
+        let minute =
+            minute.strip_suffix(".mpg").ok_or_else(|| Rejection::new(RejectReason::BadMinute, clip(minute)))?;
         let minute = parse_small_uint(minute)
             .filter(|m| *m <= i64::from(MAX_MINUTE))
             .ok_or_else(|| Rejection::new(RejectReason::BadMinute, clip(minute)))? as i32;
@@ -247,10 +246,11 @@ fn parse_small_uint(s: &str) -> Option<i64> {
 }
 
 fn parse_user_id(s: &str, cfg: &ParseConfig) -> Result<i64, Rejection> {
-    if let Some(digits) = s.strip_prefix('-') {
-        if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(Rejection::new(RejectReason::NegativeUserId, clip(s)));
-        }
+    if let Some(digits) = s.strip_prefix('-')
+        && !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(Rejection::new(RejectReason::NegativeUserId, clip(s)));
     }
     if s.is_empty() || s.len() > 18 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(Rejection::new(RejectReason::BadUserId, clip(s)));
@@ -277,8 +277,26 @@ fn check_movie_id(s: &str) -> Result<Cow<'_, str>, Rejection> {
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'+' | b'_' | b'.' | b'-' | b'*' | b'\'' | b'!' | b'&' | b'('
-            | b')' | b'~' | b':' | b';' | b'?' | b'@' | b'$' | b'#' => i += 1,
+            b'a'..=b'z'
+            | b'A'..=b'Z'
+            | b'0'..=b'9'
+            | b'+'
+            | b'_'
+            | b'.'
+            | b'-'
+            | b'*'
+            | b'\''
+            | b'!'
+            | b'&'
+            | b'('
+            | b')'
+            | b'~'
+            | b':'
+            | b';'
+            | b'?'
+            | b'@'
+            | b'$'
+            | b'#' => i += 1,
             b'%' => {
                 let hex = bytes.get(i + 1..i + 3).ok_or_else(bad)?;
                 if !hex.iter().all(u8::is_ascii_hexdigit) {
@@ -313,7 +331,7 @@ pub fn parse_timestamp(s: &str) -> Option<Timestamp> {
     let (second, micros) = match b.len() {
         16 => (0, 0),
         19 if b[16] == b':' => (num(17..19)?, 0),
-        n if n >= 21 && n <= 29 && b[16] == b':' && b[19] == b'.' => {
+        n if (21..=29).contains(&n) && b[16] == b':' && b[19] == b'.' => {
             let frac = &b[20..];
             if !frac.iter().all(u8::is_ascii_digit) {
                 return None;
@@ -326,7 +344,12 @@ pub fn parse_timestamp(s: &str) -> Option<Timestamp> {
         }
         _ => return None,
     };
-    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) || hour > 23 || minute > 59 || second > 59
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 59
     {
         return None;
     }
@@ -344,7 +367,7 @@ pub fn parse_timestamp(s: &str) -> Option<Timestamp> {
 fn days_in_month(year: u32, month: u32) -> u32 {
     match month {
         4 | 6 | 9 | 11 => 30,
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 if (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400) => 29,
         2 => 28,
         _ => 31,
     }
@@ -370,7 +393,8 @@ mod tests {
 
     #[test]
     fn watch_lines_carry_movie_and_minute() {
-        let Event::Watch { ts, user_id, movie_id, minute } = ok("2022-10-28T04:23:23,579130,GET /data/m/inception+2010/115.mpg")
+        let Event::Watch { ts, user_id, movie_id, minute } =
+            ok("2022-10-28T04:23:23,579130,GET /data/m/inception+2010/115.mpg")
         else {
             panic!("not a watch")
         };
@@ -389,7 +413,9 @@ mod tests {
         ] {
             assert_eq!(parse_timestamp(t).map(|ts| ts.micros), Some(micros), "{t}");
         }
-        for t in ["2022-10-28T 04:23:23", "2022-1k0-28T04:23:23", "1700000000", "2022-02-30T00:00:00", "2022-10-28T24:00"] {
+        for t in
+            ["2022-10-28T 04:23:23", "2022-1k0-28T04:23:23", "1700000000", "2022-02-30T00:00:00", "2022-10-28T24:00"]
+        {
             assert_eq!(parse_timestamp(t), None, "{t}");
         }
     }
@@ -420,20 +446,31 @@ mod tests {
         let line = "2022-02-09T01:45:32.945123,284507,recommendation request 17645-team17.isri.cmu.edu:8082, status 0, result: java.util.concurrent.TimeoutException: Request timeout to 17645-team17.isri.cmu.edu/128.2.205.118:8082 after 800 ms, 815 ms";
         let Event::Recommendation { status, result, latency_ms, .. } = ok(line) else { panic!() };
         assert_eq!((status, latency_ms), (0, 815));
-        assert!(matches!(result, RecommendationResult::Error(e) if e.starts_with("java.util.concurrent.TimeoutException")));
+        assert!(
+            matches!(result, RecommendationResult::Error(e) if e.starts_with("java.util.concurrent.TimeoutException"))
+        );
         assert_eq!(
             reason("2022-10-28T04:23:23.097,44572,recommendation request x:8082, status 200, result: a+1, b/c, 5 ms"),
             RejectReason::BadMovieId
         );
-        assert_eq!(reason("2022-10-28T04:23:23.097,44572,recommendation request x:8082, status 200"), RejectReason::BadRecommendation);
+        assert_eq!(
+            reason("2022-10-28T04:23:23.097,44572,recommendation request x:8082, status 200"),
+            RejectReason::BadRecommendation
+        );
     }
 
     #[test]
     fn create_account_and_odd_movie_ids() {
         assert!(matches!(ok("2026-01-15T10:00:00,77,GET /create_account"), Event::CreateAccount { user_id: 77, .. }));
-        assert!(matches!(ok("2022-10-28T04:23:23,1,GET /data/m/untitled+/3.mpg"), Event::Watch { movie_id, .. } if movie_id == "untitled+"));
-        assert!(matches!(ok("2022-10-28T04:23:23,1,GET /rate/am%C3%A9lie+2001=5"), Event::Rate { movie_id, .. } if movie_id == "am%C3%A9lie+2001"));
-        assert!(matches!(ok("2024-12-07T15:36:40,362897,GET /rate/city+of+ god+2002=5"), Event::Rate { movie_id: Cow::Owned(id), .. } if id == "city+of+god+2002"));
+        assert!(
+            matches!(ok("2022-10-28T04:23:23,1,GET /data/m/untitled+/3.mpg"), Event::Watch { movie_id, .. } if movie_id == "untitled+")
+        );
+        assert!(
+            matches!(ok("2022-10-28T04:23:23,1,GET /rate/am%C3%A9lie+2001=5"), Event::Rate { movie_id, .. } if movie_id == "am%C3%A9lie+2001")
+        );
+        assert!(
+            matches!(ok("2024-12-07T15:36:40,362897,GET /rate/city+of+ god+2002=5"), Event::Rate { movie_id: Cow::Owned(id), .. } if id == "city+of+god+2002")
+        );
         assert_eq!(reason("2022-10-28T04:23:23,1,GET /rate/am%G3lie+2001=5"), RejectReason::BadMovieId);
     }
 

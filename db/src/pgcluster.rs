@@ -201,12 +201,12 @@ impl PgCluster {
             init_cluster(&bins, run_as, dir, Durability::Durable)?;
         }
         let remembered = fs::read_to_string(&port_file).ok().and_then(|s| s.trim().parse::<u16>().ok());
-        if data.join("postmaster.pid").is_file() && pg_ctl_status(&bins, run_as, &data) {
-            if let Some(port) = remembered {
-                let cluster = Self { dir: dir.to_path_buf(), port, child: None, owns_dir: false };
-                wait_ready(&bins, run_as, dir, port, READY_TIMEOUT)?;
-                return Ok(cluster);
-            }
+        if data.join("postmaster.pid").is_file()
+            && pg_ctl_status(&bins, run_as, &data)
+            && let Some(port) = remembered
+        {
+            wait_ready(&bins, run_as, dir, port, READY_TIMEOUT)?;
+            return Ok(Self { dir: dir.to_path_buf(), port, child: None, owns_dir: false });
         }
         let port = match remembered {
             Some(p) if port_is_free(p) => p,
@@ -323,7 +323,12 @@ fn remove_stale_ephemeral(parent: &Path) {
     }
 }
 
-fn init_cluster(bins: &PgBinaries, run_as: Option<RunAs>, dir: &Path, durability: Durability) -> Result<(), ClusterError> {
+fn init_cluster(
+    bins: &PgBinaries,
+    run_as: Option<RunAs>,
+    dir: &Path,
+    durability: Durability,
+) -> Result<(), ClusterError> {
     let data = dir.join("data");
     if let Some(run_as) = run_as {
         run_as.chown_tree(dir)?;
@@ -354,7 +359,12 @@ fn init_cluster(bins: &PgBinaries, run_as: Option<RunAs>, dir: &Path, durability
     Ok(())
 }
 
-fn spawn_server_with_keeper(bins: &PgBinaries, run_as: Option<RunAs>, dir: &Path, port: u16) -> Result<Child, ClusterError> {
+fn spawn_server_with_keeper(
+    bins: &PgBinaries,
+    run_as: Option<RunAs>,
+    dir: &Path,
+    port: u16,
+) -> Result<Child, ClusterError> {
     let mut cmd = Command::new(bins.program("postgres"));
     cmd.arg("-D")
         .arg(dir.join("data"))
@@ -385,7 +395,8 @@ fn spawn_server_with_keeper(bins: &PgBinaries, run_as: Option<RunAs>, dir: &Path
             }
         })
         .map_err(io_err("starting the keeper thread", dir))?;
-    let spawned = rx.recv().map_err(|_| ClusterError::Command { what: "postgres", detail: "keeper thread died".into() })?;
+    let spawned =
+        rx.recv().map_err(|_| ClusterError::Command { what: "postgres", detail: "keeper thread died".into() })?;
     spawned.map_err(|e| ClusterError::Command { what: "starting postgres", detail: e.to_string() })
 }
 
@@ -394,9 +405,7 @@ fn set_parent_death_signal(cmd: &mut Command) {
     // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which is
     // async-signal-safe; it allocates nothing and touches no locks.
     unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGQUIT).map_err(io::Error::from)
-        });
+        cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGQUIT).map_err(io::Error::from));
     }
 }
 
@@ -409,7 +418,13 @@ fn pg_ctl_status(bins: &PgBinaries, run_as: Option<RunAs>, data: &Path) -> bool 
     cmd.status().map(|s| s.success()).unwrap_or(false)
 }
 
-fn wait_ready(bins: &PgBinaries, run_as: Option<RunAs>, dir: &Path, port: u16, timeout: Duration) -> Result<(), ClusterError> {
+fn wait_ready(
+    bins: &PgBinaries,
+    run_as: Option<RunAs>,
+    dir: &Path,
+    port: u16,
+    timeout: Duration,
+) -> Result<(), ClusterError> {
     let deadline = Instant::now() + timeout;
     loop {
         let mut cmd = Command::new(bins.program("pg_isready"));
@@ -447,10 +462,7 @@ fn run(mut cmd: Command, run_as: Option<RunAs>, what: &'static str) -> Result<()
 
 fn free_port() -> Result<u16, ClusterError> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(io_err("finding a free port", Path::new("127.0.0.1")))?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(io_err("finding a free port", Path::new("127.0.0.1")))
+    listener.local_addr().map(|a| a.port()).map_err(io_err("finding a free port", Path::new("127.0.0.1")))
 }
 
 fn port_is_free(port: u16) -> bool {

@@ -87,7 +87,11 @@ pub async fn refresh(pool: &PgPool, params: PopularityParams) -> Result<Populari
     .execute(&mut *tx)
     .await?
     .rows_affected() as i64;
-    sqlx::query("UPDATE popularity_runs SET movies = $2 WHERE run_id = $1").bind(run_id).bind(movies as i32).execute(&mut *tx).await?;
+    sqlx::query("UPDATE popularity_runs SET movies = $2 WHERE run_id = $1")
+        .bind(run_id)
+        .bind(movies as i32)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(PopularityRun { run_id, watermark, movies })
 }

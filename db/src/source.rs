@@ -297,7 +297,11 @@ impl LineSource for StreamSource {
         loop {
             if self.offset_in_chunk >= self.chunk.len() {
                 if self.finished {
-                    return Ok(if buf.is_empty() { ReadOutcome::Eof } else { ReadOutcome::Line { end: self.position } });
+                    return Ok(if buf.is_empty() {
+                        ReadOutcome::Eof
+                    } else {
+                        ReadOutcome::Line { end: self.position }
+                    });
                 }
                 if !self.next_chunk()? {
                     if self.finished {

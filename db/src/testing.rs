@@ -24,7 +24,8 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn shared() -> &'static Shared {
     SHARED.get_or_init(|| {
-        let cluster = PgCluster::start_ephemeral(None, Durability::Disposable).unwrap_or_else(|e| panic!("starting the test Postgres: {e}"));
+        let cluster = PgCluster::start_ephemeral(None, Durability::Disposable)
+            .unwrap_or_else(|e| panic!("starting the test Postgres: {e}"));
         let admin = cluster.url("postgres");
         let template_url = cluster.url(TEMPLATE);
         // The template is built on a runtime of its own: the caller's runtime is a test's, and
@@ -94,7 +95,8 @@ impl Drop for TestDb {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
             rt.block_on(async {
                 if let Ok(mut conn) = PgConnection::connect(&admin).await {
-                    let _dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
+                    let _dropped =
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
                 }
             });
         })

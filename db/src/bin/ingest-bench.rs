@@ -106,8 +106,18 @@ fn main() -> Result<()> {
 
         let ingest_rate = events as f64 / ingest_secs;
         let copy_rate = events as f64 / copy_secs;
-        println!("ingest-bench: {} lines ({:.0} MB), {} events, {} rejected; postgres {:?}", report.lines, bytes as f64 / 1e6, events, report.rejected_total(), durability);
-        println!("  end-to-end ingest: {ingest_secs:.2} s = {ingest_rate:.0} events/s ({} batches of {})", report.batches, args.batch_lines);
+        println!(
+            "ingest-bench: {} lines ({:.0} MB), {} events, {} rejected; postgres {:?}",
+            report.lines,
+            bytes as f64 / 1e6,
+            events,
+            report.rejected_total(),
+            durability
+        );
+        println!(
+            "  end-to-end ingest: {ingest_secs:.2} s = {ingest_rate:.0} events/s ({} batches of {})",
+            report.batches, args.batch_lines
+        );
         println!("  plain COPY       : {copy_secs:.2} s = {copy_rate:.0} events/s");
         println!("  ratio ingest/COPY: {:.2}", ingest_rate / copy_rate);
         anyhow::Ok(())

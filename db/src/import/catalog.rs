@@ -2,6 +2,9 @@
 //! movie API answers (`{"<tmdb id>": "<movie JSON as a string>", ...}`) in which numbers are
 //! often strings (`"vote_average":"5.9"`), `"null"` means null and genres are `{id, name}`.
 
+// Matching on serde_json::Value: "any other JSON shape" is the meaning of the wildcard arms.
+#![allow(clippy::wildcard_enum_match_arm)]
+
 use std::path::Path;
 
 use serde_json::Value;
@@ -62,7 +65,12 @@ pub fn read_catalog(path: &Path) -> Result<(Vec<Movie>, Vec<SkippedRecord>), Cat
                 }
                 let value: Value = match serde_json::from_str(line) {
                     Ok(v) => v,
-                    Err(e) if !any && i == 0 => return Err(CatalogError::Format(name, if text.trim_start().starts_with('{') { map_err } else { e })),
+                    Err(e) if !any && i == 0 => {
+                        return Err(CatalogError::Format(
+                            name,
+                            if text.trim_start().starts_with('{') { map_err } else { e },
+                        ));
+                    }
                     Err(e) => {
                         skipped.push(SkippedRecord { at: format!("line {}", i + 1), reason: format!("bad JSON: {e}") });
                         continue;
@@ -113,7 +121,9 @@ fn string_list(v: &Value, key: &str) -> Vec<String> {
             })
             .filter(|s| !s.is_empty())
             .collect(),
-        Some(Value::String(s)) => s.split([',', '|']).map(|g| clean(g.trim())).filter(|g| !g.is_empty() && g != "null").collect(),
+        Some(Value::String(s)) => {
+            s.split([',', '|']).map(|g| clean(g.trim())).filter(|g| !g.is_empty() && g != "null").collect()
+        }
         _ => Vec::new(),
     }
 }
@@ -165,7 +175,10 @@ mod tests {
         });
         let m = movie_from_json(&record).expect("a movie");
         assert_eq!(m.genres, vec!["Comedy", "Drama"]);
-        assert_eq!((m.popularity, m.vote_average, m.vote_count, m.runtime), (Some(1.300589), Some(6.4), Some(22), Some(96)));
+        assert_eq!(
+            (m.popularity, m.vote_average, m.vote_count, m.runtime),
+            (Some(1.300589), Some(6.4), Some(22), Some(96))
+        );
         assert_eq!(m.year, Some(1944));
     }
 }

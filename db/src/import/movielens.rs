@@ -128,7 +128,10 @@ pub fn split_ml_title(raw: &str) -> (String, Option<i32>) {
     let (mut title, year) = match raw.rfind(" (") {
         Some(i) if raw.ends_with(')') => {
             let inner = &raw[i + 2..raw.len() - 1];
-            let year = inner.get(..4).and_then(|y| y.parse::<i32>().ok()).filter(|_| inner.len() == 4 || inner.as_bytes().get(4) == Some(&b'-'));
+            let year = inner
+                .get(..4)
+                .and_then(|y| y.parse::<i32>().ok())
+                .filter(|_| inner.len() == 4 || inner.as_bytes().get(4) == Some(&b'-'));
             match year {
                 Some(y) => (raw[..i].to_string(), Some(y)),
                 None => (raw.to_string(), None),
@@ -190,10 +193,8 @@ pub fn read_catalog(paths: &MovieLensPaths) -> Result<MovieLensCatalog, MovieLen
     for m in sorted {
         let (ml_title, ml_year) = split_ml_title(&m.title);
         let tmdb = join.get(&m.movie_id);
-        let tmdb_year = tmdb
-            .and_then(|t| t.release_date.as_deref())
-            .and_then(|d| d.get(..4))
-            .and_then(|y| y.parse::<i32>().ok());
+        let tmdb_year =
+            tmdb.and_then(|t| t.release_date.as_deref()).and_then(|d| d.get(..4)).and_then(|y| y.parse::<i32>().ok());
         let tmdb_title = tmdb.and_then(|t| t.tmdb_title.clone()).filter(|t| !t.trim().is_empty());
         // TMDB's title and year are what the course ids were made from; MovieLens' are a fallback.
         let mut id = match (&tmdb_title, tmdb_year) {
@@ -228,7 +229,9 @@ pub fn read_catalog(paths: &MovieLensPaths) -> Result<MovieLensCatalog, MovieLen
             vote_count: stat.and_then(|s| s.vote_count),
             runtime: stat.and_then(|s| s.runtime).filter(|r| *r > 0),
             original_language: stat.and_then(|s| s.original_language.clone()),
-            release_date: tmdb.and_then(|t| t.release_date.as_deref()).and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()),
+            release_date: tmdb
+                .and_then(|t| t.release_date.as_deref())
+                .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()),
             raw: serde_json::json!({"movielens_title": m.title, "movielens_genres": m.genres}),
         };
         ids.insert(m.movie_id, id.clone());
@@ -307,7 +310,10 @@ mod tests {
             ("Hidden (a.k.a. Cache) (Caché) (2005)", "hidden+2005"),
             ("Monsters, Inc. (2001)", "monsters_+inc.+2001"),
             ("Kiki's Delivery Service (Majo no takkyûbin) (1989)", "kikis+delivery+service+1989"),
-            ("Percy Jackson & the Olympians: The Lightning Thief (2010)", "percy+jackson++the+olympians+the+lightning+thief+2010"),
+            (
+                "Percy Jackson & the Olympians: The Lightning Thief (2010)",
+                "percy+jackson++the+olympians+the+lightning+thief+2010",
+            ),
             ("Babylon 5", "babylon+5+"),
         ];
         for (ml, course) in cases {

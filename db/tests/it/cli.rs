@@ -8,7 +8,13 @@ use crate::data::bin;
 fn up_is_idempotent_and_down_stops_the_cluster() {
     let state = tempfile::tempdir().expect("state dir");
     let run = |args: &[&str]| {
-        Command::new(bin()).args(args).arg("--state-dir").arg(state.path()).env_remove("DATABASE_URL").output().expect("run")
+        Command::new(bin())
+            .args(args)
+            .arg("--state-dir")
+            .arg(state.path())
+            .env_remove("DATABASE_URL")
+            .output()
+            .expect("run")
     };
 
     let first = run(&["up"]);

@@ -9,7 +9,8 @@ use crate::data::shared_data;
 async fn the_course_catalog_imports_once_and_reimports_as_unchanged() {
     let Some(data) = shared_data() else { return };
     let db = TestDb::new().await;
-    let (movies, skipped) = catalog::read_catalog(&data.join("course/catalog/course_catalog_union.jsonl")).expect("read");
+    let (movies, skipped) =
+        catalog::read_catalog(&data.join("course/catalog/course_catalog_union.jsonl")).expect("read");
     assert_eq!((movies.len(), skipped.len()), (7_022, 0));
 
     let first = import::upsert_movies(&db.pool, &movies, "test").await.expect("import");
@@ -31,7 +32,8 @@ async fn the_course_catalog_imports_once_and_reimports_as_unchanged() {
 async fn raw_movie_api_answers_with_numbers_as_strings_import() {
     let Some(data) = shared_data() else { return };
     let db = TestDb::new().await;
-    let (movies, skipped) = catalog::read_catalog(&data.join("course/catalog/cmu-f19-movie-api-responses.json")).expect("read");
+    let (movies, skipped) =
+        catalog::read_catalog(&data.join("course/catalog/cmu-f19-movie-api-responses.json")).expect("read");
     assert!(movies.len() > 2_700, "{} movies, {} skipped", movies.len(), skipped.len());
     let with_votes = movies.iter().filter(|m| m.vote_average.is_some() && m.popularity.is_some()).count();
     assert!(with_votes as f64 > 0.95 * movies.len() as f64, "numbers given as strings are read");
@@ -53,7 +55,10 @@ async fn course_users_import_from_api_json_and_csv() {
         assert_eq!(again.inserted + again.updated, 0, "{file}");
     }
     let (age, occupation, gender): (i32, String, String) =
-        sqlx::query_as("SELECT age, occupation, gender FROM users WHERE user_id = 43575").fetch_one(&db.pool).await.expect("user");
+        sqlx::query_as("SELECT age, occupation, gender FROM users WHERE user_id = 43575")
+            .fetch_one(&db.pool)
+            .await
+            .expect("user");
     assert_eq!((age, occupation.as_str(), gender.as_str()), (28, "executive/managerial", "M"));
 }
 
@@ -61,8 +66,8 @@ async fn course_users_import_from_api_json_and_csv() {
 fn movielens_ids_agree_with_the_course_mapping() {
     let Some(data) = shared_data() else { return };
     let catalog = movielens::read_catalog(&movielens::MovieLensPaths::bundled()).expect("movielens");
-    let agreement =
-        movielens::mapping_agreement(&catalog, &data.join("course/catalog/course_to_ml-latest-small.csv")).expect("mapping");
+    let agreement = movielens::mapping_agreement(&catalog, &data.join("course/catalog/course_to_ml-latest-small.csv"))
+        .expect("mapping");
     let share = agreement.agree as f64 / agreement.total as f64;
     println!("course-id agreement: {}/{} = {:.1} %", agreement.agree, agreement.total, 100.0 * share);
     assert_eq!(agreement.total, 2_913);

@@ -52,7 +52,8 @@ async fn assert_exactly_once(pool: &PgPool, counts: &SynthCounts) {
         counts.watch,
         "the watched summary counts every minute once"
     );
-    let summary_pairs = count(pool, "SELECT count(*) FROM (SELECT DISTINCT user_id, movie_id FROM watch_events) p").await;
+    let summary_pairs =
+        count(pool, "SELECT count(*) FROM (SELECT DISTINCT user_id, movie_id FROM watch_events) p").await;
     assert_eq!(count(pool, "SELECT count(*) FROM user_watched").await, summary_pairs);
     let latest_mismatch = count(
         pool,
@@ -85,7 +86,8 @@ async fn an_appended_file_resumes_where_it_stopped() {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("grow.log");
-    std::fs::write(&path, "2025-01-01T00:00:00,1,GET /rate/a+1999=3\n2025-01-01T00:00:01,1,GET /data/m/a+1999/0.mpg\n").expect("write");
+    std::fs::write(&path, "2025-01-01T00:00:00,1,GET /rate/a+1999=3\n2025-01-01T00:00:01,1,GET /data/m/a+1999/0.mpg\n")
+        .expect("write");
     ingest_file(&db, &path, 10).await;
     let mut file = std::fs::OpenOptions::new().append(true).open(&path).expect("append");
     writeln!(file, "2025-01-01T00:00:02,1,GET /data/m/a+1999/1.mpg\nnot a line").expect("append");
@@ -107,7 +109,8 @@ async fn a_replaced_file_is_refused_instead_of_half_ingested() {
     let path = dir.path().join("a.log");
     std::fs::write(&path, "2025-01-01T00:00:00,1,GET /rate/a+1999=3\n").expect("write");
     ingest_file(&db, &path, 10).await;
-    std::fs::write(&path, "2025-02-01T00:00:00,2,GET /rate/b+1999=3\n2025-02-01T00:00:00,2,GET /rate/c+1999=3\n").expect("write");
+    std::fs::write(&path, "2025-02-01T00:00:00,2,GET /rate/b+1999=3\n2025-02-01T00:00:00,2,GET /rate/c+1999=3\n")
+        .expect("write");
 
     let conn = PgConnection::connect(&db.url).await.expect("connect");
     let source: Box<dyn LineSource> = Box::new(FileSource::open(&path, None).expect("open"));
@@ -120,7 +123,9 @@ async fn a_replaced_file_is_refused_instead_of_half_ingested() {
 #[tokio::test]
 async fn a_second_ingester_on_the_same_database_is_refused() {
     let db = TestDb::new().await;
-    let first = Ingester::new(PgConnection::connect(&db.url).await.expect("c1"), IngestOptions::default()).await.expect("first");
+    let first = Ingester::new(PgConnection::connect(&db.url).await.expect("c1"), IngestOptions::default())
+        .await
+        .expect("first");
     let second = Ingester::new(PgConnection::connect(&db.url).await.expect("c2"), IngestOptions::default()).await;
     assert!(matches!(second, Err(db::ingest::IngestError::Busy)));
     drop(first);
@@ -133,7 +138,12 @@ async fn a_named_stream_resumes_by_position() {
     for expected_new in [2u64, 0] {
         let conn = PgConnection::connect(&db.url).await.expect("connect");
         let source = StreamSource::new("stream:test", std::io::Cursor::new(text.clone()), Duration::from_millis(200));
-        let report = Ingester::new(conn, IngestOptions::default()).await.expect("lock").run(vec![Box::new(source)]).await.expect("run");
+        let report = Ingester::new(conn, IngestOptions::default())
+            .await
+            .expect("lock")
+            .run(vec![Box::new(source)])
+            .await
+            .expect("run");
         assert_eq!(report.accepted.total(), expected_new);
     }
     assert_eq!(count(&db.pool, "SELECT count(*) FROM account_events").await, 1);
@@ -183,7 +193,11 @@ async fn killing_the_ingester_mid_way_and_restarting_gives_exact_counts() {
 #[test]
 fn a_missing_file_is_one_clear_line_and_a_failure() {
     let db_url = TestDb::dead_url();
-    let out = Command::new(bin()).args(["ingest", "/nonexistent/events.log"]).env("DATABASE_URL", db_url).output().expect("run");
+    let out = Command::new(bin())
+        .args(["ingest", "/nonexistent/events.log"])
+        .env("DATABASE_URL", db_url)
+        .output()
+        .expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -196,7 +210,8 @@ fn a_database_that_is_down_is_one_clear_line_and_a_failure() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("e.log");
     std::fs::write(&path, "2025-01-01T00:00:00,1,GET /rate/a+1999=3\n").expect("write");
-    let out = Command::new(bin()).arg("ingest").arg(&path).env("DATABASE_URL", TestDb::dead_url()).output().expect("run");
+    let out =
+        Command::new(bin()).arg("ingest").arg(&path).env("DATABASE_URL", TestDb::dead_url()).output().expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert_eq!(stderr.lines().count(), 1, "{stderr}");

@@ -7,8 +7,17 @@ async fn ingest_lines(db: &TestDb, text: &str) {
     use db::ingest::{IngestOptions, Ingester};
     use sqlx::Connection;
     let conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
-    let source = db::source::StreamSource::new("stream:t", std::io::Cursor::new(text.as_bytes().to_vec()), std::time::Duration::from_millis(100));
-    Ingester::new(conn, IngestOptions::default()).await.expect("lock").run(vec![Box::new(source)]).await.expect("ingest");
+    let source = db::source::StreamSource::new(
+        "stream:t",
+        std::io::Cursor::new(text.as_bytes().to_vec()),
+        std::time::Duration::from_millis(100),
+    );
+    Ingester::new(conn, IngestOptions::default())
+        .await
+        .expect("lock")
+        .run(vec![Box::new(source)])
+        .await
+        .expect("ingest");
 }
 
 #[tokio::test]
@@ -31,11 +40,16 @@ async fn popularity_ranks_recent_activity_and_is_stamped_with_the_watermark() {
         .await
         .expect("catalog movie");
 
-    let run = popularity::refresh(&db.pool, PopularityParams { window_days: 30, activity_weight: 1.0 }).await.expect("refresh");
+    let run = popularity::refresh(&db.pool, PopularityParams { window_days: 30, activity_weight: 1.0 })
+        .await
+        .expect("refresh");
 
     assert_eq!(run.watermark, 6);
     assert_eq!(popularity::top(&db.pool, 3).await.expect("top"), vec!["b+1990", "a+1990", "c+1990"]);
     let (users, stamped): (i64, i64) =
-        sqlx::query_as("SELECT watch_users, watermark FROM popularity WHERE movie_id = 'c+1990'").fetch_one(&db.pool).await.expect("c");
+        sqlx::query_as("SELECT watch_users, watermark FROM popularity WHERE movie_id = 'c+1990'")
+            .fetch_one(&db.pool)
+            .await
+            .expect("c");
     assert_eq!((users, stamped), (0, 6), "activity outside the window does not count");
 }
