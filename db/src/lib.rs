@@ -45,3 +45,22 @@ pub async fn connect_pool(url: &str, max_connections: u32) -> Result<PgPool, sql
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }
+
+/// No database was configured and no private cluster is running.
+#[derive(Debug, thiserror::Error)]
+#[error("no database: set DATABASE_URL or start the private cluster with `lazyrec-db up` (no {0})")]
+pub struct NoDatabase(std::path::PathBuf);
+
+/// The database URL: the explicit one (DATABASE_URL) if given, else the project's private
+/// cluster recorded under `state_dir` (by `lazyrec-db up`).
+pub fn resolve_database_url(explicit: Option<&str>, state_dir: &std::path::Path) -> Result<String, NoDatabase> {
+    if let Some(url) = explicit {
+        return Ok(url.to_string());
+    }
+    let port_file = state_dir.join("pg").join("port");
+    let port = std::fs::read_to_string(&port_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<u16>().ok())
+        .ok_or(NoDatabase(port_file))?;
+    Ok(format!("postgres://{}@127.0.0.1:{port}/{}", pgcluster::SUPERUSER, cli::DATABASE_NAME))
+}

@@ -1,0 +1,210 @@
+//! The `embedder` command line: `embed`, `status`, `similar`, `query`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::model::{Model, ModelPaths};
+use crate::pipeline::{Embedder, Mode};
+use crate::store::edge::EdgeStore;
+use crate::store::server::ServerStore;
+use crate::store::{SearchFilter, VectorStore};
+use crate::text::point_id;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "embedder",
+    version,
+    about = "Embed the movie catalog into Qdrant (embedded qdrant-edge by default, a Qdrant server with --qdrant-url)"
+)]
+struct Cli {
+    /// Postgres URL; default: the private cluster started by `lazyrec-db up`.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+    /// Local state (private Postgres, qdrant-edge data, embedding assets).
+    #[arg(long, env = "LAZYREC_STATE_DIR", default_value = ".state", global = true)]
+    state_dir: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Which vector store.
+#[derive(Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// Use a Qdrant server (gRPC URL, e.g. http://localhost:6334) instead of embedded qdrant-edge.
+    #[arg(long, env = "QDRANT_URL", global = true)]
+    pub qdrant_url: Option<String>,
+    /// API key for the Qdrant server.
+    #[arg(long, env = "QDRANT_API_KEY", global = true, hide_env_values = true)]
+    pub qdrant_api_key: Option<String>,
+    /// Timeout of each Qdrant server call, in seconds.
+    #[arg(long, default_value_t = 30, global = true)]
+    pub qdrant_timeout_secs: u64,
+    /// qdrant-edge directory (default: <state-dir>/qdrant-edge).
+    #[arg(long, env = "LAZYREC_EDGE_DIR", global = true)]
+    pub edge_dir: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// Opens the configured store.
+    pub fn open(&self, state_dir: &std::path::Path) -> Result<Box<dyn VectorStore>> {
+        Ok(match &self.qdrant_url {
+            Some(url) => Box::new(
+                ServerStore::connect(url, self.qdrant_api_key.clone(), Duration::from_secs(self.qdrant_timeout_secs))
+                    .context("connecting to Qdrant")?,
+            ),
+            None => {
+                let dir = self.edge_dir.clone().unwrap_or_else(|| state_dir.join("qdrant-edge"));
+                Box::new(EdgeStore::open(&dir).context("opening the qdrant-edge store")?)
+            }
+        })
+    }
+}
+
+/// Where the model files are.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Directory with the assets installed by ci/assets.py (default: <state-dir>/assets).
+    #[arg(long, env = "LAZYREC_ASSETS_DIR", global = true)]
+    pub assets_dir: Option<PathBuf>,
+    /// ONNX Runtime shared library (overrides the assets dir).
+    #[arg(long, env = "LAZYREC_ONNXRUNTIME", global = true)]
+    pub onnxruntime: Option<PathBuf>,
+    /// ONNX embedding model (overrides the assets dir).
+    #[arg(long, env = "LAZYREC_MODEL", global = true)]
+    pub model: Option<PathBuf>,
+    /// Tokenizer directory (tokenizer.json, config.json, special_tokens_map.json, tokenizer_config.json).
+    #[arg(long, env = "LAZYREC_TOKENIZER_DIR", global = true)]
+    pub tokenizer_dir: Option<PathBuf>,
+    /// ONNX Runtime threads.
+    #[arg(long, default_value_t = 2, global = true)]
+    pub threads: usize,
+}
+
+impl ModelArgs {
+    /// The model paths after defaults and overrides.
+    pub fn paths(&self, state_dir: &std::path::Path) -> ModelPaths {
+        let assets = self.assets_dir.clone().unwrap_or_else(|| state_dir.join("assets"));
+        let mut paths = ModelPaths::in_assets_dir(&assets);
+        if let Some(p) = &self.onnxruntime {
+            paths.onnxruntime = p.clone();
+        }
+        if let Some(p) = &self.model {
+            paths.model = p.clone();
+        }
+        if let Some(p) = &self.tokenizer_dir {
+            paths.tokenizer_dir = p.clone();
+        }
+        paths
+    }
+
+    /// Loads the model (on a blocking thread: it reads ~25 MB and builds a session).
+    pub async fn load(&self, state_dir: &std::path::Path) -> Result<Model> {
+        let paths = self.paths(state_dir);
+        let threads = self.threads;
+        Ok(tokio::task::spawn_blocking(move || Model::load(&paths, threads)).await.context("model loader")??)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Embed new and changed movies into the live collection (or, with --full, build a new collection and switch to it).
+    Embed {
+        /// Re-embed everything into a new collection, switched to atomically when complete.
+        #[arg(long)]
+        full: bool,
+        /// Never draw a progress bar.
+        #[arg(long)]
+        no_progress: bool,
+        /// Movies per embed-and-upsert step.
+        #[arg(long, default_value_t = 256)]
+        chunk: usize,
+    },
+    /// Show the store's collections, point counts and which is live.
+    Status,
+    /// Movies nearest to a movie.
+    Similar {
+        /// Course movie id, e.g. toy+story+1995.
+        movie_id: String,
+        /// How many.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+        /// Only movies of this genre (repeatable).
+        #[arg(long)]
+        genre: Vec<String>,
+    },
+    /// Movies nearest to a free-text query.
+    Query {
+        /// The text.
+        text: String,
+        /// How many.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+        /// Only movies of this genre (repeatable).
+        #[arg(long)]
+        genre: Vec<String>,
+    },
+}
+
+/// Runs the command line.
+pub async fn run() -> Result<()> {
+    let cli = Cli::parse();
+    let store = cli.store.open(&cli.state_dir)?;
+    match &cli.command {
+        Command::Embed { full, no_progress, chunk } => {
+            let url = db::resolve_database_url(cli.database_url.as_deref(), &cli.state_dir)?;
+            let pool = db::connect_pool(&url, 4).await.with_context(|| format!("connecting to Postgres at {}", db::cli::redact(&url)))?;
+            db::migrate(&pool).await.context("applying migrations")?;
+            let mut model = cli.model.load(&cli.state_dir).await?;
+            let mut embedder = Embedder {
+                pool: &pool,
+                store: store.as_ref(),
+                model: &mut model,
+                progress: !no_progress && std::io::stderr().is_terminal(),
+                chunk: *chunk,
+            };
+            let report = embedder.run(if *full { Mode::Full } else { Mode::Incremental }).await?;
+            println!("{}", report.render());
+        }
+        Command::Status => {
+            let live = store.live().await?;
+            println!("store: {}", store.describe());
+            for name in store.collections().await? {
+                let count = store.count(&name).await?;
+                let mark = if live.as_deref() == Some(name.as_str()) { " (live)" } else { "" };
+                println!("{name}: {count} points{mark}");
+            }
+            if live.is_none() {
+                println!("no live collection: run `embedder embed`");
+            }
+        }
+        Command::Similar { movie_id, limit, genre } => {
+            let live = store.live().await?.context("no live collection: run `embedder embed` first")?;
+            let id = point_id(movie_id);
+            let Some((_, vector)) = store.vectors(&live, &[id]).await?.into_iter().next() else {
+                bail!("{movie_id} is not in the live collection {live}");
+            };
+            let filter = SearchFilter { any_genre: genre.clone(), exclude_ids: vec![id] };
+            for hit in store.search(&live, vector, *limit, &filter).await? {
+                println!("{:.4}  {}", hit.score, hit.movie_id);
+            }
+        }
+        Command::Query { text, limit, genre } => {
+            let live = store.live().await?.context("no live collection: run `embedder embed` first")?;
+            let mut model = cli.model.load(&cli.state_dir).await?;
+            let vector = model.embed(std::slice::from_ref(text))?.pop().context("the model returned no vector")?;
+            let filter = SearchFilter { any_genre: genre.clone(), exclude_ids: Vec::new() };
+            for hit in store.search(&live, vector, *limit, &filter).await? {
+                println!("{:.4}  {}", hit.score, hit.movie_id);
+            }
+        }
+    }
+    Ok(())
+}

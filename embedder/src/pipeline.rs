@@ -1,0 +1,322 @@
+//! Catalog → texts → vectors → store, full or incremental, resumable.
+//!
+//! * **Full**: the target collection is named after (model, template, catalog snapshot). It is
+//!   filled batch by batch, indexed, counted, and only then made live; the previous live
+//!   collection is kept (for rollback) and older ones are dropped. A killed run leaves a
+//!   collection that is not live; the next run fills it again (vectors come from the cache).
+//! * **Incremental**: only movies whose text hash differs from the live collection's payload
+//!   are embedded and upserted; movies gone from the catalog are deleted.
+//!
+//! Vectors are cached in Postgres by (model, text hash), so a text is never embedded twice.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+use crate::model::{Model, ModelError};
+use crate::store::{MoviePoint, StoreError, VectorStore};
+use crate::text::{MovieFields, TEMPLATE_VERSION, movie_text, point_id, text_hash};
+
+/// What to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Build a new collection for the current catalog and switch to it.
+    Full,
+    /// Update the live collection in place (falls back to full when nothing is live).
+    Incremental,
+}
+
+/// Failures of an embed run.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    /// Postgres.
+    #[error("database error while {context}: {source}")]
+    Db {
+        /// What we were doing.
+        context: &'static str,
+        /// Why.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The vector store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The model.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Two movie ids hash to the same point id (never seen; checked anyway).
+    #[error("point id collision between {0} and {1}")]
+    IdCollision(String, String),
+    /// The finished collection does not hold what it should.
+    #[error("collection {name} holds {found} points, expected {expected}")]
+    Incomplete {
+        /// Collection.
+        name: String,
+        /// Points found.
+        found: u64,
+        /// Movies in the catalog.
+        expected: u64,
+    },
+}
+
+fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> EmbedError {
+    move |source| EmbedError::Db { context, source }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EmbedReport {
+    /// The collection written.
+    pub collection: String,
+    /// Whether a new collection became live.
+    pub switched: bool,
+    /// Movies in the catalog.
+    pub movies: u64,
+    /// Texts run through the model.
+    pub embedded: u64,
+    /// Vectors taken from the cache.
+    pub cached: u64,
+    /// Points upserted.
+    pub upserted: u64,
+    /// Points deleted (movies gone from the catalog).
+    pub deleted: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl EmbedReport {
+    /// One line for humans.
+    pub fn render(&self) -> String {
+        format!(
+            "{}: {} movies, {} embedded ({:.0}/s), {} from cache, {} upserted, {} deleted{} in {:.1}s",
+            self.collection,
+            self.movies,
+            self.embedded,
+            self.embedded as f64 / self.elapsed.as_secs_f64().max(1e-9),
+            self.cached,
+            self.upserted,
+            self.deleted,
+            if self.switched { ", now live" } else { "" },
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
+
+/// A catalog movie with its text.
+struct Item {
+    fields: MovieFields,
+    text: String,
+    hash: String,
+    id: u64,
+}
+
+async fn load_catalog(pool: &PgPool) -> Result<Vec<Item>, EmbedError> {
+    let rows: Vec<MovieFields> = sqlx::query_as(
+        "SELECT movie_id, title, year, genres, overview, tagline, keywords FROM movies ORDER BY movie_id",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(db("reading the catalog"))?;
+    let mut seen: HashMap<u64, String> = HashMap::with_capacity(rows.len());
+    let mut items = Vec::with_capacity(rows.len());
+    for fields in rows {
+        let text = movie_text(&fields);
+        let id = point_id(&fields.movie_id);
+        if let Some(other) = seen.insert(id, fields.movie_id.clone()) {
+            return Err(EmbedError::IdCollision(other, fields.movie_id));
+        }
+        items.push(Item { hash: text_hash(&text), text, id, fields });
+    }
+    Ok(items)
+}
+
+/// The collection name for this model, template and catalog.
+pub fn collection_name(model_id: &str, items_hashes: impl Iterator<Item = (String, String)>) -> String {
+    let mut h = Sha256::new();
+    for (movie_id, hash) in items_hashes {
+        h.update(movie_id.as_bytes());
+        h.update([0]);
+        h.update(hash.as_bytes());
+        h.update([b'\n']);
+    }
+    let catalog = hex::encode(&h.finalize()[..4]);
+    let model: String = model_id.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    format!("movies_{model}_{TEMPLATE_VERSION}_{catalog}")
+}
+
+/// The embedder: a model, a store and the database.
+pub struct Embedder<'a> {
+    /// Postgres (catalog, cache, collection history).
+    pub pool: &'a PgPool,
+    /// The vector store.
+    pub store: &'a dyn VectorStore,
+    /// The model.
+    pub model: &'a mut Model,
+    /// Draw a progress bar.
+    pub progress: bool,
+    /// Movies per embed-and-upsert step (a crash loses at most one step's work).
+    pub chunk: usize,
+}
+
+impl Embedder<'_> {
+    /// Runs `mode` and returns what happened.
+    pub async fn run(&mut self, mode: Mode) -> Result<EmbedReport, EmbedError> {
+        let started = Instant::now();
+        let items = load_catalog(self.pool).await?;
+        let name = collection_name(self.model.id(), items.iter().map(|i| (i.fields.movie_id.clone(), i.hash.clone())));
+        let live = self.store.live().await?;
+        let mut report = match (mode, live) {
+            (Mode::Incremental, Some(live)) => self.incremental(&live, &items).await?,
+            (Mode::Full, Some(live)) if live == name => {
+                // The live collection already is this catalog: nothing to rebuild.
+                let mut r = self.incremental(&live, &items).await?;
+                r.collection = live;
+                r
+            }
+            (Mode::Full | Mode::Incremental, _) => self.full(&name, &items).await?,
+        };
+        report.movies = items.len() as u64;
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
+
+    async fn full(&mut self, name: &str, items: &[Item]) -> Result<EmbedReport, EmbedError> {
+        let dim = self.model.dim();
+        sqlx::query(
+            "INSERT INTO embedding_collections (name, store, model, template, catalog_hash, dim) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (name) DO UPDATE SET updated_at = now()",
+        )
+        .bind(name)
+        .bind(self.store.describe())
+        .bind(self.model.id())
+        .bind(TEMPLATE_VERSION)
+        .bind(name.rsplit('_').next().unwrap_or_default())
+        .bind(dim as i32)
+        .execute(self.pool)
+        .await
+        .map_err(db("recording the collection"))?;
+        self.store.create_collection(name, dim).await?;
+        let mut report = EmbedReport { collection: name.to_string(), ..EmbedReport::default() };
+        let todo: Vec<&Item> = items.iter().collect();
+        self.embed_and_upsert(name, &todo, &mut report).await?;
+        self.store.finish_bulk_load(name).await?;
+        let found = self.store.count(name).await?;
+        if found != items.len() as u64 {
+            return Err(EmbedError::Incomplete { name: name.into(), found, expected: items.len() as u64 });
+        }
+        let previous = self.store.live().await?;
+        self.store.set_live(name).await?;
+        report.switched = true;
+        sqlx::query(
+            "UPDATE embedding_collections SET state = CASE WHEN name = $1 THEN 'live' WHEN name = $2 THEN 'previous' ELSE 'dropped' END,
+               live_at = CASE WHEN name = $1 THEN now() ELSE live_at END, points = CASE WHEN name = $1 THEN $3 ELSE points END,
+               updated_at = now()
+             WHERE store = $4 AND (name = $1 OR state IN ('live', 'previous'))",
+        )
+        .bind(name)
+        .bind(previous.as_deref().unwrap_or(""))
+        .bind(found as i32)
+        .bind(self.store.describe())
+        .execute(self.pool)
+        .await
+        .map_err(db("recording the switch"))?;
+        // Keep the live and the previous collection; drop older ones and abandoned partial builds.
+        for other in self.store.collections().await? {
+            if other != name && Some(&other) != previous.as_ref() && other.starts_with("movies_") {
+                self.store.drop_collection(&other).await?;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn incremental(&mut self, live: &str, items: &[Item]) -> Result<EmbedReport, EmbedError> {
+        let stored: HashMap<u64, String> =
+            self.store.digests(live).await?.into_iter().map(|d| (d.id, d.text_hash)).collect();
+        let todo: Vec<&Item> = items.iter().filter(|i| stored.get(&i.id) != Some(&i.hash)).collect();
+        let mut report = EmbedReport { collection: live.to_string(), ..EmbedReport::default() };
+        self.embed_and_upsert(live, &todo, &mut report).await?;
+        let current: std::collections::HashSet<u64> = items.iter().map(|i| i.id).collect();
+        let gone: Vec<u64> = stored.keys().filter(|id| !current.contains(id)).copied().collect();
+        if !gone.is_empty() {
+            report.deleted = gone.len() as u64;
+            self.store.delete(live, gone).await?;
+        }
+        if report.upserted > 0 || report.deleted > 0 {
+            sqlx::query("UPDATE embedding_collections SET points = $2, updated_at = now() WHERE name = $1")
+                .bind(live)
+                .bind(items.len() as i32)
+                .execute(self.pool)
+                .await
+                .map_err(db("recording the update"))?;
+        }
+        Ok(report)
+    }
+
+    async fn embed_and_upsert(&mut self, collection: &str, todo: &[&Item], report: &mut EmbedReport) -> Result<(), EmbedError> {
+        let bar = if self.progress && !todo.is_empty() {
+            ProgressBar::with_draw_target(Some(todo.len() as u64), ProgressDrawTarget::stderr()).with_style(
+                ProgressStyle::with_template("{spinner} embed [{elapsed_precise}] {wide_bar} {pos}/{len} movies ({per_sec}, eta {eta})")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            )
+        } else {
+            ProgressBar::hidden()
+        };
+        let model_id = self.model.id().to_string();
+        for chunk in todo.chunks(self.chunk.max(1)) {
+            let hashes: Vec<String> = chunk.iter().map(|i| i.hash.clone()).collect();
+            let cached: Vec<(String, Vec<f32>)> =
+                sqlx::query_as("SELECT text_hash, vector FROM embedding_cache WHERE model = $1 AND text_hash = ANY($2)")
+                    .bind(&model_id)
+                    .bind(&hashes)
+                    .fetch_all(self.pool)
+                    .await
+                    .map_err(db("reading the vector cache"))?;
+            let mut vectors: HashMap<String, Vec<f32>> = cached.into_iter().collect();
+            report.cached += chunk.iter().filter(|i| vectors.contains_key(&i.hash)).count() as u64;
+            let missing: Vec<&Item> = chunk.iter().copied().filter(|i| !vectors.contains_key(&i.hash)).collect();
+            if !missing.is_empty() {
+                let texts: Vec<String> = missing.iter().map(|i| i.text.clone()).collect();
+                let fresh = self.model.embed(&texts)?;
+                report.embedded += fresh.len() as u64;
+                let mut tx = self.pool.begin().await.map_err(db("writing the vector cache"))?;
+                for (item, v) in missing.iter().zip(&fresh) {
+                    sqlx::query(
+                        "INSERT INTO embedding_cache (model, text_hash, vector) VALUES ($1, $2, $3) ON CONFLICT (model, text_hash) DO NOTHING",
+                    )
+                    .bind(&model_id)
+                    .bind(&item.hash)
+                    .bind(v)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("writing the vector cache"))?;
+                }
+                tx.commit().await.map_err(db("writing the vector cache"))?;
+                for (item, v) in missing.iter().zip(fresh) {
+                    vectors.insert(item.hash.clone(), v);
+                }
+            }
+            let points: Vec<MoviePoint> = chunk
+                .iter()
+                .filter_map(|i| {
+                    Some(MoviePoint {
+                        id: i.id,
+                        vector: vectors.get(&i.hash)?.clone(),
+                        movie_id: i.fields.movie_id.clone(),
+                        title: i.fields.title.clone(),
+                        year: i.fields.year,
+                        genres: i.fields.genres.clone(),
+                        text_hash: i.hash.clone(),
+                    })
+                })
+                .collect();
+            report.upserted += points.len() as u64;
+            self.store.upsert(collection, points).await?;
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish_and_clear();
+        Ok(())
+    }
+}

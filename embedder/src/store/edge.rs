@@ -1,0 +1,337 @@
+//! The embedded store: qdrant-edge shards in a directory.
+//!
+//! ```text
+//! <root>/collections/<name>/   one EdgeShard per collection
+//! <root>/LIVE                  the live collection's name (replaced by an atomic rename)
+//! ```
+//!
+//! qdrant-edge is synchronous; every call runs on tokio's blocking pool.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use qdrant_edge::external::serde_json::{Value, json};
+use qdrant_edge::{
+    AnyVariants, Condition, CountRequest, CreateIndex, DEFAULT_VECTOR_NAME, Distance, EdgeConfig, EdgeShard,
+    EdgeVectorParams, FieldCondition, FieldIndexOperations, Filter, HasIdCondition, JsonPath, Match, MatchAny,
+    NamedQuery, PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations, PointOperations,
+    PointStruct, QueryEnum, ScrollRequest, SearchRequest, UpdateOperation, VectorInternal, VectorStructInternal,
+    WithPayloadInterface, WithVector,
+};
+
+use super::{Hit, MoviePoint, PointDigest, SearchFilter, StoreError, VectorStore};
+
+const ENGINE: &str = "qdrant-edge";
+
+fn engine(operation: &'static str) -> impl FnOnce(qdrant_edge::OperationError) -> StoreError {
+    move |e| StoreError::Engine { engine: ENGINE, operation, detail: e.to_string() }
+}
+
+/// qdrant-edge collections under one directory.
+pub struct EdgeStore {
+    root: PathBuf,
+    open: Mutex<HashMap<String, Arc<EdgeShard>>>,
+}
+
+impl std::fmt::Debug for EdgeStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeStore").field("root", &self.root).finish()
+    }
+}
+
+impl EdgeStore {
+    /// Opens (creating if needed) a store rooted at `root`.
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        let collections = root.join("collections");
+        std::fs::create_dir_all(&collections)
+            .map_err(|source| StoreError::Io { operation: "creating the store directory", path: collections, source })?;
+        Ok(Self { root: root.to_path_buf(), open: Mutex::new(HashMap::new()) })
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        self.root.join("collections").join(name)
+    }
+
+    fn shard(&self, name: &str) -> Result<Arc<EdgeShard>, StoreError> {
+        let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(shard) = open.get(name) {
+            return Ok(shard.clone());
+        }
+        let dir = self.dir(name);
+        if !dir.join("edge_config.json").is_file() {
+            return Err(StoreError::NoSuchCollection(name.to_string()));
+        }
+        let shard = Arc::new(EdgeShard::load(&dir, None).map_err(engine("opening a collection"))?);
+        open.insert(name.to_string(), shard.clone());
+        Ok(shard)
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&EdgeShard) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let shard = self.shard(name)?;
+        tokio::task::spawn_blocking(move || f(&shard))
+            .await
+            .map_err(|e| StoreError::Engine { engine: ENGINE, operation: "blocking task", detail: e.to_string() })?
+    }
+}
+
+fn point_id(id: &PointId) -> Option<u64> {
+    match id {
+        PointId::NumId(n) => Some(*n),
+        PointId::Uuid(_) => None,
+    }
+}
+
+fn payload_str(payload: Option<&qdrant_edge::Payload>, key: &str) -> String {
+    payload.and_then(|p| p.0.get(key)).and_then(Value::as_str).unwrap_or_default().to_string()
+}
+
+fn dense(vector: Option<VectorStructInternal>) -> Option<Vec<f32>> {
+    match vector? {
+        VectorStructInternal::Single(v) => Some(v),
+        VectorStructInternal::Named(mut named) => match named.remove(DEFAULT_VECTOR_NAME)? {
+            VectorInternal::Dense(v) => Some(v),
+            VectorInternal::Sparse(_) | VectorInternal::MultiDense(_) => None,
+        },
+        VectorStructInternal::MultiDense(_) => None,
+    }
+}
+
+/// The filter for a search.
+pub(crate) fn edge_filter(filter: &SearchFilter) -> Option<Filter> {
+    let mut must = Vec::new();
+    let mut must_not = Vec::new();
+    if !filter.any_genre.is_empty() {
+        must.push(Condition::Field(FieldCondition::new_match(
+            JsonPath::new("genres"),
+            Match::Any(MatchAny { any: AnyVariants::Strings(filter.any_genre.iter().cloned().collect()) }),
+        )));
+    }
+    if !filter.exclude_ids.is_empty() {
+        let ids: HasIdCondition = filter.exclude_ids.iter().map(|id| PointId::NumId(*id)).collect();
+        must_not.push(Condition::HasId(ids));
+    }
+    if must.is_empty() && must_not.is_empty() {
+        return None;
+    }
+    Some(Filter {
+        must: (!must.is_empty()).then_some(must),
+        must_not: (!must_not.is_empty()).then_some(must_not),
+        ..Filter::default()
+    })
+}
+
+#[async_trait]
+impl VectorStore for EdgeStore {
+    fn describe(&self) -> String {
+        format!("edge:{}", self.root.display())
+    }
+
+    async fn collections(&self) -> Result<Vec<String>, StoreError> {
+        let dir = self.root.join("collections");
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .map_err(|source| StoreError::Io { operation: "listing collections", path: dir, source })?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join("edge_config.json").is_file())
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    async fn create_collection(&self, name: &str, dim: usize) -> Result<(), StoreError> {
+        let dir = self.dir(name);
+        if dir.join("edge_config.json").is_file() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&dir)
+            .map_err(|source| StoreError::Io { operation: "creating a collection", path: dir.clone(), source })?;
+        let config = EdgeConfig::builder()
+            .vector(DEFAULT_VECTOR_NAME, EdgeVectorParams::builder(dim, Distance::Cosine).build())
+            .build();
+        let shard = tokio::task::spawn_blocking(move || -> Result<EdgeShard, StoreError> {
+            let shard = EdgeShard::new(&dir, config).map_err(engine("creating a collection"))?;
+            for (field, kind) in [("genres", PayloadSchemaType::Keyword), ("year", PayloadSchemaType::Integer), ("movie_id", PayloadSchemaType::Keyword)] {
+                shard
+                    .update(UpdateOperation::FieldIndexOperation(FieldIndexOperations::CreateIndex(CreateIndex {
+                        field_name: JsonPath::new(field),
+                        field_schema: Some(PayloadFieldSchema::FieldType(kind)),
+                    })))
+                    .map_err(engine("creating a payload index"))?;
+            }
+            shard.flush();
+            Ok(shard)
+        })
+        .await
+        .map_err(|e| StoreError::Engine { engine: ENGINE, operation: "blocking task", detail: e.to_string() })??;
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), Arc::new(shard));
+        Ok(())
+    }
+
+    async fn drop_collection(&self, name: &str) -> Result<(), StoreError> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        let dir = self.dir(name);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StoreError::Io { operation: "dropping a collection", path: dir, source }),
+        }
+    }
+
+    async fn upsert(&self, collection: &str, points: Vec<MoviePoint>) -> Result<(), StoreError> {
+        self.blocking(collection, move |shard| {
+            let points = points
+                .into_iter()
+                .map(|p| {
+                    let payload = json!({
+                        "movie_id": p.movie_id, "title": p.title, "year": p.year,
+                        "genres": p.genres, "text_hash": p.text_hash,
+                    });
+                    PointStruct::new(PointId::NumId(p.id), p.vector, payload).into()
+                })
+                .collect();
+            shard
+                .update(UpdateOperation::PointOperation(PointOperations::UpsertPoints(PointInsertOperations::PointsList(
+                    points,
+                ))))
+                .map_err(engine("upsert"))?;
+            shard.flush();
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete(&self, collection: &str, ids: Vec<u64>) -> Result<(), StoreError> {
+        self.blocking(collection, move |shard| {
+            let ids = ids.into_iter().map(PointId::NumId).collect();
+            shard.update(UpdateOperation::PointOperation(PointOperations::DeletePoints { ids })).map_err(engine("delete"))?;
+            shard.flush();
+            Ok(())
+        })
+        .await
+    }
+
+    async fn finish_bulk_load(&self, collection: &str) -> Result<(), StoreError> {
+        self.blocking(collection, |shard| {
+            shard.optimize().map_err(engine("building the index"))?;
+            shard.flush();
+            Ok(())
+        })
+        .await
+    }
+
+    async fn count(&self, collection: &str) -> Result<u64, StoreError> {
+        self.blocking(collection, |shard| {
+            let n = shard.count(CountRequest { filter: None, exact: true }).map_err(engine("count"))?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn digests(&self, collection: &str) -> Result<Vec<PointDigest>, StoreError> {
+        self.blocking(collection, |shard| {
+            let mut out = Vec::new();
+            let mut offset = None;
+            loop {
+                let (records, next) = shard
+                    .scroll(ScrollRequest {
+                        offset,
+                        limit: Some(1_000),
+                        filter: None,
+                        with_payload: Some(WithPayloadInterface::Bool(true)),
+                        with_vector: WithVector::Bool(false),
+                        order_by: None,
+                    })
+                    .map_err(engine("scroll"))?;
+                for r in records {
+                    if let Some(id) = point_id(&r.id) {
+                        out.push(PointDigest {
+                            id,
+                            movie_id: payload_str(r.payload.as_ref(), "movie_id"),
+                            text_hash: payload_str(r.payload.as_ref(), "text_hash"),
+                        });
+                    }
+                }
+                match next {
+                    Some(n) => offset = Some(n),
+                    None => return Ok(out),
+                }
+            }
+        })
+        .await
+    }
+
+    async fn vectors(&self, collection: &str, ids: &[u64]) -> Result<Vec<(u64, Vec<f32>)>, StoreError> {
+        let ids: Vec<PointId> = ids.iter().map(|id| PointId::NumId(*id)).collect();
+        self.blocking(collection, move |shard| {
+            let records = shard
+                .retrieve(&ids, Some(WithPayloadInterface::Bool(false)), Some(WithVector::Bool(true)))
+                .map_err(engine("retrieve"))?;
+            Ok(records.into_iter().filter_map(|r| Some((point_id(&r.id)?, dense(r.vector)?))).collect())
+        })
+        .await
+    }
+
+    async fn search(&self, collection: &str, vector: Vec<f32>, limit: usize, filter: &SearchFilter) -> Result<Vec<Hit>, StoreError> {
+        let filter = edge_filter(filter);
+        self.blocking(collection, move |shard| {
+            let hits = shard
+                .search(SearchRequest {
+                    query: QueryEnum::Nearest(NamedQuery { query: VectorInternal::Dense(vector), using: None }),
+                    filter,
+                    params: None,
+                    limit,
+                    offset: 0,
+                    with_payload: Some(WithPayloadInterface::Fields(vec![JsonPath::new("movie_id")])),
+                    with_vector: None,
+                    score_threshold: None,
+                })
+                .map_err(engine("search"))?;
+            Ok(hits
+                .into_iter()
+                .filter_map(|p| {
+                    Some(Hit { id: point_id(&p.id)?, movie_id: payload_str(p.payload.as_ref(), "movie_id"), score: p.score })
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn live(&self) -> Result<Option<String>, StoreError> {
+        let path = self.root.join("LIVE");
+        match std::fs::read_to_string(&path) {
+            Ok(name) if !name.trim().is_empty() => Ok(Some(name.trim().to_string())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::Io { operation: "reading the live pointer", path, source }),
+        }
+    }
+
+    async fn set_live(&self, collection: &str) -> Result<(), StoreError> {
+        if !self.dir(collection).join("edge_config.json").is_file() {
+            return Err(StoreError::NoSuchCollection(collection.to_string()));
+        }
+        let tmp = self.root.join("LIVE.tmp");
+        let path = self.root.join("LIVE");
+        let io = |operation: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Io { operation, path, source }
+        };
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(io("writing the live pointer", &tmp))?;
+            f.write_all(collection.as_bytes()).map_err(io("writing the live pointer", &tmp))?;
+            f.sync_all().map_err(io("syncing the live pointer", &tmp))?;
+        }
+        std::fs::rename(&tmp, &path).map_err(io("switching the live pointer", &path))?;
+        if let Ok(dir) = std::fs::File::open(&self.root) {
+            let _synced = dir.sync_all();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,122 @@
+//! The `VectorStore` seam: one behaviour, two real engines — qdrant-edge (embedded, a directory
+//! on disk, the default) and a Qdrant server or cluster through qdrant-client.
+//!
+//! A store holds named collections of movie points (id = [`crate::text::point_id`], payload =
+//! movie id, title, year, genres, text hash) and a *live* pointer naming the collection readers
+//! use. Switching the live pointer is atomic (a file rename on edge, an alias swap on a server).
+
+pub mod edge;
+pub mod server;
+
+use async_trait::async_trait;
+
+/// A movie point to upsert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoviePoint {
+    /// Stable point id.
+    pub id: u64,
+    /// The vector.
+    pub vector: Vec<f32>,
+    /// Course movie id.
+    pub movie_id: String,
+    /// Title.
+    pub title: String,
+    /// Year.
+    pub year: Option<i32>,
+    /// Genres (keyword-indexed).
+    pub genres: Vec<String>,
+    /// sha256 of the embedded text: tells incremental runs what changed.
+    pub text_hash: String,
+}
+
+/// A search hit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    /// Point id.
+    pub id: u64,
+    /// Course movie id (from the payload).
+    pub movie_id: String,
+    /// Cosine similarity.
+    pub score: f32,
+}
+
+/// Restrictions on a search.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SearchFilter {
+    /// Only movies with at least one of these genres.
+    pub any_genre: Vec<String>,
+    /// Never these points (e.g. what the user already watched).
+    pub exclude_ids: Vec<u64>,
+}
+
+/// A stored point's identity and content hash (for incremental embedding).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PointDigest {
+    /// Point id.
+    pub id: u64,
+    /// Course movie id.
+    pub movie_id: String,
+    /// The stored text hash.
+    pub text_hash: String,
+}
+
+/// Store failures, with the engine's message.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The named collection does not exist.
+    #[error("collection {0} does not exist")]
+    NoSuchCollection(String),
+    /// The engine refused or failed.
+    #[error("{engine} {operation} failed: {detail}")]
+    Engine {
+        /// edge or qdrant.
+        engine: &'static str,
+        /// What we asked.
+        operation: &'static str,
+        /// Its message.
+        detail: String,
+    },
+    /// Local file trouble (edge).
+    #[error("{operation} ({path}): {source}")]
+    Io {
+        /// What we did.
+        operation: &'static str,
+        /// Where.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The vector store seam.
+#[async_trait]
+pub trait VectorStore: Send + Sync {
+    /// A short description for logs and provenance (`edge:<dir>`, `qdrant:<url>`).
+    fn describe(&self) -> String;
+    /// Existing collection names.
+    async fn collections(&self) -> Result<Vec<String>, StoreError>;
+    /// Creates a cosine collection of `dim`-vectors with payload indexes on genres and year;
+    /// does nothing if it exists.
+    async fn create_collection(&self, name: &str, dim: usize) -> Result<(), StoreError>;
+    /// Removes a collection (not the live one: callers switch first).
+    async fn drop_collection(&self, name: &str) -> Result<(), StoreError>;
+    /// Inserts or replaces points.
+    async fn upsert(&self, collection: &str, points: Vec<MoviePoint>) -> Result<(), StoreError>;
+    /// Deletes points by id.
+    async fn delete(&self, collection: &str, ids: Vec<u64>) -> Result<(), StoreError>;
+    /// Makes a freshly bulk-loaded collection fast to search (builds the HNSW index).
+    async fn finish_bulk_load(&self, collection: &str) -> Result<(), StoreError>;
+    /// Exact point count.
+    async fn count(&self, collection: &str) -> Result<u64, StoreError>;
+    /// Every point's id, movie id and text hash.
+    async fn digests(&self, collection: &str) -> Result<Vec<PointDigest>, StoreError>;
+    /// Vectors of the given points (missing ids are skipped), in the order given.
+    async fn vectors(&self, collection: &str, ids: &[u64]) -> Result<Vec<(u64, Vec<f32>)>, StoreError>;
+    /// Nearest neighbours of `vector`.
+    async fn search(&self, collection: &str, vector: Vec<f32>, limit: usize, filter: &SearchFilter) -> Result<Vec<Hit>, StoreError>;
+    /// The live collection, if any.
+    async fn live(&self) -> Result<Option<String>, StoreError>;
+    /// Atomically points readers at `collection`.
+    async fn set_live(&self, collection: &str) -> Result<(), StoreError>;
+}

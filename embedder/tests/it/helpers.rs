@@ -1,0 +1,43 @@
+//! Shared set-up: the model, a database holding a catalog.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+
+use db::testing::TestDb;
+use embedder::model::{Model, ModelPaths};
+
+/// The assets directory (`LAZYREC_ASSETS_DIR`, else `<repo>/.state/assets`).
+pub fn assets_dir() -> PathBuf {
+    std::env::var_os("LAZYREC_ASSETS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.state/assets"))
+}
+
+/// One model per test process (loading ONNX Runtime is process-wide anyway).
+pub fn model() -> std::sync::MutexGuard<'static, Model> {
+    static MODEL: OnceLock<Mutex<Model>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let paths = ModelPaths::in_assets_dir(&assets_dir());
+            Mutex::new(Model::load(&paths, 2).unwrap_or_else(|e| panic!("{e} (install the assets with `python3 ci/assets.py`)")))
+        })
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// A database with the bundled MovieLens catalog (9,742 movies), optionally cut to `keep` movies.
+pub async fn db_with_movielens(keep: Option<usize>) -> TestDb {
+    let db = TestDb::new().await;
+    let catalog = db::import::movielens::read_catalog(&db::import::movielens::MovieLensPaths::bundled()).expect("movielens");
+    let movies = match keep {
+        Some(n) => catalog.movies.into_iter().take(n).collect::<Vec<_>>(),
+        None => catalog.movies,
+    };
+    db::import::upsert_movies(&db.pool, &movies, "test").await.expect("import");
+    db
+}
+
+/// The `embedder` binary.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_embedder"))
+}

@@ -1,0 +1,151 @@
+//! Full and incremental embedding of a real catalog, retrieval sanity, crash safety.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use embedder::pipeline::{Embedder, Mode};
+use embedder::store::edge::EdgeStore;
+use embedder::store::{SearchFilter, VectorStore};
+use embedder::text::{MovieFields, movie_text, point_id, text_hash};
+
+use crate::helpers::{assets_dir, bin, db_with_movielens, model};
+
+async fn movie_id_of(pool: &sqlx::PgPool, ml_movie_id: i32) -> String {
+    sqlx::query_scalar("SELECT movie_id FROM movies WHERE ml_movie_id = $1").bind(ml_movie_id).fetch_one(pool).await.expect("movie")
+}
+
+async fn neighbours(store: &EdgeStore, collection: &str, movie_id: &str, k: usize) -> Vec<String> {
+    let id = point_id(movie_id);
+    let (_, vector) = store.vectors(collection, &[id]).await.expect("vector").pop().expect("present");
+    let filter = SearchFilter { exclude_ids: vec![id], ..SearchFilter::default() };
+    store.search(collection, vector, k, &filter).await.expect("search").into_iter().map(|h| h.movie_id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_catalog_embeds_searchably_franchises_cluster_and_updates_incrementally() {
+    let db = db_with_movielens(None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EdgeStore::open(dir.path()).expect("store");
+    let mut model = model();
+    let mut embedder = Embedder { pool: &db.pool, store: &store, model: &mut model, progress: false, chunk: 512 };
+
+    let full = embedder.run(Mode::Full).await.expect("full embed");
+    println!("full embed: {}", full.render());
+    assert!(full.switched && full.movies == 9_742 && full.embedded == 9_742 && full.upserted == 9_742);
+    let live = store.live().await.expect("live").expect("a live collection");
+    assert_eq!(live, full.collection);
+    assert_eq!(store.count(&live).await.expect("count"), 9_742);
+
+    // Franchise siblings are neighbours (MovieLens ids: Toy Story 1/2/3, LOTR 1/2/3, Harry Potter 1/2/3).
+    for (movie, siblings) in [(1, [3114, 78499]), (4993, [5952, 7153]), (4896, [5816, 8368])] {
+        let movie = movie_id_of(&db.pool, movie).await;
+        let near = neighbours(&store, &live, &movie, 10).await;
+        let mut found = 0;
+        for sibling in siblings {
+            if near.contains(&movie_id_of(&db.pool, sibling).await) {
+                found += 1;
+            }
+        }
+        println!("{movie}: {near:?}");
+        assert!(found >= 1, "no franchise sibling among the 10 nearest to {movie}: {near:?}");
+    }
+
+    let nothing = embedder.run(Mode::Incremental).await.expect("incremental");
+    assert_eq!((nothing.embedded, nothing.upserted, nothing.deleted, nothing.switched), (0, 0, 0, false));
+
+    sqlx::query("UPDATE movies SET overview = 'A brand new overview.' WHERE ml_movie_id = 1").execute(&db.pool).await.expect("edit");
+    let one = embedder.run(Mode::Incremental).await.expect("incremental");
+    assert_eq!((one.embedded, one.upserted, one.collection.as_str()), (1, 1, live.as_str()));
+
+    let rebuilt = embedder.run(Mode::Full).await.expect("full again");
+    assert!(rebuilt.switched && rebuilt.collection != live, "a changed catalog is a new collection");
+    assert_eq!((rebuilt.embedded, rebuilt.cached), (0, 9_742), "every vector comes from the cache");
+    let mut kept = store.collections().await.expect("list");
+    kept.sort();
+    let mut expected = vec![live.clone(), rebuilt.collection.clone()];
+    expected.sort();
+    assert_eq!(kept, expected, "the previous collection is kept for rollback");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_full_embed_and_rerunning_gives_a_complete_consistent_collection() {
+    let db = db_with_movielens(Some(2_000)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = || {
+        Command::new(bin())
+            .args(["embed", "--full", "--no-progress", "--chunk", "64"])
+            .env("DATABASE_URL", &db.url)
+            .env("LAZYREC_EDGE_DIR", dir.path())
+            .env("LAZYREC_ASSETS_DIR", assets_dir())
+            .env_remove("QDRANT_URL")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn embedder")
+    };
+    let cached = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM embedding_cache").fetch_one(&db.pool).await.expect("count")
+    };
+
+    let mut child = run();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while cached().await < 300 {
+        assert!(Instant::now() < deadline, "the embedder made no progress");
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("embedder exited early: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    let at_kill = cached().await;
+    assert!(at_kill < 2_000, "killed too late ({at_kill})");
+    let store = EdgeStore::open(dir.path()).expect("store");
+    assert_eq!(store.live().await.expect("live"), None, "nothing is live before a build completes");
+
+    let out = run().wait_with_output().expect("rerun");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let live = store.live().await.expect("live").expect("live after the rerun");
+    let digests = store.digests(&live).await.expect("digests");
+    let rows: Vec<MovieFields> =
+        sqlx::query_as("SELECT movie_id, title, year, genres, overview, tagline, keywords FROM movies").fetch_all(&db.pool).await.expect("movies");
+    assert_eq!(digests.len(), rows.len());
+    for m in &rows {
+        let d = digests.iter().find(|d| d.id == point_id(&m.movie_id)).unwrap_or_else(|| panic!("{} missing", m.movie_id));
+        assert_eq!(d.text_hash, text_hash(&movie_text(m)), "{}", m.movie_id);
+    }
+    assert_eq!(cached().await, 2_000, "each text embedded once across both runs");
+}
+
+#[test]
+fn a_missing_model_is_one_clear_line_and_a_failure() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(bin())
+        .args(["query", "space adventure"])
+        .env("LAZYREC_EDGE_DIR", dir.path())
+        .env("LAZYREC_ASSETS_DIR", dir.path())
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no live collection"), "{stderr}");
+
+    let store = EdgeStore::open(dir.path()).expect("store");
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    rt.block_on(async {
+        store.create_collection("movies_x", 4).await.expect("create");
+        store.set_live("movies_x").await.expect("live");
+    });
+    let out = Command::new(bin())
+        .args(["query", "space adventure"])
+        .env("LAZYREC_EDGE_DIR", dir.path())
+        .env("LAZYREC_ASSETS_DIR", dir.path())
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("cannot read the ONNX Runtime library"), "{stderr}");
+}
