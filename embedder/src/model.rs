@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use fastembed::{InitOptionsUserDefined, Pooling, TextEmbedding, TokenizerFiles, UserDefinedEmbeddingModel};
+use ort::environment::Environment;
 use sha2::{Digest, Sha256};
 
 /// Where the model files are.
@@ -78,19 +79,20 @@ pub enum ModelError {
     Inference(String),
 }
 
-static RUNTIME: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+type Runtime = Result<(PathBuf, Environment), String>;
+static RUNTIME: OnceLock<Runtime> = OnceLock::new();
 
-/// Loads the ONNX Runtime library once per process.
-fn load_runtime(path: &Path) -> Result<(), ModelError> {
+/// Loads the ONNX Runtime library and creates its environment, once per process.
+fn load_runtime(path: &Path) -> Result<Environment, ModelError> {
     std::fs::metadata(path).map_err(|source| ModelError::Missing { what: "the ONNX Runtime library", path: path.into(), source })?;
     let loaded = RUNTIME.get_or_init(|| {
         let builder = ort::init_from(path).map_err(|e| e.to_string())?;
-        let _committed = builder.with_name("lazyrec").commit();
-        Ok(path.to_path_buf())
+        let env = builder.with_name("lazyrec").build().map_err(|e| e.to_string())?;
+        Ok((path.to_path_buf(), env))
     });
     match loaded {
-        Ok(p) if p == path => Ok(()),
-        Ok(p) => Err(ModelError::RuntimeMismatch { loaded: p.clone(), requested: path.into() }),
+        Ok((p, env)) if p == path => Ok(env.clone()),
+        Ok((p, _)) => Err(ModelError::RuntimeMismatch { loaded: p.clone(), requested: path.into() }),
         Err(detail) => Err(ModelError::Runtime { path: path.into(), detail: detail.clone() }),
     }
 }
@@ -114,7 +116,7 @@ pub const BATCH_SIZE: usize = 32;
 impl Model {
     /// Loads the runtime, model and tokenizer; `threads` caps ONNX Runtime's intra-op threads.
     pub fn load(paths: &ModelPaths, threads: usize) -> Result<Self, ModelError> {
-        load_runtime(&paths.onnxruntime)?;
+        let environment = load_runtime(&paths.onnxruntime)?;
         let read = |what: &'static str, path: PathBuf| {
             std::fs::read(&path).map_err(|source| ModelError::Missing { what, path, source })
         };
@@ -130,7 +132,10 @@ impl Model {
         let stem = paths.model.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
         let id = format!("{}-{weights}", stem.unwrap_or_else(|| "model".into()).to_lowercase());
         let model = UserDefinedEmbeddingModel::new(onnx, tokenizer).with_pooling(Pooling::Mean);
-        let options = InitOptionsUserDefined::new().with_intra_threads(threads.max(1)).with_max_length(256);
+        let options = InitOptionsUserDefined::new()
+            .with_environment(environment)
+            .with_intra_threads(threads.max(1))
+            .with_max_length(256);
         let mut inner = TextEmbedding::try_new_from_user_defined(model, options)
             .map_err(|e| ModelError::Model { path: paths.model.clone(), detail: e.to_string() })?;
         let probe = inner.embed(["dimension probe"], None).map_err(|e| ModelError::Inference(e.to_string()))?;

@@ -80,6 +80,11 @@ impl EdgeStore {
     }
 }
 
+/// A JSON path from one of our constant field names (all valid).
+fn path(field: &str) -> JsonPath {
+    field.parse().unwrap_or_else(|()| unreachable!("{field} is a valid JSON path"))
+}
+
 fn point_id(id: &PointId) -> Option<u64> {
     match id {
         PointId::NumId(n) => Some(*n),
@@ -108,7 +113,7 @@ pub(crate) fn edge_filter(filter: &SearchFilter) -> Option<Filter> {
     let mut must_not = Vec::new();
     if !filter.any_genre.is_empty() {
         must.push(Condition::Field(FieldCondition::new_match(
-            JsonPath::new("genres"),
+            path("genres"),
             Match::Any(MatchAny { any: AnyVariants::Strings(filter.any_genre.iter().cloned().collect()) }),
         )));
     }
@@ -159,7 +164,7 @@ impl VectorStore for EdgeStore {
             for (field, kind) in [("genres", PayloadSchemaType::Keyword), ("year", PayloadSchemaType::Integer), ("movie_id", PayloadSchemaType::Keyword)] {
                 shard
                     .update(UpdateOperation::FieldIndexOperation(FieldIndexOperations::CreateIndex(CreateIndex {
-                        field_name: JsonPath::new(field),
+                        field_name: path(field),
                         field_schema: Some(PayloadFieldSchema::FieldType(kind)),
                     })))
                     .map_err(engine("creating a payload index"))?;
@@ -287,7 +292,7 @@ impl VectorStore for EdgeStore {
                     params: None,
                     limit,
                     offset: 0,
-                    with_payload: Some(WithPayloadInterface::Fields(vec![JsonPath::new("movie_id")])),
+                    with_payload: Some(WithPayloadInterface::Fields(vec![path("movie_id")])),
                     with_vector: None,
                     score_threshold: None,
                 })

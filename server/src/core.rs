@@ -1,0 +1,348 @@
+//! The one core behind both adapters (HTTP and gRPC): the lazy request path.
+//!
+//! 1. The user's history as of the ingest watermark (Postgres; cached per user until the
+//!    watermark moves or a short TTL passes).
+//! 2. No history → cold start: the popularity list.
+//! 3. Neighbour lists of the strategy's seed movies (vector store; cached per movie and
+//!    collection), fetched concurrently.
+//! 4. The strategy ranks. Watched movies are never recommended.
+//!
+//! Every stage has a deadline. A stage that misses it or fails degrades the answer to the
+//! popularity list (minus what is known to be watched) — never to an error.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use embedder::store::{Hit, SearchFilter, VectorStore};
+use embedder::text::point_id;
+use moka::future::Cache;
+use sqlx::PgPool;
+
+use crate::config::Config;
+use crate::data;
+use crate::metrics::Metrics;
+use crate::strategy::{self, History, Item, Popularity, Strategy};
+
+/// What kind of answer this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Ranked from the user's history.
+    Personal,
+    /// No history: the popularity list.
+    ColdStart,
+    /// A stage failed or was late: the popularity list.
+    Degraded,
+}
+
+impl Kind {
+    /// Lower-case name (metrics, JSON, gRPC).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Personal => "personal",
+            Kind::ColdStart => "cold_start",
+            Kind::Degraded => "degraded",
+        }
+    }
+}
+
+/// An answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// Best first.
+    pub items: Vec<Item>,
+    /// The data watermark the answer was computed from.
+    pub watermark: i64,
+    /// Personal, cold start or degraded.
+    pub kind: Kind,
+    /// Why it degraded.
+    pub degraded: Option<String>,
+}
+
+/// Why a stage failed.
+#[derive(Debug, Clone)]
+struct StageError {
+    metric: &'static str,
+    detail: String,
+}
+
+/// Shared state of one server instance.
+pub struct Core {
+    /// The validated configuration.
+    pub config: Config,
+    /// Metrics.
+    pub metrics: Metrics,
+    pool: PgPool,
+    store: Arc<dyn VectorStore>,
+    strategy: Arc<dyn Strategy>,
+    model_version: String,
+    collection: RwLock<Option<Arc<str>>>,
+    popularity: RwLock<Arc<Popularity>>,
+    watermark: AtomicI64,
+    postgres_ok: AtomicBool,
+    store_ok: AtomicBool,
+    histories: Cache<i64, Arc<History>>,
+    neighbours: Cache<(Arc<str>, u64), Arc<Vec<Hit>>>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core").field("model_version", &self.model_version).field("store", &self.store.describe()).finish()
+    }
+}
+
+impl Core {
+    /// Builds the core (no I/O: Postgres and the store are reached lazily, so the server comes
+    /// up and answers — degraded — even when they are not there yet).
+    pub fn new(config: Config, pool: PgPool, store: Arc<dyn VectorStore>, metrics: Metrics) -> Result<Self, strategy::StrategyError> {
+        let strategy = strategy::build(&config.model)?;
+        let model_version = strategy::model_version(strategy.as_ref());
+        let histories = Cache::builder()
+            .max_capacity(config.caches.user_histories)
+            .time_to_live(Duration::from_millis(config.caches.user_history_ttl_ms))
+            .build();
+        let neighbours = Cache::builder().max_capacity(config.caches.neighbour_lists).build();
+        let pinned = config.store.collection.as_deref().map(Arc::from);
+        Ok(Self {
+            config,
+            metrics,
+            pool,
+            store,
+            strategy,
+            model_version,
+            collection: RwLock::new(pinned),
+            popularity: RwLock::new(Arc::new(Popularity::default())),
+            watermark: AtomicI64::new(0),
+            postgres_ok: AtomicBool::new(false),
+            store_ok: AtomicBool::new(false),
+            histories,
+            neighbours,
+        })
+    }
+
+    /// `<strategy>@<params hash>+<git sha>`.
+    pub fn model_version(&self) -> &str {
+        &self.model_version
+    }
+
+    /// The variant this instance plays.
+    pub fn variant(&self) -> &'static str {
+        self.config.variant.as_str()
+    }
+
+    /// The last watermark seen.
+    pub fn watermark(&self) -> i64 {
+        self.watermark.load(Ordering::Relaxed)
+    }
+
+    /// The Postgres pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Ready = Postgres answered, the store has the collection, a popularity list is loaded.
+    pub fn readiness(&self) -> Result<(), String> {
+        let mut missing = Vec::new();
+        if !self.postgres_ok.load(Ordering::Relaxed) {
+            missing.push("postgres is not answering".to_string());
+        }
+        if !self.store_ok.load(Ordering::Relaxed) {
+            missing.push(format!("the vector store ({}) has no live collection", self.store.describe()));
+        }
+        if self.popularity().movies.is_empty() {
+            missing.push("no popularity list loaded".to_string());
+        }
+        if missing.is_empty() { Ok(()) } else { Err(missing.join("; ")) }
+    }
+
+    fn popularity(&self) -> Arc<Popularity> {
+        self.popularity.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn collection(&self) -> Option<Arc<str>> {
+        self.collection.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Re-reads the watermark, the popularity list (when the watermark moved or none is
+    /// loaded) and the live collection. Run by a background task every `caches.refresh_ms`.
+    pub async fn refresh(&self) {
+        let deadline = self.config.deadlines.request();
+        match tokio::time::timeout(deadline, data::watermark(&self.pool)).await {
+            Ok(Ok(wm)) => {
+                let before = self.watermark.fetch_max(wm, Ordering::Relaxed);
+                self.metrics.watermark.set(wm.max(before));
+                self.postgres_ok.store(true, Ordering::Relaxed);
+                let current = self.popularity();
+                if current.movies.is_empty() || current.watermark < wm || before < wm {
+                    match tokio::time::timeout(deadline, data::popularity(&self.pool, 1_000)).await {
+                        Ok(Ok(p)) if !p.movies.is_empty() => {
+                            *self.popularity.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(p);
+                        }
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "reading the popularity list failed"),
+                        Err(_) => tracing::warn!("reading the popularity list timed out"),
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                if self.postgres_ok.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "postgres is not answering");
+                }
+            }
+            Err(_) => {
+                if self.postgres_ok.swap(false, Ordering::Relaxed) {
+                    tracing::warn!("postgres did not answer within the request deadline");
+                }
+            }
+        }
+        let pinned = self.config.store.collection.clone();
+        let live = match pinned {
+            Some(name) => match tokio::time::timeout(deadline, self.store.count(&name)).await {
+                Ok(Ok(_)) => Ok(Some(name)),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("timeout".into()),
+            },
+            None => match tokio::time::timeout(deadline, self.store.live()).await {
+                Ok(Ok(live)) => Ok(live),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("timeout".into()),
+            },
+        };
+        match live {
+            Ok(Some(name)) => {
+                let changed = self.collection().as_deref() != Some(name.as_str());
+                if changed {
+                    tracing::info!(collection = %name, "serving vector collection");
+                    *self.collection.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::from(name.as_str()));
+                }
+                self.store_ok.store(true, Ordering::Relaxed);
+            }
+            Ok(None) => self.store_ok.store(false, Ordering::Relaxed),
+            Err(e) => {
+                if self.store_ok.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, store = %self.store.describe(), "the vector store is not answering");
+                }
+            }
+        }
+    }
+
+    /// The recommendation for `user_id`: never an error.
+    pub async fn recommend(&self, user_id: i64, limit: usize) -> Answer {
+        match tokio::time::timeout(self.config.deadlines.request(), self.recommend_inner(user_id, limit)).await {
+            Ok(answer) => answer,
+            Err(_) => self.degraded(StageError { metric: "deadline", detail: "request deadline".into() }, None, limit),
+        }
+    }
+
+    async fn recommend_inner(&self, user_id: i64, limit: usize) -> Answer {
+        let history = match self.history(user_id).await {
+            Ok(h) => h,
+            Err(e) => return self.degraded(e, None, limit),
+        };
+        let popularity = self.popularity();
+        if history.watched.is_empty() {
+            return Answer {
+                items: popularity.top_excluding(&Default::default(), limit),
+                watermark: history.watermark,
+                kind: Kind::ColdStart,
+                degraded: None,
+            };
+        }
+        let (seeds, k) = self.strategy.seeds(&history);
+        let neighbours = if seeds.is_empty() {
+            Vec::new()
+        } else {
+            let started = Instant::now();
+            let result = tokio::time::timeout(self.config.deadlines.vector(), self.neighbour_lists(&history, &seeds, k)).await;
+            self.metrics.stage.with_label_values(&["vector_store"]).observe(started.elapsed().as_secs_f64());
+            match result {
+                Ok(Ok(lists)) => lists,
+                Ok(Err(e)) => return self.degraded(e, Some(&history), limit),
+                Err(_) => {
+                    return self.degraded(
+                        StageError { metric: "vector_store_timeout", detail: "vector store deadline".into() },
+                        Some(&history),
+                        limit,
+                    );
+                }
+            }
+        };
+        let started = Instant::now();
+        let items = self.strategy.rank(&history, &neighbours, &popularity, limit);
+        self.metrics.stage.with_label_values(&["rerank"]).observe(started.elapsed().as_secs_f64());
+        Answer { items, watermark: history.watermark, kind: Kind::Personal, degraded: None }
+    }
+
+    /// Ranks a given history (offline evaluation and replay use this; no Postgres).
+    pub async fn rank_history(&self, history: &History, popularity: &Popularity, limit: usize) -> Result<Vec<Item>, String> {
+        let (seeds, k) = self.strategy.seeds(history);
+        let neighbours = self.neighbour_lists(history, &seeds, k).await.map_err(|e| e.detail)?;
+        Ok(self.strategy.rank(history, &neighbours, popularity, limit))
+    }
+
+    fn degraded(&self, e: StageError, history: Option<&History>, limit: usize) -> Answer {
+        self.metrics.degraded.with_label_values(&[e.metric]).inc();
+        tracing::warn!(reason = %e.detail, "degraded answer: popularity list");
+        let exclude = history.map(History::seen).unwrap_or_default();
+        Answer {
+            items: self.popularity().top_excluding(&exclude, limit),
+            watermark: history.map(|h| h.watermark).unwrap_or_else(|| self.watermark()),
+            kind: Kind::Degraded,
+            degraded: Some(e.detail),
+        }
+    }
+
+    async fn history(&self, user_id: i64) -> Result<Arc<History>, StageError> {
+        let current = self.watermark();
+        if let Some(h) = self.histories.get(&user_id).await {
+            if h.watermark >= current {
+                self.metrics.cache_lookup("user_history", true);
+                return Ok(h);
+            }
+        }
+        self.metrics.cache_lookup("user_history", false);
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.config.deadlines.postgres(), data::history(&self.pool, user_id)).await;
+        self.metrics.stage.with_label_values(&["postgres"]).observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(Ok(h)) => {
+                self.watermark.fetch_max(h.watermark, Ordering::Relaxed);
+                let h = Arc::new(h);
+                self.histories.insert(user_id, h.clone()).await;
+                Ok(h)
+            }
+            Ok(Err(e)) => Err(StageError { metric: "postgres_error", detail: format!("postgres: {e}") }),
+            Err(_) => Err(StageError { metric: "postgres_timeout", detail: "postgres deadline".into() }),
+        }
+    }
+
+    async fn neighbour_lists(&self, history: &History, seeds: &[usize], k: usize) -> Result<Vec<Arc<Vec<Hit>>>, StageError> {
+        let Some(collection) = self.collection() else {
+            return Err(StageError { metric: "no_collection", detail: "vector store: no live collection".into() });
+        };
+        let lookups = seeds.iter().map(|&i| self.neighbour_list(collection.clone(), &history.watched[i].movie_id, k));
+        futures_util::future::join_all(lookups).await.into_iter().collect()
+    }
+
+    async fn neighbour_list(&self, collection: Arc<str>, movie_id: &str, k: usize) -> Result<Arc<Vec<Hit>>, StageError> {
+        let id = point_id(movie_id);
+        let key = (collection.clone(), id);
+        if let Some(hit) = self.neighbours.get(&key).await {
+            self.metrics.cache_lookup("neighbours", true);
+            return Ok(hit);
+        }
+        self.metrics.cache_lookup("neighbours", false);
+        let store = self.store.clone();
+        self.neighbours
+            .try_get_with(key, async move {
+                let Some((_, vector)) = store.vectors(&collection, &[id]).await?.pop() else {
+                    // Not embedded (yet): no neighbours; the next embed run adds it.
+                    return Ok(Arc::new(Vec::new()));
+                };
+                let filter = SearchFilter { exclude_ids: vec![id], ..SearchFilter::default() };
+                Ok::<_, embedder::store::StoreError>(Arc::new(store.search(&collection, vector, k, &filter).await?))
+            })
+            .await
+            .map_err(|e| StageError { metric: "vector_store_error", detail: format!("vector store: {e}") })
+    }
+}

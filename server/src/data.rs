@@ -1,0 +1,67 @@
+//! The Postgres reads of the request path: a user's history with the watermark it was read at
+//! (one statement, so one snapshot), the popularity list, the watermark alone.
+
+use sqlx::PgPool;
+
+use crate::strategy::{History, Popularity, Watched};
+
+/// Watched or rated movies of `user_id` and the ingest watermark, in one snapshot.
+///
+/// The ingester updates the summaries and the watermark in one transaction, so a single
+/// statement sees exactly the events ≤ the watermark it returns.
+pub async fn history(pool: &PgPool, user_id: i64) -> Result<History, sqlx::Error> {
+    type Row = (i64, Option<String>, Option<i64>, Option<i16>, Option<i16>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT wm.last_event_id, h.movie_id, h.last_event_id, h.rating, h.scale
+         FROM (SELECT coalesce((SELECT last_event_id FROM ingest_watermark), 0) AS last_event_id) wm
+         LEFT JOIN LATERAL (
+             SELECT movie_id,
+                    greatest(w.last_event_id, r.event_id) AS last_event_id,
+                    r.rating, r.scale
+             FROM (SELECT movie_id, last_event_id FROM user_watched WHERE user_id = $1) w
+             FULL JOIN (SELECT movie_id, rating, scale, event_id FROM ratings WHERE user_id = $1) r USING (movie_id)
+         ) h ON h.last_event_id <= wm.last_event_id",
+    )
+    .bind(user_id)
+    .fetch_all(pool)
+    .await?;
+    let watermark = rows.first().map(|r| r.0).unwrap_or(0);
+    let watched = rows
+        .into_iter()
+        .filter_map(|(_, movie_id, last_event_id, rating, scale)| {
+            Some(Watched {
+                movie_id: movie_id?,
+                last_event_id: last_event_id?,
+                rating: match (rating, scale) {
+                    (Some(r), Some(s)) if s > 0 => Some(f64::from(r) * 5.0 / f64::from(s)),
+                    _ => None,
+                },
+            })
+        })
+        .collect();
+    Ok(History { watermark, watched }.canonical())
+}
+
+/// The current popularity list (top `limit`). Before the first `lazyrec-db popularity` run the
+/// table is empty; TMDB popularity from the catalog stands in.
+pub async fn popularity(pool: &PgPool, limit: i64) -> Result<Popularity, sqlx::Error> {
+    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT movie_id, watermark FROM popularity ORDER BY rank, movie_id LIMIT $1")
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    if let Some((_, watermark)) = rows.first() {
+        let watermark = *watermark;
+        return Ok(Popularity { movies: rows.into_iter().map(|r| r.0).collect(), watermark });
+    }
+    let movies: Vec<String> =
+        sqlx::query_scalar("SELECT movie_id FROM movies ORDER BY popularity DESC NULLS LAST, vote_count DESC NULLS LAST, movie_id LIMIT $1")
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+    Ok(Popularity { movies, watermark: watermark(pool).await? })
+}
+
+/// The committed ingest watermark.
+pub async fn watermark(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    Ok(sqlx::query_scalar::<_, i64>("SELECT last_event_id FROM ingest_watermark").fetch_optional(pool).await?.unwrap_or(0))
+}

@@ -1,0 +1,354 @@
+//! The model: a named strategy with parameters, from an **append-only registry**.
+//!
+//! A strategy turns (the user's history, neighbour lists of some watched movies, the popularity
+//! list) into a ranked list. Replaying a past recommendation needs the exact strategy that made
+//! it, so a registered strategy is never changed: a new behaviour is a new name (`…-v2`). The
+//! served model version is `<strategy>@<params hash>+<git sha>`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use embedder::store::Hit;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// A strategy name and its parameters, as written in the config file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// A name from [`REGISTRY`].
+    pub strategy: String,
+    /// Its parameters (missing ones take the strategy's defaults).
+    #[serde(default = "empty_params")]
+    pub params: serde_json::Value,
+}
+
+fn empty_params() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}
+
+impl Default for ModelSpec {
+    fn default() -> Self {
+        Self { strategy: NeighboursV1::NAME.into(), params: empty_params() }
+    }
+}
+
+/// One watched (or rated) movie of the user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Watched {
+    /// Course movie id.
+    pub movie_id: String,
+    /// The latest event about it (watch or rating): orders the history by recency.
+    pub last_event_id: i64,
+    /// The latest rating on a 1–5 scale, if any.
+    pub rating: Option<f64>,
+}
+
+/// What the model knows about a user, as of `watermark`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct History {
+    /// The ingest watermark the history was read at.
+    pub watermark: i64,
+    /// Most recent first (ties: movie id).
+    pub watched: Vec<Watched>,
+}
+
+impl History {
+    /// Sorts into the canonical order (most recent first, then movie id).
+    pub fn canonical(mut self) -> Self {
+        self.watched.sort_by(|a, b| b.last_event_id.cmp(&a.last_event_id).then_with(|| a.movie_id.cmp(&b.movie_id)));
+        self
+    }
+
+    /// The watched movie ids.
+    pub fn seen(&self) -> HashSet<&str> {
+        self.watched.iter().map(|w| w.movie_id.as_str()).collect()
+    }
+}
+
+/// The popularity list, best first, with the watermark it was computed at.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Popularity {
+    /// Movie ids, most popular first.
+    pub movies: Vec<String>,
+    /// The watermark of the popularity run.
+    pub watermark: i64,
+}
+
+impl Popularity {
+    /// A score in (0, 1] by rank (1 for the most popular), 0 when absent.
+    pub fn rank_scores(&self) -> HashMap<&str, f64> {
+        let n = self.movies.len().max(1) as f64;
+        self.movies.iter().enumerate().map(|(i, m)| (m.as_str(), 1.0 - i as f64 / n)).collect()
+    }
+
+    /// The first `limit` movies not in `exclude`, scored by rank.
+    pub fn top_excluding(&self, exclude: &HashSet<&str>, limit: usize) -> Vec<Item> {
+        let n = self.movies.len().max(1) as f64;
+        self.movies
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| !exclude.contains(m.as_str()))
+            .take(limit)
+            .map(|(i, m)| Item { movie_id: m.clone(), score: 1.0 - i as f64 / n })
+            .collect()
+    }
+}
+
+/// One recommended movie.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Item {
+    /// Course movie id.
+    pub movie_id: String,
+    /// The strategy's score (higher is better).
+    pub score: f64,
+}
+
+/// A ranking strategy. Implementations must be pure and deterministic: the same inputs give
+/// the same list, ties broken by movie id.
+pub trait Strategy: Send + Sync + std::fmt::Debug {
+    /// The registry name.
+    fn name(&self) -> &'static str;
+    /// The resolved parameters (defaults filled in), hashed into the model version.
+    fn params(&self) -> serde_json::Value;
+    /// Which watched movies' neighbour lists [`Strategy::rank`] needs (indexes into
+    /// `history.watched`), and how many neighbours per list.
+    fn seeds(&self, history: &History) -> (Vec<usize>, usize);
+    /// The ranked list. `neighbours[i]` belongs to seed `seeds(history).0[i]`.
+    fn rank(&self, history: &History, neighbours: &[Arc<Vec<Hit>>], popularity: &Popularity, limit: usize) -> Vec<Item>;
+}
+
+/// A model spec that cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StrategyError {
+    /// Not in the registry.
+    #[error("unknown model strategy {0:?} (registered: {1})")]
+    Unknown(String, String),
+    /// Bad parameters.
+    #[error("model strategy {strategy}: bad parameters: {detail}")]
+    Params {
+        /// The strategy.
+        strategy: String,
+        /// serde's message.
+        detail: String,
+    },
+}
+
+/// The registered strategy names. Append only.
+pub const REGISTRY: &[&str] = &[PopularityV1::NAME, NeighboursV1::NAME];
+
+/// Builds the strategy a spec names.
+pub fn build(spec: &ModelSpec) -> Result<Arc<dyn Strategy>, StrategyError> {
+    let params = if spec.params.is_null() { empty_params() } else { spec.params.clone() };
+    let bad = |e: serde_json::Error| StrategyError::Params { strategy: spec.strategy.clone(), detail: e.to_string() };
+    match spec.strategy.as_str() {
+        PopularityV1::NAME => {
+            let p: PopularityV1 = serde_json::from_value(params).map_err(bad)?;
+            Ok(Arc::new(p))
+        }
+        NeighboursV1::NAME => {
+            let p: NeighboursV1 = serde_json::from_value(params).map_err(bad)?;
+            p.check().map_err(|detail| StrategyError::Params { strategy: spec.strategy.clone(), detail })?;
+            Ok(Arc::new(p))
+        }
+        other => Err(StrategyError::Unknown(other.to_string(), REGISTRY.join(", "))),
+    }
+}
+
+/// The git sha this binary was built from (`LAZYREC_GIT_SHA` at build time, else `git`).
+pub const GIT_SHA: &str = env!("LAZYREC_GIT_SHA");
+
+/// `<strategy>@<first 8 hex of sha256(resolved params)>+<git sha>`.
+pub fn model_version(strategy: &dyn Strategy) -> String {
+    let params = serde_json::to_vec(&strategy.params()).unwrap_or_default();
+    let hash = hex::encode(&Sha256::digest(&params)[..4]);
+    format!("{}@{hash}+{GIT_SHA}", strategy.name())
+}
+
+fn by_score_then_id(a: &Item, b: &Item) -> std::cmp::Ordering {
+    b.score.total_cmp(&a.score).then_with(|| a.movie_id.cmp(&b.movie_id))
+}
+
+/// `popularity-v1`: the popularity list minus what the user watched. The baseline.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PopularityV1 {}
+
+impl PopularityV1 {
+    /// Registry name.
+    pub const NAME: &'static str = "popularity-v1";
+}
+
+impl Strategy for PopularityV1 {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+    fn seeds(&self, _history: &History) -> (Vec<usize>, usize) {
+        (Vec::new(), 0)
+    }
+    fn rank(&self, history: &History, _neighbours: &[Arc<Vec<Hit>>], popularity: &Popularity, limit: usize) -> Vec<Item> {
+        popularity.top_excluding(&history.seen(), limit)
+    }
+}
+
+/// `neighbours-v1`: item-to-item retrieval over movie embeddings, reranked.
+///
+/// Seeds are the `max_seeds` most recent watched movies. Seed weight =
+/// `recency_decay^i × (neutral_weight + rating_gain × (rating − 3) / 2)` (an unrated movie counts
+/// as a neutral 3). A candidate's similarity is the weight-averaged cosine over the seeds whose
+/// neighbour lists contain it; its score is `similarity + popularity_weight × popularity rank
+/// score`. Watched movies are never recommended; short lists are filled from popularity.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NeighboursV1 {
+    /// Most recent watched movies used as seeds.
+    pub max_seeds: usize,
+    /// Neighbours fetched per seed.
+    pub neighbours: usize,
+    /// Weight of an unrated (or 3/5) seed.
+    pub neutral_weight: f64,
+    /// How much a rating moves the weight (per 2 stars).
+    pub rating_gain: f64,
+    /// Older seeds count less: weight × decay^position.
+    pub recency_decay: f64,
+    /// Weight of popularity in the final score.
+    pub popularity_weight: f64,
+}
+
+impl Default for NeighboursV1 {
+    fn default() -> Self {
+        Self { max_seeds: 20, neighbours: 50, neutral_weight: 0.5, rating_gain: 0.5, recency_decay: 0.95, popularity_weight: 0.3 }
+    }
+}
+
+impl NeighboursV1 {
+    /// Registry name.
+    pub const NAME: &'static str = "neighbours-v1";
+
+    fn check(&self) -> Result<(), String> {
+        if self.max_seeds == 0 || self.max_seeds > 200 {
+            return Err(format!("max_seeds must be in 1..=200, got {}", self.max_seeds));
+        }
+        if self.neighbours == 0 || self.neighbours > 500 {
+            return Err(format!("neighbours must be in 1..=500, got {}", self.neighbours));
+        }
+        if !(0.0..=1.0).contains(&self.recency_decay) || self.recency_decay == 0.0 {
+            return Err(format!("recency_decay must be in (0, 1], got {}", self.recency_decay));
+        }
+        for (name, v) in [("neutral_weight", self.neutral_weight), ("rating_gain", self.rating_gain), ("popularity_weight", self.popularity_weight)] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(format!("{name} must be a non-negative number, got {v}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn seed_weight(&self, position: usize, rating: Option<f64>) -> f64 {
+        let r = rating.unwrap_or(3.0);
+        let w = self.neutral_weight + self.rating_gain * (r - 3.0) / 2.0;
+        w.max(0.0) * self.recency_decay.powi(position as i32)
+    }
+}
+
+impl Strategy for NeighboursV1 {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+    fn seeds(&self, history: &History) -> (Vec<usize>, usize) {
+        let seeds = (0..history.watched.len().min(self.max_seeds))
+            .filter(|&i| self.seed_weight(i, history.watched[i].rating) > 0.0)
+            .collect();
+        (seeds, self.neighbours)
+    }
+    fn rank(&self, history: &History, neighbours: &[Arc<Vec<Hit>>], popularity: &Popularity, limit: usize) -> Vec<Item> {
+        let seen = history.seen();
+        let (seeds, _) = self.seeds(history);
+        let mut total_weight = 0.0;
+        let mut sims: HashMap<&str, f64> = HashMap::new();
+        for (&seed, hits) in seeds.iter().zip(neighbours) {
+            let w = self.seed_weight(seed, history.watched[seed].rating);
+            total_weight += w;
+            for hit in hits.iter() {
+                if !seen.contains(hit.movie_id.as_str()) {
+                    *sims.entry(hit.movie_id.as_str()).or_insert(0.0) += w * f64::from(hit.score);
+                }
+            }
+        }
+        let pop = popularity.rank_scores();
+        let mut items: Vec<Item> = sims
+            .into_iter()
+            .map(|(m, s)| Item {
+                movie_id: m.to_string(),
+                score: s / total_weight.max(f64::MIN_POSITIVE) + self.popularity_weight * pop.get(m).copied().unwrap_or(0.0),
+            })
+            .collect();
+        items.sort_by(by_score_then_id);
+        items.truncate(limit);
+        if items.len() < limit {
+            let mut exclude = seen;
+            let chosen: Vec<String> = items.iter().map(|i| i.movie_id.clone()).collect();
+            exclude.extend(chosen.iter().map(String::as_str));
+            let fill = popularity.top_excluding(&exclude, limit - items.len());
+            // Fill items rank below every retrieved candidate.
+            let floor = items.last().map(|i| i.score).unwrap_or(0.0);
+            items.extend(fill.into_iter().map(|i| Item { score: floor.min(i.score * 1e-3), ..i }));
+        }
+        items
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hit(m: &str, score: f32) -> Hit {
+        Hit { id: 0, movie_id: m.into(), score }
+    }
+
+    #[test]
+    fn the_registry_builds_known_strategies_and_rejects_bad_specs() {
+        assert!(build(&ModelSpec::default()).is_ok());
+        let unknown = build(&ModelSpec { strategy: "magic".into(), params: empty_params() }).unwrap_err();
+        assert!(unknown.to_string().contains("neighbours-v1"), "{unknown}");
+        let typo = ModelSpec { strategy: NeighboursV1::NAME.into(), params: serde_json::json!({"max_seed": 3}) };
+        assert!(build(&typo).is_err(), "unknown parameter names are refused");
+        let bad = ModelSpec { strategy: NeighboursV1::NAME.into(), params: serde_json::json!({"recency_decay": 0}) };
+        assert!(build(&bad).is_err());
+    }
+
+    #[test]
+    fn the_model_version_changes_with_parameters_and_not_with_spelled_out_defaults() {
+        let a = build(&ModelSpec::default()).expect("a");
+        let b = build(&ModelSpec { strategy: NeighboursV1::NAME.into(), params: serde_json::json!({"max_seeds": 20}) }).expect("b");
+        let c = build(&ModelSpec { strategy: NeighboursV1::NAME.into(), params: serde_json::json!({"max_seeds": 10}) }).expect("c");
+        assert_eq!(model_version(a.as_ref()), model_version(b.as_ref()));
+        assert_ne!(model_version(a.as_ref()), model_version(c.as_ref()));
+        assert!(model_version(a.as_ref()).starts_with("neighbours-v1@"));
+    }
+
+    #[test]
+    fn ranking_excludes_watched_prefers_liked_seeds_breaks_ties_by_id_and_fills_from_popularity() {
+        let s = NeighboursV1 { popularity_weight: 0.0, recency_decay: 1.0, ..NeighboursV1::default() };
+        let history = History {
+            watermark: 7,
+            watched: vec![
+                Watched { movie_id: "liked".into(), last_event_id: 2, rating: Some(5.0) },
+                Watched { movie_id: "hated".into(), last_event_id: 1, rating: Some(1.0) },
+            ],
+        };
+        let (seeds, _) = s.seeds(&history);
+        assert_eq!(seeds, vec![0], "a 1-star movie is no seed");
+        let neighbours = vec![Arc::new(vec![hit("hated", 0.9), hit("b", 0.8), hit("a", 0.8), hit("c", 0.5)])];
+        let popularity = Popularity { movies: vec!["liked".into(), "p1".into(), "c".into(), "p2".into()], watermark: 7 };
+        let items = s.rank(&history, &neighbours, &popularity, 5);
+        let ids: Vec<&str> = items.iter().map(|i| i.movie_id.as_str()).collect();
+        assert_eq!(ids, vec!["a", "b", "c", "p1", "p2"]);
+        assert_eq!(items, s.rank(&history, &neighbours, &popularity, 5), "deterministic");
+    }
+}
