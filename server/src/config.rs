@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::strategy::{self, ModelSpec};
 
 /// The role of this instance behind the load balancer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Variant {
     /// The released model.

@@ -1,1 +1,161 @@
-//! The recommendation service (lazy retrieval + rerank over HTTP and gRPC). Built in issue #4.
+//! The lazyrec recommendation service: lazy retrieval + rerank over HTTP and gRPC.
+//!
+//! One [`core::Core`] (the request path, caches, metrics) with two thin adapters,
+//! [`http`] (axum) and [`grpc`] (tonic). [`start`] binds both, runs a background refresher
+//! (watermark, popularity list, live vector collection) and returns a handle that shuts
+//! everything down gracefully.
+
+pub mod config;
+pub mod core;
+pub mod data;
+pub mod eval;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod strategy;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use embedder::store::VectorStore;
+use embedder::store::edge::EdgeStore;
+use embedder::store::server::ServerStore;
+use sqlx::postgres::PgPoolOptions;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::core::Core;
+
+/// Opens the configured vector store (edge directory or Qdrant server).
+pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn VectorStore>> {
+    let timeout = config.deadlines.request();
+    Ok(match &config.store.qdrant_url {
+        Some(url) => Arc::new(ServerStore::connect(url, config.store.qdrant_api_key.clone(), timeout).context("connecting to Qdrant")?),
+        None => {
+            let dir = config.store.edge_dir.clone().unwrap_or_else(|| config.state_dir.join("qdrant-edge"));
+            Arc::new(EdgeStore::open(&dir).with_context(|| format!("opening the qdrant-edge store at {}", dir.display()))?)
+        }
+    })
+}
+
+/// A running server.
+pub struct RunningServer {
+    /// Where HTTP listens.
+    pub http_addr: SocketAddr,
+    /// Where gRPC listens.
+    pub grpc_addr: SocketAddr,
+    /// The core (tests read metrics and readiness through it).
+    pub core: Arc<Core>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl std::fmt::Debug for RunningServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningServer").field("http_addr", &self.http_addr).field("grpc_addr", &self.grpc_addr).finish()
+    }
+}
+
+impl RunningServer {
+    /// Stops accepting, lets in-flight requests finish, and returns.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _sent = self.stop.send(true);
+        self.wait().await
+    }
+
+    /// Waits until the server stops (after [`RunningServer::stop_handle`] fired or a task failed).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        for task in self.tasks {
+            task.await.context("server task panicked")??;
+        }
+        Ok(())
+    }
+
+    /// A handle that stops the server when sent `true`.
+    pub fn stop_handle(&self) -> watch::Sender<bool> {
+        self.stop.clone()
+    }
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Validates `config`, binds HTTP and gRPC, and serves until shut down. Postgres and the vector
+/// store are reached lazily: the server answers (degraded) even before they are up.
+pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    config.validate()?;
+    let url = db::resolve_database_url(config.database_url.as_deref(), &config.state_dir)?;
+    let pool = PgPoolOptions::new()
+        .max_connections(config.database_connections)
+        .acquire_timeout(config.deadlines.postgres())
+        .connect_lazy_with(db::connect_options(&url).with_context(|| format!("bad database URL {}", db::cli::redact(&url)))?);
+    let store = open_store(&config)?;
+    let metrics = metrics::Metrics::new(config.variant.as_str())?;
+    let http_listener = tokio::net::TcpListener::bind(config.http_addr).await.with_context(|| format!("binding HTTP on {}", config.http_addr))?;
+    let grpc_listener = tokio::net::TcpListener::bind(config.grpc_addr).await.with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;
+    let http_addr = http_listener.local_addr()?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let refresh = Duration::from_millis(config.caches.refresh_ms);
+    let core = Arc::new(Core::new(config, pool, store, metrics)?);
+    core.refresh().await;
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    let refresher = {
+        let core = core.clone();
+        let stop_rx = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(refresh);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => core.refresh().await,
+                    () = stopped(stop_rx.clone()) => return Ok(()),
+                }
+            }
+        })
+    };
+    tasks.push(refresher);
+
+    let app = http::router(core.clone());
+    let http_stop = stop_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        axum::serve(http_listener, app).with_graceful_shutdown(stopped(http_stop)).await.context("HTTP server")
+    }));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<proto::recommender_v1::recommender_server::RecommenderServer<grpc::GrpcService>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let service = proto::recommender_v1::recommender_server::RecommenderServer::new(grpc::GrpcService::new(core.clone()));
+    let grpc_stop = stop_rx.clone();
+    let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    tasks.push(tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, stopped(grpc_stop))
+            .await
+            .context("gRPC server")
+    }));
+    tracing::info!(%http_addr, %grpc_addr, model_version = core.model_version(), variant = core.variant(), "serving");
+    Ok(RunningServer { http_addr, grpc_addr, core, stop, tasks })
+}

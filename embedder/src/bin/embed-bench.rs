@@ -42,6 +42,15 @@ enum Cmd {
         /// Batch size for both.
         #[arg(long, default_value_t = 32)]
         batch: usize,
+        /// ONNX Runtime threads (ours).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Skip the Python side (quick tuning runs of ours only).
+        #[arg(long)]
+        ours_only: bool,
+        /// Truncation (tokens) for both.
+        #[arg(long, default_value_t = embedder::model::DEFAULT_MAX_TOKENS)]
+        max_tokens: usize,
     },
     /// Search latency at course scale.
     Search {
@@ -78,18 +87,27 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let paths = ModelPaths::in_assets_dir(&args.assets_dir);
     match args.command {
-        Cmd::Compare { texts, batch } => compare(&args.catalog, &paths, texts, batch),
+        Cmd::Compare { texts, batch, max_tokens, threads, ours_only } => compare(&args.catalog, &paths, texts, batch, max_tokens, threads, ours_only),
         Cmd::Search { points, queries } => search(&args.catalog, &paths, points, queries),
     }
 }
 
-fn compare(catalog: &Path, paths: &ModelPaths, n: usize, batch: usize) -> Result<()> {
+fn compare(catalog: &Path, paths: &ModelPaths, n: usize, batch: usize, max_tokens: usize, threads: usize, ours_only: bool) -> Result<()> {
     let texts: Vec<String> = course_texts(catalog)?.into_iter().take(n).map(|(_, t)| t).collect();
     let work = tempfile::tempdir()?;
     let texts_json = work.path().join("texts.json");
     std::fs::write(&texts_json, serde_json::to_vec(&texts)?)?;
     let out = work.path().join("python.f32");
 
+    if ours_only {
+        let mut model = Model::load(paths, threads, max_tokens)?;
+        model.embed_batched(&texts[..32.min(texts.len())].to_vec(), batch)?;
+        let started = Instant::now();
+        model.embed_batched(&texts, batch)?;
+        let secs = started.elapsed().as_secs_f64();
+        println!("ours: {} texts, batch {batch}, {threads} threads, max {max_tokens} tokens: {:.0} texts/s", texts.len(), texts.len() as f64 / secs);
+        return Ok(());
+    }
     // Python first (its torch threads would otherwise compete with ours).
     let env = Command::new("bash").arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/python-env.sh")).output()?;
     if !env.status.success() {
@@ -101,6 +119,7 @@ fn compare(catalog: &Path, paths: &ModelPaths, n: usize, batch: usize) -> Result
         .arg(&texts_json)
         .arg(&out)
         .arg(batch.to_string())
+        .arg(max_tokens.to_string())
         .env("HF_HUB_OFFLINE", "1")
         .output()?;
     if !py.status.success() {
@@ -111,10 +130,10 @@ fn compare(catalog: &Path, paths: &ModelPaths, n: usize, batch: usize) -> Result
     let raw = std::fs::read(&out)?;
     let py_vectors: Vec<f32> = raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
 
-    let mut model = Model::load(paths, 2)?;
-    model.embed(&texts[..32.min(texts.len())].to_vec())?; // warm-up, as for Python
+    let mut model = Model::load(paths, threads, max_tokens)?;
+    model.embed_batched(&texts[..32.min(texts.len())].to_vec(), batch)?; // warm-up, as for Python
     let started = Instant::now();
-    let ours = model.embed(&texts)?;
+    let ours = model.embed_batched(&texts, batch)?;
     let our_secs = started.elapsed().as_secs_f64();
 
     let dim = model.dim();
@@ -133,7 +152,7 @@ fn compare(catalog: &Path, paths: &ModelPaths, n: usize, batch: usize) -> Result
     let min = cosines.iter().copied().fold(f32::INFINITY, f32::min);
     let our_rate = texts.len() as f64 / our_secs;
     let py_rate = texts.len() as f64 / py_secs;
-    println!("embed-bench compare: {} course movie texts, batch {batch}, 2 threads each", texts.len());
+    println!("embed-bench compare: {} course movie texts, batch {batch}, max {max_tokens} tokens, 2 threads each", texts.len());
     println!("  ours (fastembed, int8 ONNX, length-sorted batches): {our_secs:.2} s = {our_rate:.0} texts/s");
     println!("  python sentence-transformers (fp32 torch)         : {py_secs:.2} s = {py_rate:.0} texts/s");
     println!("  ratio ours/python: {:.2}", our_rate / py_rate);
@@ -147,7 +166,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn search(catalog: &Path, paths: &ModelPaths, total: usize, queries: usize) -> Result<()> {
     let movies = course_texts(catalog)?;
-    let mut model = Model::load(paths, 2)?;
+    let mut model = Model::load(paths, 2, embedder::model::DEFAULT_MAX_TOKENS)?;
     let texts: Vec<String> = movies.iter().map(|(_, t)| t.clone()).collect();
     eprintln!("embedding {} course movies ...", texts.len());
     let vectors = model.embed(&texts)?;

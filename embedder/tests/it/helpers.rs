@@ -19,7 +19,7 @@ pub fn model() -> std::sync::MutexGuard<'static, Model> {
     MODEL
         .get_or_init(|| {
             let paths = ModelPaths::in_assets_dir(&assets_dir());
-            Mutex::new(Model::load(&paths, 2).unwrap_or_else(|e| panic!("{e} (install the assets with `python3 ci/assets.py`)")))
+            Mutex::new(Model::load(&paths, 2, embedder::model::DEFAULT_MAX_TOKENS).unwrap_or_else(|e| panic!("{e} (install the assets with `python3 ci/assets.py`)")))
         })
         .lock()
         .unwrap_or_else(|p| p.into_inner())

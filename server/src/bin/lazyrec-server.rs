@@ -1,0 +1,161 @@
+//! `lazyrec-server`: serve recommendations (HTTP + gRPC), check a configuration, or run the
+//! offline evaluation. A thin shell over the `server` library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use server::config::{Config, Variant};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lazyrec-server",
+    version,
+    about = "Movie recommendations by lazy inference: the user's history from Postgres, neighbours from Qdrant, reranked per request",
+    long_about = "Serves GET /recommend/{user_id} (text/plain: up to 20 comma-separated movie ids, best first; JSON with \
+                  Accept: application/json), /health, /ready, /metrics over HTTP, and recommender.v1.Recommender over gRPC \
+                  (with health and reflection).\n\nConfiguration layers, later wins: defaults, --config FILE (TOML), \
+                  LAZYREC_SERVER_* environment variables (nested keys joined by __), then the flags below."
+)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, short, env = "LAZYREC_SERVER_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Print the resolved configuration and the model version, validate, and exit.
+    #[arg(long, global = true)]
+    check_config: bool,
+    /// HTTP listen address.
+    #[arg(long, global = true)]
+    http_addr: Option<SocketAddr>,
+    /// gRPC listen address.
+    #[arg(long, global = true)]
+    grpc_addr: Option<SocketAddr>,
+    /// main or nightly.
+    #[arg(long, global = true)]
+    variant: Option<Variant>,
+    /// Postgres URL (default: the private cluster under the state directory).
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+    /// Project state directory.
+    #[arg(long, env = "LAZYREC_STATE_DIR", global = true)]
+    state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve HTTP and gRPC until SIGINT/SIGTERM (the default).
+    Serve,
+    /// Offline quality on the data in Postgres: per-user time split, hit-rate@20 and NDCG@20 of the model vs popularity.
+    Eval {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn resolve(cli: &Cli) -> anyhow::Result<Config> {
+    let mut config = Config::load(cli.config.as_deref())?;
+    if let Some(a) = cli.http_addr {
+        config.http_addr = a;
+    }
+    if let Some(a) = cli.grpc_addr {
+        config.grpc_addr = a;
+    }
+    if let Some(v) = cli.variant {
+        config.variant = v;
+    }
+    if let Some(u) = &cli.database_url {
+        config.database_url = Some(u.clone());
+    }
+    if let Some(d) = &cli.state_dir {
+        config.state_dir = d.clone();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = resolve(&cli)?;
+    if cli.check_config {
+        let strategy = server::strategy::build(&config.model)?;
+        println!("{}", config.render());
+        println!("model version: {}", server::strategy::model_version(strategy.as_ref()));
+        println!("configuration OK");
+        return Ok(());
+    }
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let running = server::start(config).await?;
+            eprintln!("lazyrec-server: HTTP on http://{} , gRPC on {} ({})", running.http_addr, running.grpc_addr, running.core.model_version());
+            let stop = running.stop_handle();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!("shutting down: finishing in-flight requests");
+                let _sent = stop.send(true);
+            });
+            running.wait().await
+        }
+        Command::Eval { json } => {
+            let url = db::resolve_database_url(config.database_url.as_deref(), &config.state_dir)?;
+            let pool = db::connect_pool(&url, 4).await.with_context(|| format!("connecting to Postgres at {}", db::cli::redact(&url)))?;
+            let store = server::open_store(&config)?;
+            let metrics = server::metrics::Metrics::new(config.variant.as_str())?;
+            let core = server::core::Core::new(config, pool.clone(), store, metrics)?;
+            core.refresh().await;
+            core.readiness().map_err(|why| anyhow::anyhow!("cannot evaluate: {why}"))?;
+            let report = server::eval::run(&core, &pool, server::eval::EvalSpec::default()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", report.render());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,qdrant_edge=warn,sqlx=warn")))
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
