@@ -194,7 +194,7 @@ pub async fn run() -> Result<()> {
             let Some((_, vector)) = store.vectors(&live, &[id]).await?.into_iter().next() else {
                 bail!("{movie_id} is not in the live collection {live}");
             };
-            let filter = SearchFilter { any_genre: genre.clone(), exclude_ids: vec![id] };
+            let filter = SearchFilter { any_genre: genre.clone(), exclude_ids: vec![id], exact: false };
             for hit in store.search(&live, vector, *limit, &filter).await? {
                 println!("{:.4}  {}", hit.score, hit.movie_id);
             }
@@ -203,7 +203,7 @@ pub async fn run() -> Result<()> {
             let live = store.live().await?.context("no live collection: run `embedder embed` first")?;
             let mut model = cli.model.load(&cli.state_dir).await?;
             let vector = model.embed(std::slice::from_ref(text))?.pop().context("the model returned no vector")?;
-            let filter = SearchFilter { any_genre: genre.clone(), exclude_ids: Vec::new() };
+            let filter = SearchFilter { any_genre: genre.clone(), exclude_ids: Vec::new(), exact: false };
             for hit in store.search(&live, vector, *limit, &filter).await? {
                 println!("{:.4}  {}", hit.score, hit.movie_id);
             }

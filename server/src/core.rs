@@ -339,7 +339,7 @@ impl Core {
                     // Not embedded (yet): no neighbours; the next embed run adds it.
                     return Ok(Arc::new(Vec::new()));
                 };
-                let filter = SearchFilter { exclude_ids: vec![id], ..SearchFilter::default() };
+                let filter = SearchFilter { exclude_ids: vec![id], exact: true, ..SearchFilter::default() };
                 Ok::<_, embedder::store::StoreError>(Arc::new(store.search(&collection, vector, k, &filter).await?))
             })
             .await

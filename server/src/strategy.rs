@@ -76,10 +76,10 @@ pub struct Popularity {
 }
 
 impl Popularity {
-    /// A score in (0, 1] by rank (1 for the most popular), 0 when absent.
-    pub fn rank_scores(&self) -> HashMap<&str, f64> {
-        let n = self.movies.len().max(1) as f64;
-        self.movies.iter().enumerate().map(|(i, m)| (m.as_str(), 1.0 - i as f64 / n)).collect()
+    /// A score in (0, 1] by rank: `1 / (1 + rank / half_rank)` (1 for the most popular, ½ at
+    /// `half_rank`), 0 when absent.
+    pub fn rank_scores(&self, half_rank: f64) -> HashMap<&str, f64> {
+        self.movies.iter().enumerate().map(|(i, m)| (m.as_str(), 1.0 / (1.0 + i as f64 / half_rank.max(1e-9)))).collect()
     }
 
     /// The first `limit` movies not in `exclude`, scored by rank.
@@ -199,8 +199,8 @@ impl Strategy for PopularityV1 {
 /// Seeds are the `max_seeds` most recent watched movies. Seed weight =
 /// `recency_decay^i × (neutral_weight + rating_gain × (rating − 3) / 2)` (an unrated movie counts
 /// as a neutral 3). A candidate's similarity is the weight-averaged cosine over the seeds whose
-/// neighbour lists contain it; its score is `similarity + popularity_weight × popularity rank
-/// score`. Watched movies are never recommended; short lists are filled from popularity.
+/// neighbour lists contain it (0 for the `popular_candidates` most popular movies, which join
+/// the candidates too); its score is `similarity + popularity_weight × popularity rank score`. Watched movies are never recommended; short lists are filled from popularity.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NeighboursV1 {
@@ -216,11 +216,15 @@ pub struct NeighboursV1 {
     pub recency_decay: f64,
     /// Weight of popularity in the final score.
     pub popularity_weight: f64,
+    /// The most popular movies also join the candidates (similarity 0 unless retrieved).
+    pub popular_candidates: usize,
+    /// The popularity rank at which the popularity score halves.
+    pub popularity_half_rank: f64,
 }
 
 impl Default for NeighboursV1 {
     fn default() -> Self {
-        Self { max_seeds: 20, neighbours: 50, neutral_weight: 0.5, rating_gain: 0.5, recency_decay: 0.95, popularity_weight: 0.3 }
+        Self { max_seeds: 20, neighbours: 50, neutral_weight: 0.5, rating_gain: 0.5, recency_decay: 0.95, popularity_weight: 0.3, popular_candidates: 200, popularity_half_rank: 100.0 }
     }
 }
 
@@ -238,7 +242,12 @@ impl NeighboursV1 {
         if !(0.0..=1.0).contains(&self.recency_decay) || self.recency_decay == 0.0 {
             return Err(format!("recency_decay must be in (0, 1], got {}", self.recency_decay));
         }
-        for (name, v) in [("neutral_weight", self.neutral_weight), ("rating_gain", self.rating_gain), ("popularity_weight", self.popularity_weight)] {
+        for (name, v) in [
+            ("neutral_weight", self.neutral_weight),
+            ("rating_gain", self.rating_gain),
+            ("popularity_weight", self.popularity_weight),
+            ("popularity_half_rank", self.popularity_half_rank),
+        ] {
             if !v.is_finite() || v < 0.0 {
                 return Err(format!("{name} must be a non-negative number, got {v}"));
             }
@@ -280,7 +289,12 @@ impl Strategy for NeighboursV1 {
                 }
             }
         }
-        let pop = popularity.rank_scores();
+        for m in popularity.movies.iter().take(self.popular_candidates) {
+            if !seen.contains(m.as_str()) {
+                sims.entry(m.as_str()).or_insert(0.0);
+            }
+        }
+        let pop = popularity.rank_scores(self.popularity_half_rank);
         let mut items: Vec<Item> = sims
             .into_iter()
             .map(|(m, s)| Item {
@@ -334,7 +348,7 @@ mod tests {
 
     #[test]
     fn ranking_excludes_watched_prefers_liked_seeds_breaks_ties_by_id_and_fills_from_popularity() {
-        let s = NeighboursV1 { popularity_weight: 0.0, recency_decay: 1.0, ..NeighboursV1::default() };
+        let s = NeighboursV1 { popularity_weight: 0.0, recency_decay: 1.0, popular_candidates: 0, ..NeighboursV1::default() };
         let history = History {
             watermark: 7,
             watched: vec![

@@ -211,8 +211,14 @@ fn search(catalog: &Path, paths: &ModelPaths, total: usize, queries: usize) -> R
         let index = started.elapsed().as_secs_f64();
         println!("embed-bench search: {} points ({} real course movies + synthetic fill), dim {}", points.len(), movies.len(), model.dim());
         println!("  upsert {upsert:.1} s, HNSW build {index:.1} s");
-        for (label, genre) in [("top-50, no filter", None), ("top-50, genre = Drama", Some("Drama")), ("top-50, genre = Western", Some("Western"))] {
-            let filter = SearchFilter { any_genre: genre.map(|g| vec![g.to_string()]).unwrap_or_default(), exclude_ids: Vec::new() };
+        for (label, genre, exact) in [
+            ("top-50, HNSW, no filter", None, false),
+            ("top-50, HNSW, genre = Drama", Some("Drama"), false),
+            ("top-50, HNSW, genre = Western", Some("Western"), false),
+            ("top-50, exact, no filter", None, true),
+            ("top-50, exact, genre = Western", Some("Western"), true),
+        ] {
+            let filter = SearchFilter { any_genre: genre.map(|g| vec![g.to_string()]).unwrap_or_default(), exclude_ids: Vec::new(), exact };
             let mut times = Vec::with_capacity(queries);
             for q in 0..queries {
                 let v = vectors[(q * 7919) % vectors.len()].clone();
@@ -222,7 +228,7 @@ fn search(catalog: &Path, paths: &ModelPaths, total: usize, queries: usize) -> R
                 anyhow::ensure!(!hits.is_empty(), "no hits");
             }
             times.sort_by(f64::total_cmp);
-            println!("  {label:<26}: p50 {:.2} ms, p99 {:.2} ms ({queries} queries)", percentile(&times, 0.5), percentile(&times, 0.99));
+            println!("  {label:<32}: p50 {:.2} ms, p99 {:.2} ms ({queries} queries)", percentile(&times, 0.5), percentile(&times, 0.99));
         }
         anyhow::Ok(())
     })?;

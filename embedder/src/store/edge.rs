@@ -17,7 +17,7 @@ use qdrant_edge::{
     AnyVariants, Condition, CountRequest, CreateIndex, DEFAULT_VECTOR_NAME, Distance, EdgeConfig, EdgeShard,
     EdgeVectorParams, FieldCondition, FieldIndexOperations, Filter, HasIdCondition, JsonPath, Match, MatchAny,
     NamedQuery, PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations, PointOperations,
-    PointStruct, QueryEnum, ScrollRequest, SearchRequest, UpdateOperation, VectorInternal, VectorStructInternal,
+    PointStruct, QueryEnum, ScrollRequest, SearchParams, SearchRequest, UpdateOperation, VectorInternal, VectorStructInternal,
     WithPayloadInterface, WithVector,
 };
 
@@ -283,13 +283,14 @@ impl VectorStore for EdgeStore {
     }
 
     async fn search(&self, collection: &str, vector: Vec<f32>, limit: usize, filter: &SearchFilter) -> Result<Vec<Hit>, StoreError> {
+        let exact = filter.exact;
         let filter = edge_filter(filter);
         self.blocking(collection, move |shard| {
             let hits = shard
                 .search(SearchRequest {
                     query: QueryEnum::Nearest(NamedQuery { query: VectorInternal::Dense(vector), using: None }),
                     filter,
-                    params: None,
+                    params: exact.then(|| SearchParams { exact: true, ..SearchParams::default() }),
                     limit,
                     offset: 0,
                     with_payload: Some(WithPayloadInterface::Fields(vec![path("movie_id")])),

@@ -47,6 +47,9 @@ pub struct SearchFilter {
     pub any_genre: Vec<String>,
     /// Never these points (e.g. what the user already watched).
     pub exclude_ids: Vec<u64>,
+    /// Exhaustive search instead of the HNSW index: the same answer whatever the index layout
+    /// (segments, optimisation state), which replayable recommendations need.
+    pub exact: bool,
 }
 
 /// A stored point's identity and content hash (for incremental embedding).

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, CreateAliasBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
     DeletePointsBuilder, Distance, FieldType, Filter, GetPointsBuilder, PointId, PointStruct, PointsIdsList,
-    ScrollPointsBuilder, SearchPointsBuilder, UpsertPointsBuilder, VectorParamsBuilder, point_id::PointIdOptions,
+    ScrollPointsBuilder, SearchParamsBuilder, SearchPointsBuilder, UpsertPointsBuilder, VectorParamsBuilder, point_id::PointIdOptions,
     vector_output, vectors_output::VectorsOptions,
 };
 use qdrant_client::{Payload, Qdrant};
@@ -186,6 +186,9 @@ impl VectorStore for ServerStore {
 
     async fn search(&self, collection: &str, vector: Vec<f32>, limit: usize, filter: &SearchFilter) -> Result<Vec<Hit>, StoreError> {
         let mut req = SearchPointsBuilder::new(collection, vector, limit as u64).with_payload(true);
+        if filter.exact {
+            req = req.params(SearchParamsBuilder::default().exact(true));
+        }
         let mut f = Filter::default();
         if !filter.any_genre.is_empty() {
             f.must.push(Condition::matches("genres", filter.any_genre.clone()));

@@ -1,0 +1,82 @@
+//! Degrade, don't fail: a vector store that hangs or is gone still gets answers (the
+//! popularity list minus what the user watched) within the deadline, flagged as degraded.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use crate::helpers::{Stack, get};
+
+/// A TCP peer that accepts connections and never answers (a hung Qdrant server).
+fn blackhole() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_or_missing_vector_store_degrades_to_popularity_within_the_deadline() {
+    let stack = Stack::new().await;
+    let seen: HashSet<String> = stack.seen(1).await.into_iter().collect();
+    let expected: Vec<String> = stack.popular(1_000).await.into_iter().filter(|m| !seen.contains(m)).take(20).collect();
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+
+    for (label, url, pinned) in [
+        ("hung", format!("http://{}", blackhole()), Some("movies_pinned")),
+        ("refused", format!("http://127.0.0.1:{dead_port}"), None),
+    ] {
+        let mut config = stack.config();
+        config.store.qdrant_url = Some(url);
+        config.store.collection = pinned.map(str::to_string);
+        let server = server::start(config.clone()).await.expect("start");
+        let base = format!("http://{}", server.http_addr);
+
+        let ready = get(&format!("{base}/ready"), &[]).await;
+        assert_eq!(ready.status, 503, "{label}: not ready without a vector store");
+        assert!(ready.body.contains("vector store"), "{label}: {}", ready.body);
+
+        let started = Instant::now();
+        let r = get(&format!("{base}/recommend/1"), &[]).await;
+        let took = started.elapsed();
+        assert_eq!(r.status, 200, "{label}");
+        assert!(took < Duration::from_millis(config.deadlines.request_ms + 200), "{label}: answered after {took:?}");
+        assert!(!r.header("x-degraded").is_empty(), "{label}: flagged");
+        assert_eq!(r.header("x-recommendation-kind"), "degraded");
+        assert_eq!(r.body, expected.join(","), "{label}: popularity minus watched");
+        // Cold-start users need no vectors: not degraded.
+        assert_eq!(get(&format!("{base}/recommend/999999"), &[]).await.header("x-recommendation-kind"), "cold_start");
+
+        let metrics = get(&format!("{base}/metrics"), &[]).await.body;
+        assert!(metrics.contains("lazyrec_server_degraded_total"), "{metrics}");
+        println!("{label}: degraded answer in {took:?}: {}", r.header("x-degraded"));
+        server.shutdown().await.expect("shutdown");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_still_answers_the_cached_popularity_list() {
+    let stack = Stack::new().await;
+    let server = server::start(stack.config()).await.expect("start");
+    let base = format!("http://{}", server.http_addr);
+    crate::helpers::wait_ready(&base).await;
+    let popular = stack.popular(20).await.join(",");
+    // Take the database away under the running server.
+    let admin_url = stack.db.url.rsplit_once('/').map(|(u, _)| format!("{u}/postgres")).expect("url");
+    let name = stack.db.url.rsplit('/').next().expect("name").to_string();
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url).await.expect("admin");
+    sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false")).execute(&mut admin).await.expect("deny");
+    sqlx::query(&format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")).execute(&mut admin).await.expect("kick");
+
+    let r = get(&format!("{base}/recommend/12345"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-recommendation-kind"), "degraded");
+    assert!(r.header("x-degraded").starts_with("postgres"), "{}", r.header("x-degraded"));
+    assert_eq!(r.body, popular);
+    sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).execute(&mut admin).await.expect("allow");
+    server.shutdown().await.expect("shutdown");
+}

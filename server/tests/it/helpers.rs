@@ -1,0 +1,169 @@
+//! The stack under test: one embedding run per test process (the most-rated movies of the
+//! default dataset, real model), a fresh database per test, a server on free ports.
+
+use std::path::{Path, PathBuf};
+
+use db::testing::TestDb;
+use embedder::model::{DEFAULT_MAX_TOKENS, Model, ModelPaths};
+use embedder::pipeline::{Embedder, Mode};
+use embedder::store::edge::EdgeStore;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use server::config::Config;
+use tokio::sync::OnceCell;
+
+/// Movies embedded for the tests (the most-rated ones; the rest have no vectors, like movies
+/// added after the last embed run).
+pub const EMBEDDED_MOVIES: i64 = 1_500;
+
+fn assets_dir() -> PathBuf {
+    std::env::var_os("LAZYREC_ASSETS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.state/assets"))
+}
+
+async fn load_default(db: &TestDb) {
+    db::cli::load_movielens(&db.pool, &db.url, &db::import::movielens::MovieLensPaths::bundled(), false).await.expect("load MovieLens");
+    db::popularity::refresh(&db.pool, db::popularity::PopularityParams::default()).await.expect("popularity");
+}
+
+/// The directory of the shared, embedded qdrant-edge store (built once per process).
+async fn embedded_store() -> &'static Path {
+    static DIR: OnceCell<tempfile::TempDir> = OnceCell::const_new();
+    DIR.get_or_init(|| async {
+        let db = TestDb::new().await;
+        load_default(&db).await;
+        sqlx::query(
+            "DELETE FROM movies WHERE movie_id NOT IN (SELECT movie_id FROM ratings GROUP BY movie_id ORDER BY count(*) DESC, movie_id LIMIT $1)",
+        )
+        .bind(EMBEDDED_MOVIES)
+        .execute(&db.pool)
+        .await
+        .expect("subset");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EdgeStore::open(dir.path()).expect("store");
+        let paths = ModelPaths::in_assets_dir(&assets_dir());
+        let mut model = tokio::task::spawn_blocking(move || Model::load(&paths, 2, DEFAULT_MAX_TOKENS))
+            .await
+            .expect("join")
+            .unwrap_or_else(|e| panic!("{e} (install the assets with `python3 ci/assets.py`)"));
+        let report = Embedder { pool: &db.pool, store: &store, model: &mut model, progress: false, chunk: 512 }
+            .run(Mode::Full)
+            .await
+            .expect("embed");
+        println!("test embeddings: {}", report.render());
+        dir
+    })
+    .await
+    .path()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// A fresh database with the default dataset and a private copy of the embedded store.
+pub struct Stack {
+    /// The database.
+    pub db: TestDb,
+    /// The store directory (a copy).
+    pub edge: tempfile::TempDir,
+}
+
+impl Stack {
+    /// Builds it.
+    pub async fn new() -> Self {
+        let source = embedded_store().await;
+        let db = TestDb::new().await;
+        load_default(&db).await;
+        let edge = tempfile::tempdir().expect("tempdir");
+        copy_dir(source, edge.path());
+        Self { db, edge }
+    }
+
+    /// Another private copy of the embedded store (an engine directory belongs to one process).
+    pub async fn edge_copy(&self) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        copy_dir(embedded_store().await, dir.path());
+        dir
+    }
+
+    /// A server config on free ports for this stack.
+    pub fn config(&self) -> Config {
+        let mut c = Config::default();
+        c.http_addr = "127.0.0.1:0".parse().expect("addr");
+        c.grpc_addr = "127.0.0.1:0".parse().expect("addr");
+        c.database_url = Some(self.db.url.clone());
+        c.store.edge_dir = Some(self.edge.path().to_path_buf());
+        c.state_dir = self.edge.path().to_path_buf();
+        c
+    }
+
+    /// Movies user `user` has watched or rated.
+    pub async fn seen(&self, user: i64) -> Vec<String> {
+        sqlx::query_scalar("SELECT movie_id FROM ratings WHERE user_id = $1 UNION SELECT movie_id FROM user_watched WHERE user_id = $1")
+            .bind(user)
+            .fetch_all(&self.db.pool)
+            .await
+            .expect("seen")
+    }
+
+    /// The popularity table's top `n`.
+    pub async fn popular(&self, n: i64) -> Vec<String> {
+        db::popularity::top(&self.db.pool, n).await.expect("popularity")
+    }
+}
+
+/// An HTTP response.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Headers.
+    pub headers: hyper::HeaderMap,
+    /// Body.
+    pub body: String,
+}
+
+impl Reply {
+    /// A header as text ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+}
+
+/// GET with optional extra headers.
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let mut req = hyper::Request::get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client.request(req.body(Empty::new()).expect("request")).await.expect("GET");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    Reply { status, headers, body: String::from_utf8_lossy(&body).into_owned() }
+}
+
+/// Waits until `/ready` says ready (or panics after 30 s).
+pub async fn wait_ready(base: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = get(&format!("{base}/ready"), &[]).await;
+        if r.status == 200 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ready: {}", r.body);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
