@@ -340,9 +340,15 @@ pub struct MovieLensLoad {
 
 /// Imports a MovieLens directory: the catalog (course-style ids) and its ratings converted to
 /// course log lines through the ordinary ingester (idempotent: a re-run adds nothing).
-pub async fn load_movielens(pool: &PgPool, url: &str, paths: &movielens::MovieLensPaths, progress: bool) -> Result<MovieLensLoad> {
+pub async fn load_movielens(
+    pool: &PgPool,
+    url: &str,
+    paths: &movielens::MovieLensPaths,
+    progress: bool,
+) -> Result<MovieLensLoad> {
     let catalog = movielens::read_catalog(paths).context("reading MovieLens")?;
-    let movies = import::upsert_movies(pool, &catalog.movies, "movielens:ml-latest-small").await.context("writing movies")?;
+    let movies =
+        import::upsert_movies(pool, &catalog.movies, "movielens:ml-latest-small").await.context("writing movies")?;
     let (log, unknown_movies) = movielens::ratings_as_log(paths, &catalog.ids).context("converting ratings")?;
     let conn = PgConnection::connect_with(&crate::connect_options(url)?).await.context("connecting for ingest")?;
     let opts = IngestOptions {

@@ -112,7 +112,9 @@ impl ModelArgs {
     pub async fn load(&self, state_dir: &std::path::Path) -> Result<Model> {
         let paths = self.paths(state_dir);
         let (threads, max_tokens) = (self.threads, self.max_tokens);
-        Ok(tokio::task::spawn_blocking(move || Model::load(&paths, threads, max_tokens)).await.context("model loader")??)
+        Ok(tokio::task::spawn_blocking(move || Model::load(&paths, threads, max_tokens))
+            .await
+            .context("model loader")??)
     }
 }
 
@@ -163,7 +165,9 @@ pub async fn run() -> Result<()> {
     match &cli.command {
         Command::Embed { full, no_progress, chunk } => {
             let url = db::resolve_database_url(cli.database_url.as_deref(), &cli.state_dir)?;
-            let pool = db::connect_pool(&url, 4).await.with_context(|| format!("connecting to Postgres at {}", db::cli::redact(&url)))?;
+            let pool = db::connect_pool(&url, 4)
+                .await
+                .with_context(|| format!("connecting to Postgres at {}", db::cli::redact(&url)))?;
             db::migrate(&pool).await.context("applying migrations")?;
             let mut model = cli.model.load(&cli.state_dir).await?;
             let mut embedder = Embedder {

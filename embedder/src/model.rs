@@ -40,7 +40,9 @@ impl ModelPaths {
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// A file is missing or unreadable.
-    #[error("cannot read {what} at {path}: {source} (run ci/setup.sh or python3 ci/assets.py to install the embedding assets)")]
+    #[error(
+        "cannot read {what} at {path}: {source} (run ci/setup.sh or python3 ci/assets.py to install the embedding assets)"
+    )]
     Missing {
         /// Which file.
         what: &'static str,
@@ -84,7 +86,11 @@ static RUNTIME: OnceLock<Runtime> = OnceLock::new();
 
 /// Loads the ONNX Runtime library and creates its environment, once per process.
 fn load_runtime(path: &Path) -> Result<Environment, ModelError> {
-    std::fs::metadata(path).map_err(|source| ModelError::Missing { what: "the ONNX Runtime library", path: path.into(), source })?;
+    std::fs::metadata(path).map_err(|source| ModelError::Missing {
+        what: "the ONNX Runtime library",
+        path: path.into(),
+        source,
+    })?;
     let loaded = RUNTIME.get_or_init(|| {
         let builder = ort::init_from(path).map_err(|e| e.to_string())?;
         let env = builder.with_name("lazyrec").build().map_err(|e| e.to_string())?;
@@ -129,7 +135,10 @@ impl Model {
         let tokenizer = TokenizerFiles {
             tokenizer_file: read("tokenizer.json", paths.tokenizer_dir.join("tokenizer.json"))?,
             config_file: read("config.json", paths.tokenizer_dir.join("config.json"))?,
-            special_tokens_map_file: read("special_tokens_map.json", paths.tokenizer_dir.join("special_tokens_map.json"))?,
+            special_tokens_map_file: read(
+                "special_tokens_map.json",
+                paths.tokenizer_dir.join("special_tokens_map.json"),
+            )?,
             tokenizer_config_file: read("tokenizer_config.json", paths.tokenizer_dir.join("tokenizer_config.json"))?,
         };
         // The model id names the weights, not the path: the vector cache is keyed by it.
@@ -172,7 +181,8 @@ impl Model {
         let mut out = vec![Vec::new(); texts.len()];
         for chunk in order.chunks(batch_size) {
             let batch: Vec<&str> = chunk.iter().map(|&i| texts[i].as_str()).collect();
-            let vectors = self.inner.embed(&batch, Some(batch_size)).map_err(|e| ModelError::Inference(e.to_string()))?;
+            let vectors =
+                self.inner.embed(&batch, Some(batch_size)).map_err(|e| ModelError::Inference(e.to_string()))?;
             for (&i, v) in chunk.iter().zip(vectors) {
                 out[i] = v;
             }

@@ -255,11 +255,18 @@ impl Embedder<'_> {
         Ok(report)
     }
 
-    async fn embed_and_upsert(&mut self, collection: &str, todo: &[&Item], report: &mut EmbedReport) -> Result<(), EmbedError> {
+    async fn embed_and_upsert(
+        &mut self,
+        collection: &str,
+        todo: &[&Item],
+        report: &mut EmbedReport,
+    ) -> Result<(), EmbedError> {
         let bar = if self.progress && !todo.is_empty() {
             ProgressBar::with_draw_target(Some(todo.len() as u64), ProgressDrawTarget::stderr()).with_style(
-                ProgressStyle::with_template("{spinner} embed [{elapsed_precise}] {wide_bar} {pos}/{len} movies ({per_sec}, eta {eta})")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ProgressStyle::with_template(
+                    "{spinner} embed [{elapsed_precise}] {wide_bar} {pos}/{len} movies ({per_sec}, eta {eta})",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
             )
         } else {
             ProgressBar::hidden()
@@ -267,13 +274,14 @@ impl Embedder<'_> {
         let model_id = self.model.id().to_string();
         for chunk in todo.chunks(self.chunk.max(1)) {
             let hashes: Vec<String> = chunk.iter().map(|i| i.hash.clone()).collect();
-            let cached: Vec<(String, Vec<f32>)> =
-                sqlx::query_as("SELECT text_hash, vector FROM embedding_cache WHERE model = $1 AND text_hash = ANY($2)")
-                    .bind(&model_id)
-                    .bind(&hashes)
-                    .fetch_all(self.pool)
-                    .await
-                    .map_err(db("reading the vector cache"))?;
+            let cached: Vec<(String, Vec<f32>)> = sqlx::query_as(
+                "SELECT text_hash, vector FROM embedding_cache WHERE model = $1 AND text_hash = ANY($2)",
+            )
+            .bind(&model_id)
+            .bind(&hashes)
+            .fetch_all(self.pool)
+            .await
+            .map_err(db("reading the vector cache"))?;
             let mut vectors: HashMap<String, Vec<f32>> = cached.into_iter().collect();
             report.cached += chunk.iter().filter(|i| vectors.contains_key(&i.hash)).count() as u64;
             let missing: Vec<&Item> = chunk.iter().copied().filter(|i| !vectors.contains_key(&i.hash)).collect();

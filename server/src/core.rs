@@ -87,14 +87,22 @@ pub struct Core {
 
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Core").field("model_version", &self.model_version).field("store", &self.store.describe()).finish()
+        f.debug_struct("Core")
+            .field("model_version", &self.model_version)
+            .field("store", &self.store.describe())
+            .finish()
     }
 }
 
 impl Core {
     /// Builds the core (no I/O: Postgres and the store are reached lazily, so the server comes
     /// up and answers — degraded — even when they are not there yet).
-    pub fn new(config: Config, pool: PgPool, store: Arc<dyn VectorStore>, metrics: Metrics) -> Result<Self, strategy::StrategyError> {
+    pub fn new(
+        config: Config,
+        pool: PgPool,
+        store: Arc<dyn VectorStore>,
+        metrics: Metrics,
+    ) -> Result<Self, strategy::StrategyError> {
         let strategy = strategy::build(&config.model)?;
         let model_version = strategy::model_version(strategy.as_ref());
         let histories = Cache::builder()
@@ -253,7 +261,8 @@ impl Core {
             Vec::new()
         } else {
             let started = Instant::now();
-            let result = tokio::time::timeout(self.config.deadlines.vector(), self.neighbour_lists(&history, &seeds, k)).await;
+            let result =
+                tokio::time::timeout(self.config.deadlines.vector(), self.neighbour_lists(&history, &seeds, k)).await;
             self.metrics.stage.with_label_values(&["vector_store"]).observe(started.elapsed().as_secs_f64());
             match result {
                 Ok(Ok(lists)) => lists,
@@ -274,7 +283,12 @@ impl Core {
     }
 
     /// Ranks a given history (offline evaluation and replay use this; no Postgres).
-    pub async fn rank_history(&self, history: &History, popularity: &Popularity, limit: usize) -> Result<Vec<Item>, String> {
+    pub async fn rank_history(
+        &self,
+        history: &History,
+        popularity: &Popularity,
+        limit: usize,
+    ) -> Result<Vec<Item>, String> {
         let (seeds, k) = self.strategy.seeds(history);
         let neighbours = self.neighbour_lists(history, &seeds, k).await.map_err(|e| e.detail)?;
         Ok(self.strategy.rank(history, &neighbours, popularity, limit))
@@ -316,7 +330,12 @@ impl Core {
         }
     }
 
-    async fn neighbour_lists(&self, history: &History, seeds: &[usize], k: usize) -> Result<Vec<Arc<Vec<Hit>>>, StageError> {
+    async fn neighbour_lists(
+        &self,
+        history: &History,
+        seeds: &[usize],
+        k: usize,
+    ) -> Result<Vec<Arc<Vec<Hit>>>, StageError> {
         let Some(collection) = self.collection() else {
             return Err(StageError { metric: "no_collection", detail: "vector store: no live collection".into() });
         };
@@ -324,7 +343,12 @@ impl Core {
         futures_util::future::join_all(lookups).await.into_iter().collect()
     }
 
-    async fn neighbour_list(&self, collection: Arc<str>, movie_id: &str, k: usize) -> Result<Arc<Vec<Hit>>, StageError> {
+    async fn neighbour_list(
+        &self,
+        collection: Arc<str>,
+        movie_id: &str,
+        k: usize,
+    ) -> Result<Arc<Vec<Hit>>, StageError> {
         let id = point_id(movie_id);
         let key = (collection.clone(), id);
         if let Some(hit) = self.neighbours.get(&key).await {
@@ -333,16 +357,25 @@ impl Core {
         }
         self.metrics.cache_lookup("neighbours", false);
         let store = self.store.clone();
-        self.neighbours
-            .try_get_with(key, async move {
-                let Some((_, vector)) = store.vectors(&collection, &[id]).await?.pop() else {
-                    // Not embedded (yet): no neighbours; the next embed run adds it.
-                    return Ok(Arc::new(Vec::new()));
-                };
-                let filter = SearchFilter { exclude_ids: vec![id], exact: true, ..SearchFilter::default() };
-                Ok::<_, embedder::store::StoreError>(Arc::new(store.search(&collection, vector, k, &filter).await?))
-            })
+        let exact = self.config.store.exact_search;
+        let cache = self.neighbours.clone();
+        // A detached task: when the request's deadline passes, the search still finishes and
+        // fills the cache, so a cold cache warms up even under pressure.
+        let fetch = tokio::spawn(async move {
+            cache
+                .try_get_with(key, async move {
+                    let Some((_, vector)) = store.vectors(&collection, &[id]).await?.pop() else {
+                        // Not embedded (yet): no neighbours; the next embed run adds it.
+                        return Ok(Arc::new(Vec::new()));
+                    };
+                    let filter = SearchFilter { exclude_ids: vec![id], exact, ..SearchFilter::default() };
+                    Ok::<_, embedder::store::StoreError>(Arc::new(store.search(&collection, vector, k, &filter).await?))
+                })
+                .await
+        });
+        fetch
             .await
+            .map_err(|e| StageError { metric: "vector_store_error", detail: format!("vector store task: {e}") })?
             .map_err(|e| StageError { metric: "vector_store_error", detail: format!("vector store: {e}") })
     }
 }

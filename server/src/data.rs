@@ -45,10 +45,11 @@ pub async fn history(pool: &PgPool, user_id: i64) -> Result<History, sqlx::Error
 /// The current popularity list (top `limit`). Before the first `lazyrec-db popularity` run the
 /// table is empty; TMDB popularity from the catalog stands in.
 pub async fn popularity(pool: &PgPool, limit: i64) -> Result<Popularity, sqlx::Error> {
-    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT movie_id, watermark FROM popularity ORDER BY rank, movie_id LIMIT $1")
-        .bind(limit)
-        .fetch_all(pool)
-        .await?;
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT movie_id, watermark FROM popularity ORDER BY rank, movie_id LIMIT $1")
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
     if let Some((_, watermark)) = rows.first() {
         let watermark = *watermark;
         return Ok(Popularity { movies: rows.into_iter().map(|r| r.0).collect(), watermark });
@@ -63,5 +64,8 @@ pub async fn popularity(pool: &PgPool, limit: i64) -> Result<Popularity, sqlx::E
 
 /// The committed ingest watermark.
 pub async fn watermark(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    Ok(sqlx::query_scalar::<_, i64>("SELECT last_event_id FROM ingest_watermark").fetch_optional(pool).await?.unwrap_or(0))
+    Ok(sqlx::query_scalar::<_, i64>("SELECT last_event_id FROM ingest_watermark")
+        .fetch_optional(pool)
+        .await?
+        .unwrap_or(0))
 }

@@ -73,7 +73,13 @@ impl EvalReport {
 }
 
 fn ndcg(ranked: &[String], relevant: &HashSet<&str>, k: usize) -> f64 {
-    let dcg: f64 = ranked.iter().take(k).enumerate().filter(|(_, m)| relevant.contains(m.as_str())).map(|(i, _)| 1.0 / ((i + 2) as f64).log2()).sum();
+    let dcg: f64 = ranked
+        .iter()
+        .take(k)
+        .enumerate()
+        .filter(|(_, m)| relevant.contains(m.as_str()))
+        .map(|(i, _)| 1.0 / ((i + 2) as f64).log2())
+        .sum();
     let ideal: f64 = (0..relevant.len().min(k)).map(|i| 1.0 / ((i + 2) as f64).log2()).sum();
     if ideal > 0.0 { dcg / ideal } else { 0.0 }
 }
@@ -109,7 +115,10 @@ pub async fn run(core: &Core, pool: &PgPool, spec: EvalSpec) -> anyhow::Result<E
         for w in train {
             *counts.entry(w.movie_id.clone()).or_default() += 1;
         }
-        splits.push((History { watermark: 0, watched: train.to_vec() }, test.iter().map(|w| w.movie_id.clone()).collect::<Vec<_>>()));
+        splits.push((
+            History { watermark: 0, watched: train.to_vec() },
+            test.iter().map(|w| w.movie_id.clone()).collect::<Vec<_>>(),
+        ));
     }
     let mut ranked: Vec<(String, usize)> = counts.into_iter().collect();
     ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -118,8 +127,15 @@ pub async fn run(core: &Core, pool: &PgPool, spec: EvalSpec) -> anyhow::Result<E
     let (mut model, mut pop) = (Scores::default(), Scores::default());
     for (train, test) in &splits {
         let relevant: HashSet<&str> = test.iter().map(String::as_str).collect();
-        let ours: Vec<String> = core.rank_history(train, &popularity, spec.k).await.map_err(anyhow::Error::msg)?.into_iter().map(|i| i.movie_id).collect();
-        let base: Vec<String> = baseline.rank(train, &[], &popularity, spec.k).into_iter().map(|i| i.movie_id).collect();
+        let ours: Vec<String> = core
+            .rank_history(train, &popularity, spec.k)
+            .await
+            .map_err(anyhow::Error::msg)?
+            .into_iter()
+            .map(|i| i.movie_id)
+            .collect();
+        let base: Vec<String> =
+            baseline.rank(train, &[], &popularity, spec.k).into_iter().map(|i| i.movie_id).collect();
         for (scores, list) in [(&mut model, &ours), (&mut pop, &base)] {
             scores.hit_rate += f64::from(u8::from(list.iter().any(|m| relevant.contains(m.as_str()))));
             scores.ndcg += ndcg(list, &relevant, spec.k);
@@ -130,5 +146,11 @@ pub async fn run(core: &Core, pool: &PgPool, spec: EvalSpec) -> anyhow::Result<E
         s.hit_rate /= n;
         s.ndcg /= n;
     }
-    Ok(EvalReport { users: splits.len(), model_version: core.model_version().to_string(), model, popularity: pop, k: spec.k })
+    Ok(EvalReport {
+        users: splits.len(),
+        model_version: core.model_version().to_string(),
+        model,
+        popularity: pop,
+        k: spec.k,
+    })
 }

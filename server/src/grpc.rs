@@ -36,14 +36,21 @@ impl Recommender for GrpcService {
         let request_id = request_id(given.as_deref());
         if req.user_id < 0 {
             core.metrics.requests.with_label_values(&["grpc", "bad_request"]).inc();
-            return Err(Status::invalid_argument(format!("invalid user id {}: expected a non-negative integer", req.user_id)));
+            return Err(Status::invalid_argument(format!(
+                "invalid user id {}: expected a non-negative integer",
+                req.user_id
+            )));
         }
         let limit = if req.limit == 0 { core.config.default_limit } else { req.limit as usize };
         if limit > core.config.max_limit {
             core.metrics.requests.with_label_values(&["grpc", "bad_request"]).inc();
-            return Err(Status::invalid_argument(format!("invalid limit {limit}: expected at most {}", core.config.max_limit)));
+            return Err(Status::invalid_argument(format!(
+                "invalid limit {limit}: expected at most {}",
+                core.config.max_limit
+            )));
         }
-        let span = tracing::debug_span!("recommend", request_id = %request_id, user_id = req.user_id, protocol = "grpc");
+        let span =
+            tracing::debug_span!("recommend", request_id = %request_id, user_id = req.user_id, protocol = "grpc");
         let answer = core.recommend(req.user_id, limit).instrument(span).await;
         core.metrics.requests.with_label_values(&["grpc", answer.kind.as_str()]).inc();
         core.metrics.latency.with_label_values(&["grpc"]).observe(started.elapsed().as_secs_f64());
@@ -57,7 +64,12 @@ impl Recommender for GrpcService {
             degraded_reason: answer.degraded.unwrap_or_default(),
             kind: answer.kind.as_str().to_string(),
         });
-        for (key, value) in [("x-model-version", core.model_version().to_string()), ("x-variant", core.variant().to_string()), ("x-request-id", request_id), ("x-data-watermark", answer.watermark.to_string())] {
+        for (key, value) in [
+            ("x-model-version", core.model_version().to_string()),
+            ("x-variant", core.variant().to_string()),
+            ("x-request-id", request_id),
+            ("x-data-watermark", answer.watermark.to_string()),
+        ] {
             if let Ok(v) = value.parse() {
                 response.metadata_mut().insert(key, v);
             }

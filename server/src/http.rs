@@ -101,10 +101,16 @@ fn provenance(core: &Core, request_id: &str, watermark: i64) -> HeaderMap {
     h
 }
 
-async fn recommend(State(core): State<Arc<Core>>, Path(raw): Path<String>, RawQuery(query): RawQuery, req_headers: HeaderMap) -> Response {
+async fn recommend(
+    State(core): State<Arc<Core>>,
+    Path(raw): Path<String>,
+    RawQuery(query): RawQuery,
+    req_headers: HeaderMap,
+) -> Response {
     let started = Instant::now();
     let request_id = request_id(req_headers.get(headers::REQUEST_ID).and_then(|v| v.to_str().ok()));
-    let parsed = parse_user_id(&raw).and_then(|user| Ok((user, parse_limit(query.as_deref(), core.config.default_limit, core.config.max_limit)?)));
+    let parsed = parse_user_id(&raw)
+        .and_then(|user| Ok((user, parse_limit(query.as_deref(), core.config.default_limit, core.config.max_limit)?)));
     let (user_id, limit) = match parsed {
         Ok(ok) => ok,
         Err(reason) => {
@@ -115,10 +121,8 @@ async fn recommend(State(core): State<Arc<Core>>, Path(raw): Path<String>, RawQu
     };
     let span = tracing::debug_span!("recommend", request_id = %request_id, user_id, protocol = "http");
     let answer = core.recommend(user_id, limit).instrument(span).await;
-    let wants_json = req_headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("application/json"));
+    let wants_json =
+        req_headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/json"));
     let response = render(&core, user_id, &request_id, &answer, wants_json);
     core.metrics.requests.with_label_values(&["http", answer.kind.as_str()]).inc();
     core.metrics.latency.with_label_values(&["http"]).observe(started.elapsed().as_secs_f64());

@@ -33,10 +33,14 @@ use crate::core::Core;
 pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn VectorStore>> {
     let timeout = config.deadlines.request();
     Ok(match &config.store.qdrant_url {
-        Some(url) => Arc::new(ServerStore::connect(url, config.store.qdrant_api_key.clone(), timeout).context("connecting to Qdrant")?),
+        Some(url) => Arc::new(
+            ServerStore::connect(url, config.store.qdrant_api_key.clone(), timeout).context("connecting to Qdrant")?,
+        ),
         None => {
             let dir = config.store.edge_dir.clone().unwrap_or_else(|| config.state_dir.join("qdrant-edge"));
-            Arc::new(EdgeStore::open(&dir).with_context(|| format!("opening the qdrant-edge store at {}", dir.display()))?)
+            Arc::new(
+                EdgeStore::open(&dir).with_context(|| format!("opening the qdrant-edge store at {}", dir.display()))?,
+            )
         }
     })
 }
@@ -96,11 +100,17 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let pool = PgPoolOptions::new()
         .max_connections(config.database_connections)
         .acquire_timeout(config.deadlines.postgres())
-        .connect_lazy_with(db::connect_options(&url).with_context(|| format!("bad database URL {}", db::cli::redact(&url)))?);
+        .connect_lazy_with(
+            db::connect_options(&url).with_context(|| format!("bad database URL {}", db::cli::redact(&url)))?,
+        );
     let store = open_store(&config)?;
     let metrics = metrics::Metrics::new(config.variant.as_str())?;
-    let http_listener = tokio::net::TcpListener::bind(config.http_addr).await.with_context(|| format!("binding HTTP on {}", config.http_addr))?;
-    let grpc_listener = tokio::net::TcpListener::bind(config.grpc_addr).await.with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;
+    let http_listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
+    let grpc_listener = tokio::net::TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;
     let http_addr = http_listener.local_addr()?;
     let grpc_addr = grpc_listener.local_addr()?;
     let refresh = Duration::from_millis(config.caches.refresh_ms);
@@ -143,7 +153,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let service = proto::recommender_v1::recommender_server::RecommenderServer::new(grpc::GrpcService::new(core.clone()));
+    let service =
+        proto::recommender_v1::recommender_server::RecommenderServer::new(grpc::GrpcService::new(core.clone()));
     let grpc_stop = stop_rx.clone();
     let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     tasks.push(tokio::spawn(async move {

@@ -32,18 +32,32 @@ const LATENCY_BUCKETS: &[f64] =
 impl Metrics {
     /// Registers every metric in a fresh registry.
     pub fn new(variant: &str) -> Result<Self, prometheus::Error> {
-        let registry = Registry::new_custom(Some("lazyrec_server".into()), Some([("variant".to_string(), variant.to_string())].into()))?;
-        let requests = IntCounterVec::new(Opts::new("requests_total", "Recommendation requests by protocol and outcome"), &["protocol", "outcome"])?;
+        let registry = Registry::new_custom(
+            Some("lazyrec_server".into()),
+            Some([("variant".to_string(), variant.to_string())].into()),
+        )?;
+        let requests = IntCounterVec::new(
+            Opts::new("requests_total", "Recommendation requests by protocol and outcome"),
+            &["protocol", "outcome"],
+        )?;
         let latency = HistogramVec::new(
-            HistogramOpts::new("request_seconds", "Recommendation latency inside the server").buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new("request_seconds", "Recommendation latency inside the server")
+                .buckets(LATENCY_BUCKETS.to_vec()),
             &["protocol"],
         )?;
         let stage = HistogramVec::new(
-            HistogramOpts::new("stage_seconds", "Latency of the request path's stages").buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new("stage_seconds", "Latency of the request path's stages")
+                .buckets(LATENCY_BUCKETS.to_vec()),
             &["stage"],
         )?;
-        let cache = IntCounterVec::new(Opts::new("cache_requests_total", "Cache lookups by cache and result"), &["cache", "result"])?;
-        let degraded = IntCounterVec::new(Opts::new("degraded_total", "Answers degraded to the popularity list, by reason"), &["reason"])?;
+        let cache = IntCounterVec::new(
+            Opts::new("cache_requests_total", "Cache lookups by cache and result"),
+            &["cache", "result"],
+        )?;
+        let degraded = IntCounterVec::new(
+            Opts::new("degraded_total", "Answers degraded to the popularity list, by reason"),
+            &["reason"],
+        )?;
         let watermark = IntGauge::new("data_watermark", "The ingest watermark (last event id) last seen")?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;

@@ -79,7 +79,11 @@ impl Popularity {
     /// A score in (0, 1] by rank: `1 / (1 + rank / half_rank)` (1 for the most popular, ½ at
     /// `half_rank`), 0 when absent.
     pub fn rank_scores(&self, half_rank: f64) -> HashMap<&str, f64> {
-        self.movies.iter().enumerate().map(|(i, m)| (m.as_str(), 1.0 / (1.0 + i as f64 / half_rank.max(1e-9)))).collect()
+        self.movies
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.as_str(), 1.0 / (1.0 + i as f64 / half_rank.max(1e-9))))
+            .collect()
     }
 
     /// The first `limit` movies not in `exclude`, scored by rank.
@@ -115,7 +119,8 @@ pub trait Strategy: Send + Sync + std::fmt::Debug {
     /// `history.watched`), and how many neighbours per list.
     fn seeds(&self, history: &History) -> (Vec<usize>, usize);
     /// The ranked list. `neighbours[i]` belongs to seed `seeds(history).0[i]`.
-    fn rank(&self, history: &History, neighbours: &[Arc<Vec<Hit>>], popularity: &Popularity, limit: usize) -> Vec<Item>;
+    fn rank(&self, history: &History, neighbours: &[Arc<Vec<Hit>>], popularity: &Popularity, limit: usize)
+    -> Vec<Item>;
 }
 
 /// A model spec that cannot be built.
@@ -189,7 +194,13 @@ impl Strategy for PopularityV1 {
     fn seeds(&self, _history: &History) -> (Vec<usize>, usize) {
         (Vec::new(), 0)
     }
-    fn rank(&self, history: &History, _neighbours: &[Arc<Vec<Hit>>], popularity: &Popularity, limit: usize) -> Vec<Item> {
+    fn rank(
+        &self,
+        history: &History,
+        _neighbours: &[Arc<Vec<Hit>>],
+        popularity: &Popularity,
+        limit: usize,
+    ) -> Vec<Item> {
         popularity.top_excluding(&history.seen(), limit)
     }
 }
@@ -224,7 +235,16 @@ pub struct NeighboursV1 {
 
 impl Default for NeighboursV1 {
     fn default() -> Self {
-        Self { max_seeds: 20, neighbours: 50, neutral_weight: 0.5, rating_gain: 0.5, recency_decay: 0.95, popularity_weight: 0.3, popular_candidates: 200, popularity_half_rank: 100.0 }
+        Self {
+            max_seeds: 20,
+            neighbours: 50,
+            neutral_weight: 0.5,
+            rating_gain: 0.5,
+            recency_decay: 0.95,
+            popularity_weight: 0.3,
+            popular_candidates: 200,
+            popularity_half_rank: 100.0,
+        }
     }
 }
 
@@ -275,7 +295,13 @@ impl Strategy for NeighboursV1 {
             .collect();
         (seeds, self.neighbours)
     }
-    fn rank(&self, history: &History, neighbours: &[Arc<Vec<Hit>>], popularity: &Popularity, limit: usize) -> Vec<Item> {
+    fn rank(
+        &self,
+        history: &History,
+        neighbours: &[Arc<Vec<Hit>>],
+        popularity: &Popularity,
+        limit: usize,
+    ) -> Vec<Item> {
         let seen = history.seen();
         let (seeds, _) = self.seeds(history);
         let mut total_weight = 0.0;
@@ -299,7 +325,8 @@ impl Strategy for NeighboursV1 {
             .into_iter()
             .map(|(m, s)| Item {
                 movie_id: m.to_string(),
-                score: s / total_weight.max(f64::MIN_POSITIVE) + self.popularity_weight * pop.get(m).copied().unwrap_or(0.0),
+                score: s / total_weight.max(f64::MIN_POSITIVE)
+                    + self.popularity_weight * pop.get(m).copied().unwrap_or(0.0),
             })
             .collect();
         items.sort_by(by_score_then_id);
@@ -339,8 +366,10 @@ mod tests {
     #[test]
     fn the_model_version_changes_with_parameters_and_not_with_spelled_out_defaults() {
         let a = build(&ModelSpec::default()).expect("a");
-        let b = build(&ModelSpec { strategy: NeighboursV1::NAME.into(), params: serde_json::json!({"max_seeds": 20}) }).expect("b");
-        let c = build(&ModelSpec { strategy: NeighboursV1::NAME.into(), params: serde_json::json!({"max_seeds": 10}) }).expect("c");
+        let b = build(&ModelSpec { strategy: NeighboursV1::NAME.into(), params: serde_json::json!({"max_seeds": 20}) })
+            .expect("b");
+        let c = build(&ModelSpec { strategy: NeighboursV1::NAME.into(), params: serde_json::json!({"max_seeds": 10}) })
+            .expect("c");
         assert_eq!(model_version(a.as_ref()), model_version(b.as_ref()));
         assert_ne!(model_version(a.as_ref()), model_version(c.as_ref()));
         assert!(model_version(a.as_ref()).starts_with("neighbours-v1@"));
@@ -348,7 +377,12 @@ mod tests {
 
     #[test]
     fn ranking_excludes_watched_prefers_liked_seeds_breaks_ties_by_id_and_fills_from_popularity() {
-        let s = NeighboursV1 { popularity_weight: 0.0, recency_decay: 1.0, popular_candidates: 0, ..NeighboursV1::default() };
+        let s = NeighboursV1 {
+            popularity_weight: 0.0,
+            recency_decay: 1.0,
+            popular_candidates: 0,
+            ..NeighboursV1::default()
+        };
         let history = History {
             watermark: 7,
             watched: vec![
@@ -359,7 +393,8 @@ mod tests {
         let (seeds, _) = s.seeds(&history);
         assert_eq!(seeds, vec![0], "a 1-star movie is no seed");
         let neighbours = vec![Arc::new(vec![hit("hated", 0.9), hit("b", 0.8), hit("a", 0.8), hit("c", 0.5)])];
-        let popularity = Popularity { movies: vec!["liked".into(), "p1".into(), "c".into(), "p2".into()], watermark: 7 };
+        let popularity =
+            Popularity { movies: vec!["liked".into(), "p1".into(), "c".into(), "p2".into()], watermark: 7 };
         let items = s.rank(&history, &neighbours, &popularity, 5);
         let ids: Vec<&str> = items.iter().map(|i| i.movie_id.as_str()).collect();
         assert_eq!(ids, vec!["a", "b", "c", "p1", "p2"]);

@@ -60,11 +60,16 @@ enum Cmd {
         /// Queries per configuration.
         #[arg(long, default_value_t = 2_000)]
         queries: usize,
+        /// Take the real movie vectors from this edge store's live collection (made by
+        /// `embedder embed` over the course catalog) instead of embedding them again.
+        #[arg(long)]
+        vectors_from: Option<PathBuf>,
     },
 }
 
 fn course_texts(catalog: &Path) -> Result<Vec<(MovieFields, String)>> {
-    let (movies, _) = db::import::catalog::read_catalog(catalog).with_context(|| format!("reading {}", catalog.display()))?;
+    let (movies, _) =
+        db::import::catalog::read_catalog(catalog).with_context(|| format!("reading {}", catalog.display()))?;
     Ok(movies
         .into_iter()
         .map(|m| {
@@ -87,12 +92,24 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let paths = ModelPaths::in_assets_dir(&args.assets_dir);
     match args.command {
-        Cmd::Compare { texts, batch, max_tokens, threads, ours_only } => compare(&args.catalog, &paths, texts, batch, max_tokens, threads, ours_only),
-        Cmd::Search { points, queries } => search(&args.catalog, &paths, points, queries),
+        Cmd::Compare { texts, batch, max_tokens, threads, ours_only } => {
+            compare(&args.catalog, &paths, texts, batch, max_tokens, threads, ours_only)
+        }
+        Cmd::Search { points, queries, vectors_from } => {
+            search(&args.catalog, &paths, points, queries, vectors_from.as_deref())
+        }
     }
 }
 
-fn compare(catalog: &Path, paths: &ModelPaths, n: usize, batch: usize, max_tokens: usize, threads: usize, ours_only: bool) -> Result<()> {
+fn compare(
+    catalog: &Path,
+    paths: &ModelPaths,
+    n: usize,
+    batch: usize,
+    max_tokens: usize,
+    threads: usize,
+    ours_only: bool,
+) -> Result<()> {
     let texts: Vec<String> = course_texts(catalog)?.into_iter().take(n).map(|(_, t)| t).collect();
     let work = tempfile::tempdir()?;
     let texts_json = work.path().join("texts.json");
@@ -105,7 +122,11 @@ fn compare(catalog: &Path, paths: &ModelPaths, n: usize, batch: usize, max_token
         let started = Instant::now();
         model.embed_batched(&texts, batch)?;
         let secs = started.elapsed().as_secs_f64();
-        println!("ours: {} texts, batch {batch}, {threads} threads, max {max_tokens} tokens: {:.0} texts/s", texts.len(), texts.len() as f64 / secs);
+        println!(
+            "ours: {} texts, batch {batch}, {threads} threads, max {max_tokens} tokens: {:.0} texts/s",
+            texts.len(),
+            texts.len() as f64 / secs
+        );
         return Ok(());
     }
     // Python first (its torch threads would otherwise compete with ours).
@@ -152,7 +173,10 @@ fn compare(catalog: &Path, paths: &ModelPaths, n: usize, batch: usize, max_token
     let min = cosines.iter().copied().fold(f32::INFINITY, f32::min);
     let our_rate = texts.len() as f64 / our_secs;
     let py_rate = texts.len() as f64 / py_secs;
-    println!("embed-bench compare: {} course movie texts, batch {batch}, max {max_tokens} tokens, 2 threads each", texts.len());
+    println!(
+        "embed-bench compare: {} course movie texts, batch {batch}, max {max_tokens} tokens, 2 threads each",
+        texts.len()
+    );
     println!("  ours (fastembed, int8 ONNX, length-sorted batches): {our_secs:.2} s = {our_rate:.0} texts/s");
     println!("  python sentence-transformers (fp32 torch)         : {py_secs:.2} s = {py_rate:.0} texts/s");
     println!("  ratio ours/python: {:.2}", our_rate / py_rate);
@@ -164,12 +188,18 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn search(catalog: &Path, paths: &ModelPaths, total: usize, queries: usize) -> Result<()> {
+fn search(catalog: &Path, paths: &ModelPaths, total: usize, queries: usize, vectors_from: Option<&Path>) -> Result<()> {
     let movies = course_texts(catalog)?;
-    let mut model = Model::load(paths, 2, embedder::model::DEFAULT_MAX_TOKENS)?;
     let texts: Vec<String> = movies.iter().map(|(_, t)| t.clone()).collect();
-    eprintln!("embedding {} course movies ...", texts.len());
-    let vectors = model.embed(&texts)?;
+    let vectors = match vectors_from {
+        Some(dir) => stored_vectors(dir, &movies)?,
+        None => {
+            let mut model = Model::load(paths, 2, embedder::model::DEFAULT_MAX_TOKENS)?;
+            eprintln!("embedding {} course movies ...", texts.len());
+            model.embed(&texts)?
+        }
+    };
+    let dim = vectors.first().map(Vec::len).context("no vectors")?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut points: Vec<MoviePoint> = movies
         .iter()
@@ -192,7 +222,13 @@ fn search(catalog: &Path, paths: &ModelPaths, total: usize, queries: usize) -> R
         let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
         v.iter_mut().for_each(|x| *x /= norm);
         let movie_id = format!("synthetic+{k}");
-        points.push(MoviePoint { id: point_id(&movie_id), vector: v, movie_id, genres: base.genres.clone(), ..base.clone() });
+        points.push(MoviePoint {
+            id: point_id(&movie_id),
+            vector: v,
+            movie_id,
+            genres: base.genres.clone(),
+            ..base.clone()
+        });
         k += 1;
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -200,7 +236,7 @@ fn search(catalog: &Path, paths: &ModelPaths, total: usize, queries: usize) -> R
     rt.block_on(async {
         let store = EdgeStore::open(dir.path())?;
         let name = "movies_bench";
-        store.create_collection(name, model.dim()).await?;
+        store.create_collection(name, dim).await?;
         let started = Instant::now();
         for chunk in points.chunks(1_000) {
             store.upsert(name, chunk.to_vec()).await?;
@@ -209,7 +245,11 @@ fn search(catalog: &Path, paths: &ModelPaths, total: usize, queries: usize) -> R
         let started = Instant::now();
         store.finish_bulk_load(name).await?;
         let index = started.elapsed().as_secs_f64();
-        println!("embed-bench search: {} points ({} real course movies + synthetic fill), dim {}", points.len(), movies.len(), model.dim());
+        println!(
+            "embed-bench search: {} points ({} real course movies + synthetic fill), dim {dim}",
+            points.len(),
+            movies.len()
+        );
         println!("  upsert {upsert:.1} s, HNSW build {index:.1} s");
         for (label, genre, exact) in [
             ("top-50, HNSW, no filter", None, false),
@@ -218,7 +258,11 @@ fn search(catalog: &Path, paths: &ModelPaths, total: usize, queries: usize) -> R
             ("top-50, exact, no filter", None, true),
             ("top-50, exact, genre = Western", Some("Western"), true),
         ] {
-            let filter = SearchFilter { any_genre: genre.map(|g| vec![g.to_string()]).unwrap_or_default(), exclude_ids: Vec::new(), exact };
+            let filter = SearchFilter {
+                any_genre: genre.map(|g| vec![g.to_string()]).unwrap_or_default(),
+                exclude_ids: Vec::new(),
+                exact,
+            };
             let mut times = Vec::with_capacity(queries);
             for q in 0..queries {
                 let v = vectors[(q * 7919) % vectors.len()].clone();
@@ -228,9 +272,26 @@ fn search(catalog: &Path, paths: &ModelPaths, total: usize, queries: usize) -> R
                 anyhow::ensure!(!hits.is_empty(), "no hits");
             }
             times.sort_by(f64::total_cmp);
-            println!("  {label:<32}: p50 {:.2} ms, p99 {:.2} ms ({queries} queries)", percentile(&times, 0.5), percentile(&times, 0.99));
+            println!(
+                "  {label:<32}: p50 {:.2} ms, p99 {:.2} ms ({queries} queries)",
+                percentile(&times, 0.5),
+                percentile(&times, 0.99)
+            );
         }
         anyhow::Ok(())
     })?;
     Ok(())
+}
+
+/// The vectors of `movies` from the live collection of the edge store at `dir`, in order.
+fn stored_vectors(dir: &Path, movies: &[(MovieFields, String)]) -> Result<Vec<Vec<f32>>> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let store = EdgeStore::open(dir)?;
+        let live = store.live().await?.context("no live collection in the --vectors-from store")?;
+        let ids: Vec<u64> = movies.iter().map(|(m, _)| point_id(&m.movie_id)).collect();
+        let found = store.vectors(&live, &ids).await?;
+        anyhow::ensure!(found.len() == ids.len(), "{live} holds {} of the {} catalog movies", found.len(), ids.len());
+        Ok(found.into_iter().map(|(_, v)| v).collect())
+    })
 }

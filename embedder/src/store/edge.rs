@@ -16,8 +16,8 @@ use qdrant_edge::external::serde_json::{Value, json};
 use qdrant_edge::{
     AnyVariants, Condition, CountRequest, CreateIndex, DEFAULT_VECTOR_NAME, Distance, EdgeConfig, EdgeShard,
     EdgeVectorParams, FieldCondition, FieldIndexOperations, Filter, HasIdCondition, JsonPath, Match, MatchAny,
-    NamedQuery, PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations, PointOperations,
-    PointStruct, QueryEnum, ScrollRequest, SearchParams, SearchRequest, UpdateOperation, VectorInternal, VectorStructInternal,
+    NamedQuery, PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations, PointOperations, PointStruct,
+    QueryEnum, ScrollRequest, SearchParams, SearchRequest, UpdateOperation, VectorInternal, VectorStructInternal,
     WithPayloadInterface, WithVector,
 };
 
@@ -45,8 +45,11 @@ impl EdgeStore {
     /// Opens (creating if needed) a store rooted at `root`.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
         let collections = root.join("collections");
-        std::fs::create_dir_all(&collections)
-            .map_err(|source| StoreError::Io { operation: "creating the store directory", path: collections, source })?;
+        std::fs::create_dir_all(&collections).map_err(|source| StoreError::Io {
+            operation: "creating the store directory",
+            path: collections,
+            source,
+        })?;
         Ok(Self { root: root.to_path_buf(), open: Mutex::new(HashMap::new()) })
     }
 
@@ -74,9 +77,11 @@ impl EdgeStore {
         f: impl FnOnce(&EdgeShard) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let shard = self.shard(name)?;
-        tokio::task::spawn_blocking(move || f(&shard))
-            .await
-            .map_err(|e| StoreError::Engine { engine: ENGINE, operation: "blocking task", detail: e.to_string() })?
+        tokio::task::spawn_blocking(move || f(&shard)).await.map_err(|e| StoreError::Engine {
+            engine: ENGINE,
+            operation: "blocking task",
+            detail: e.to_string(),
+        })?
     }
 }
 
@@ -154,14 +159,21 @@ impl VectorStore for EdgeStore {
         if dir.join("edge_config.json").is_file() {
             return Ok(());
         }
-        std::fs::create_dir_all(&dir)
-            .map_err(|source| StoreError::Io { operation: "creating a collection", path: dir.clone(), source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+            operation: "creating a collection",
+            path: dir.clone(),
+            source,
+        })?;
         let config = EdgeConfig::builder()
             .vector(DEFAULT_VECTOR_NAME, EdgeVectorParams::builder(dim, Distance::Cosine).build())
             .build();
         let shard = tokio::task::spawn_blocking(move || -> Result<EdgeShard, StoreError> {
             let shard = EdgeShard::new(&dir, config).map_err(engine("creating a collection"))?;
-            for (field, kind) in [("genres", PayloadSchemaType::Keyword), ("year", PayloadSchemaType::Integer), ("movie_id", PayloadSchemaType::Keyword)] {
+            for (field, kind) in [
+                ("genres", PayloadSchemaType::Keyword),
+                ("year", PayloadSchemaType::Integer),
+                ("movie_id", PayloadSchemaType::Keyword),
+            ] {
                 shard
                     .update(UpdateOperation::FieldIndexOperation(FieldIndexOperations::CreateIndex(CreateIndex {
                         field_name: path(field),
@@ -173,7 +185,11 @@ impl VectorStore for EdgeStore {
             Ok(shard)
         })
         .await
-        .map_err(|e| StoreError::Engine { engine: ENGINE, operation: "blocking task", detail: e.to_string() })??;
+        .map_err(|e| StoreError::Engine {
+            engine: ENGINE,
+            operation: "blocking task",
+            detail: e.to_string(),
+        })??;
         self.open.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), Arc::new(shard));
         Ok(())
     }
@@ -201,9 +217,9 @@ impl VectorStore for EdgeStore {
                 })
                 .collect();
             shard
-                .update(UpdateOperation::PointOperation(PointOperations::UpsertPoints(PointInsertOperations::PointsList(
-                    points,
-                ))))
+                .update(UpdateOperation::PointOperation(PointOperations::UpsertPoints(
+                    PointInsertOperations::PointsList(points),
+                )))
                 .map_err(engine("upsert"))?;
             shard.flush();
             Ok(())
@@ -214,7 +230,9 @@ impl VectorStore for EdgeStore {
     async fn delete(&self, collection: &str, ids: Vec<u64>) -> Result<(), StoreError> {
         self.blocking(collection, move |shard| {
             let ids = ids.into_iter().map(PointId::NumId).collect();
-            shard.update(UpdateOperation::PointOperation(PointOperations::DeletePoints { ids })).map_err(engine("delete"))?;
+            shard
+                .update(UpdateOperation::PointOperation(PointOperations::DeletePoints { ids }))
+                .map_err(engine("delete"))?;
             shard.flush();
             Ok(())
         })
@@ -282,7 +300,13 @@ impl VectorStore for EdgeStore {
         .await
     }
 
-    async fn search(&self, collection: &str, vector: Vec<f32>, limit: usize, filter: &SearchFilter) -> Result<Vec<Hit>, StoreError> {
+    async fn search(
+        &self,
+        collection: &str,
+        vector: Vec<f32>,
+        limit: usize,
+        filter: &SearchFilter,
+    ) -> Result<Vec<Hit>, StoreError> {
         let exact = filter.exact;
         let filter = edge_filter(filter);
         self.blocking(collection, move |shard| {
@@ -301,7 +325,11 @@ impl VectorStore for EdgeStore {
             Ok(hits
                 .into_iter()
                 .filter_map(|p| {
-                    Some(Hit { id: point_id(&p.id)?, movie_id: payload_str(p.payload.as_ref(), "movie_id"), score: p.score })
+                    Some(Hit {
+                        id: point_id(&p.id)?,
+                        movie_id: payload_str(p.payload.as_ref(), "movie_id"),
+                        score: p.score,
+                    })
                 })
                 .collect())
         })

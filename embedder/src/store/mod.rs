@@ -117,7 +117,13 @@ pub trait VectorStore: Send + Sync {
     /// Vectors of the given points (missing ids are skipped), in the order given.
     async fn vectors(&self, collection: &str, ids: &[u64]) -> Result<Vec<(u64, Vec<f32>)>, StoreError>;
     /// Nearest neighbours of `vector`.
-    async fn search(&self, collection: &str, vector: Vec<f32>, limit: usize, filter: &SearchFilter) -> Result<Vec<Hit>, StoreError>;
+    async fn search(
+        &self,
+        collection: &str,
+        vector: Vec<f32>,
+        limit: usize,
+        filter: &SearchFilter,
+    ) -> Result<Vec<Hit>, StoreError>;
     /// The live collection, if any.
     async fn live(&self) -> Result<Option<String>, StoreError>;
     /// Atomically points readers at `collection`.

@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, CreateAliasBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
     DeletePointsBuilder, Distance, FieldType, Filter, GetPointsBuilder, PointId, PointStruct, PointsIdsList,
-    ScrollPointsBuilder, SearchParamsBuilder, SearchPointsBuilder, UpsertPointsBuilder, VectorParamsBuilder, point_id::PointIdOptions,
-    vector_output, vectors_output::VectorsOptions,
+    ScrollPointsBuilder, SearchParamsBuilder, SearchPointsBuilder, UpsertPointsBuilder, VectorParamsBuilder,
+    point_id::PointIdOptions, vector_output, vectors_output::VectorsOptions,
 };
 use qdrant_client::{Payload, Qdrant};
 
@@ -76,10 +76,15 @@ impl VectorStore for ServerStore {
             return Ok(());
         }
         self.client
-            .create_collection(CreateCollectionBuilder::new(name).vectors_config(VectorParamsBuilder::new(dim as u64, Distance::Cosine)))
+            .create_collection(
+                CreateCollectionBuilder::new(name)
+                    .vectors_config(VectorParamsBuilder::new(dim as u64, Distance::Cosine)),
+            )
             .await
             .map_err(engine("creating a collection"))?;
-        for (field, kind) in [("genres", FieldType::Keyword), ("year", FieldType::Integer), ("movie_id", FieldType::Keyword)] {
+        for (field, kind) in
+            [("genres", FieldType::Keyword), ("year", FieldType::Integer), ("movie_id", FieldType::Keyword)]
+        {
             self.client
                 .create_field_index(CreateFieldIndexCollectionBuilder::new(name, field, kind).wait(true))
                 .await
@@ -184,7 +189,13 @@ impl VectorStore for ServerStore {
         Ok(ids.iter().filter_map(|id| Some((*id, found.remove(id)?))).collect())
     }
 
-    async fn search(&self, collection: &str, vector: Vec<f32>, limit: usize, filter: &SearchFilter) -> Result<Vec<Hit>, StoreError> {
+    async fn search(
+        &self,
+        collection: &str,
+        vector: Vec<f32>,
+        limit: usize,
+        filter: &SearchFilter,
+    ) -> Result<Vec<Hit>, StoreError> {
         let mut req = SearchPointsBuilder::new(collection, vector, limit as u64).with_payload(true);
         if filter.exact {
             req = req.params(SearchParamsBuilder::default().exact(true));
@@ -202,7 +213,13 @@ impl VectorStore for ServerStore {
         let r = self.client.search_points(req).await.map_err(engine("search"))?;
         Ok(r.result
             .into_iter()
-            .filter_map(|p| Some(Hit { id: num_id(p.id.as_ref())?, movie_id: payload_string(&p.payload, "movie_id"), score: p.score }))
+            .filter_map(|p| {
+                Some(Hit {
+                    id: num_id(p.id.as_ref())?,
+                    movie_id: payload_string(&p.payload, "movie_id"),
+                    score: p.score,
+                })
+            })
             .collect())
     }
 

@@ -19,7 +19,10 @@ pub fn model() -> std::sync::MutexGuard<'static, Model> {
     MODEL
         .get_or_init(|| {
             let paths = ModelPaths::in_assets_dir(&assets_dir());
-            Mutex::new(Model::load(&paths, 2, embedder::model::DEFAULT_MAX_TOKENS).unwrap_or_else(|e| panic!("{e} (install the assets with `python3 ci/assets.py`)")))
+            Mutex::new(
+                Model::load(&paths, 2, embedder::model::DEFAULT_MAX_TOKENS)
+                    .unwrap_or_else(|e| panic!("{e} (install the assets with `python3 ci/assets.py`)")),
+            )
         })
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -28,7 +31,8 @@ pub fn model() -> std::sync::MutexGuard<'static, Model> {
 /// A database with the bundled MovieLens catalog (9,742 movies), optionally cut to `keep` movies.
 pub async fn db_with_movielens(keep: Option<usize>) -> TestDb {
     let db = TestDb::new().await;
-    let catalog = db::import::movielens::read_catalog(&db::import::movielens::MovieLensPaths::bundled()).expect("movielens");
+    let catalog =
+        db::import::movielens::read_catalog(&db::import::movielens::MovieLensPaths::bundled()).expect("movielens");
     let movies = match keep {
         Some(n) => catalog.movies.into_iter().take(n).collect::<Vec<_>>(),
         None => catalog.movies,

@@ -11,7 +11,11 @@ use embedder::text::{MovieFields, movie_text, point_id, text_hash};
 use crate::helpers::{assets_dir, bin, db_with_movielens, model};
 
 async fn movie_id_of(pool: &sqlx::PgPool, ml_movie_id: i32) -> String {
-    sqlx::query_scalar("SELECT movie_id FROM movies WHERE ml_movie_id = $1").bind(ml_movie_id).fetch_one(pool).await.expect("movie")
+    sqlx::query_scalar("SELECT movie_id FROM movies WHERE ml_movie_id = $1")
+        .bind(ml_movie_id)
+        .fetch_one(pool)
+        .await
+        .expect("movie")
 }
 
 async fn neighbours(store: &EdgeStore, collection: &str, movie_id: &str, k: usize) -> Vec<String> {
@@ -53,7 +57,10 @@ async fn the_default_catalog_embeds_searchably_franchises_cluster_and_updates_in
     let nothing = embedder.run(Mode::Incremental).await.expect("incremental");
     assert_eq!((nothing.embedded, nothing.upserted, nothing.deleted, nothing.switched), (0, 0, 0, false));
 
-    sqlx::query("UPDATE movies SET overview = 'A brand new overview.' WHERE ml_movie_id = 1").execute(&db.pool).await.expect("edit");
+    sqlx::query("UPDATE movies SET overview = 'A brand new overview.' WHERE ml_movie_id = 1")
+        .execute(&db.pool)
+        .await
+        .expect("edit");
     let one = embedder.run(Mode::Incremental).await.expect("incremental");
     assert_eq!((one.embedded, one.upserted, one.collection.as_str()), (1, 1, live.as_str()));
 
@@ -109,10 +116,14 @@ async fn killing_a_full_embed_and_rerunning_gives_a_complete_consistent_collecti
     let live = store.live().await.expect("live").expect("live after the rerun");
     let digests = store.digests(&live).await.expect("digests");
     let rows: Vec<MovieFields> =
-        sqlx::query_as("SELECT movie_id, title, year, genres, overview, tagline, keywords FROM movies").fetch_all(&db.pool).await.expect("movies");
+        sqlx::query_as("SELECT movie_id, title, year, genres, overview, tagline, keywords FROM movies")
+            .fetch_all(&db.pool)
+            .await
+            .expect("movies");
     assert_eq!(digests.len(), rows.len());
     for m in &rows {
-        let d = digests.iter().find(|d| d.id == point_id(&m.movie_id)).unwrap_or_else(|| panic!("{} missing", m.movie_id));
+        let d =
+            digests.iter().find(|d| d.id == point_id(&m.movie_id)).unwrap_or_else(|| panic!("{} missing", m.movie_id));
         assert_eq!(d.text_hash, text_hash(&movie_text(m)), "{}", m.movie_id);
     }
     assert_eq!(cached().await, 2_000, "each text embedded once across both runs");

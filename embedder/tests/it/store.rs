@@ -11,11 +11,26 @@ use crate::helpers::model;
 
 fn points() -> Vec<MoviePoint> {
     let movies = [
-        ("toy+story+1995", "Toy Story", "Animation", "A cowboy doll is threatened by a new spaceman toy in a boy's room."),
-        ("toy+story+2+1999", "Toy Story 2", "Animation", "Woody the toy is stolen by a collector; Buzz and the other toys rescue him."),
+        (
+            "toy+story+1995",
+            "Toy Story",
+            "Animation",
+            "A cowboy doll is threatened by a new spaceman toy in a boy's room.",
+        ),
+        (
+            "toy+story+2+1999",
+            "Toy Story 2",
+            "Animation",
+            "Woody the toy is stolen by a collector; Buzz and the other toys rescue him.",
+        ),
         ("alien+1979", "Alien", "Horror", "The crew of a space freighter is hunted by a deadly alien creature."),
         ("aliens+1986", "Aliens", "Action", "Ripley returns to the alien planet with marines to fight the creatures."),
-        ("notting+hill+1999", "Notting Hill", "Romance", "A London bookshop owner falls in love with a famous actress."),
+        (
+            "notting+hill+1999",
+            "Notting Hill",
+            "Romance",
+            "A London bookshop owner falls in love with a famous actress.",
+        ),
     ];
     let texts: Vec<String> = movies.iter().map(|(_, t, g, o)| format!("{t}. Genres: {g}. {o}")).collect();
     let vectors = model().embed(&texts).expect("embed");
@@ -50,7 +65,11 @@ async fn behaves_like_a_vector_store(store: &dyn VectorStore) {
     let mut digests = store.digests(&name).await.expect("digests");
     digests.sort_by(|a, b| a.movie_id.cmp(&b.movie_id));
     assert_eq!(digests.len(), 5);
-    assert!(digests.iter().all(|d| points.iter().any(|p| p.id == d.id && p.text_hash == d.text_hash && p.movie_id == d.movie_id)));
+    assert!(
+        digests
+            .iter()
+            .all(|d| points.iter().any(|p| p.id == d.id && p.text_hash == d.text_hash && p.movie_id == d.movie_id))
+    );
 
     let toy = points[0].id;
     let stored = store.vectors(&name, &[toy, 42]).await.expect("vectors");
@@ -95,10 +114,13 @@ async fn the_embedded_qdrant_edge_store_behaves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_qdrant_server_store_behaves_the_same() {
     let Ok(url) = std::env::var("QDRANT_URL") else {
-        eprintln!("SKIPPED: QDRANT_URL is not set, so the qdrant-client store was not exercised (no Qdrant server can be installed here)");
+        eprintln!(
+            "SKIPPED: QDRANT_URL is not set, so the qdrant-client store was not exercised (no Qdrant server can be installed here)"
+        );
         return;
     };
-    let store = ServerStore::connect(&url, std::env::var("QDRANT_API_KEY").ok(), Duration::from_secs(10)).expect("connect");
+    let store =
+        ServerStore::connect(&url, std::env::var("QDRANT_API_KEY").ok(), Duration::from_secs(10)).expect("connect");
     behaves_like_a_vector_store(&store).await;
 }
 

@@ -110,7 +110,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let running = server::start(config).await?;
-            eprintln!("lazyrec-server: HTTP on http://{} , gRPC on {} ({})", running.http_addr, running.grpc_addr, running.core.model_version());
+            eprintln!(
+                "lazyrec-server: HTTP on http://{} , gRPC on {} ({})",
+                running.http_addr,
+                running.grpc_addr,
+                running.core.model_version()
+            );
             let stop = running.stop_handle();
             tokio::spawn(async move {
                 shutdown_signal().await;
@@ -121,7 +126,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Eval { json } => {
             let url = db::resolve_database_url(config.database_url.as_deref(), &config.state_dir)?;
-            let pool = db::connect_pool(&url, 4).await.with_context(|| format!("connecting to Postgres at {}", db::cli::redact(&url)))?;
+            let pool = db::connect_pool(&url, 4)
+                .await
+                .with_context(|| format!("connecting to Postgres at {}", db::cli::redact(&url)))?;
             let store = server::open_store(&config)?;
             let metrics = server::metrics::Metrics::new(config.variant.as_str())?;
             let core = server::core::Core::new(config, pool.clone(), store, metrics)?;
@@ -141,7 +148,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,qdrant_edge=error,sqlx=warn")))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,qdrant_edge=error,sqlx=warn")),
+        )
         .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

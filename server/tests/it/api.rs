@@ -15,7 +15,8 @@ async fn http_answers_the_course_contract_deterministically_without_watched_movi
     let server = server::start(stack.config()).await.expect("start");
     let base = format!("http://{}", server.http_addr);
     wait_ready(&base).await;
-    let watermark: i64 = sqlx::query_scalar("SELECT last_event_id FROM ingest_watermark").fetch_one(&stack.db.pool).await.expect("wm");
+    let watermark: i64 =
+        sqlx::query_scalar("SELECT last_event_id FROM ingest_watermark").fetch_one(&stack.db.pool).await.expect("wm");
 
     let r = get(&format!("{base}/recommend/{USER}"), &[("x-request-id", "req-42")]).await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -69,7 +70,14 @@ async fn http_answers_the_course_contract_deterministically_without_watched_movi
     assert_eq!(cold.body, stack.popular(20).await.join(","));
 
     // Bad input: 400 with a one-line reason, never a panic.
-    for path in ["/recommend/abc", "/recommend/-5", "/recommend/1.5", "/recommend/99999999999999999999", "/recommend/1?limit=0", "/recommend/1?limit=x"] {
+    for path in [
+        "/recommend/abc",
+        "/recommend/-5",
+        "/recommend/1.5",
+        "/recommend/99999999999999999999",
+        "/recommend/1?limit=0",
+        "/recommend/1?limit=x",
+    ] {
         let bad = get(&format!("{base}{path}"), &[]).await;
         assert_eq!(bad.status, 400, "{path}");
         assert_eq!(bad.body.trim_end().lines().count(), 1, "{path}: {:?}", bad.body);
@@ -78,7 +86,10 @@ async fn http_answers_the_course_contract_deterministically_without_watched_movi
     }
 
     let metrics = get(&format!("{base}/metrics"), &[]).await.body;
-    assert!(metrics.contains("lazyrec_server_requests_total{outcome=\"bad_request\",protocol=\"http\",variant=\"main\"} 6"), "{metrics}");
+    assert!(
+        metrics.contains("lazyrec_server_requests_total{outcome=\"bad_request\",protocol=\"http\",variant=\"main\"} 6"),
+        "{metrics}"
+    );
     assert!(metrics.contains("lazyrec_server_cache_requests_total{cache=\"neighbours\",result=\"hit\""), "{metrics}");
     assert!(metrics.contains("lazyrec_server_stage_seconds_bucket{stage=\"postgres\""));
     second.shutdown().await.expect("shutdown");
@@ -104,17 +115,30 @@ async fn grpc_gives_the_same_answer_with_provenance_health_and_validation() {
     let r = reply.into_inner();
     let ids: Vec<&str> = r.items.iter().map(|i| i.movie_id.as_str()).collect();
     assert_eq!(ids.join(","), http.body, "one core behind both protocols");
-    assert_eq!((r.variant.as_str(), r.request_id.as_str(), r.kind.as_str(), r.degraded), ("nightly", "grpc-1", "personal", false));
+    assert_eq!(
+        (r.variant.as_str(), r.request_id.as_str(), r.kind.as_str(), r.degraded),
+        ("nightly", "grpc-1", "personal", false)
+    );
     assert_eq!(metadata_variant.as_deref(), Some("nightly"));
     assert_eq!(r.model_version, http.header("x-model-version"));
     assert_eq!(r.data_watermark.to_string(), http.header("x-data-watermark"));
 
-    let bad = client.recommend(RecommendRequest { user_id: -3, limit: 0, request_id: String::new() }).await.expect_err("negative user");
+    let bad = client
+        .recommend(RecommendRequest { user_id: -3, limit: 0, request_id: String::new() })
+        .await
+        .expect_err("negative user");
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
-    let too_many = client.recommend(RecommendRequest { user_id: 1, limit: 1_000, request_id: String::new() }).await.expect_err("limit");
+    let too_many = client
+        .recommend(RecommendRequest { user_id: 1, limit: 1_000, request_id: String::new() })
+        .await
+        .expect_err("limit");
     assert_eq!(too_many.code(), tonic::Code::InvalidArgument);
 
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr)).expect("uri").connect().await.expect("connect");
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let status = health
         .check(tonic_health::pb::HealthCheckRequest { service: "recommender.v1.Recommender".into() })

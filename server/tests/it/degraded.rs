@@ -70,7 +70,10 @@ async fn postgres_down_still_answers_the_cached_popularity_list() {
     let name = stack.db.url.rsplit('/').next().expect("name").to_string();
     let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url).await.expect("admin");
     sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false")).execute(&mut admin).await.expect("deny");
-    sqlx::query(&format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")).execute(&mut admin).await.expect("kick");
+    sqlx::query(&format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+        .execute(&mut admin)
+        .await
+        .expect("kick");
 
     let r = get(&format!("{base}/recommend/12345"), &[]).await;
     assert_eq!(r.status, 200);

@@ -23,7 +23,9 @@ fn assets_dir() -> PathBuf {
 }
 
 async fn load_default(db: &TestDb) {
-    db::cli::load_movielens(&db.pool, &db.url, &db::import::movielens::MovieLensPaths::bundled(), false).await.expect("load MovieLens");
+    db::cli::load_movielens(&db.pool, &db.url, &db::import::movielens::MovieLensPaths::bundled(), false)
+        .await
+        .expect("load MovieLens");
     db::popularity::refresh(&db.pool, db::popularity::PopularityParams::default()).await.expect("popularity");
 }
 
@@ -143,7 +145,8 @@ impl Reply {
 
 /// GET with optional extra headers.
 pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let mut req = hyper::Request::get(url);
     for (k, v) in headers {
         req = req.header(*k, *v);

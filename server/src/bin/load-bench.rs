@@ -1,0 +1,300 @@
+//! Load benchmark for the recommendation service (HTTP, the course contract).
+//!
+//! * `load-bench vectors --from <edge dir> --to <edge dir>` — course-scale vectors: the real
+//!   course-movie vectors of a live collection, reused (and perturbed beyond the real count) for
+//!   the synthetic movie ids `db::synth` writes into the log, 27k points by default.
+//! * `load-bench run --rate 1000 --seconds 20` — open-loop load at a fixed rate (latency is
+//!   measured from each request's *scheduled* time, so a stalled server cannot hide queueing),
+//!   random users; prints throughput, p50/p99/max, errors, the generator's own CPU and the
+//!   server's RSS.
+//! * `load-bench capacity` — rates stepped up until p99 exceeds the target; prints the highest
+//!   rate that met it.
+//!
+//! See BENCHMARKS.md for the full procedure (data through the ingester, then these steps).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use embedder::store::edge::EdgeStore;
+use embedder::store::{MoviePoint, VectorStore};
+use embedder::text::point_id;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use rand::{Rng, SeedableRng};
+
+#[derive(Parser, Debug)]
+#[command(about = "Load benchmark for lazyrec-server (HTTP)")]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct Load {
+    /// Base URL of the server.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Users are drawn uniformly from 1..=users.
+    #[arg(long, default_value_t = 100_000)]
+    users: u64,
+    /// Seconds per rate.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Seconds of warm-up at the first rate (not measured).
+    #[arg(long, default_value_t = 0)]
+    warmup: u64,
+    /// The server's pid, to report its RSS.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Build a course-scale qdrant-edge collection for the synthetic movie ids.
+    Vectors {
+        /// An edge store with a live collection of real movie vectors.
+        #[arg(long)]
+        from: std::path::PathBuf,
+        /// The edge store to write (its live collection is replaced).
+        #[arg(long)]
+        to: std::path::PathBuf,
+        /// Synthetic movies (ids as `db::synth::movie_id`).
+        #[arg(long, default_value_t = 27_000)]
+        movies: usize,
+    },
+    /// Fixed-rate load.
+    Run {
+        #[command(flatten)]
+        load: Load,
+        /// Requests per second.
+        #[arg(long, default_value_t = 1_000)]
+        rate: u64,
+    },
+    /// Step the rate up until p99 exceeds the target.
+    Capacity {
+        #[command(flatten)]
+        load: Load,
+        /// First rate.
+        #[arg(long, default_value_t = 1_000)]
+        start: u64,
+        /// Increment.
+        #[arg(long, default_value_t = 500)]
+        step: u64,
+        /// p99 target in milliseconds.
+        #[arg(long, default_value_t = 10.0)]
+        p99_ms: f64,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Outcome {
+    rate: u64,
+    sent: u64,
+    ok: u64,
+    errors: u64,
+    degraded: u64,
+    seconds: f64,
+    p50: f64,
+    p99: f64,
+    max: f64,
+    cpu: f64,
+}
+
+fn cpu_seconds() -> f64 {
+    // utime + stime of this process, from /proc (clock ticks; 100 per second on Linux).
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn run_rate(load: &Load, rate: u64, seconds: u64, seed: u64) -> Result<Outcome> {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(1_024)
+        .build_http::<Empty<Bytes>>();
+    let total = rate * seconds;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(total as usize)));
+    let errors = Arc::new(AtomicU64::new(0));
+    let degraded = Arc::new(AtomicU64::new(0));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let cpu0 = cpu_seconds();
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let scheduled = started + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(scheduled.into()).await;
+        let user = rng.random_range(1..=load.users);
+        let uri: hyper::Uri = format!("{}/recommend/{user}", load.url).parse()?;
+        let client = client.clone();
+        let latencies = latencies.clone();
+        let errors = errors.clone();
+        let degraded = degraded.clone();
+        tasks.push(tokio::spawn(async move {
+            let result = async {
+                let resp = client.get(uri).await?;
+                let ok = resp.status().is_success();
+                if resp.headers().contains_key("x-degraded") {
+                    degraded.fetch_add(1, Ordering::Relaxed);
+                }
+                let body = resp.into_body().collect().await?.to_bytes();
+                anyhow::Ok(ok && !body.is_empty())
+            }
+            .await;
+            let elapsed = scheduled.elapsed().as_secs_f64() * 1e3;
+            match result {
+                Ok(true) => latencies.lock().unwrap_or_else(|p| p.into_inner()).push(elapsed),
+                Ok(false) | Err(_) => {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _joined = t.await;
+    }
+    let seconds_taken = started.elapsed().as_secs_f64();
+    let cpu = (cpu_seconds() - cpu0) / seconds_taken;
+    let mut l = std::mem::take(&mut *latencies.lock().unwrap_or_else(|p| p.into_inner()));
+    l.sort_by(f64::total_cmp);
+    Ok(Outcome {
+        rate,
+        sent: total,
+        ok: l.len() as u64,
+        errors: errors.load(Ordering::Relaxed),
+        degraded: degraded.load(Ordering::Relaxed),
+        seconds: seconds_taken,
+        p50: percentile(&l, 0.5),
+        p99: percentile(&l, 0.99),
+        max: l.last().copied().unwrap_or(f64::NAN),
+        cpu,
+    })
+}
+
+fn print(o: &Outcome, load: &Load) {
+    let rss = load.server_pid.and_then(rss_mib).map(|r| format!(", server RSS {r:.0} MiB")).unwrap_or_default();
+    println!(
+        "rate {:>5}/s: {} sent, {} ok ({} degraded), {} errors, {:.0} req/s achieved, p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, load generator CPU {:.0}%{rss}",
+        o.rate,
+        o.sent,
+        o.ok,
+        o.degraded,
+        o.errors,
+        o.ok as f64 / o.seconds,
+        o.p50,
+        o.p99,
+        o.max,
+        o.cpu * 100.0
+    );
+}
+
+async fn vectors(from: &std::path::Path, to: &std::path::Path, movies: usize) -> Result<()> {
+    let source = EdgeStore::open(from)?;
+    let live = source.live().await?.context("the source store has no live collection")?;
+    let ids: Vec<u64> = source.digests(&live).await?.into_iter().map(|d| d.id).collect();
+    let real = source.vectors(&live, &ids).await?;
+    if real.is_empty() {
+        bail!("the source collection {live} is empty");
+    }
+    let dim = real[0].1.len();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let target = EdgeStore::open(to)?;
+    let name = format!("movies_bench_{movies}");
+    target.drop_collection(&name).await?;
+    target.create_collection(&name, dim).await?;
+    let started = Instant::now();
+    let mut batch = Vec::with_capacity(1_000);
+    for i in 0..movies {
+        let base = &real[i % real.len()].1;
+        let vector = if i < real.len() {
+            base.clone()
+        } else {
+            let mut v: Vec<f32> = base.iter().map(|x| x + rng.random_range(-0.05..0.05)).collect();
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.iter_mut().for_each(|x| *x /= norm);
+            v
+        };
+        let movie_id = db::synth::movie_id(i);
+        batch.push(MoviePoint {
+            id: point_id(&movie_id),
+            vector,
+            movie_id,
+            title: format!("Synthetic {i}"),
+            year: Some(1950 + (i % 75) as i32),
+            genres: vec![["Drama", "Comedy", "Action", "Thriller", "Romance"][i % 5].to_string()],
+            text_hash: String::new(),
+        });
+        if batch.len() == 1_000 {
+            target.upsert(&name, std::mem::take(&mut batch)).await?;
+        }
+    }
+    target.upsert(&name, batch).await?;
+    target.finish_bulk_load(&name).await?;
+    target.set_live(&name).await?;
+    println!(
+        "{name}: {} points ({} real vectors reused) in {:.1}s, live",
+        target.count(&name).await?,
+        real.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    // The generator gets one thread: the server under test needs the other core.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        match args.command {
+            Cmd::Vectors { from, to, movies } => vectors(&from, &to, movies).await,
+            Cmd::Run { load, rate } => {
+                if load.warmup > 0 {
+                    run_rate(&load, rate, load.warmup, 1).await?;
+                }
+                let o = run_rate(&load, rate, load.seconds, 2).await?;
+                print(&o, &load);
+                Ok(())
+            }
+            Cmd::Capacity { load, start, step, p99_ms } => {
+                let mut best = None;
+                let mut rate = start;
+                loop {
+                    let o = run_rate(&load, rate, load.seconds, rate).await?;
+                    print(&o, &load);
+                    let met = o.errors == 0
+                        && o.degraded == 0
+                        && o.p99 <= p99_ms
+                        && (o.ok as f64 / o.seconds) >= 0.97 * rate as f64;
+                    if !met {
+                        break;
+                    }
+                    best = Some(rate);
+                    rate += step;
+                }
+                match best {
+                    Some(r) => println!("highest rate with p99 <= {p99_ms} ms, no errors, no degraded answers: {r}/s"),
+                    None => println!("no rate met p99 <= {p99_ms} ms"),
+                }
+                Ok(())
+            }
+        }
+    })
+}
