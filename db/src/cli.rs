@@ -288,8 +288,7 @@ async fn ingest(cli: &Cli, args: &IngestArgs) -> Result<IngestReport> {
         parse: ParseConfig { rating_scale: args.rating_scale, max_user_id: args.max_user_id },
         progress: !args.no_progress && std::io::stderr().is_terminal(),
     };
-    let mut ingester = Ingester::new(conn, opts).await?;
-    Ok(ingester.run(sources).await?)
+    Ok(Ingester::run_once(conn, opts, sources).await?)
 }
 
 async fn import_movielens(
@@ -358,7 +357,7 @@ pub async fn load_movielens(
     };
     let name = format!("movielens:{}:ratings", file_name(&paths.dir));
     let source = StreamSource::new(name, std::io::Cursor::new(log), Duration::from_secs(1));
-    let ratings = Ingester::new(conn, opts).await?.run(vec![Box::new(source)]).await?;
+    let ratings = Ingester::run_once(conn, opts, vec![Box::new(source)]).await?;
     Ok(MovieLensLoad { movies, ratings, unknown_movies })
 }
 
@@ -399,4 +398,31 @@ async fn status(pool: &PgPool) -> Result<String> {
         ));
     }
     Ok(out)
+}
+
+/// The `main` of every lazyrec binary: structured logs to stderr (`RUST_LOG`, else
+/// `default_filter`), a multi-threaded runtime, and errors as one line (the whole cause chain,
+/// outermost first) with a non-zero exit — never a panic.
+pub fn main_with(default_filter: &str, run: impl std::future::Future<Output = Result<()>>) -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -430,6 +430,32 @@ impl Ingester {
         Ok(Self { conn, opts })
     }
 
+    /// Takes the lock, ingests every source, releases the lock and closes the connection: the
+    /// next ingester can start the moment this returns.
+    pub async fn run_once(
+        conn: PgConnection,
+        opts: IngestOptions,
+        sources: Vec<Box<dyn LineSource>>,
+    ) -> Result<IngestReport, IngestError> {
+        let mut ingester = Self::new(conn, opts).await?;
+        let report = ingester.run(sources).await;
+        let closed = ingester.close().await;
+        let report = report?;
+        closed?;
+        Ok(report)
+    }
+
+    /// Releases the ingest lock and closes the connection politely. (Dropping an ingester also
+    /// releases the lock, but only once the server notices the closed socket.)
+    pub async fn close(mut self) -> Result<(), IngestError> {
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(INGEST_LOCK_KEY)
+            .execute(&mut self.conn)
+            .await
+            .map_err(db("releasing the ingest lock"))?;
+        sqlx::Connection::close(self.conn).await.map_err(db("closing the connection"))
+    }
+
     /// Ingests every source in order and returns what happened.
     pub async fn run(&mut self, sources: Vec<Box<dyn LineSource>>) -> Result<IngestReport, IngestError> {
         let started = Instant::now();

@@ -73,7 +73,7 @@ fn main() -> Result<()> {
         let opts = IngestOptions { batch_lines: args.batch_lines, parse: ParseConfig::default(), progress: true };
         let source = FileSource::open(&log, None).context("opening the log")?;
         let started = Instant::now();
-        let report = Ingester::new(conn, opts).await?.run(vec![Box::new(source)]).await?;
+        let report = Ingester::run_once(conn, opts, vec![Box::new(source)]).await?;
         let ingest_secs = started.elapsed().as_secs_f64();
         let events = report.accepted.total();
         eprintln!("{}", report.render());

@@ -28,7 +28,7 @@ async fn ingest_file(db: &TestDb, path: &std::path::Path, batch_lines: usize) ->
     let conn = PgConnection::connect(&db.url).await.expect("connect");
     let opts = IngestOptions { batch_lines, ..IngestOptions::default() };
     let source: Box<dyn LineSource> = Box::new(FileSource::open(path, None).expect("open"));
-    Ingester::new(conn, opts).await.expect("lock").run(vec![source]).await.expect("ingest")
+    Ingester::run_once(conn, opts, vec![source]).await.expect("ingest")
 }
 
 /// Everything the tables say must agree with what the generator wrote, once.
@@ -138,12 +138,7 @@ async fn a_named_stream_resumes_by_position() {
     for expected_new in [2u64, 0] {
         let conn = PgConnection::connect(&db.url).await.expect("connect");
         let source = StreamSource::new("stream:test", std::io::Cursor::new(text.clone()), Duration::from_millis(200));
-        let report = Ingester::new(conn, IngestOptions::default())
-            .await
-            .expect("lock")
-            .run(vec![Box::new(source)])
-            .await
-            .expect("run");
+        let report = Ingester::run_once(conn, IngestOptions::default(), vec![Box::new(source)]).await.expect("run");
         assert_eq!(report.accepted.total(), expected_new);
     }
     assert_eq!(count(&db.pool, "SELECT count(*) FROM account_events").await, 1);

@@ -12,12 +12,7 @@ async fn ingest_lines(db: &TestDb, text: &str) {
         std::io::Cursor::new(text.as_bytes().to_vec()),
         std::time::Duration::from_millis(100),
     );
-    Ingester::new(conn, IngestOptions::default())
-        .await
-        .expect("lock")
-        .run(vec![Box::new(source)])
-        .await
-        .expect("ingest");
+    Ingester::run_once(conn, IngestOptions::default(), vec![Box::new(source)]).await.expect("ingest");
 }
 
 #[tokio::test]

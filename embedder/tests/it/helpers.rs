@@ -28,15 +28,19 @@ pub fn model() -> std::sync::MutexGuard<'static, Model> {
         .unwrap_or_else(|p| p.into_inner())
 }
 
-/// A database with the bundled MovieLens catalog (9,742 movies), optionally cut to `keep` movies.
-pub async fn db_with_movielens(keep: Option<usize>) -> TestDb {
+/// A database with the first `keep` movies of the bundled MovieLens catalog (9,742 in all) plus
+/// the movies whose MovieLens ids are in `also`.
+pub async fn db_with_movielens(keep: usize, also: &[i32]) -> TestDb {
     let db = TestDb::new().await;
     let catalog =
         db::import::movielens::read_catalog(&db::import::movielens::MovieLensPaths::bundled()).expect("movielens");
-    let movies = match keep {
-        Some(n) => catalog.movies.into_iter().take(n).collect::<Vec<_>>(),
-        None => catalog.movies,
-    };
+    let movies: Vec<_> = catalog
+        .movies
+        .into_iter()
+        .enumerate()
+        .filter(|(i, m)| *i < keep || m.ml_movie_id.is_some_and(|id| also.contains(&id)))
+        .map(|(_, m)| m)
+        .collect();
     db::import::upsert_movies(&db.pool, &movies, "test").await.expect("import");
     db
 }
