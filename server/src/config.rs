@@ -90,7 +90,7 @@ impl Default for Caches {
 }
 
 /// Which vector store, as for the embedder.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// A Qdrant server's gRPC URL; absent → embedded qdrant-edge.
@@ -105,12 +105,6 @@ pub struct StoreConfig {
     /// the collection, so the same collection gives the same answers either way; exact search
     /// also makes them independent of the index (~5 ms instead of ~1 ms per cold list at 27k).
     pub exact_search: bool,
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        Self { qdrant_url: None, qdrant_api_key: None, edge_dir: None, collection: None, exact_search: false }
-    }
 }
 
 /// The server's configuration.

@@ -308,11 +308,11 @@ impl Core {
 
     async fn history(&self, user_id: i64) -> Result<Arc<History>, StageError> {
         let current = self.watermark();
-        if let Some(h) = self.histories.get(&user_id).await {
-            if h.watermark >= current {
-                self.metrics.cache_lookup("user_history", true);
-                return Ok(h);
-            }
+        if let Some(h) = self.histories.get(&user_id).await
+            && h.watermark >= current
+        {
+            self.metrics.cache_lookup("user_history", true);
+            return Ok(h);
         }
         self.metrics.cache_lookup("user_history", false);
         let started = Instant::now();

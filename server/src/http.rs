@@ -178,7 +178,7 @@ mod tests {
     #[test]
     fn user_ids_and_limits_are_validated_with_a_reason() {
         assert_eq!(parse_user_id("42"), Ok(42));
-        assert!(parse_user_id("-1").unwrap_err().contains("non-negative"));
+        assert!(parse_user_id("-1").expect_err("negative").contains("non-negative"));
         assert!(parse_user_id("abc").is_err());
         assert!(parse_user_id("99999999999999999999").is_err());
         assert_eq!(parse_limit(None, 20, 100), Ok(20));

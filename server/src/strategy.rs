@@ -355,7 +355,8 @@ mod tests {
     #[test]
     fn the_registry_builds_known_strategies_and_rejects_bad_specs() {
         assert!(build(&ModelSpec::default()).is_ok());
-        let unknown = build(&ModelSpec { strategy: "magic".into(), params: empty_params() }).unwrap_err();
+        let unknown =
+            build(&ModelSpec { strategy: "magic".into(), params: empty_params() }).expect_err("unknown strategy");
         assert!(unknown.to_string().contains("neighbours-v1"), "{unknown}");
         let typo = ModelSpec { strategy: NeighboursV1::NAME.into(), params: serde_json::json!({"max_seed": 3}) };
         assert!(build(&typo).is_err(), "unknown parameter names are refused");

@@ -118,7 +118,7 @@ fn compare(
 
     if ours_only {
         let mut model = Model::load(paths, threads, max_tokens)?;
-        model.embed_batched(&texts[..32.min(texts.len())].to_vec(), batch)?;
+        model.embed_batched(&texts[..32.min(texts.len())], batch)?;
         let started = Instant::now();
         model.embed_batched(&texts, batch)?;
         let secs = started.elapsed().as_secs_f64();
@@ -152,7 +152,7 @@ fn compare(
     let py_vectors: Vec<f32> = raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
 
     let mut model = Model::load(paths, threads, max_tokens)?;
-    model.embed_batched(&texts[..32.min(texts.len())].to_vec(), batch)?; // warm-up, as for Python
+    model.embed_batched(&texts[..32.min(texts.len())], batch)?; // warm-up, as for Python
     let started = Instant::now();
     let ours = model.embed_batched(&texts, batch)?;
     let our_secs = started.elapsed().as_secs_f64();

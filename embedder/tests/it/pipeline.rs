@@ -26,6 +26,7 @@ async fn neighbours(store: &EdgeStore, collection: &str, movie_id: &str, k: usiz
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)] // the model lock serialises model use across tests, on purpose
 async fn the_default_catalog_embeds_searchably_franchises_cluster_and_updates_incrementally() {
     // 2,000 movies of the default catalog (embedding all 9,742 takes ~6 min on 2 cores) plus the
     // franchises checked below.

@@ -101,13 +101,18 @@ impl Stack {
 
     /// A server config on free ports for this stack.
     pub fn config(&self) -> Config {
-        let mut c = Config::default();
-        c.http_addr = "127.0.0.1:0".parse().expect("addr");
-        c.grpc_addr = "127.0.0.1:0".parse().expect("addr");
-        c.database_url = Some(self.db.url.clone());
-        c.store.edge_dir = Some(self.edge.path().to_path_buf());
-        c.state_dir = self.edge.path().to_path_buf();
-        c
+        let defaults = Config::default();
+        Config {
+            http_addr: "127.0.0.1:0".parse().expect("addr"),
+            grpc_addr: "127.0.0.1:0".parse().expect("addr"),
+            database_url: Some(self.db.url.clone()),
+            store: server::config::StoreConfig {
+                edge_dir: Some(self.edge.path().to_path_buf()),
+                ..defaults.store.clone()
+            },
+            state_dir: self.edge.path().to_path_buf(),
+            ..defaults
+        }
     }
 
     /// Movies user `user` has watched or rated.
