@@ -287,6 +287,7 @@ async fn ingest(cli: &Cli, args: &IngestArgs) -> Result<IngestReport> {
         batch_lines: args.batch_lines as usize,
         parse: ParseConfig { rating_scale: args.rating_scale, max_user_id: args.max_user_id },
         progress: !args.no_progress && std::io::stderr().is_terminal(),
+        ..IngestOptions::default()
     };
     Ok(Ingester::run_once(conn, opts, sources).await?)
 }

@@ -39,11 +39,20 @@ pub struct IngestOptions {
     pub parse: ParseConfig,
     /// Draw a progress bar on stderr when it is a terminal.
     pub progress: bool,
+    /// How long to wait for the ingest lock. A killed ingester's lock lingers until Postgres
+    /// notices its dead connection (often only when the backend next touches the socket), so a
+    /// restart right after a crash waits a little instead of failing.
+    pub lock_wait: std::time::Duration,
 }
 
 impl Default for IngestOptions {
     fn default() -> Self {
-        Self { batch_lines: 200_000, parse: ParseConfig::default(), progress: false }
+        Self {
+            batch_lines: 200_000,
+            parse: ParseConfig::default(),
+            progress: false,
+            lock_wait: std::time::Duration::from_secs(15),
+        }
     }
 }
 
@@ -413,13 +422,20 @@ pub struct Ingester {
 impl Ingester {
     /// Takes the database's ingest lock on `conn` (fails with [`IngestError::Busy`] if held).
     pub async fn new(mut conn: PgConnection, opts: IngestOptions) -> Result<Self, IngestError> {
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(INGEST_LOCK_KEY)
-            .fetch_one(&mut conn)
-            .await
-            .map_err(db("taking the ingest lock"))?;
-        if !locked {
-            return Err(IngestError::Busy);
+        let deadline = Instant::now() + opts.lock_wait;
+        loop {
+            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(INGEST_LOCK_KEY)
+                .fetch_one(&mut conn)
+                .await
+                .map_err(db("taking the ingest lock"))?;
+            if locked {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(IngestError::Busy);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
         for ddl in [
             "CREATE TEMP TABLE IF NOT EXISTS batch_watched (user_id bigint, movie_id text, minute_events integer, max_minute integer, first_ts timestamptz, last_ts timestamptz, first_event_id bigint, last_event_id bigint) ON COMMIT DELETE ROWS",

@@ -70,7 +70,7 @@ fn main() -> Result<()> {
 
         // End to end: file → parse → COPY + summaries + watermark, batch by batch.
         let conn = PgConnection::connect(&cluster.url("bench_ingest")).await?;
-        let opts = IngestOptions { batch_lines: args.batch_lines, parse: ParseConfig::default(), progress: true };
+        let opts = IngestOptions { batch_lines: args.batch_lines, progress: true, ..IngestOptions::default() };
         let source = FileSource::open(&log, None).context("opening the log")?;
         let started = Instant::now();
         let report = Ingester::run_once(conn, opts, vec![Box::new(source)]).await?;

@@ -126,7 +126,8 @@ async fn a_second_ingester_on_the_same_database_is_refused() {
     let first = Ingester::new(PgConnection::connect(&db.url).await.expect("c1"), IngestOptions::default())
         .await
         .expect("first");
-    let second = Ingester::new(PgConnection::connect(&db.url).await.expect("c2"), IngestOptions::default()).await;
+    let no_wait = IngestOptions { lock_wait: Duration::ZERO, ..IngestOptions::default() };
+    let second = Ingester::new(PgConnection::connect(&db.url).await.expect("c2"), no_wait).await;
     assert!(matches!(second, Err(db::ingest::IngestError::Busy)));
     drop(first);
 }

@@ -139,16 +139,20 @@ async fn killing_a_full_embed_and_rerunning_gives_a_complete_consistent_collecti
 #[test]
 fn a_missing_model_is_one_clear_line_and_a_failure() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(bin())
-        .args(["query", "space adventure"])
-        .env("LAZYREC_EDGE_DIR", dir.path())
-        .env("LAZYREC_ASSETS_DIR", dir.path())
-        .output()
-        .expect("run");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("no live collection"), "{stderr}");
+    // `embedder query` against this store and an empty assets dir: must fail with one line.
+    let fails_with = |expected: &str| {
+        let out = Command::new(bin())
+            .args(["query", "space adventure"])
+            .env("LAZYREC_EDGE_DIR", dir.path())
+            .env("LAZYREC_ASSETS_DIR", dir.path())
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+    };
+    fails_with("no live collection");
 
     let store = EdgeStore::open(dir.path()).expect("store");
     let rt = tokio::runtime::Runtime::new().expect("rt");
@@ -156,14 +160,5 @@ fn a_missing_model_is_one_clear_line_and_a_failure() {
         store.create_collection("movies_x", 4).await.expect("create");
         store.set_live("movies_x").await.expect("live");
     });
-    let out = Command::new(bin())
-        .args(["query", "space adventure"])
-        .env("LAZYREC_EDGE_DIR", dir.path())
-        .env("LAZYREC_ASSETS_DIR", dir.path())
-        .output()
-        .expect("run");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("cannot read the ONNX Runtime library"), "{stderr}");
+    fails_with("cannot read the ONNX Runtime library");
 }
