@@ -168,8 +168,11 @@ impl Embedder<'_> {
         let items = load_catalog(self.pool).await?;
         let name = collection_name(self.model.id(), items.iter().map(|i| (i.fields.movie_id.clone(), i.hash.clone())));
         let live = self.store.live().await?;
+        // Incremental updates only go into a collection of this model and template: vectors of
+        // two models must never mix. Anything else is rebuilt in full.
+        let family = name.rsplit_once('_').map(|(prefix, _)| format!("{prefix}_")).unwrap_or_default();
         let mut report = match (mode, live) {
-            (Mode::Incremental, Some(live)) => self.incremental(&live, &items).await?,
+            (Mode::Incremental, Some(live)) if live.starts_with(&family) => self.incremental(&live, &items).await?,
             (Mode::Full, Some(live)) if live == name => {
                 // The live collection already is this catalog: nothing to rebuild.
                 let mut r = self.incremental(&live, &items).await?;

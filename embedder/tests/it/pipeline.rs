@@ -162,3 +162,28 @@ fn a_missing_model_is_one_clear_line_and_a_failure() {
     });
     fails_with("cannot read the ONNX Runtime library");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)] // the model lock serialises model use across tests, on purpose
+async fn an_incremental_run_with_another_model_builds_a_new_collection_instead_of_mixing_vectors() {
+    let db = db_with_movielens(40, &[]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EdgeStore::open(dir.path()).expect("store");
+    let first = {
+        let mut model = model();
+        Embedder { pool: &db.pool, store: &store, model: &mut model, progress: false, chunk: 64 }
+            .run(Mode::Full)
+            .await
+            .expect("full")
+    };
+    // The same weights truncated differently are another model (another id): no mixing.
+    let paths = embedder::model::ModelPaths::in_assets_dir(&assets_dir());
+    let mut other = embedder::model::Model::load(&paths, 2, 64).expect("second model");
+    let second = Embedder { pool: &db.pool, store: &store, model: &mut other, progress: false, chunk: 64 }
+        .run(Mode::Incremental)
+        .await
+        .expect("incremental");
+    assert!(second.switched && second.collection != first.collection, "{second:?}");
+    assert_eq!((second.embedded, second.upserted), (40, 40));
+    assert_eq!(store.live().await.expect("live"), Some(second.collection.clone()));
+}
