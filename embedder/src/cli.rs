@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -9,8 +10,6 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::model::{Model, ModelPaths};
 use crate::pipeline::{Embedder, Mode};
-use crate::store::edge::EdgeStore;
-use crate::store::server::ServerStore;
 use crate::store::{SearchFilter, VectorStore};
 use crate::text::point_id;
 
@@ -54,17 +53,15 @@ pub struct StoreArgs {
 
 impl StoreArgs {
     /// Opens the configured store.
-    pub fn open(&self, state_dir: &std::path::Path) -> Result<Box<dyn VectorStore>> {
-        Ok(match &self.qdrant_url {
-            Some(url) => Box::new(
-                ServerStore::connect(url, self.qdrant_api_key.clone(), Duration::from_secs(self.qdrant_timeout_secs))
-                    .context("connecting to Qdrant")?,
-            ),
-            None => {
-                let dir = self.edge_dir.clone().unwrap_or_else(|| state_dir.join("qdrant-edge"));
-                Box::new(EdgeStore::open(&dir).context("opening the qdrant-edge store")?)
-            }
-        })
+    pub fn open(&self, state_dir: &std::path::Path) -> Result<Arc<dyn VectorStore>> {
+        crate::store::open(
+            self.qdrant_url.as_deref(),
+            self.qdrant_api_key.clone(),
+            Duration::from_secs(self.qdrant_timeout_secs),
+            self.edge_dir.as_deref(),
+            state_dir,
+        )
+        .context("opening the vector store")
     }
 }
 

@@ -78,6 +78,8 @@ pub struct Core {
     model_version: String,
     collection: RwLock<Option<Arc<str>>>,
     popularity: RwLock<Arc<Popularity>>,
+    /// The popularity run the loaded list came from (-1: none yet / TMDB stand-in).
+    popularity_run: AtomicI64,
     watermark: AtomicI64,
     postgres_ok: AtomicBool,
     store_ok: AtomicBool,
@@ -120,6 +122,7 @@ impl Core {
             model_version,
             collection: RwLock::new(pinned),
             popularity: RwLock::new(Arc::new(Popularity::default())),
+            popularity_run: AtomicI64::new(-1),
             watermark: AtomicI64::new(0),
             postgres_ok: AtomicBool::new(false),
             store_ok: AtomicBool::new(false),
@@ -180,11 +183,17 @@ impl Core {
                 let before = self.watermark.fetch_max(wm, Ordering::Relaxed);
                 self.metrics.watermark.set(wm.max(before));
                 self.postgres_ok.store(true, Ordering::Relaxed);
-                let current = self.popularity();
-                if current.movies.is_empty() || current.watermark < wm || before < wm {
+                // The list changes only when a popularity run lands: compare run ids (one tiny
+                // query) instead of re-reading the list on every tick while events stream in.
+                let run = match tokio::time::timeout(deadline, data::popularity_run(&self.pool)).await {
+                    Ok(Ok(run)) => run.unwrap_or(-1),
+                    _ => self.popularity_run.load(Ordering::Relaxed),
+                };
+                if self.popularity().movies.is_empty() || run != self.popularity_run.load(Ordering::Relaxed) {
                     match tokio::time::timeout(deadline, data::popularity(&self.pool, 1_000)).await {
                         Ok(Ok(p)) if !p.movies.is_empty() => {
                             *self.popularity.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(p);
+                            self.popularity_run.store(run, Ordering::Relaxed);
                         }
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => tracing::warn!(error = %e, "reading the popularity list failed"),

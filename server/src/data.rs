@@ -29,17 +29,23 @@ pub async fn history(pool: &PgPool, user_id: i64) -> Result<History, sqlx::Error
     let watched = rows
         .into_iter()
         .filter_map(|(_, movie_id, last_event_id, rating, scale)| {
-            Some(Watched {
-                movie_id: movie_id?,
-                last_event_id: last_event_id?,
-                rating: match (rating, scale) {
-                    (Some(r), Some(s)) if s > 0 => Some(f64::from(r) * 5.0 / f64::from(s)),
-                    _ => None,
-                },
-            })
+            Some(Watched { movie_id: movie_id?, last_event_id: last_event_id?, rating: five_star(rating, scale) })
         })
         .collect();
     Ok(History { watermark, watched }.canonical())
+}
+
+/// A stored rating on its scale (5 or 10) as stars out of 5.
+pub fn five_star(rating: Option<i16>, scale: Option<i16>) -> Option<f64> {
+    match (rating, scale) {
+        (Some(r), Some(s)) if s > 0 => Some(f64::from(r) * 5.0 / f64::from(s)),
+        _ => None,
+    }
+}
+
+/// The id of the latest popularity run (None before the first `lazyrec-db popularity`).
+pub async fn popularity_run(pool: &PgPool) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT max(run_id) FROM popularity_runs").fetch_one(pool).await
 }
 
 /// The current popularity list (top `limit`). Before the first `lazyrec-db popularity` run the

@@ -97,10 +97,7 @@ pub async fn run(core: &Core, pool: &PgPool, spec: EvalSpec) -> anyhow::Result<E
     .await?;
     let mut by_user: HashMap<i64, Vec<Watched>> = HashMap::new();
     for (user, movie_id, last_event_id, rating, scale) in rows {
-        let rating = match (rating, scale) {
-            (Some(r), Some(s)) if s > 0 => Some(f64::from(r) * 5.0 / f64::from(s)),
-            _ => None,
-        };
+        let rating = crate::data::five_star(rating, scale);
         by_user.entry(user).or_default().push(Watched { movie_id, last_event_id, rating });
     }
     let mut users: Vec<i64> = by_user.keys().copied().filter(|u| by_user[u].len() >= spec.min_items).collect();

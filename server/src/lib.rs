@@ -20,8 +20,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use embedder::store::VectorStore;
-use embedder::store::edge::EdgeStore;
-use embedder::store::server::ServerStore;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -31,18 +29,15 @@ use crate::core::Core;
 
 /// Opens the configured vector store (edge directory or Qdrant server).
 pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn VectorStore>> {
-    let timeout = config.deadlines.request();
-    Ok(match &config.store.qdrant_url {
-        Some(url) => Arc::new(
-            ServerStore::connect(url, config.store.qdrant_api_key.clone(), timeout).context("connecting to Qdrant")?,
-        ),
-        None => {
-            let dir = config.store.edge_dir.clone().unwrap_or_else(|| config.state_dir.join("qdrant-edge"));
-            Arc::new(
-                EdgeStore::open(&dir).with_context(|| format!("opening the qdrant-edge store at {}", dir.display()))?,
-            )
-        }
-    })
+    let store = &config.store;
+    embedder::store::open(
+        store.qdrant_url.as_deref(),
+        store.qdrant_api_key.clone(),
+        config.deadlines.request(),
+        store.edge_dir.as_deref(),
+        &config.state_dir,
+    )
+    .context("opening the vector store")
 }
 
 /// A running server.

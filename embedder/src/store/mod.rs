@@ -92,6 +92,25 @@ pub enum StoreError {
     },
 }
 
+/// Where the vectors live: a Qdrant server when `qdrant_url` is set, else qdrant-edge in
+/// `edge_dir` (default `<state_dir>/qdrant-edge`). The one place both the embedder and the
+/// server resolve this.
+pub fn open(
+    qdrant_url: Option<&str>,
+    api_key: Option<String>,
+    timeout: std::time::Duration,
+    edge_dir: Option<&std::path::Path>,
+    state_dir: &std::path::Path,
+) -> Result<std::sync::Arc<dyn VectorStore>, StoreError> {
+    Ok(match qdrant_url {
+        Some(url) => std::sync::Arc::new(server::ServerStore::connect(url, api_key, timeout)?),
+        None => {
+            let dir = edge_dir.map(std::path::Path::to_path_buf).unwrap_or_else(|| state_dir.join("qdrant-edge"));
+            std::sync::Arc::new(edge::EdgeStore::open(&dir)?)
+        }
+    })
+}
+
 /// The vector store seam.
 #[async_trait]
 pub trait VectorStore: Send + Sync {
