@@ -100,3 +100,27 @@ pub async fn refresh(pool: &PgPool, params: PopularityParams) -> Result<Populari
 pub async fn top(pool: &PgPool, limit: i64) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar("SELECT movie_id FROM popularity ORDER BY rank LIMIT $1").bind(limit).fetch_all(pool).await
 }
+
+/// The current popularity list (top `limit`) and the ingest watermark it was computed at. Before
+/// the first popularity run the table is empty; TMDB popularity from the catalog stands in (with
+/// the current watermark).
+pub async fn current(pool: &PgPool, limit: i64) -> Result<(Vec<String>, i64), sqlx::Error> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT movie_id, watermark FROM popularity ORDER BY rank, movie_id LIMIT $1")
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+    if let Some((_, watermark)) = rows.first() {
+        let watermark = *watermark;
+        return Ok((rows.into_iter().map(|r| r.0).collect(), watermark));
+    }
+    let movies: Vec<String> = sqlx::query_scalar(
+        "SELECT movie_id FROM movies ORDER BY popularity DESC NULLS LAST, vote_count DESC NULLS LAST, movie_id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let watermark: i64 =
+        sqlx::query_scalar("SELECT last_event_id FROM ingest_watermark").fetch_optional(pool).await?.unwrap_or(0);
+    Ok((movies, watermark))
+}

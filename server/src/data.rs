@@ -48,24 +48,10 @@ pub async fn popularity_run(pool: &PgPool) -> Result<Option<i64>, sqlx::Error> {
     sqlx::query_scalar("SELECT max(run_id) FROM popularity_runs").fetch_one(pool).await
 }
 
-/// The current popularity list (top `limit`). Before the first `lazyrec-db popularity` run the
-/// table is empty; TMDB popularity from the catalog stands in.
+/// The current popularity list (top `limit`); see [`db::popularity::current`].
 pub async fn popularity(pool: &PgPool, limit: i64) -> Result<Popularity, sqlx::Error> {
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT movie_id, watermark FROM popularity ORDER BY rank, movie_id LIMIT $1")
-            .bind(limit)
-            .fetch_all(pool)
-            .await?;
-    if let Some((_, watermark)) = rows.first() {
-        let watermark = *watermark;
-        return Ok(Popularity { movies: rows.into_iter().map(|r| r.0).collect(), watermark });
-    }
-    let movies: Vec<String> =
-        sqlx::query_scalar("SELECT movie_id FROM movies ORDER BY popularity DESC NULLS LAST, vote_count DESC NULLS LAST, movie_id LIMIT $1")
-            .bind(limit)
-            .fetch_all(pool)
-            .await?;
-    Ok(Popularity { movies, watermark: watermark(pool).await? })
+    let (movies, watermark) = db::popularity::current(pool, limit).await?;
+    Ok(Popularity { movies, watermark })
 }
 
 /// The committed ingest watermark.

@@ -50,29 +50,7 @@ pub fn request_id(given: Option<&str>) -> String {
     }
 }
 
-/// Parses a user id: a non-negative integer that fits i64.
-pub fn parse_user_id(raw: &str) -> Result<i64, String> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|&id| id >= 0)
-        .ok_or_else(|| format!("invalid user id {raw:?}: expected a non-negative integer"))
-}
-
-fn parse_limit(query: Option<&str>, default: usize, max: usize) -> Result<usize, String> {
-    let Some(query) = query else { return Ok(default) };
-    let mut limit = default;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if key == "limit" {
-            limit = value
-                .parse::<usize>()
-                .ok()
-                .filter(|l| (1..=max).contains(l))
-                .ok_or_else(|| format!("invalid limit {value:?}: expected an integer in 1..={max}"))?;
-        }
-    }
-    Ok(limit)
-}
+pub use proto::contract::{parse_limit, parse_user_id};
 
 #[derive(Serialize)]
 struct JsonAnswer<'a> {
@@ -176,15 +154,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn user_ids_and_limits_are_validated_with_a_reason() {
-        assert_eq!(parse_user_id("42"), Ok(42));
-        assert!(parse_user_id("-1").expect_err("negative").contains("non-negative"));
-        assert!(parse_user_id("abc").is_err());
-        assert!(parse_user_id("99999999999999999999").is_err());
-        assert_eq!(parse_limit(None, 20, 100), Ok(20));
-        assert_eq!(parse_limit(Some("limit=5&x=1"), 20, 100), Ok(5));
-        assert!(parse_limit(Some("limit=0"), 20, 100).is_err());
-        assert!(parse_limit(Some("limit=101"), 20, 100).is_err());
+    fn request_ids_from_callers_are_checked() {
         assert_eq!(request_id(Some("abc-1")), "abc-1");
         assert_ne!(request_id(Some("bad id")), "bad id");
     }

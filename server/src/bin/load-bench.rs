@@ -7,6 +7,9 @@
 //!   measured from each request's *scheduled* time, so a stalled server cannot hide queueing),
 //!   random users; prints throughput, p50/p99/max, errors, the generator's own CPU and the
 //!   server's RSS.
+//! * `load-bench compare --direct <server> --via <load balancer>` — the proxy's overhead: the
+//!   same load against both, interleaved, then each saturated; added p50/p99 and the
+//!   throughput ratio.
 //! * `load-bench capacity` — rates stepped up until p99 exceeds the target; prints the highest
 //!   rate that met it.
 //!
@@ -73,6 +76,32 @@ enum Cmd {
         #[arg(long, default_value_t = 1_000)]
         rate: u64,
     },
+    /// Overhead of a proxy (the load balancer): the same open-loop load against `--direct` and
+    /// `--via`, interleaved round by round, then closed-loop saturation of each; prints the
+    /// p50/p99 differences and the throughput ratio.
+    Compare {
+        /// The server, directly.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        direct: String,
+        /// The same server behind the proxy.
+        #[arg(long, default_value = "http://127.0.0.1:8082")]
+        via: String,
+        /// Users are drawn uniformly from 1..=users.
+        #[arg(long, default_value_t = 100_000)]
+        users: u64,
+        /// Open-loop rate for the latency comparison.
+        #[arg(long, default_value_t = 500)]
+        rate: u64,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Rounds (each measures direct, then via).
+        #[arg(long, default_value_t = 3)]
+        rounds: u64,
+        /// Concurrent connections for the saturation run.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
     /// Step the rate up until p99 exceeds the target.
     Capacity {
         #[command(flatten)]
@@ -94,6 +123,8 @@ struct Outcome {
     rate: u64,
     sent: u64,
     ok: u64,
+    /// Requests that got an HTTP response, whatever its status (for log-completeness checks).
+    responses: u64,
     errors: u64,
     degraded: u64,
     seconds: f64,
@@ -135,6 +166,7 @@ async fn run_rate(load: &Load, rate: u64, seconds: u64, seed: u64) -> Result<Out
     let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(total as usize)));
     let errors = Arc::new(AtomicU64::new(0));
     let degraded = Arc::new(AtomicU64::new(0));
+    let responses = Arc::new(AtomicU64::new(0));
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let cpu0 = cpu_seconds();
     let started = Instant::now();
@@ -148,6 +180,7 @@ async fn run_rate(load: &Load, rate: u64, seconds: u64, seed: u64) -> Result<Out
         let latencies = latencies.clone();
         let errors = errors.clone();
         let degraded = degraded.clone();
+        let responses = responses.clone();
         tasks.push(tokio::spawn(async move {
             let result = async {
                 let resp = client.get(uri).await?;
@@ -156,6 +189,7 @@ async fn run_rate(load: &Load, rate: u64, seconds: u64, seed: u64) -> Result<Out
                     degraded.fetch_add(1, Ordering::Relaxed);
                 }
                 let body = resp.into_body().collect().await?.to_bytes();
+                responses.fetch_add(1, Ordering::Relaxed);
                 anyhow::Ok(ok && !body.is_empty())
             }
             .await;
@@ -179,6 +213,7 @@ async fn run_rate(load: &Load, rate: u64, seconds: u64, seed: u64) -> Result<Out
         rate,
         sent: total,
         ok: l.len() as u64,
+        responses: responses.load(Ordering::Relaxed),
         errors: errors.load(Ordering::Relaxed),
         degraded: degraded.load(Ordering::Relaxed),
         seconds: seconds_taken,
@@ -189,12 +224,100 @@ async fn run_rate(load: &Load, rate: u64, seconds: u64, seed: u64) -> Result<Out
     })
 }
 
+/// Closed loop: `concurrency` workers sending back to back for `seconds`.
+async fn saturate(url: &str, users: u64, concurrency: usize, seconds: u64) -> Result<(f64, f64, f64, u64)> {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(1_024)
+        .build_http::<Empty<Bytes>>();
+    let started = Instant::now();
+    let until = started + Duration::from_secs(seconds);
+    let mut workers = Vec::new();
+    for w in 0..concurrency {
+        let client = client.clone();
+        let url = url.to_string();
+        workers.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(w as u64);
+            let (mut lat, mut errors) = (Vec::new(), 0u64);
+            while Instant::now() < until {
+                let uri: hyper::Uri = format!("{url}/recommend/{}", rng.random_range(1..=users)).parse()?;
+                let at = Instant::now();
+                let ok = async {
+                    let resp = client.get(uri).await?;
+                    let ok = resp.status().is_success();
+                    resp.into_body().collect().await?;
+                    anyhow::Ok(ok)
+                }
+                .await;
+                match ok {
+                    Ok(true) => lat.push(at.elapsed().as_secs_f64() * 1e3),
+                    _ => errors += 1,
+                }
+            }
+            anyhow::Ok((lat, errors))
+        }));
+    }
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for w in workers {
+        let (lat, e) = w.await??;
+        all.extend(lat);
+        errors += e;
+    }
+    let took = started.elapsed().as_secs_f64();
+    all.sort_by(f64::total_cmp);
+    Ok((all.len() as f64 / took, percentile(&all, 0.5), percentile(&all, 0.99), errors))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn compare(
+    direct: &str,
+    via: &str,
+    users: u64,
+    rate: u64,
+    seconds: u64,
+    rounds: u64,
+    concurrency: usize,
+) -> Result<()> {
+    let load = |url: &str| Load { url: url.to_string(), users, seconds, warmup: 0, server_pid: None };
+    let (d, v) = (load(direct), load(via));
+    // Warm both paths (caches, connection pools).
+    run_rate(&d, rate, 3, 100).await?;
+    run_rate(&v, rate, 3, 101).await?;
+    let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        // The same users for both in a round.
+        let od = run_rate(&d, rate, seconds, round).await?;
+        let ov = run_rate(&v, rate, seconds, round).await?;
+        println!("round {round}: direct  p50 {:.3} ms p99 {:.3} ms ({} errors)", od.p50, od.p99, od.errors);
+        println!("round {round}: via     p50 {:.3} ms p99 {:.3} ms ({} errors)", ov.p50, ov.p99, ov.errors);
+        p50s.push(ov.p50 - od.p50);
+        p99s.push(ov.p99 - od.p99);
+    }
+    p50s.sort_by(f64::total_cmp);
+    p99s.sort_by(f64::total_cmp);
+    println!(
+        "added latency at {rate}/s (median of {rounds} rounds): p50 {:+.3} ms, p99 {:+.3} ms",
+        percentile(&p50s, 0.5),
+        percentile(&p99s, 0.5)
+    );
+    let (dt, dp50, dp99, de) = saturate(direct, users, concurrency, seconds).await?;
+    let (vt, vp50, vp99, ve) = saturate(via, users, concurrency, seconds).await?;
+    println!(
+        "saturation, {concurrency} connections: direct {dt:.0} req/s (p50 {dp50:.2} p99 {dp99:.2} ms, {de} errors)"
+    );
+    println!(
+        "saturation, {concurrency} connections: via    {vt:.0} req/s (p50 {vp50:.2} p99 {vp99:.2} ms, {ve} errors)"
+    );
+    println!("throughput ratio via/direct: {:.3}", vt / dt);
+    Ok(())
+}
+
 fn print(o: &Outcome, load: &Load) {
     let rss = load.server_pid.and_then(rss_mib).map(|r| format!(", server RSS {r:.0} MiB")).unwrap_or_default();
     println!(
-        "rate {:>5}/s: {} sent, {} ok ({} degraded), {} errors, {:.0} req/s achieved, p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, load generator CPU {:.0}%{rss}",
+        "rate {:>5}/s: {} sent, {} responses, {} ok ({} degraded), {} errors, {:.0} req/s achieved, p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, load generator CPU {:.0}%{rss}",
         o.rate,
         o.sent,
+        o.responses,
         o.ok,
         o.degraded,
         o.errors,
@@ -272,6 +395,9 @@ fn main() -> Result<()> {
                 let o = run_rate(&load, rate, load.seconds, 2).await?;
                 print(&o, &load);
                 Ok(())
+            }
+            Cmd::Compare { direct, via, users, rate, seconds, rounds, concurrency } => {
+                compare(&direct, &via, users, rate, seconds, rounds, concurrency).await
             }
             Cmd::Capacity { load, start, step, p99_ms } => {
                 let mut best = None;

@@ -1,0 +1,308 @@
+//! The admin API, on its own port, behind a bearer token (no token configured → not served).
+//!
+//! | call | body | effect |
+//! |---|---|---|
+//! | `GET /admin/state` | | experiment, share, backends (enabled, healthy, answered), response-log counters |
+//! | `PUT /admin/nightly` | `{"backends": [url…], "share"?: f, "release_id"?: n}` | set the nightly backends (and share) |
+//! | `PUT /admin/share` | `{"share": f}` | set the nightly share |
+//! | `POST /admin/experiment` | `{"experiment"?: name, "share"?: f}` | start an experiment: a new salt (given or random) |
+//! | `DELETE /admin/experiment` | | stop it: share 0, everyone on main |
+//! | `POST /admin/backends/drain` | `{"url": url}` | stop sending requests to a backend (still health-checked) |
+//! | `POST /admin/backends/enable` | `{"url": url}` | take requests again |
+//!
+//! Every change applies at once (a new routing table is swapped in), is written to the routing
+//! file (so it survives a restart), logged, and recorded in `release_events`
+//! (`step = 'lb.<action>'`, details: before and after). A 4xx answer carries a one-line reason.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::check_backend_url;
+use crate::core::Lb;
+use crate::routing::{Routing, RoutingSpec};
+
+/// The admin state.
+#[derive(Debug)]
+pub struct Admin {
+    lb: Arc<Lb>,
+    token: String,
+    changes: tokio::sync::Mutex<()>,
+}
+
+/// What the routing file holds: the spec and the fingerprint of the configuration it applies to.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RoutingFile {
+    /// Fingerprint of the configured routing the changes were made on.
+    pub config_fingerprint: String,
+    /// The routing in effect after the last change.
+    pub spec: RoutingSpec,
+}
+
+/// A fingerprint of a spec (the configured one: admin changes survive restarts only while the
+/// configuration they were made on is unchanged).
+pub fn fingerprint(spec: &RoutingSpec) -> String {
+    hex::encode(Sha256::digest(serde_json::to_vec(spec).unwrap_or_default()))
+}
+
+/// The router (every route needs the token).
+pub fn router(lb: Arc<Lb>, token: String) -> Router {
+    let admin = Arc::new(Admin { lb, token, changes: tokio::sync::Mutex::new(()) });
+    Router::new()
+        .route("/admin/state", get(state))
+        .route("/admin/nightly", put(set_nightly))
+        .route("/admin/share", put(set_share))
+        .route("/admin/experiment", post(start_experiment).delete(stop_experiment))
+        .route("/admin/backends/drain", post(drain))
+        .route("/admin/backends/enable", post(enable))
+        .layer(middleware::from_fn_with_state(admin.clone(), authorize))
+        .with_state(admin)
+}
+
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn authorize(State(admin): State<Arc<Admin>>, request: Request, next: Next) -> Response {
+    let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match given.and_then(|v| v.strip_prefix("Bearer ")) {
+        None => {
+            (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], "missing bearer token\n").into_response()
+        }
+        Some(token) if !same(token.as_bytes(), admin.token.as_bytes()) => {
+            tracing::warn!("admin call with a wrong token refused");
+            (StatusCode::FORBIDDEN, "wrong bearer token\n").into_response()
+        }
+        Some(_) => next.run(request).await,
+    }
+}
+
+fn bad(reason: impl Into<String>) -> Response {
+    (StatusCode::BAD_REQUEST, format!("{}\n", reason.into())).into_response()
+}
+
+/// The state document.
+pub fn state_json(lb: &Lb) -> serde_json::Value {
+    let routing = lb.routing.load();
+    let backends = |list: &[Arc<crate::routing::Backend>]| {
+        list.iter()
+            .map(|b| {
+                serde_json::json!({
+                    "url": b.url, "enabled": b.enabled(), "healthy": b.healthy(),
+                    "answered": b.answered.load(std::sync::atomic::Ordering::Relaxed),
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let m = &lb.metrics;
+    serde_json::json!({
+        "experiment": routing.experiment,
+        "share": routing.share,
+        "effective_share": routing.effective_share(),
+        "main": backends(&routing.main),
+        "nightly": backends(&routing.nightly),
+        "main_release_id": routing.main_release_id,
+        "nightly_release_id": routing.nightly_release_id,
+        "history": {
+            "queued": lb.history.queued(),
+            "written": m.history_written.get(),
+            "spooled": m.history_spooled.get(),
+            "dropped": m.history_dropped.get(),
+            "spool_bytes": m.history_spool_bytes.get(),
+        },
+        "fallback_movies": lb.fallback().movies.len(),
+    })
+}
+
+async fn state(State(admin): State<Arc<Admin>>) -> Response {
+    axum::Json(state_json(&admin.lb)).into_response()
+}
+
+impl Admin {
+    /// Applies `change` to the current spec, swaps the new table in, persists and records it.
+    async fn apply(&self, action: &str, change: impl FnOnce(&mut RoutingSpec) -> Result<(), String>) -> Response {
+        let _one_at_a_time = self.changes.lock().await;
+        let lb = &self.lb;
+        let current = lb.routing.load_full();
+        let before = current.spec();
+        let mut after = before.clone();
+        if let Err(reason) = change(&mut after) {
+            return bad(reason);
+        }
+        let table = Routing::build(&after, Some(&current));
+        lb.routing.store(Arc::new(table));
+        // New backends get a health check before the answer, so the caller sees their state.
+        lb.check_all(false).await;
+        let persisted = crate::save_routing(&lb.config, &after);
+        if let Err(e) = &persisted {
+            tracing::error!(error = %e, "admin change applied but not saved: it will not survive a restart");
+        }
+        let details = serde_json::json!({"before": before, "after": after});
+        let recorded = sqlx::query("INSERT INTO release_events (release_id, step, details) VALUES (NULL, $1, $2)")
+            .bind(format!("lb.{action}"))
+            .bind(&details)
+            .execute(&lb.pool)
+            .await;
+        if let Err(e) = &recorded {
+            tracing::error!(error = %e, action, "admin change applied but not recorded in release_events");
+        }
+        tracing::info!(action, before = %serde_json::to_string(&before).unwrap_or_default(),
+            after = %serde_json::to_string(&after).unwrap_or_default(), "routing changed");
+        let mut body = state_json(lb);
+        body["change"] = serde_json::json!({
+            "action": action, "saved": persisted.is_ok(), "recorded": recorded.is_ok(),
+        });
+        axum::Json(body).into_response()
+    }
+}
+
+fn check_share(share: f64) -> Result<(), String> {
+    if (0.0..=1.0).contains(&share) { Ok(()) } else { Err(format!("share {share} must be within 0..=1")) }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NightlyBody {
+    backends: Vec<String>,
+    share: Option<f64>,
+    release_id: Option<i64>,
+}
+
+async fn set_nightly(
+    State(admin): State<Arc<Admin>>,
+    body: Result<axum::Json<NightlyBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let axum::Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => return bad(e.body_text()),
+    };
+    admin
+        .apply("set_nightly", |spec| {
+            for url in &body.backends {
+                check_backend_url(url)?;
+            }
+            if let Some(share) = body.share {
+                check_share(share)?;
+                spec.share = share;
+            } else if spec.nightly.is_empty() && spec.share == 0.0 {
+                spec.share = 0.2;
+            }
+            spec.nightly = body.backends.iter().map(|u| u.trim_end_matches('/').to_string()).collect();
+            spec.nightly_release_id = body.release_id;
+            Ok(())
+        })
+        .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShareBody {
+    share: f64,
+}
+
+async fn set_share(
+    State(admin): State<Arc<Admin>>,
+    body: Result<axum::Json<ShareBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let axum::Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => return bad(e.body_text()),
+    };
+    admin
+        .apply("set_share", |spec| {
+            check_share(body.share)?;
+            spec.share = body.share;
+            Ok(())
+        })
+        .await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ExperimentBody {
+    experiment: Option<String>,
+    share: Option<f64>,
+}
+
+async fn start_experiment(State(admin): State<Arc<Admin>>, body: Option<axum::Json<ExperimentBody>>) -> Response {
+    let body = body.map(|b| b.0).unwrap_or_default();
+    admin
+        .apply("start_experiment", |spec| {
+            let name = body.experiment.clone().unwrap_or_else(|| format!("exp-{}", uuid::Uuid::new_v4().simple()));
+            if name.trim().is_empty() {
+                return Err("experiment must not be empty".into());
+            }
+            if name == spec.experiment {
+                return Err(format!("experiment {name:?} is already running; a new experiment needs a new name"));
+            }
+            if let Some(share) = body.share {
+                check_share(share)?;
+                spec.share = share;
+            } else if spec.share == 0.0 {
+                spec.share = 0.2;
+            }
+            spec.experiment = name;
+            Ok(())
+        })
+        .await
+}
+
+async fn stop_experiment(State(admin): State<Arc<Admin>>) -> Response {
+    admin
+        .apply("stop_experiment", |spec| {
+            spec.share = 0.0;
+            Ok(())
+        })
+        .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackendBody {
+    url: String,
+}
+
+async fn drain(
+    State(admin): State<Arc<Admin>>,
+    body: Result<axum::Json<BackendBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    set_enabled(admin, body, false).await
+}
+
+async fn enable(
+    State(admin): State<Arc<Admin>>,
+    body: Result<axum::Json<BackendBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    set_enabled(admin, body, true).await
+}
+
+async fn set_enabled(
+    admin: Arc<Admin>,
+    body: Result<axum::Json<BackendBody>, axum::extract::rejection::JsonRejection>,
+    enabled: bool,
+) -> Response {
+    let axum::Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => return bad(e.body_text()),
+    };
+    let url = body.url.trim_end_matches('/').to_string();
+    admin
+        .apply(if enabled { "enable_backend" } else { "drain_backend" }, |spec| {
+            if !spec.main.iter().chain(&spec.nightly).any(|u| *u == url) {
+                return Err(format!("unknown backend {url:?}"));
+            }
+            spec.drained.retain(|u| *u != url);
+            if !enabled {
+                spec.drained.push(url.clone());
+            }
+            Ok(())
+        })
+        .await
+}

@@ -1,0 +1,135 @@
+//! `lazyrec-lb`: the load balancer in front of the main and nightly servers. A thin shell over
+//! the `loadbalancer` library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use loadbalancer::config::Config;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lazyrec-lb",
+    version,
+    about = "Sticky main/nightly load balancer for lazyrec servers, logging every response to recommendations_history",
+    long_about = "Serves GET /recommend/{user_id} (the course contract: up to 20 comma-separated movie ids on one line) \
+                  and recommender.v1.Recommender over gRPC by forwarding to the user's variant: bucket = sha256(experiment, \
+                  user) mod 10000, nightly when the bucket is under share × 10000. Fails over to other backends and the \
+                  other variant within the deadline, then answers the cached popularity list (variant `fallback`). Every \
+                  response is one row of recommendations_history (batched; spooled to disk while Postgres is down). \
+                  The admin API (own port, bearer token) changes backends, share and experiment at run time.\n\n\
+                  Configuration layers, later wins: defaults, --config FILE (TOML), LAZYREC_LB_* environment variables \
+                  (nested keys joined by __), then the flags below. SIGINT/SIGTERM: stop accepting, finish in-flight \
+                  requests, store the response log, exit."
+)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, short, env = "LAZYREC_LB_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print the resolved configuration, validate it, and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// HTTP listen address (default 0.0.0.0:8082).
+    #[arg(long)]
+    http_addr: Option<SocketAddr>,
+    /// gRPC listen address (default 127.0.0.1:8083).
+    #[arg(long)]
+    grpc_addr: Option<SocketAddr>,
+    /// Admin API listen address (default 127.0.0.1:8084; served only with a token).
+    #[arg(long)]
+    admin_addr: Option<SocketAddr>,
+    /// A main server's base URL, e.g. http://127.0.0.1:8080 (repeatable; replaces the configured list).
+    #[arg(long = "main")]
+    main: Vec<String>,
+    /// A nightly server's base URL (repeatable; replaces the configured list).
+    #[arg(long = "nightly")]
+    nightly: Vec<String>,
+    /// Share of users on nightly (default 0.2 when there is a nightly).
+    #[arg(long)]
+    share: Option<f64>,
+    /// The experiment name: the assignment salt.
+    #[arg(long)]
+    experiment: Option<String>,
+    /// Postgres URL (default: the private cluster under the state directory).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Project state directory.
+    #[arg(long, env = "LAZYREC_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+fn resolve(cli: &Cli) -> anyhow::Result<Config> {
+    let mut config = Config::load(cli.config.as_deref())?;
+    if let Some(a) = cli.http_addr {
+        config.http_addr = a;
+    }
+    if let Some(a) = cli.grpc_addr {
+        config.grpc_addr = a;
+    }
+    if let Some(a) = cli.admin_addr {
+        config.admin_addr = a;
+    }
+    if !cli.main.is_empty() {
+        config.main = cli.main.clone();
+    }
+    if !cli.nightly.is_empty() {
+        config.nightly = cli.nightly.clone();
+    }
+    if let Some(s) = cli.share {
+        config.nightly_share = Some(s);
+    }
+    if let Some(e) = &cli.experiment {
+        config.experiment = e.clone();
+    }
+    if let Some(u) = &cli.database_url {
+        config.database_url = Some(u.clone());
+    }
+    if let Some(d) = &cli.state_dir {
+        config.state_dir = d.clone();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = resolve(&cli)?;
+    if cli.check_config {
+        println!("{}", config.render());
+        println!("configuration OK");
+        return Ok(());
+    }
+    let running = loadbalancer::start(config).await?;
+    eprintln!(
+        "lazyrec-lb: HTTP on http://{} , gRPC on {} , admin {}",
+        running.http_addr,
+        running.grpc_addr,
+        running.admin_addr.map_or("disabled (no token)".to_string(), |a| format!("on http://{a}"))
+    );
+    let stop = running.stop_handle();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests, then storing the response log");
+        let _sent = stop.send(true);
+    });
+    running.wait().await
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    db::cli::main_with("info,sqlx=warn", run(cli))
+}

@@ -1,0 +1,296 @@
+//! Typed, layered, validated configuration.
+//!
+//! Layers, later wins: built-in defaults → a TOML file (`--config`) → environment variables
+//! `LAZYREC_LB_<KEY>` (nested keys joined by `__`, e.g. `LAZYREC_LB_HEALTH__FALL`) → flags.
+//! [`Config::validate`] lists every problem, one line each; `lazyrec-lb --check-config` prints
+//! the resolved configuration (token redacted) and exits.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Health checking of backends (`GET /ready`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Health {
+    /// Time between checks of one backend.
+    pub interval_ms: u64,
+    /// A check slower than this fails.
+    pub timeout_ms: u64,
+    /// Consecutive successes that make an unhealthy backend healthy.
+    pub rise: u32,
+    /// Consecutive failures (checks or forwarded requests) that make a healthy backend unhealthy.
+    pub fall: u32,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self { interval_ms: 1_000, timeout_ms: 300, rise: 2, fall: 3 }
+    }
+}
+
+/// The response log (`recommendations_history`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct History {
+    /// Rows per insert.
+    pub batch_rows: usize,
+    /// The longest a row waits in memory before its batch is written.
+    pub flush_ms: u64,
+    /// Rows held in memory before the request path waits for the writer.
+    pub queue_rows: usize,
+    /// The durable spool for rows Postgres cannot take (default `<state_dir>/loadbalancer/spool`).
+    /// One load balancer per directory (it is locked).
+    pub spool_dir: Option<PathBuf>,
+    /// The spool's size limit; beyond it rows are dropped and counted.
+    pub spool_max_bytes: u64,
+    /// How often a non-empty spool is retried against Postgres.
+    pub retry_ms: u64,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        Self {
+            batch_rows: 500,
+            flush_ms: 50,
+            queue_rows: 100_000,
+            spool_dir: None,
+            spool_max_bytes: 1 << 30,
+            retry_ms: 1_000,
+        }
+    }
+}
+
+/// The load balancer's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// HTTP front (the course contract).
+    pub http_addr: SocketAddr,
+    /// gRPC front (`recommender.v1.Recommender`).
+    pub grpc_addr: SocketAddr,
+    /// Admin API (only served when `admin_token` is set).
+    pub admin_addr: SocketAddr,
+    /// Bearer token of the admin API; absent → admin API disabled.
+    pub admin_token: Option<String>,
+    /// Base URLs of the `main` servers (`http://host:port`).
+    pub main: Vec<String>,
+    /// Base URLs of the `nightly` servers.
+    pub nightly: Vec<String>,
+    /// Share of users on nightly; default 0.2 when nightly has backends, else 0.
+    pub nightly_share: Option<f64>,
+    /// The experiment: its name is the assignment salt. A new release gets a new one.
+    pub experiment: String,
+    /// `releases.release_id` of what `main` / `nightly` serve, recorded with every response.
+    pub main_release_id: Option<i64>,
+    /// See `main_release_id`.
+    pub nightly_release_id: Option<i64>,
+    /// The whole request, failovers included (the course allows 600 ms end to end).
+    pub deadline_ms: u64,
+    /// One attempt on one backend; the last attempt gets whatever is left of the deadline.
+    pub attempt_timeout_ms: u64,
+    /// Postgres URL; absent → the private cluster under `state_dir`.
+    pub database_url: Option<String>,
+    /// Postgres connections (history writer, fallback list, admin records).
+    pub database_connections: u32,
+    /// Project state (private Postgres, the spool, admin changes).
+    pub state_dir: PathBuf,
+    /// How often the fallback (popularity) list is re-read.
+    pub fallback_refresh_ms: u64,
+    /// Movies per answer when the client does not say.
+    pub default_limit: usize,
+    /// The most a client may ask for.
+    pub max_limit: usize,
+    /// Backend health checks.
+    pub health: Health,
+    /// The response log.
+    pub history: History,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            http_addr: SocketAddr::from(([0, 0, 0, 0], 8082)),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 8083)),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 8084)),
+            admin_token: None,
+            main: vec!["http://127.0.0.1:8080".into()],
+            nightly: Vec::new(),
+            nightly_share: None,
+            experiment: "default".into(),
+            main_release_id: None,
+            nightly_release_id: None,
+            deadline_ms: 500,
+            attempt_timeout_ms: 250,
+            database_url: None,
+            database_connections: 4,
+            state_dir: PathBuf::from(".state"),
+            fallback_refresh_ms: 5_000,
+            default_limit: 20,
+            max_limit: 100,
+            health: Health::default(),
+            history: History::default(),
+        }
+    }
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A layer could not be read or has a wrong type / unknown key.
+    #[error("configuration: {0}")]
+    Load(String),
+    /// Values that cannot work together.
+    #[error("invalid configuration: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+}
+
+/// Checks a backend base URL: `http://host:port` with nothing after the port.
+pub fn check_backend_url(url: &str) -> Result<(), String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("backend {url:?}: {e}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!("backend {url:?}: expected http://host:port"));
+    }
+    if uri.authority().and_then(|a| a.port_u16()).is_none() {
+        return Err(format!("backend {url:?}: missing port"));
+    }
+    if uri.path() != "/" && !uri.path().is_empty() {
+        return Err(format!("backend {url:?}: expected no path"));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Defaults → `file` → `LAZYREC_LB_*` environment.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(ConfigError::Load(format!("config file {} not found", file.display())));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("LAZYREC_LB_").split("__"));
+        figment.extract().map_err(|e| ConfigError::Load(e.to_string()))
+    }
+
+    /// The nightly share in effect.
+    pub fn share(&self) -> f64 {
+        self.nightly_share.unwrap_or(if self.nightly.is_empty() { 0.0 } else { 0.2 })
+    }
+
+    /// The spool directory in effect.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.history.spool_dir.clone().unwrap_or_else(|| self.state_dir.join("loadbalancer").join("spool"))
+    }
+
+    /// Where admin changes are kept across restarts.
+    pub fn routing_file(&self) -> PathBuf {
+        self.spool_dir().join("routing.json")
+    }
+
+    /// The request deadline.
+    pub fn deadline(&self) -> Duration {
+        Duration::from_millis(self.deadline_ms)
+    }
+
+    /// Checks values; lists every problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.main.is_empty() && self.nightly.is_empty() {
+            problems.push("no backends: set main (and optionally nightly) to server URLs".to_string());
+        }
+        for url in self.main.iter().chain(&self.nightly) {
+            if let Err(e) = check_backend_url(url) {
+                problems.push(e);
+            }
+        }
+        let share = self.share();
+        if !(0.0..=1.0).contains(&share) || share.is_nan() {
+            problems.push(format!("nightly_share ({share}) must be within 0..=1"));
+        }
+        if self.experiment.trim().is_empty() {
+            problems.push("experiment must not be empty (it is the assignment salt)".into());
+        }
+        if self.deadline_ms == 0 || self.attempt_timeout_ms == 0 {
+            problems.push("deadline_ms and attempt_timeout_ms must be positive".into());
+        }
+        if self.attempt_timeout_ms > self.deadline_ms {
+            problems.push(format!(
+                "attempt_timeout_ms ({}) must not exceed deadline_ms ({})",
+                self.attempt_timeout_ms, self.deadline_ms
+            ));
+        }
+        if let Some(token) = &self.admin_token
+            && token.len() < 16
+        {
+            problems.push("admin_token must be at least 16 characters".into());
+        }
+        let addrs = [self.http_addr, self.grpc_addr, self.admin_addr];
+        for (i, a) in addrs.iter().enumerate() {
+            if a.port() != 0 && addrs[..i].contains(a) {
+                problems.push(format!("two listeners on {a}"));
+            }
+        }
+        let h = &self.health;
+        if h.interval_ms == 0 || h.timeout_ms == 0 || h.rise == 0 || h.fall == 0 {
+            problems.push("health.interval_ms, timeout_ms, rise and fall must be positive".into());
+        }
+        let q = &self.history;
+        if q.batch_rows == 0 || q.flush_ms == 0 || q.queue_rows == 0 || q.retry_ms == 0 {
+            problems.push("history.batch_rows, flush_ms, queue_rows and retry_ms must be positive".into());
+        }
+        if q.spool_max_bytes < 1 << 20 {
+            problems.push("history.spool_max_bytes must be at least 1 MiB".into());
+        }
+        if self.default_limit == 0 || self.default_limit > self.max_limit {
+            problems
+                .push(format!("default_limit ({}) must be in 1..=max_limit ({})", self.default_limit, self.max_limit));
+        }
+        if self.database_connections < 2 {
+            problems.push("database_connections must be at least 2".into());
+        }
+        if self.fallback_refresh_ms == 0 {
+            problems.push("fallback_refresh_ms must be positive".into());
+        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
+    }
+
+    /// The resolved configuration as JSON with secrets redacted, for `--check-config`.
+    pub fn render(&self) -> String {
+        let mut shown = self.clone();
+        if let Some(url) = &shown.database_url {
+            shown.database_url = Some(db::cli::redact(url));
+        }
+        if shown.admin_token.is_some() {
+            shown.admin_token = Some("<redacted>".into());
+        }
+        serde_json::to_string_pretty(&shown).unwrap_or_else(|e| format!("<unprintable: {e}>"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_values_are_listed_one_per_problem() {
+        let config = Config {
+            main: vec!["localhost:8080".into(), "http://127.0.0.1".into()],
+            nightly_share: Some(1.5),
+            admin_token: Some("short".into()),
+            attempt_timeout_ms: 900,
+            ..Config::default()
+        };
+        let Err(ConfigError::Invalid(problems)) = config.validate() else { panic!("accepted") };
+        assert_eq!(problems.len(), 5, "{problems:?}");
+        assert!(Config::default().validate().is_ok());
+        assert_eq!(Config::default().share(), 0.0);
+        let with_nightly = Config { nightly: vec!["http://127.0.0.1:8081".into()], ..Config::default() };
+        assert_eq!(with_nightly.share(), 0.2);
+    }
+}

@@ -1,0 +1,117 @@
+//! Prometheus metrics of the load balancer (one registry per instance, so tests can run several).
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The load balancer's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Responses by served variant (main, nightly, fallback, none) and status code.
+    pub requests: IntCounterVec,
+    /// Latency seen by the client, by served variant.
+    pub latency: HistogramVec,
+    /// Failed attempts on a backend, by variant and reason (connect, timeout, status, body).
+    pub errors: IntCounterVec,
+    /// Requests served by the other variant than the assigned one, by assigned variant.
+    pub failovers: IntCounterVec,
+    /// Answers from the cached popularity list (no backend answered).
+    pub fallbacks: IntCounter,
+    /// 1 when a backend is healthy, by backend and variant.
+    pub backend_healthy: IntGaugeVec,
+    /// Response-log rows inserted into Postgres.
+    pub history_written: IntCounter,
+    /// Response-log rows written to the disk spool (Postgres unavailable).
+    pub history_spooled: IntCounter,
+    /// Response-log rows lost (spool full or unwritable, writer gone): must stay 0.
+    pub history_dropped: IntCounter,
+    /// Torn spool lines skipped (a crash mid-append).
+    pub history_spool_corrupt: IntCounter,
+    /// Rows waiting in memory for the writer.
+    pub history_queue: IntGauge,
+    /// Bytes waiting in the spool.
+    pub history_spool_bytes: IntGauge,
+    /// First sightings written to `user_model_map`.
+    pub sightings: IntCounter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.6, 1.0];
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("lazyrec_lb".into()), None)?;
+        let requests = IntCounterVec::new(
+            Opts::new("requests_total", "Responses by served variant and status code"),
+            &["variant", "status"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new("request_seconds", "Latency of responses, by served variant")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["variant"],
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new("backend_errors_total", "Failed attempts on a backend, by variant and reason"),
+            &["variant", "reason"],
+        )?;
+        let failovers = IntCounterVec::new(
+            Opts::new("failovers_total", "Requests served by the other variant, by assigned variant"),
+            &["assigned"],
+        )?;
+        let fallbacks = IntCounter::new("fallbacks_total", "Answers from the cached popularity list")?;
+        let backend_healthy =
+            IntGaugeVec::new(Opts::new("backend_healthy", "1 when the backend is healthy"), &["backend", "variant"])?;
+        let history_written = IntCounter::new("history_rows_written_total", "Response-log rows inserted")?;
+        let history_spooled = IntCounter::new("history_rows_spooled_total", "Response-log rows written to the spool")?;
+        let history_dropped = IntCounter::new("history_rows_dropped_total", "Response-log rows lost (must stay 0)")?;
+        let history_spool_corrupt =
+            IntCounter::new("history_spool_corrupt_lines_total", "Torn spool lines skipped after a crash")?;
+        let history_queue = IntGauge::new("history_queue_rows", "Response-log rows waiting in memory")?;
+        let history_spool_bytes = IntGauge::new("history_spool_bytes", "Bytes waiting in the spool")?;
+        let sightings = IntCounter::new("user_sightings_written_total", "First sightings written to user_model_map")?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(failovers.clone()))?;
+        registry.register(Box::new(fallbacks.clone()))?;
+        registry.register(Box::new(backend_healthy.clone()))?;
+        registry.register(Box::new(history_written.clone()))?;
+        registry.register(Box::new(history_spooled.clone()))?;
+        registry.register(Box::new(history_dropped.clone()))?;
+        registry.register(Box::new(history_spool_corrupt.clone()))?;
+        registry.register(Box::new(history_queue.clone()))?;
+        registry.register(Box::new(history_spool_bytes.clone()))?;
+        registry.register(Box::new(sightings.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            latency,
+            errors,
+            failovers,
+            fallbacks,
+            backend_healthy,
+            history_written,
+            history_spooled,
+            history_dropped,
+            history_spool_corrupt,
+            history_queue,
+            history_spool_bytes,
+            sightings,
+        })
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ignored = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,110 @@
+//! The admin API: refused without the token, and changes that apply at once, are recorded, and
+//! survive a restart.
+
+use loadbalancer::assign::{self, Variant};
+
+use crate::fleet::{Client, Fleet, TOKEN};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_calls_need_the_token_and_changes_apply_at_once_are_recorded_and_survive_a_restart() {
+    let fleet = Fleet::new().await;
+    let state = tempfile::tempdir().expect("state");
+    let config = fleet.lb_config(state.path());
+    let lb = loadbalancer::start(config.clone()).await.expect("lb");
+    let admin = format!("http://{}", lb.admin_addr.expect("admin enabled"));
+    let base = format!("http://{}", lb.http_addr);
+    let client = Client::new();
+    let auth = format!("Bearer {TOKEN}");
+    let call = |method: &'static str, path: &'static str, body: Option<&'static str>| {
+        let (client, admin, auth) = (client.clone(), admin.clone(), auth.clone());
+        async move {
+            client
+                .try_request(method, &format!("{admin}{path}"), &[("authorization", &auth)], body)
+                .await
+                .expect("admin call")
+        }
+    };
+
+    // Refused without the right token — reads and changes alike.
+    for (method, path) in [("GET", "/admin/state"), ("PUT", "/admin/share"), ("POST", "/admin/backends/drain")] {
+        let none =
+            client.try_request(method, &format!("{admin}{path}"), &[], Some(r#"{"share":1.0}"#)).await.expect("call");
+        assert_eq!(none.status, 401, "{method} {path}: {}", none.body);
+        let wrong = client
+            .try_request(
+                method,
+                &format!("{admin}{path}"),
+                &[("authorization", "Bearer not-the-token-xxxxxxxx")],
+                Some(r#"{"share":1.0}"#),
+            )
+            .await
+            .expect("call");
+        assert_eq!(wrong.status, 403, "{method} {path}");
+    }
+    let unchanged = call("GET", "/admin/state", None).await;
+    assert_eq!(unchanged.status, 200);
+    let v: serde_json::Value = serde_json::from_str(&unchanged.body).expect("json");
+    assert_eq!(v["share"], 0.2, "the refused calls changed nothing: {v}");
+    assert_eq!(v["experiment"], "test-release-1");
+    assert_eq!(v["nightly"][0]["healthy"], true);
+
+    // Bad input: 400 with a one-line reason.
+    let bad = call("PUT", "/admin/share", Some(r#"{"share": 7}"#)).await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.body.lines().count(), 1, "{:?}", bad.body);
+    let unknown = call("POST", "/admin/backends/drain", Some(r#"{"url": "http://127.0.0.1:1"}"#)).await;
+    assert_eq!(unknown.status, 400, "{}", unknown.body);
+
+    // Share 0: everyone on main, at once.
+    let nightly_user = (1..).find(|&u| assign::assign("test-release-1", 0.2, u).1 == Variant::Nightly).expect("user");
+    assert_eq!(client.get(&format!("{base}/recommend/{nightly_user}")).await.header("x-variant"), "nightly");
+    assert_eq!(call("PUT", "/admin/share", Some(r#"{"share": 0}"#)).await.status, 200);
+    assert_eq!(client.get(&format!("{base}/recommend/{nightly_user}")).await.header("x-variant"), "main");
+
+    // Drain main: its users go to nightly (a drained backend takes no requests, healthy or not).
+    let main_url = fleet.main_url();
+    let drain_body: &'static str = Box::leak(format!(r#"{{"url": "{main_url}"}}"#).into_boxed_str());
+    let drained = call("POST", "/admin/backends/drain", Some(drain_body)).await;
+    assert_eq!(drained.status, 200, "{}", drained.body);
+    let v: serde_json::Value = serde_json::from_str(&drained.body).expect("json");
+    assert_eq!((v["main"][0]["enabled"].clone(), v["main"][0]["healthy"].clone()), (false.into(), true.into()));
+    let r = client.get(&format!("{base}/recommend/1")).await;
+    assert_eq!((r.header("x-assigned-variant"), r.header("x-variant")), ("main", "nightly"));
+    assert_eq!(call("POST", "/admin/backends/enable", Some(drain_body)).await.status, 200);
+    assert_eq!(client.get(&format!("{base}/recommend/1")).await.header("x-variant"), "main");
+
+    // A new experiment: a new salt at 20 % reshuffles users.
+    let started = call("POST", "/admin/experiment", Some(r#"{"experiment": "test-release-2", "share": 0.2}"#)).await;
+    assert_eq!(started.status, 200, "{}", started.body);
+    let moved = (1..=40)
+        .find(|&u| assign::assign("test-release-1", 0.2, u).1 != assign::assign("test-release-2", 0.2, u).1)
+        .expect("a user whose variant differs");
+    let expected = assign::assign("test-release-2", 0.2, moved).1;
+    assert_eq!(client.get(&format!("{base}/recommend/{moved}")).await.header("x-variant"), expected.as_str());
+    let again = call("POST", "/admin/experiment", Some(r#"{"experiment": "test-release-2"}"#)).await;
+    assert_eq!(again.status, 400, "a running experiment's name cannot be reused");
+
+    // Recorded: one release_events row per applied change.
+    let steps: Vec<String> = sqlx::query_scalar("SELECT step FROM release_events ORDER BY id")
+        .fetch_all(&fleet.stack.db.pool)
+        .await
+        .expect("events");
+    assert_eq!(steps, ["lb.set_share", "lb.drain_backend", "lb.enable_backend", "lb.start_experiment"]);
+
+    // Survives a restart: same experiment, same share.
+    lb.shutdown().await.expect("shutdown");
+    let lb = loadbalancer::start(config.clone()).await.expect("restart");
+    assert_eq!(lb.lb.routing.load().experiment, "test-release-2");
+    let r = client.get(&format!("http://{}/recommend/{moved}", lb.http_addr)).await;
+    assert_eq!(r.header("x-variant"), expected.as_str());
+    lb.shutdown().await.expect("shutdown");
+
+    // No token configured → no admin API at all.
+    let other = tempfile::tempdir().expect("state");
+    let open = loadbalancer::start(loadbalancer::config::Config { admin_token: None, ..fleet.lb_config(other.path()) })
+        .await
+        .expect("lb");
+    assert!(open.admin_addr.is_none());
+    open.shutdown().await.expect("shutdown");
+    fleet.shutdown().await;
+}

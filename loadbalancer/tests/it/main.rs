@@ -1,0 +1,13 @@
+//! Integration tests of the load balancer in front of real servers (the server crate on a
+//! private Postgres holding the default dataset, real embeddings in qdrant-edge). A fault
+//! injector (a TCP proxy that can be cut) stands in for a crashing backend: the only fake.
+
+#[allow(dead_code)]
+#[path = "../../../server/tests/it/helpers.rs"]
+mod helpers;
+
+mod admin;
+mod durability;
+mod faults;
+mod fleet;
+mod sticky;
