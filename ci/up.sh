@@ -9,28 +9,7 @@
 # running (stop it with `ci/up.sh stop --all`).
 # `ci/up.sh --no-serve` prepares everything and exits.
 source "$(dirname "$0")/lib.sh"
-RUN="$LAZYREC_STATE_DIR/run"
-
-stop_stack() {
-  local stopped=0
-  for name in loadbalancer nightly main; do
-    local pidfile="$RUN/$name.pid"
-    if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-      kill -TERM "$(cat "$pidfile")" 2>/dev/null || true
-      stopped=1
-    fi
-  done
-  for name in loadbalancer nightly main; do
-    local pidfile="$RUN/$name.pid"
-    if [ -f "$pidfile" ]; then
-      local pid; pid="$(cat "$pidfile")"
-      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      rm -f "$pidfile"
-    fi
-  done
-  [ "$stopped" = 1 ] && say "stack stopped"
-  return 0
-}
+source "$(dirname "$0")/stack.sh"
 
 if [ "${1:-}" = stop ]; then
   stop_stack
@@ -57,45 +36,12 @@ echo "DATABASE_URL=$DATABASE_URL"
 [ "$SERVE" = 1 ] || exit 0
 
 stop_stack
-mkdir -p "$RUN"
-# One qdrant-edge directory per process: each server gets its own copy of the store.
-for variant in main nightly; do
-  rm -rf "$RUN/$variant-edge"
-  cp -a "$LAZYREC_STATE_DIR/qdrant-edge" "$RUN/$variant-edge"
-done
-[ -s "$RUN/admin-token" ] || python3 -c 'import secrets; print(secrets.token_hex(24))' > "$RUN/admin-token"
-chmod 600 "$RUN/admin-token"
-
+prepare_stack
 trap 'stop_stack; exit 0' INT TERM
-LAZYREC_SERVER_STORE__EDGE_DIR="$RUN/main-edge" \
-  "$BIN/lazyrec-server" --variant main --http-addr 127.0.0.1:8080 --grpc-addr 127.0.0.1:50051 \
-  >"$RUN/main.log" 2>&1 &
-echo $! > "$RUN/main.pid"
-LAZYREC_SERVER_STORE__EDGE_DIR="$RUN/nightly-edge" \
-  "$BIN/lazyrec-server" --variant nightly --http-addr 127.0.0.1:8081 --grpc-addr 127.0.0.1:50052 \
-  >"$RUN/nightly.log" 2>&1 &
-echo $! > "$RUN/nightly.pid"
-LAZYREC_LB_ADMIN_TOKEN="$(cat "$RUN/admin-token")" \
-  "$BIN/lazyrec-lb" --main http://127.0.0.1:8080 --nightly http://127.0.0.1:8081 \
-  --http-addr 0.0.0.0:8082 --grpc-addr 127.0.0.1:8083 --admin-addr 127.0.0.1:8084 \
-  >"$RUN/loadbalancer.log" 2>&1 &
-echo $! > "$RUN/loadbalancer.pid"
-
-# Wait until the load balancer answers through a ready server.
-python3 - <<'PY' || { echo "the stack did not come up; logs in $RUN" >&2; tail -5 "$RUN"/*.log >&2; stop_stack; exit 1; }
-import time, urllib.request
-deadline = time.time() + 60
-while True:
-    try:
-        ok = all(urllib.request.urlopen(f"http://127.0.0.1:{p}/ready", timeout=2).status == 200 for p in (8080, 8081, 8082))
-        if ok:
-            break
-    except Exception:
-        pass
-    if time.time() > deadline:
-        raise SystemExit(1)
-    time.sleep(0.3)
-PY
+start_server main 8080 50051
+start_server nightly 8081 50052
+start_lb
+wait_ready 8080 8081 8082 || { echo "the stack did not come up; logs in $RUN" >&2; tail -5 "$RUN"/*.log >&2; stop_stack; exit 1; }
 say "the stack is up"
 cat <<MSG
   curl localhost:8082/recommend/1                       # through the load balancer (sticky 80/20)
@@ -104,7 +50,21 @@ cat <<MSG
   logs: $RUN/{main,nightly,loadbalancer}.log
   stop: Ctrl-C here, or ci/up.sh stop (ci/up.sh stop --all also stops Postgres)
 MSG
-# Stay in the foreground until a process exits or Ctrl-C.
-wait -n || true
-say "a process of the stack exited; stopping the rest (logs in $RUN)"
-stop_stack
+# Stay in the foreground until Ctrl-C or `ci/up.sh stop`. A process that exits is reported, not
+# avenged: the load balancer fails over around it, and it can be restarted on its own.
+declare -A reported=()
+while :; do
+  running=0
+  for name in main nightly loadbalancer; do
+    [ -f "$RUN/$name.pid" ] || continue
+    running=1
+    if ! kill -0 "$(cat "$RUN/$name.pid")" 2>/dev/null && [ -z "${reported[$name]:-}" ]; then
+      say "$name exited (see $RUN/$name.log); the rest keeps serving"
+      reported[$name]=1
+    elif kill -0 "$(cat "$RUN/$name.pid")" 2>/dev/null; then
+      unset "reported[$name]"
+    fi
+  done
+  [ "$running" = 1 ] || break
+  sleep 1
+done

@@ -105,6 +105,10 @@ pub struct Config {
     pub default_limit: usize,
     /// The most a client may ask for.
     pub max_limit: usize,
+    /// Runtime worker threads: 1 (the default) runs the load balancer on one thread, which
+    /// avoids cross-thread wake-ups and leaves the other cores to the servers and Postgres;
+    /// 0 means one per core.
+    pub worker_threads: usize,
     /// Backend health checks.
     pub health: Health,
     /// The response log.
@@ -132,6 +136,7 @@ impl Default for Config {
             fallback_refresh_ms: 5_000,
             default_limit: 20,
             max_limit: 100,
+            worker_threads: 1,
             health: Health::default(),
             history: History::default(),
         }

@@ -17,7 +17,7 @@ use sqlx::PgPool;
 
 use crate::assign::{self, Variant};
 use crate::config::Config;
-use crate::history::{HistoryLog, Row};
+use crate::history::{HistoryLog, Inputs, Row};
 use crate::metrics::Metrics;
 use crate::routing::{Backend, Routing, SharedRouting};
 
@@ -47,6 +47,12 @@ pub struct Fallback {
     pub movies: Vec<String>,
     /// Ingest watermark of the list.
     pub watermark: i64,
+}
+
+/// A fresh request id: a random (v4) UUID from the thread-local generator (no system call per
+/// request, unlike `Uuid::new_v4`).
+pub fn new_request_id() -> String {
+    uuid::Builder::from_random_bytes(rand::random::<[u8; 16]>()).into_uuid().to_string()
 }
 
 /// The model version reported for fallback answers.
@@ -175,34 +181,63 @@ impl Lb {
         out
     }
 
-    async fn forward(&self, backend: &Backend, user_id: i64, limit: usize, request_id: &str) -> Result<Reply, String> {
+    /// Forwards to one backend. Without `scores` the server's text answer (the course contract)
+    /// is used, with its provenance from the headers: the cheapest path for both processes.
+    async fn forward(
+        &self,
+        backend: &Backend,
+        user_id: i64,
+        limit: usize,
+        request_id: &str,
+        scores: bool,
+    ) -> Result<Reply, String> {
         let uri = format!("{}/recommend/{user_id}?limit={limit}", backend.url);
+        let accept = if scores { "application/json" } else { "text/plain" };
         let request = hyper::Request::get(uri)
-            .header(hyper::header::ACCEPT, "application/json")
+            .header(hyper::header::ACCEPT, accept)
             .header("x-request-id", request_id)
             .body(Empty::new())
             .map_err(|e| format!("request: {e}"))?;
         let response = self.client.request(request).await.map_err(|e| format!("connect: {e}"))?;
         let status = response.status().as_u16();
-        let body = response.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
         match status {
-            200 => serde_json::from_slice(&body).map(Reply::Answer).map_err(|e| format!("body: {e}")),
+            200 if scores => serde_json::from_slice(&body).map(Reply::Answer).map_err(|e| format!("body: {e}")),
+            200 => {
+                let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+                let line = std::str::from_utf8(&body).map_err(|e| format!("body: {e}"))?;
+                Ok(Reply::Answer(BackendAnswer {
+                    items: line
+                        .trim()
+                        .split(',')
+                        .filter(|m| !m.is_empty())
+                        .map(|m| Item { movie_id: m.to_string(), score: 0.0 })
+                        .collect(),
+                    model_version: header("x-model-version").unwrap_or_default().to_string(),
+                    data_watermark: header("x-data-watermark").and_then(|v| v.parse().ok()).unwrap_or(0),
+                    kind: header("x-recommendation-kind").unwrap_or_default().to_string(),
+                    degraded: header("x-degraded").map(str::to_string),
+                }))
+            }
             400..=499 => Ok(Reply::Refused(status, String::from_utf8_lossy(&body).trim().to_string())),
             _ => Err(format!("status: {status}")),
         }
     }
 
     /// Serves one request: forward with failover, else the fallback list; logs the response.
+    /// `scores`: the caller wants the model's scores (JSON / gRPC), not only the ids.
     pub async fn recommend(
         &self,
         user_id: i64,
         limit: usize,
+        scores: bool,
         protocol: &'static str,
         client_id: Option<String>,
     ) -> Answer {
         let started = Instant::now();
         let ts = Utc::now();
-        let request_id = uuid::Uuid::new_v4().to_string();
+        let request_id = new_request_id();
         let routing = self.routing.load_full();
         let (bucket, assigned) = assign::assign(&routing.experiment, routing.effective_share(), user_id);
         let deadline = started + self.config.deadline();
@@ -216,7 +251,8 @@ impl Lb {
                 break;
             }
             let budget = if i + 1 == candidates.len() { remaining } else { attempt.min(remaining) };
-            let outcome = tokio::time::timeout(budget, self.forward(backend, user_id, limit, &request_id)).await;
+            let outcome =
+                tokio::time::timeout(budget, self.forward(backend, user_id, limit, &request_id, scores)).await;
             let failure = match outcome {
                 Ok(Ok(reply)) => {
                     backend.record_answer();
@@ -290,10 +326,12 @@ impl Lb {
             movie_ids: out.items.iter().map(|i| i.movie_id.clone()).collect(),
             degraded: out.degraded.is_some(),
             error: out.error.clone(),
-            inputs: Some(serde_json::json!({
-                "protocol": protocol, "limit": limit, "kind": out.kind, "bucket": bucket,
-                "client_request_id": client_id,
-            })),
+            inputs: Some(Inputs {
+                protocol: protocol.into(),
+                limit: Some(limit),
+                kind: Some(out.kind.clone()),
+                client_request_id: client_id,
+            }),
             bucket: Some(bucket),
         };
         self.observe(out.served, out.status, latency);
@@ -346,7 +384,7 @@ impl Lb {
     /// Answers and logs a request that cannot be served (bad user id or limit): 400.
     pub async fn reject(&self, reason: String, protocol: &'static str, client_id: Option<String>) -> Answer {
         let started = Instant::now();
-        let request_id = uuid::Uuid::new_v4().to_string();
+        let request_id = new_request_id();
         let row = Row {
             request_id: request_id.clone(),
             ts: Utc::now(),
@@ -363,7 +401,7 @@ impl Lb {
             movie_ids: Vec::new(),
             degraded: false,
             error: Some(reason.clone()),
-            inputs: Some(serde_json::json!({"protocol": protocol, "client_request_id": client_id})),
+            inputs: Some(Inputs { protocol: protocol.into(), limit: None, kind: None, client_request_id: client_id }),
             bucket: None,
         };
         self.observe("none", 400, started.elapsed());

@@ -40,7 +40,7 @@ impl Recommender for GrpcFront {
             lb.reject(format!("invalid limit {limit}: expected at most {}", lb.config.max_limit), "grpc", client_id)
                 .await
         } else {
-            lb.recommend(req.user_id, limit, "grpc", client_id).await
+            lb.recommend(req.user_id, limit, true, "grpc", client_id).await
         };
         if answer.status != 200 {
             let code = match answer.status {

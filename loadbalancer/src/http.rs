@@ -73,14 +73,14 @@ async fn recommend(
         s.truncate(128);
         s
     });
+    let wants_json =
+        req_headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/json"));
     let parsed = parse_user_id(&raw)
         .and_then(|user| Ok((user, parse_limit(query.as_deref(), lb.config.default_limit, lb.config.max_limit)?)));
     let (user_id, answer) = match parsed {
-        Ok((user_id, limit)) => (user_id, lb.recommend(user_id, limit, "http", client_id).await),
+        Ok((user_id, limit)) => (user_id, lb.recommend(user_id, limit, wants_json, "http", client_id).await),
         Err(reason) => (-1, lb.reject(reason, "http", client_id).await),
     };
-    let wants_json =
-        req_headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/json"));
     render(user_id, &answer, wants_json)
 }
 

@@ -8,6 +8,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use loadbalancer::config::Config;
 
+// The request path allocates small, short-lived buffers on every request; mimalloc handles
+// that pattern with far less time in the allocator than glibc's malloc (seen in a profile).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "lazyrec-lb",
@@ -106,8 +111,7 @@ async fn shutdown_signal() {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = resolve(&cli)?;
+async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     if cli.check_config {
         println!("{}", config.render());
         println!("configuration OK");
@@ -131,5 +135,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    db::cli::main_with("info,sqlx=warn", run(cli))
+    // The configuration decides the runtime, so it is resolved before the runtime exists.
+    let config = match resolve(&cli) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let threads = (config.worker_threads > 0).then_some(config.worker_threads);
+    db::cli::main_with_threads("info,sqlx=warn", threads, run(cli, config))
 }

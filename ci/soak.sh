@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Nothing lost, scripted on the running local stack (start it with ci/up.sh first):
+#   1. 60 s at 500 req/s through the load balancer while Postgres is restarted (down 5 s);
+#   2. 60 s at 500 req/s while the load balancer is restarted gracefully (SIGTERM, start again).
+# After each: rows added to recommendations_history == responses the client received.
+# Usage: ci/soak.sh [seconds] [rate]
+source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/stack.sh"
+SECONDS_PER_RUN="${1:-60}"
+RATE="${2:-500}"
+eval "export $("$BIN/lazyrec-db" up)"
+wait_ready 8080 8081 8082
+rows() { psql "$DATABASE_URL" -Atc "SELECT count(*) FROM recommendations_history"; }
+settled() { # waits until the load balancer's queue and spool are empty
+  python3 - <<PY
+import json, time, urllib.request
+req = urllib.request.Request("http://127.0.0.1:8084/admin/state", headers={"authorization": "Bearer $(cat "$RUN/admin-token")"})
+deadline = time.time() + 120
+while True:
+    try:
+        h = json.load(urllib.request.urlopen(req, timeout=2))["history"]
+        if h["queued"] == 0 and h["spool_bytes"] == 0:
+            print(f"settled: written {h['written']}, spooled {h['spooled']}, dropped {h['dropped']}")
+            break
+    except Exception as e:
+        pass
+    if time.time() > deadline:
+        raise SystemExit("the response log did not settle within 120 s")
+    time.sleep(0.5)
+PY
+}
+run_load() { # label, then a disruption function run 20 s into the load
+  local label="$1" disrupt="$2" before after responses
+  settled
+  before="$(rows)"
+  "$BIN/load-bench" run --url http://127.0.0.1:8082 --users 610 --rate "$RATE" --seconds "$SECONDS_PER_RUN" \
+    > "$RUN/soak-$label.out" 2>&1 &
+  local load=$!
+  sleep 20
+  "$disrupt"
+  wait "$load"
+  settled
+  after="$(rows)"
+  responses="$(grep -o '[0-9]* responses' "$RUN/soak-$label.out" | grep -o '^[0-9]*')"
+  cat "$RUN/soak-$label.out"
+  echo "$label: $responses responses received, $((after - before)) rows added to recommendations_history"
+  if [ "$responses" != "$((after - before))" ]; then echo "MISMATCH" >&2; return 1; fi
+}
+restart_postgres() {
+  say "restarting Postgres (down 5 s)"
+  "$BIN/lazyrec-db" down
+  sleep 5
+  env -u DATABASE_URL "$BIN/lazyrec-db" up >/dev/null   # (with DATABASE_URL set, `up` would only connect)
+}
+restart_lb() {
+  say "restarting the load balancer gracefully"
+  local t0; t0="$(date +%s.%N)"
+  stop_stack loadbalancer
+  start_lb
+  wait_ready 8082
+  echo "load balancer back after $(python3 -c "import time; print(f'{time.time() - $t0:.2f}')") s"
+}
+run_load postgres-restart restart_postgres
+run_load lb-restart restart_lb

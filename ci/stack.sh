@@ -1,0 +1,76 @@
+# The local stack's processes, shared by ci/up.sh and ci/soak.sh (sourced after lib.sh):
+#   main server    HTTP :8080  gRPC :50051   (its own copy of the qdrant-edge store)
+#   nightly server HTTP :8081  gRPC :50052   (its own copy)
+#   load balancer  HTTP :8082  gRPC :8083  admin :8084 (token in $RUN/admin-token)
+# shellcheck shell=bash
+RUN="$LAZYREC_STATE_DIR/run"
+
+# Stops the named processes (default: all three) gracefully, waiting up to 30 s each.
+stop_stack() {
+  [ $# -gt 0 ] || set -- loadbalancer nightly main
+  local stopped=0 name pid
+  for name in "$@"; do
+    if [ -f "$RUN/$name.pid" ] && kill -0 "$(cat "$RUN/$name.pid")" 2>/dev/null; then
+      kill -TERM "$(cat "$RUN/$name.pid")" 2>/dev/null || true
+      stopped=1
+    fi
+  done
+  for name in "$@"; do
+    [ -f "$RUN/$name.pid" ] || continue
+    pid="$(cat "$RUN/$name.pid")"
+    for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    rm -f "$RUN/$name.pid"
+  done
+  [ "$stopped" = 1 ] && say "stopped: $*"
+  return 0
+}
+
+# Fresh per-server copies of the store and an admin token.
+prepare_stack() {
+  mkdir -p "$RUN"
+  for variant in main nightly; do
+    rm -rf "$RUN/$variant-edge"
+    cp -a "$LAZYREC_STATE_DIR/qdrant-edge" "$RUN/$variant-edge"
+  done
+  [ -s "$RUN/admin-token" ] || python3 -c 'import secrets; print(secrets.token_hex(24))' > "$RUN/admin-token"
+  chmod 600 "$RUN/admin-token"
+}
+
+start_server() { # variant http-port grpc-port
+  LAZYREC_SERVER_STORE__EDGE_DIR="$RUN/$1-edge" \
+    "$BIN/lazyrec-server" --variant "$1" --http-addr "127.0.0.1:$2" --grpc-addr "127.0.0.1:$3" \
+    >>"$RUN/$1.log" 2>&1 &
+  echo $! > "$RUN/$1.pid"
+}
+
+start_lb() {
+  LAZYREC_LB_ADMIN_TOKEN="$(cat "$RUN/admin-token")" \
+    "$BIN/lazyrec-lb" --main http://127.0.0.1:8080 --nightly http://127.0.0.1:8081 \
+    --http-addr 0.0.0.0:8082 --grpc-addr 127.0.0.1:8083 --admin-addr 127.0.0.1:8084 \
+    >>"$RUN/loadbalancer.log" 2>&1 &
+  echo $! > "$RUN/loadbalancer.pid"
+}
+
+# Waits until every given port answers /ready with 200 (60 s).
+wait_ready() {
+  python3 - "$@" <<'PY'
+import sys, time, urllib.request
+ports = sys.argv[1:]
+deadline = time.time() + 60
+while True:
+    try:
+        if all(urllib.request.urlopen(f"http://127.0.0.1:{p}/ready", timeout=2).status == 200 for p in ports):
+            break
+    except Exception:
+        pass
+    if time.time() > deadline:
+        raise SystemExit(f"not ready within 60 s: ports {ports}")
+    time.sleep(0.2)
+PY
+}
+
+# The admin API.
+admin() { # method path [json]
+  curl -sf -X "$1" -H "authorization: Bearer $(cat "$RUN/admin-token")" -H 'content-type: application/json' \
+    ${3:+-d "$3"} "http://127.0.0.1:8084$2"
+}
