@@ -5,12 +5,19 @@
 # shellcheck shell=bash
 RUN="$LAZYREC_STATE_DIR/run"
 
+# Whether a process runs (a zombie — exited, not yet reaped by its parent shell — does not).
+alive() {
+  local state
+  state="$(ps -o stat= -p "$1" 2>/dev/null)" || return 1
+  [ -n "$state" ] && [ "${state#Z}" = "$state" ]
+}
+
 # Stops the named processes (default: all three) gracefully, waiting up to 30 s each.
 stop_stack() {
   [ $# -gt 0 ] || set -- loadbalancer nightly main
   local stopped=0 name pid
   for name in "$@"; do
-    if [ -f "$RUN/$name.pid" ] && kill -0 "$(cat "$RUN/$name.pid")" 2>/dev/null; then
+    if [ -f "$RUN/$name.pid" ] && alive "$(cat "$RUN/$name.pid")"; then
       kill -TERM "$(cat "$RUN/$name.pid")" 2>/dev/null || true
       stopped=1
     fi
@@ -18,7 +25,7 @@ stop_stack() {
   for name in "$@"; do
     [ -f "$RUN/$name.pid" ] || continue
     pid="$(cat "$RUN/$name.pid")"
-    for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 1 600); do alive "$pid" || break; sleep 0.05; done
     rm -f "$RUN/$name.pid"
   done
   [ "$stopped" = 1 ] && say "stopped: $*"

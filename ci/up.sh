@@ -58,10 +58,10 @@ while :; do
   for name in main nightly loadbalancer; do
     [ -f "$RUN/$name.pid" ] || continue
     running=1
-    if ! kill -0 "$(cat "$RUN/$name.pid")" 2>/dev/null && [ -z "${reported[$name]:-}" ]; then
+    if ! alive "$(cat "$RUN/$name.pid")" && [ -z "${reported[$name]:-}" ]; then
       say "$name exited (see $RUN/$name.log); the rest keeps serving"
       reported[$name]=1
-    elif kill -0 "$(cat "$RUN/$name.pid")" 2>/dev/null; then
+    elif alive "$(cat "$RUN/$name.pid")"; then
       unset "reported[$name]"
     fi
   done

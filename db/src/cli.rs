@@ -446,3 +446,27 @@ pub fn main_with_threads(
         }
     }
 }
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM: the signal a service stops gracefully on.
+pub async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _interrupted = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
+
+/// Resolves once `rx` holds `true` (or its sender is gone): the stop signal of a running service.
+pub async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -13,23 +13,7 @@ use serde::Serialize;
 
 use crate::core::{Answer, Item, Lb};
 
-/// Response headers.
-pub mod headers {
-    /// Model version that answered.
-    pub const MODEL_VERSION: &str = "x-model-version";
-    /// The variant that answered: main, nightly, fallback.
-    pub const VARIANT: &str = "x-variant";
-    /// The user's assigned variant.
-    pub const ASSIGNED_VARIANT: &str = "x-assigned-variant";
-    /// The request id (the history row's key).
-    pub const REQUEST_ID: &str = "x-request-id";
-    /// The data watermark of the answer.
-    pub const DATA_WATERMARK: &str = "x-data-watermark";
-    /// Present on degraded answers: why.
-    pub const DEGRADED: &str = "x-degraded";
-    /// personal, cold_start, degraded, fallback.
-    pub const KIND: &str = "x-recommendation-kind";
-}
+pub use proto::contract::headers;
 
 /// The router.
 pub fn router(lb: Arc<Lb>) -> Router {

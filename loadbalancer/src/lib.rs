@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
+use db::cli::stopped;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -108,6 +109,23 @@ async fn refresh_fallback(lb: &Lb) {
     }
 }
 
+/// Runs `work` every `period` (first after one period), until aborted.
+fn every<F, Fut>(period: Duration, lb: Arc<Lb>, work: F) -> JoinHandle<()>
+where
+    F: Fn(Arc<Lb>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            work(lb.clone()).await;
+        }
+    })
+}
+
 /// A running load balancer.
 pub struct RunningLb {
     /// The HTTP front.
@@ -128,14 +146,6 @@ pub struct RunningLb {
 impl std::fmt::Debug for RunningLb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunningLb").field("http_addr", &self.http_addr).finish()
-    }
-}
-
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    while !*rx.borrow() {
-        if rx.changed().await.is_err() {
-            return;
-        }
     }
 }
 
@@ -237,33 +247,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningLb> {
     lb.check_all(true).await;
     refresh_fallback(&lb).await;
 
-    let mut background = Vec::new();
-    {
-        let lb = lb.clone();
-        let every = Duration::from_millis(config.health.interval_ms);
-        background.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                lb.check_all(false).await;
-            }
-        }));
-    }
-    {
-        let lb = lb.clone();
-        let every = Duration::from_millis(config.fallback_refresh_ms);
-        background.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                refresh_fallback(&lb).await;
-            }
-        }));
-    }
+    let background =
+        vec![
+            every(Duration::from_millis(config.health.interval_ms), lb.clone(), |lb| async move {
+                lb.check_all(false).await
+            }),
+            every(Duration::from_millis(config.fallback_refresh_ms), lb.clone(), |lb| async move {
+                refresh_fallback(&lb).await
+            }),
+        ];
 
     let (stop_fronts, stop_rx) = watch::channel(false);
     let mut fronts = Vec::new();

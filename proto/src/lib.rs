@@ -15,6 +15,24 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("reco
 /// Input rules of the HTTP contract (`GET /recommend/{user_id}?limit=N`), shared by the server
 /// and the load balancer so both refuse the same requests with the same one-line reasons.
 pub mod contract {
+    /// Response headers carrying provenance (server and load balancer).
+    pub mod headers {
+        /// Model version that answered.
+        pub const MODEL_VERSION: &str = "x-model-version";
+        /// The variant that answered: main, nightly (load balancer: also fallback).
+        pub const VARIANT: &str = "x-variant";
+        /// The user's assigned variant (load balancer).
+        pub const ASSIGNED_VARIANT: &str = "x-assigned-variant";
+        /// The request id.
+        pub const REQUEST_ID: &str = "x-request-id";
+        /// The data watermark of the answer.
+        pub const DATA_WATERMARK: &str = "x-data-watermark";
+        /// Present on degraded answers: why.
+        pub const DEGRADED: &str = "x-degraded";
+        /// personal, cold_start, degraded (load balancer: also fallback).
+        pub const KIND: &str = "x-recommendation-kind";
+    }
+
     /// Parses a user id: a non-negative integer that fits i64.
     pub fn parse_user_id(raw: &str) -> Result<i64, String> {
         raw.parse::<i64>()

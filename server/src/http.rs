@@ -16,21 +16,7 @@ use tracing::Instrument;
 use crate::core::{Answer, Core};
 use crate::strategy::Item;
 
-/// Response headers carrying provenance.
-pub mod headers {
-    /// Model version.
-    pub const MODEL_VERSION: &str = "x-model-version";
-    /// main / nightly.
-    pub const VARIANT: &str = "x-variant";
-    /// The request id.
-    pub const REQUEST_ID: &str = "x-request-id";
-    /// The data watermark.
-    pub const DATA_WATERMARK: &str = "x-data-watermark";
-    /// Present on degraded answers: why.
-    pub const DEGRADED: &str = "x-degraded";
-    /// personal / cold_start / degraded.
-    pub const KIND: &str = "x-recommendation-kind";
-}
+pub use proto::contract::headers;
 
 /// The router.
 pub fn router(core: Arc<Core>) -> Router {

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use db::cli::stopped;
 use embedder::store::VectorStore;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::watch;
@@ -76,14 +77,6 @@ impl RunningServer {
     /// A handle that stops the server when sent `true`.
     pub fn stop_handle(&self) -> watch::Sender<bool> {
         self.stop.clone()
-    }
-}
-
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    while !*rx.borrow() {
-        if rx.changed().await.is_err() {
-            return;
-        }
     }
 }
 

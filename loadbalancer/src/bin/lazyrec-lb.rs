@@ -97,20 +97,6 @@ fn resolve(cli: &Cli) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
-    }
-}
-
 async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     if cli.check_config {
         println!("{}", config.render());
@@ -126,7 +112,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     );
     let stop = running.stop_handle();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        db::cli::shutdown_signal().await;
         tracing::info!("shutting down: finishing in-flight requests, then storing the response log");
         let _sent = stop.send(true);
     });

@@ -8,19 +8,7 @@ use std::time::{Duration, Instant};
 use loadbalancer::assign::{self, Variant};
 
 use crate::fleet::{Client, CutProxy, Fleet};
-
-/// Open connections that never answer (a hung server).
-fn blackhole() -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for conn in listener.incoming().flatten() {
-            held.push(conn);
-        }
-    });
-    addr
-}
+use crate::helpers::blackhole;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_nightly_under_load_fails_no_request_and_with_both_gone_the_fallback_answers() {

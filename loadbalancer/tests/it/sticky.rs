@@ -89,7 +89,8 @@ async fn a_user_stays_on_one_variant_across_requests_restarts_and_replicas() {
 
     // The log: every response once, with its provenance; first sightings with their buckets.
     assert_eq!(fleet.history_rows().await, responses);
-    let rows: Vec<(i64, String, String, Option<String>, Option<String>, i32, Vec<String>)> = sqlx::query_as(
+    type LoggedRow = (i64, String, String, Option<String>, Option<String>, i32, Vec<String>);
+    let rows: Vec<LoggedRow> = sqlx::query_as(
         "SELECT user_id, assigned_variant, served_variant, backend, model_version, status, movie_ids
          FROM recommendations_history WHERE user_id IS NOT NULL",
     )

@@ -78,26 +78,6 @@ fn resolve(cli: &Cli) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}
-
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = resolve(&cli)?;
     if cli.check_config {
@@ -118,7 +98,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             let stop = running.stop_handle();
             tokio::spawn(async move {
-                shutdown_signal().await;
+                db::cli::shutdown_signal().await;
                 tracing::info!("shutting down: finishing in-flight requests");
                 let _sent = stop.send(true);
             });

@@ -4,20 +4,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use crate::helpers::{Stack, get};
-
-/// A TCP peer that accepts connections and never answers (a hung Qdrant server).
-fn blackhole() -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for conn in listener.incoming().flatten() {
-            held.push(conn);
-        }
-    });
-    addr
-}
+use crate::helpers::{Stack, blackhole, get};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_or_missing_vector_store_degrades_to_popularity_within_the_deadline() {
