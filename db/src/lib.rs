@@ -13,7 +13,6 @@ pub mod pgcluster;
 pub mod popularity;
 pub mod source;
 pub mod synth;
-#[cfg(feature = "testing")]
 pub mod testing;
 
 use std::time::Duration;

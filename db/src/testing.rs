@@ -1,5 +1,7 @@
 //! Test harness: one private Postgres cluster per test process, one fresh migrated database per
 //! test (cloned from a migrated template, so a new database costs ~50 ms), dropped afterwards.
+//! Compiled in every build (not behind a feature), so test builds and the binaries share one
+//! `db` and switching between `ci/test.sh` and `ci/up.sh` rebuilds nothing.
 //!
 //! ```text
 //! let db = db::testing::TestDb::new().await;
