@@ -63,3 +63,11 @@ pub fn resolve_database_url(explicit: Option<&str>, state_dir: &std::path::Path)
         .ok_or(NoDatabase(port_file))?;
     Ok(format!("postgres://{}@127.0.0.1:{port}/{}", pgcluster::SUPERUSER, cli::DATABASE_NAME))
 }
+
+/// A URL with its credentials hidden, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://…{}", &url[..scheme], &url[at..]),
+        _ => url.to_string(),
+    }
+}

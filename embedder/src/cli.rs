@@ -10,8 +10,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::model::{Model, ModelPaths};
 use crate::pipeline::{Embedder, Mode};
-use crate::store::{SearchFilter, VectorStore};
-use crate::text::point_id;
+use vectorstore::point_id;
+use vectorstore::{SearchFilter, VectorStore};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -54,7 +54,7 @@ pub struct StoreArgs {
 impl StoreArgs {
     /// Opens the configured store.
     pub fn open(&self, state_dir: &std::path::Path) -> Result<Arc<dyn VectorStore>> {
-        crate::store::open(
+        vectorstore::open(
             self.qdrant_url.as_deref(),
             self.qdrant_api_key.clone(),
             Duration::from_secs(self.qdrant_timeout_secs),
@@ -164,7 +164,7 @@ pub async fn run() -> Result<()> {
             let url = db::resolve_database_url(cli.database_url.as_deref(), &cli.state_dir)?;
             let pool = db::connect_pool(&url, 4)
                 .await
-                .with_context(|| format!("connecting to Postgres at {}", db::cli::redact(&url)))?;
+                .with_context(|| format!("connecting to Postgres at {}", db::redact(&url)))?;
             db::migrate(&pool).await.context("applying migrations")?;
             let mut model = cli.model.load(&cli.state_dir).await?;
             let mut embedder = Embedder {

@@ -6,5 +6,4 @@
 pub mod cli;
 pub mod model;
 pub mod pipeline;
-pub mod store;
 pub mod text;

@@ -17,8 +17,9 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
 use crate::model::{Model, ModelError};
-use crate::store::{MoviePoint, StoreError, VectorStore};
-use crate::text::{MovieFields, TEMPLATE_VERSION, movie_text, point_id, text_hash};
+use crate::text::{MovieFields, TEMPLATE_VERSION, movie_text, text_hash};
+use vectorstore::point_id;
+use vectorstore::{MoviePoint, StoreError, VectorStore};
 
 /// What to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -54,14 +54,6 @@ pub fn text_hash(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
-/// The stable u64 point id of a movie id (first 8 bytes of its sha256).
-pub fn point_id(movie_id: &str) -> u64 {
-    let digest = Sha256::digest(movie_id.as_bytes());
-    let mut bytes = [0u8; 8];
-    bytes.copy_from_slice(&digest[..8]);
-    u64::from_be_bytes(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,7 +71,5 @@ mod tests {
         };
         assert_eq!(movie_text(&m), "Toy Story (1995). Genres: Animation, Comedy. Woody and Buzz. Keywords: toy.");
         assert_eq!(movie_text(&MovieFields { title: "X".into(), ..MovieFields::default() }), "X.");
-        assert_eq!(point_id("toy+story+1995"), point_id("toy+story+1995"));
-        assert_ne!(point_id("toy+story+1995"), point_id("toy+story+1996"));
     }
 }

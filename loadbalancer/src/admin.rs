@@ -22,12 +22,12 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use serde::Deserialize;
 
 use crate::config::check_backend_url;
 use crate::core::Lb;
-use crate::routing::{Routing, RoutingSpec};
+use crate::health;
+use crate::routing::{self, Routing, RoutingSpec};
 
 /// The admin state.
 #[derive(Debug)]
@@ -35,21 +35,6 @@ pub struct Admin {
     lb: Arc<Lb>,
     token: String,
     changes: tokio::sync::Mutex<()>,
-}
-
-/// What the routing file holds: the spec and the fingerprint of the configuration it applies to.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct RoutingFile {
-    /// Fingerprint of the configured routing the changes were made on.
-    pub config_fingerprint: String,
-    /// The routing in effect after the last change.
-    pub spec: RoutingSpec,
-}
-
-/// A fingerprint of a spec (the configured one: admin changes survive restarts only while the
-/// configuration they were made on is unchanged).
-pub fn fingerprint(spec: &RoutingSpec) -> String {
-    hex::encode(Sha256::digest(serde_json::to_vec(spec).unwrap_or_default()))
 }
 
 /// The router (every route needs the token).
@@ -111,13 +96,14 @@ pub fn state_json(lb: &Lb) -> serde_json::Value {
         "main_release_id": routing.main_release_id,
         "nightly_release_id": routing.nightly_release_id,
         "history": {
-            "queued": lb.history.queued(),
+            "pending": lb.history.queued(),
             "written": m.history_written.get(),
-            "spooled": m.history_spooled.get(),
+            "deferred": m.history_deferred.get(),
             "dropped": m.history_dropped.get(),
-            "spool_bytes": m.history_spool_bytes.get(),
+            "journal_bytes": lb.history.journal().pending_bytes(),
+            "fsync": lb.history.journal().policy(),
         },
-        "fallback_movies": lb.fallback().movies.len(),
+        "fallback_movies": lb.fallback.get().movies.len(),
     })
 }
 
@@ -139,8 +125,8 @@ impl Admin {
         let table = Routing::build(&after, Some(&current));
         lb.routing.store(Arc::new(table));
         // New backends get a health check before the answer, so the caller sees their state.
-        lb.check_all(false).await;
-        let persisted = crate::save_routing(&lb.config, &after);
+        health::check_all(lb, false).await;
+        let persisted = routing::save(&lb.config, &after);
         if let Err(e) = &persisted {
             tracing::error!(error = %e, "admin change applied but not saved: it will not survive a restart");
         }

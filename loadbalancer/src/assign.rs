@@ -11,33 +11,7 @@ use sha2::{Digest, Sha256};
 /// Buckets per experiment: shares are configurable in steps of 0.01 %.
 pub const BUCKETS: u32 = 10_000;
 
-/// A variant of the service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Variant {
-    /// The released model.
-    Main,
-    /// The candidate under evaluation.
-    Nightly,
-}
-
-impl Variant {
-    /// `main` or `nightly`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Variant::Main => "main",
-            Variant::Nightly => "nightly",
-        }
-    }
-
-    /// The other variant (where a request fails over to).
-    pub fn other(self) -> Variant {
-        match self {
-            Variant::Main => Variant::Nightly,
-            Variant::Nightly => Variant::Main,
-        }
-    }
-}
+pub use proto::contract::Variant;
 
 /// The user's bucket in `0..BUCKETS` under `salt`.
 pub fn bucket(salt: &str, user_id: i64) -> u32 {

@@ -13,6 +13,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub use crate::journal::FsyncPolicy;
+
 /// Health checking of backends (`GET /ready`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -39,17 +41,26 @@ impl Default for Health {
 pub struct History {
     /// Rows per insert.
     pub batch_rows: usize,
-    /// The longest a row waits in memory before its batch is written.
+    /// The longest a journaled row waits before its (partial) batch is shipped to Postgres.
     pub flush_ms: u64,
-    /// Rows held in memory before the request path waits for the writer.
-    pub queue_rows: usize,
-    /// The durable spool for rows Postgres cannot take (default `<state_dir>/loadbalancer/spool`).
-    /// One load balancer per directory (it is locked).
-    pub spool_dir: Option<PathBuf>,
-    /// The spool's size limit; beyond it rows are dropped and counted.
-    pub spool_max_bytes: u64,
-    /// How often a non-empty spool is retried against Postgres.
+    /// The write-ahead journal every row reaches before its response is sent (default
+    /// `<state_dir>/loadbalancer/journal`). One load balancer per directory (it is locked); the
+    /// routing file and the cached fallback list live there too.
+    #[serde(alias = "spool_dir")]
+    pub journal_dir: Option<PathBuf>,
+    /// Unshipped journal bytes allowed; beyond them rows are dropped and counted.
+    #[serde(alias = "spool_max_bytes")]
+    pub journal_max_bytes: u64,
+    /// When journaled rows are forced to disk: `always` (the response waits for a group-commit
+    /// fsync: survives power loss), `interval` (a background fsync every `fsync_interval_ms`:
+    /// a process crash loses nothing, a power loss at most the interval), `never`.
+    pub fsync: FsyncPolicy,
+    /// The background fsync period of `fsync = "interval"`.
+    pub fsync_interval_ms: u64,
+    /// Wait before shipping again after Postgres failed.
     pub retry_ms: u64,
+    /// The longest the final shipment at shutdown may take (the rest stays journaled).
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for History {
@@ -57,10 +68,12 @@ impl Default for History {
         Self {
             batch_rows: 500,
             flush_ms: 50,
-            queue_rows: 100_000,
-            spool_dir: None,
-            spool_max_bytes: 1 << 30,
+            journal_dir: None,
+            journal_max_bytes: 1 << 30,
+            fsync: FsyncPolicy::Interval,
+            fsync_interval_ms: 200,
             retry_ms: 1_000,
+            drain_timeout_ms: 10_000,
         }
     }
 }
@@ -188,14 +201,19 @@ impl Config {
         self.nightly_share.unwrap_or(if self.nightly.is_empty() { 0.0 } else { 0.2 })
     }
 
-    /// The spool directory in effect.
-    pub fn spool_dir(&self) -> PathBuf {
-        self.history.spool_dir.clone().unwrap_or_else(|| self.state_dir.join("loadbalancer").join("spool"))
+    /// The journal directory in effect.
+    pub fn journal_dir(&self) -> PathBuf {
+        self.history.journal_dir.clone().unwrap_or_else(|| self.state_dir.join("loadbalancer").join("journal"))
     }
 
     /// Where admin changes are kept across restarts.
     pub fn routing_file(&self) -> PathBuf {
-        self.spool_dir().join("routing.json")
+        self.journal_dir().join("routing.json")
+    }
+
+    /// Where the last fallback list is kept (for a restart while Postgres is down).
+    pub fn fallback_file(&self) -> PathBuf {
+        self.journal_dir().join("fallback.json")
     }
 
     /// The request deadline.
@@ -246,11 +264,11 @@ impl Config {
             problems.push("health.interval_ms, timeout_ms, rise and fall must be positive".into());
         }
         let q = &self.history;
-        if q.batch_rows == 0 || q.flush_ms == 0 || q.queue_rows == 0 || q.retry_ms == 0 {
-            problems.push("history.batch_rows, flush_ms, queue_rows and retry_ms must be positive".into());
+        if q.batch_rows == 0 || q.flush_ms == 0 || q.retry_ms == 0 || q.fsync_interval_ms == 0 {
+            problems.push("history.batch_rows, flush_ms, retry_ms and fsync_interval_ms must be positive".into());
         }
-        if q.spool_max_bytes < 1 << 20 {
-            problems.push("history.spool_max_bytes must be at least 1 MiB".into());
+        if q.journal_max_bytes < 1 << 20 {
+            problems.push("history.journal_max_bytes must be at least 1 MiB".into());
         }
         if self.default_limit == 0 || self.default_limit > self.max_limit {
             problems
@@ -269,7 +287,7 @@ impl Config {
     pub fn render(&self) -> String {
         let mut shown = self.clone();
         if let Some(url) = &shown.database_url {
-            shown.database_url = Some(db::cli::redact(url));
+            shown.database_url = Some(db::redact(url));
         }
         if shown.admin_token.is_some() {
             shown.admin_token = Some("<redacted>".into());

@@ -1,13 +1,15 @@
 //! The gRPC front (tonic): `recommender.v1.Recommender/Recommend`, routed exactly like HTTP
-//! (same assignment, failover, fallback and response log), plus `grpc.health.v1`.
+//! (same assignment, failover, fallback and response log). Health and reflection are served
+//! beside it (see `start`). Input rules and rendering are [`proto::contract`]'s.
 
 use std::sync::Arc;
 
+use proto::contract::{self, headers};
 use proto::recommender_v1::recommender_server::Recommender;
-use proto::recommender_v1::{RecommendRequest, RecommendResponse, RecommendedItem};
-use tonic::{Code, Request, Response, Status};
+use proto::recommender_v1::{RecommendRequest, RecommendResponse};
+use tonic::{Request, Response, Status};
 
-use crate::core::Lb;
+use crate::core::{Lb, Protocol};
 
 /// The gRPC service.
 #[derive(Debug, Clone)]
@@ -26,54 +28,24 @@ impl GrpcFront {
 impl Recommender for GrpcFront {
     async fn recommend(&self, request: Request<RecommendRequest>) -> Result<Response<RecommendResponse>, Status> {
         let lb = &self.lb;
-        let metadata_id = request.metadata().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let client_id =
+            contract::grpc_request_id(request.get_ref(), request.metadata()).map(contract::recorded_request_id);
         let req = request.into_inner();
-        let mut client_id = if req.request_id.is_empty() { metadata_id } else { Some(req.request_id.clone()) };
-        if let Some(id) = client_id.as_mut() {
-            id.truncate(128);
-        }
-        let limit = if req.limit == 0 { lb.config.default_limit } else { req.limit as usize };
-        let answer = if req.user_id < 0 {
-            lb.reject(format!("invalid user id {}: expected a non-negative integer", req.user_id), "grpc", client_id)
-                .await
-        } else if limit > lb.config.max_limit {
-            lb.reject(format!("invalid limit {limit}: expected at most {}", lb.config.max_limit), "grpc", client_id)
-                .await
-        } else {
-            lb.recommend(req.user_id, limit, true, "grpc", client_id).await
+        let handled = match contract::grpc_request(&req, lb.config.default_limit, lb.config.max_limit) {
+            Ok((user_id, limit)) => lb.recommend(user_id, limit, true, Protocol::Grpc, client_id).await,
+            Err(reason) => lb.reject(reason, Protocol::Grpc, client_id).await,
         };
-        if answer.status != 200 {
-            let code = match answer.status {
-                400..=499 => Code::InvalidArgument,
-                _ => Code::Unavailable,
-            };
-            let mut status = Status::new(code, answer.error.clone().unwrap_or_default());
-            if let Ok(v) = answer.request_id.parse() {
-                status.metadata_mut().insert("x-request-id", v);
+        let code = handled.grpc_code();
+        if code != tonic::Code::Ok {
+            let mut status = Status::new(code, handled.refusal());
+            if let Ok(v) = handled.request_id.parse() {
+                status.metadata_mut().insert(headers::REQUEST_ID, v);
             }
             return Err(status);
         }
-        let mut response = Response::new(RecommendResponse {
-            items: answer.items.into_iter().map(|i| RecommendedItem { movie_id: i.movie_id, score: i.score }).collect(),
-            model_version: answer.model_version.clone(),
-            variant: answer.served.to_string(),
-            request_id: answer.request_id.clone(),
-            data_watermark: answer.watermark,
-            degraded: answer.degraded.is_some(),
-            degraded_reason: answer.degraded.unwrap_or_default(),
-            kind: answer.kind,
-        });
-        let assigned = answer.assigned.map(|v| v.as_str()).unwrap_or_default();
-        for (key, value) in [
-            ("x-model-version", answer.model_version.as_str()),
-            ("x-variant", answer.served),
-            ("x-assigned-variant", assigned),
-            ("x-request-id", answer.request_id.as_str()),
-        ] {
-            if let Ok(v) = value.parse() {
-                response.metadata_mut().insert(key, v);
-            }
+        match handled.into_answer() {
+            Some(answer) => Ok(answer.into_grpc()),
+            None => Err(Status::internal("no answer")),
         }
-        Ok(response)
     }
 }

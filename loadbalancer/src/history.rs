@@ -1,24 +1,27 @@
-//! The response log: exactly one `recommendations_history` row per response sent.
+//! The response log: exactly one `recommendations_history` row per response sent, written
+//! ahead of the response.
 //!
-//! The request path hands its row to [`HistoryLog::record`] (a bounded in-memory queue; it waits
-//! only if the writer is a whole queue behind). One writer task batches rows into multi-row
-//! inserts (`jsonb_populate_recordset`, `ON CONFLICT DO NOTHING`, so replaying a batch never
-//! duplicates a row) together with the first sightings of users for `user_model_map`, in one
-//! transaction. When Postgres fails, the batch goes to the durable [`Spool`] instead, and the
-//! writer keeps spooling until a retry drains the spool into Postgres. On shutdown the writer
-//! drains the queue (to Postgres, or else to the spool) before it returns.
+//! The request path hands its row to [`HistoryLog::record`], which appends it to the
+//! [`Journal`] (one `write(2)`; with `fsync = "always"` it also waits for the group commit)
+//! *before* the response leaves: a response whose row is not on local disk is never sent, so
+//! a crash of the process — SIGKILL included — loses no row. One [`Shipper`] moves journaled
+//! rows to Postgres in batches (binary column arrays, `ON CONFLICT (request_id) DO NOTHING`, so
+//! shipping a batch twice after a crash stores it once), together with the first sightings of
+//! users for `user_model_map`, in one transaction, then releases them from the journal. While
+//! Postgres is away the rows simply wait in the journal; [`Shipper::step`] is the one unit of
+//! work (tests drive it), [`Shipper::run`] loops it until shutdown and then drains.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
+use crate::journal::{Journal, JournalError, Reader};
 use crate::metrics::Metrics;
-use crate::spool::{Spool, SpoolError};
 
 /// One response, as logged. Field names are the table's column names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,75 +79,103 @@ pub struct Inputs {
     pub client_request_id: Option<String>,
 }
 
-/// The sending side of the log, held by the request path.
+/// The request path's side of the log.
 #[derive(Debug, Clone)]
 pub struct HistoryLog {
-    // Boxed: a queue slot is a pointer, not a 400-byte row.
-    tx: mpsc::Sender<Box<Row>>,
+    journal: Arc<Journal>,
     metrics: Metrics,
 }
 
 impl HistoryLog {
-    /// Queues `row`. Waits only while the queue is full (the writer is far behind).
-    pub async fn record(&self, row: Row) {
-        if self.tx.send(Box::new(row)).await.is_err() {
-            // Only after shutdown began: nothing will write it.
+    /// The log over `journal`.
+    pub fn new(journal: Arc<Journal>, metrics: Metrics) -> Self {
+        Self { journal, metrics }
+    }
+
+    /// Journals `row` before the response is sent: on local disk when this returns (and synced,
+    /// under `fsync = "always"`). A row the journal refuses (full, disk error) is counted as
+    /// dropped and logged; the response still goes out.
+    pub async fn record(&self, row: &Row) {
+        let mut line = Vec::with_capacity(512);
+        if let Err(e) = serde_json::to_writer(&mut line, row) {
             self.metrics.history_dropped.inc();
-            tracing::error!("response-log row dropped: the writer has stopped");
+            tracing::error!(error = %e, request_id = %row.request_id, "response-log row dropped: unencodable");
+            return;
+        }
+        line.push(b'\n');
+        match self.journal.append(&line, 1) {
+            Ok(position) => self.journal.durable(position).await,
+            Err(e) => {
+                self.metrics.history_dropped.inc();
+                tracing::error!(error = %e, request_id = %row.request_id, "response-log row dropped");
+            }
         }
     }
 
-    /// Rows waiting in memory.
+    /// Rows journaled and not yet in Postgres.
     pub fn queued(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.journal.pending_rows() as usize
+    }
+
+    /// The journal.
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.journal
     }
 }
 
-/// Settings of the writer.
+/// Settings of the shipper.
 #[derive(Debug, Clone)]
-pub struct WriterOptions {
+pub struct ShipperOptions {
     /// Rows per insert.
     pub batch_rows: usize,
-    /// Longest wait before a partial batch is written.
+    /// Longest wait before a partial batch is shipped.
     pub flush: Duration,
-    /// Queue capacity.
-    pub queue_rows: usize,
-    /// Time between attempts to drain the spool (and to retry Postgres after a failure).
+    /// Wait before retrying after Postgres failed.
     pub retry: Duration,
-    /// Longest an insert may take before the batch is spooled instead.
+    /// Longest an insert may take before it counts as failed.
     pub insert_timeout: Duration,
+    /// Longest the final drain at shutdown may take (the rest waits in the journal).
+    pub drain_timeout: Duration,
 }
 
-/// Starts the writer. It stops after `stop` turns true, once everything queued is stored.
-pub fn start(
-    pool: PgPool,
-    spool: Spool,
-    metrics: Metrics,
-    options: WriterOptions,
-    stop: watch::Receiver<bool>,
-) -> (HistoryLog, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(options.queue_rows);
-    metrics.history_spool_bytes.set(spool.bytes() as i64);
-    let writer = Writer {
-        pool,
-        spool: Arc::new(Mutex::new(spool)),
-        metrics: metrics.clone(),
-        options,
-        seen: HashMap::new(),
-        postgres_failed_at: None,
-    };
-    let handle = tokio::spawn(writer.run(rx, stop));
-    (HistoryLog { tx, metrics }, handle)
+/// Why a step stored nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ShipError {
+    /// Reading the journal failed.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// Postgres refused or did not answer in time; the rows wait in the journal.
+    #[error("postgres: {0}")]
+    Postgres(String),
 }
 
-struct Writer {
+/// What one step did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shipped {
+    /// Rows read from the journal and stored (or already present).
+    pub rows: usize,
+    /// Lines that could not be decoded (torn or corrupt), skipped and counted.
+    pub skipped: u64,
+}
+
+/// Moves journaled rows to Postgres.
+pub struct Shipper {
     pool: PgPool,
-    spool: Arc<Mutex<Spool>>,
+    journal: Arc<Journal>,
+    reader: Reader,
     metrics: Metrics,
-    options: WriterOptions,
+    options: ShipperOptions,
     /// Users already sent to `user_model_map`, per experiment.
     seen: HashMap<String, HashSet<i64>>,
-    postgres_failed_at: Option<Instant>,
+    /// Pending rows already counted as deferred during the current outage.
+    deferred_counted: u64,
+    failed_since: Option<Instant>,
+}
+
+impl std::fmt::Debug for Shipper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shipper").field("position", &self.reader.position()).finish()
+    }
 }
 
 #[derive(Serialize)]
@@ -156,144 +187,94 @@ struct Sighting<'a> {
     first_seen: DateTime<Utc>,
 }
 
-impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Box<Row>>, mut stop: watch::Receiver<bool>) {
-        let mut batch: Vec<Row> = Vec::with_capacity(self.options.batch_rows);
-        let mut retry = tokio::time::interval(self.options.retry);
-        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut stopping = false;
+impl Shipper {
+    /// A shipper from the journal's shipped position.
+    pub fn new(pool: PgPool, journal: Arc<Journal>, metrics: Metrics, options: ShipperOptions) -> Self {
+        let reader = Reader::new(&journal);
+        metrics.history_journal_bytes.set(journal.pending_bytes() as i64);
+        Self { pool, journal, reader, metrics, options, seen: HashMap::new(), deferred_counted: 0, failed_since: None }
+    }
+
+    /// One step: reads up to `batch_rows` journaled rows, stores them in Postgres (one
+    /// transaction, idempotent) and releases them from the journal. On failure the rows stay
+    /// journaled and the next step reads them again.
+    pub async fn step(&mut self) -> Result<Shipped, ShipError> {
+        let start = self.reader.position();
+        let chunk = self.reader.read(&self.journal, self.options.batch_rows.max(1))?;
+        if chunk.lines.is_empty() && chunk.torn == 0 {
+            return Ok(Shipped::default());
+        }
+        let mut rows = Vec::with_capacity(chunk.lines.len());
+        let mut skipped = chunk.torn;
+        for line in &chunk.lines {
+            match serde_json::from_slice::<Row>(line) {
+                Ok(row) => rows.push(row),
+                Err(_) => skipped += 1,
+            }
+        }
+        if !rows.is_empty()
+            && let Err(e) = self.insert(&rows).await
+        {
+            self.reader.rewind(start);
+            let pending = self.journal.pending_rows();
+            self.metrics.history_deferred.inc_by(pending.saturating_sub(self.deferred_counted));
+            self.deferred_counted = self.deferred_counted.max(pending);
+            if self.failed_since.is_none() {
+                self.failed_since = Some(Instant::now());
+                tracing::warn!(error = %e, pending, "Postgres unavailable: response-log rows wait in the journal");
+            }
+            return Err(ShipError::Postgres(e));
+        }
+        if skipped > 0 {
+            self.metrics.history_journal_corrupt.inc_by(skipped);
+            tracing::warn!(skipped, "journal lines that did not decode were skipped (a crash mid-append)");
+        }
+        let n = chunk.lines.len() as u64 + chunk.torn;
+        self.journal.release(chunk.end, n)?;
+        self.deferred_counted = self.deferred_counted.saturating_sub(n);
+        if let Some(since) = self.failed_since.take() {
+            tracing::info!(down_ms = since.elapsed().as_millis() as u64, "Postgres back: shipping the journal");
+        }
+        self.metrics.history_journal_bytes.set(self.journal.pending_bytes() as i64);
+        Ok(Shipped { rows: rows.len(), skipped })
+    }
+
+    /// Ships until `stop` turns true, then drains what is journaled (bounded by
+    /// `drain_timeout`; what is left waits in the journal for the next start) and closes the
+    /// journal.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         loop {
-            let flush_at = tokio::time::sleep(self.options.flush);
-            tokio::pin!(flush_at);
-            // Collect a batch: until full, the flush interval passes, or the channel closes.
-            let mut closed = false;
-            loop {
-                tokio::select! {
-                    biased;
-                    row = rx.recv() => match row {
-                        Some(row) => {
-                            batch.push(*row);
-                            if batch.len() >= self.options.batch_rows { break; }
-                        }
-                        None => { closed = true; break; }
-                    },
-                    () = &mut flush_at, if !batch.is_empty() => break,
-                    _ = retry.tick(), if batch.is_empty() => { self.drain_spool().await; }
-                    changed = stop.changed(), if !stopping => {
-                        if changed.is_err() || *stop.borrow() {
-                            // No new rows once the fronts have stopped; take what is queued.
-                            stopping = true;
-                            rx.close();
-                        }
-                    }
-                }
+            if *stop.borrow() {
+                break;
             }
-            self.metrics.history_queue.set(rx.len() as i64);
-            if !batch.is_empty() {
-                let rows = std::mem::take(&mut batch);
-                self.store(rows).await;
-            }
-            if closed {
-                self.drain_spool().await;
-                tracing::info!("response log drained");
-                return;
-            }
-        }
-    }
-
-    /// Writes a batch to Postgres, or to the spool when Postgres fails or failed recently.
-    async fn store(&mut self, rows: Vec<Row>) {
-        let recently_failed = self.postgres_failed_at.is_some_and(|at| at.elapsed() < self.options.retry);
-        if !recently_failed && !self.spool_pending() {
-            match self.insert(&rows).await {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, rows = rows.len(), "Postgres unavailable: spooling response-log rows");
-                    self.postgres_failed_at = Some(Instant::now());
-                }
-            }
-        }
-        self.spool_rows(rows).await;
-    }
-
-    fn spool_pending(&self) -> bool {
-        self.spool.lock().map(|s| !s.is_empty()).unwrap_or(true)
-    }
-
-    async fn spool_rows(&self, rows: Vec<Row>) {
-        let n = rows.len() as u64;
-        let spool = self.spool.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let mut spool = spool.lock().map_err(|_| "spool lock poisoned".to_string())?;
-            spool.append(&rows).map_err(|e| e.to_string())?;
-            Ok::<u64, String>(spool.bytes())
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("spool task: {e}")));
-        match result {
-            Ok(bytes) => {
-                self.metrics.history_spooled.inc_by(n);
-                self.metrics.history_spool_bytes.set(bytes as i64);
-            }
-            Err(e) => {
-                self.metrics.history_dropped.inc_by(n);
-                tracing::error!(error = %e, rows = n, "response-log rows dropped: the spool refused them");
-            }
-        }
-    }
-
-    /// Moves spooled rows into Postgres, oldest segment first, until the spool is empty or
-    /// Postgres fails.
-    async fn drain_spool(&mut self) {
-        loop {
-            if !self.spool_pending() {
-                return;
-            }
-            let spool = self.spool.clone();
-            let read = tokio::task::spawn_blocking(move || {
-                spool.lock().map_err(|_| "spool lock poisoned".to_string())?.oldest::<Row>().map_err(|e| e.to_string())
-            })
-            .await
-            .unwrap_or_else(|e| Err(format!("spool task: {e}")));
-            let segment = match read {
-                Ok(Some(segment)) => segment,
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::error!(error = %e, "reading the spool");
-                    return;
+            let pause = match self.step().await {
+                Ok(s) if s.rows + s.skipped as usize >= self.options.batch_rows => continue,
+                Ok(_) => self.options.flush,
+                Err(ShipError::Postgres(_)) => self.options.retry,
+                Err(e @ ShipError::Journal(_)) => {
+                    tracing::error!(error = %e, "reading the response-log journal");
+                    self.options.retry
                 }
             };
-            for chunk in segment.rows.chunks(self.options.batch_rows.max(1)) {
-                if let Err(e) = self.insert(chunk).await {
-                    tracing::debug!(error = %e, "Postgres still unavailable; the spool waits");
-                    self.postgres_failed_at = Some(Instant::now());
-                    return;
-                }
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                changed = stop.changed() => if changed.is_err() { break },
             }
-            let (rows, corrupt) = (segment.rows.len(), segment.corrupt);
-            if corrupt > 0 {
-                self.metrics.history_spool_corrupt.inc_by(corrupt);
-                tracing::warn!(corrupt, "spool segment had torn lines (a crash mid-append)");
-            }
-            let spool = self.spool.clone();
-            let acked = tokio::task::spawn_blocking(move || {
-                let mut spool = spool.lock().map_err(|_| "spool lock poisoned".to_string())?;
-                spool.ack(segment).map_err(|e: SpoolError| e.to_string())?;
-                Ok::<u64, String>(spool.bytes())
-            })
-            .await
-            .unwrap_or_else(|e| Err(format!("spool task: {e}")));
-            match acked {
-                Ok(bytes) => {
-                    self.metrics.history_spool_bytes.set(bytes as i64);
-                    tracing::info!(rows, remaining_bytes = bytes, "spooled response-log rows stored in Postgres");
-                }
+        }
+        let deadline = Instant::now() + self.options.drain_timeout;
+        while Instant::now() < deadline {
+            match self.step().await {
+                Ok(s) if s.rows == 0 && s.skipped == 0 => break,
+                Ok(_) => {}
                 Err(e) => {
-                    tracing::error!(error = %e, "removing a drained spool segment");
-                    return;
+                    tracing::warn!(error = %e, pending = self.journal.pending_rows(),
+                        "response log not drained at shutdown: the rows stay in the journal for the next start");
+                    break;
                 }
             }
         }
+        self.journal.close();
+        tracing::info!(pending = self.journal.pending_rows(), "response log drained");
     }
 
     /// One transaction: the rows (idempotent) and the users' first sightings.
@@ -403,10 +384,9 @@ impl Writer {
         for (experiment, user) in new_seen {
             self.seen.entry(experiment).or_default().insert(user);
         }
-        // Rows already present (a replayed spool segment) are not counted twice.
+        // Rows already present (a batch shipped again after a crash) are not counted twice.
         self.metrics.history_written.inc_by(written);
         self.metrics.sightings.inc_by(sighted);
-        self.postgres_failed_at = None;
         Ok(())
     }
 }

@@ -22,16 +22,17 @@ pub struct Metrics {
     pub backend_healthy: IntGaugeVec,
     /// Response-log rows inserted into Postgres.
     pub history_written: IntCounter,
-    /// Response-log rows written to the disk spool (Postgres unavailable).
-    pub history_spooled: IntCounter,
-    /// Response-log rows lost (spool full or unwritable, writer gone): must stay 0.
+    /// Response-log rows that waited in the journal because Postgres failed (counted once per
+    /// outage, when a shipment fails).
+    pub history_deferred: IntCounter,
+    /// Response-log rows lost (journal full or unwritable): must stay 0.
     pub history_dropped: IntCounter,
-    /// Torn spool lines skipped (a crash mid-append).
-    pub history_spool_corrupt: IntCounter,
-    /// Rows waiting in memory for the writer.
-    pub history_queue: IntGauge,
-    /// Bytes waiting in the spool.
-    pub history_spool_bytes: IntGauge,
+    /// Journal lines skipped because they did not decode (a machine crash mid-append).
+    pub history_journal_corrupt: IntCounter,
+    /// Rows journaled and not yet in Postgres.
+    pub history_pending: IntGauge,
+    /// Journal bytes not yet in Postgres.
+    pub history_journal_bytes: IntGauge,
     /// First sightings written to `user_model_map`.
     pub sightings: IntCounter,
 }
@@ -70,12 +71,16 @@ impl Metrics {
         let backend_healthy =
             IntGaugeVec::new(Opts::new("backend_healthy", "1 when the backend is healthy"), &["backend", "variant"])?;
         let history_written = IntCounter::new("history_rows_written_total", "Response-log rows inserted")?;
-        let history_spooled = IntCounter::new("history_rows_spooled_total", "Response-log rows written to the spool")?;
+        let history_deferred = IntCounter::new(
+            "history_rows_deferred_total",
+            "Response-log rows that waited in the journal because Postgres failed",
+        )?;
         let history_dropped = IntCounter::new("history_rows_dropped_total", "Response-log rows lost (must stay 0)")?;
-        let history_spool_corrupt =
-            IntCounter::new("history_spool_corrupt_lines_total", "Torn spool lines skipped after a crash")?;
-        let history_queue = IntGauge::new("history_queue_rows", "Response-log rows waiting in memory")?;
-        let history_spool_bytes = IntGauge::new("history_spool_bytes", "Bytes waiting in the spool")?;
+        let history_journal_corrupt =
+            IntCounter::new("history_journal_corrupt_lines_total", "Journal lines skipped after a crash mid-append")?;
+        let history_pending =
+            IntGauge::new("history_pending_rows", "Response-log rows journaled, not yet in Postgres")?;
+        let history_journal_bytes = IntGauge::new("history_journal_bytes", "Journal bytes not yet in Postgres")?;
         let sightings = IntCounter::new("user_sightings_written_total", "First sightings written to user_model_map")?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
@@ -84,11 +89,11 @@ impl Metrics {
         registry.register(Box::new(fallbacks.clone()))?;
         registry.register(Box::new(backend_healthy.clone()))?;
         registry.register(Box::new(history_written.clone()))?;
-        registry.register(Box::new(history_spooled.clone()))?;
+        registry.register(Box::new(history_deferred.clone()))?;
         registry.register(Box::new(history_dropped.clone()))?;
-        registry.register(Box::new(history_spool_corrupt.clone()))?;
-        registry.register(Box::new(history_queue.clone()))?;
-        registry.register(Box::new(history_spool_bytes.clone()))?;
+        registry.register(Box::new(history_journal_corrupt.clone()))?;
+        registry.register(Box::new(history_pending.clone()))?;
+        registry.register(Box::new(history_journal_bytes.clone()))?;
         registry.register(Box::new(sightings.clone()))?;
         Ok(Self {
             registry,
@@ -99,11 +104,11 @@ impl Metrics {
             fallbacks,
             backend_healthy,
             history_written,
-            history_spooled,
+            history_deferred,
             history_dropped,
-            history_spool_corrupt,
-            history_queue,
-            history_spool_bytes,
+            history_journal_corrupt,
+            history_pending,
+            history_journal_bytes,
             sightings,
         })
     }

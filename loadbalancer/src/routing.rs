@@ -9,10 +9,13 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
+use anyhow::Context;
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::assign::Variant;
+use crate::config::Config;
 
 /// One backend server.
 #[derive(Debug)]
@@ -211,6 +214,74 @@ impl Routing {
 
 /// The shared, lock-free handle to the routing table.
 pub type SharedRouting = Arc<ArcSwap<Routing>>;
+
+/// What the routing file holds: the spec and the fingerprint of the configuration it applies to.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RoutingFile {
+    /// Fingerprint of the configured routing the changes were made on.
+    pub config_fingerprint: String,
+    /// The routing in effect after the last change.
+    pub spec: RoutingSpec,
+}
+
+/// A fingerprint of a spec (the configured one: admin changes survive restarts only while the
+/// configuration they were made on is unchanged).
+pub fn fingerprint(spec: &RoutingSpec) -> String {
+    hex::encode(Sha256::digest(serde_json::to_vec(spec).unwrap_or_default()))
+}
+
+/// The routing the configuration describes.
+pub fn configured_spec(config: &Config) -> RoutingSpec {
+    let clean = |list: &[String]| list.iter().map(|u| u.trim_end_matches('/').to_string()).collect();
+    RoutingSpec {
+        experiment: config.experiment.clone(),
+        share: config.share(),
+        main: clean(&config.main),
+        nightly: clean(&config.nightly),
+        drained: Vec::new(),
+        main_release_id: config.main_release_id,
+        nightly_release_id: config.nightly_release_id,
+    }
+}
+
+/// Writes the routing file (atomically: temp file, fsync, rename).
+pub fn save(config: &Config, spec: &RoutingSpec) -> anyhow::Result<()> {
+    let file = RoutingFile { config_fingerprint: fingerprint(&configured_spec(config)), spec: spec.clone() };
+    let path = config.routing_file();
+    let tmp = path.with_extension("json.tmp");
+    let body = serde_json::to_vec_pretty(&file)?;
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+/// The routing to start with: the routing file's when it was made on the same configuration,
+/// else the configuration's.
+pub fn initial_spec(config: &Config) -> RoutingSpec {
+    let configured = configured_spec(config);
+    let path = config.routing_file();
+    let Ok(body) = std::fs::read(&path) else { return configured };
+    match serde_json::from_slice::<RoutingFile>(&body) {
+        Ok(file) if file.config_fingerprint == fingerprint(&configured) => {
+            tracing::info!(file = %path.display(), experiment = %file.spec.experiment, share = file.spec.share,
+                "routing: admin changes from the routing file");
+            file.spec
+        }
+        Ok(_) => {
+            tracing::warn!(file = %path.display(), "routing: the configuration changed since the last admin change; using the configuration");
+            configured
+        }
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "routing file unreadable; using the configuration");
+            configured
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -15,25 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::strategy::{self, ModelSpec};
 
-/// The role of this instance behind the load balancer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Variant {
-    /// The released model.
-    Main,
-    /// The candidate under evaluation.
-    Nightly,
-}
-
-impl Variant {
-    /// `main` or `nightly`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Variant::Main => "main",
-            Variant::Nightly => "nightly",
-        }
-    }
-}
+pub use proto::contract::Variant;
 
 /// Per-stage and whole-request deadlines.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -222,7 +204,7 @@ impl Config {
     pub fn render(&self) -> String {
         let mut shown = self.clone();
         if let Some(url) = &shown.database_url {
-            shown.database_url = Some(db::cli::redact(url));
+            shown.database_url = Some(db::redact(url));
         }
         if shown.store.qdrant_api_key.is_some() {
             shown.store.qdrant_api_key = Some("<redacted>".into());

@@ -14,37 +14,17 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use embedder::store::{Hit, SearchFilter, VectorStore};
-use embedder::text::point_id;
 use moka::future::Cache;
 use sqlx::PgPool;
+use vectorstore::point_id;
+use vectorstore::{Hit, SearchFilter, VectorStore};
 
 use crate::config::Config;
 use crate::data;
 use crate::metrics::Metrics;
 use crate::strategy::{self, History, Item, Popularity, Strategy};
 
-/// What kind of answer this is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// Ranked from the user's history.
-    Personal,
-    /// No history: the popularity list.
-    ColdStart,
-    /// A stage failed or was late: the popularity list.
-    Degraded,
-}
-
-impl Kind {
-    /// Lower-case name (metrics, JSON, gRPC).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Personal => "personal",
-            Kind::ColdStart => "cold_start",
-            Kind::Degraded => "degraded",
-        }
-    }
-}
+pub use proto::contract::Kind;
 
 /// An answer.
 #[derive(Debug, Clone, PartialEq)]
@@ -243,6 +223,53 @@ impl Core {
         }
     }
 
+    /// Warms the vector engine before the first request: a few real searches (near the most
+    /// popular movies) on the live collection, so the first answer is not degraded by a cold
+    /// engine (segment files mapped, index pages faulted in). Results are not cached (the
+    /// strategy's neighbour count decides what the cache holds). Bounded by `within`.
+    pub async fn warm(&self, within: Duration) {
+        let started = Instant::now();
+        let Some(collection) = self.collection() else { return };
+        let popular: Vec<u64> = self.popularity().movies.iter().take(8).map(|m| point_id(m)).collect();
+        let work = async {
+            let vectors = self.store.vectors(&collection, &popular).await?;
+            let mut searched = 0;
+            for (id, vector) in vectors {
+                let filter = SearchFilter {
+                    exclude_ids: vec![id],
+                    exact: self.config.store.exact_search,
+                    ..SearchFilter::default()
+                };
+                self.store.search(&collection, vector, 50, &filter).await?;
+                searched += 1;
+            }
+            Ok::<usize, vectorstore::StoreError>(searched)
+        };
+        match tokio::time::timeout(within, work).await {
+            Ok(Ok(n)) => tracing::info!(searches = n, ms = started.elapsed().as_millis() as u64, "vector engine warm"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "warming the vector engine failed"),
+            Err(_) => tracing::warn!(
+                ms = within.as_millis() as u64,
+                "warming the vector engine took too long; serving anyway"
+            ),
+        }
+    }
+
+    /// The contract's rendering of `answer` (what both adapters send).
+    pub fn contract_answer(&self, user_id: i64, request_id: String, answer: Answer) -> proto::contract::Answer {
+        proto::contract::Answer {
+            user_id,
+            items: answer.items,
+            model_version: self.model_version.clone(),
+            variant: self.config.variant.into(),
+            assigned_variant: None,
+            request_id,
+            data_watermark: answer.watermark,
+            kind: answer.kind,
+            degraded: answer.degraded,
+        }
+    }
+
     /// The recommendation for `user_id`: never an error.
     pub async fn recommend(&self, user_id: i64, limit: usize) -> Answer {
         match tokio::time::timeout(self.config.deadlines.request(), self.recommend_inner(user_id, limit)).await {
@@ -378,7 +405,7 @@ impl Core {
                         return Ok(Arc::new(Vec::new()));
                     };
                     let filter = SearchFilter { exclude_ids: vec![id], exact, ..SearchFilter::default() };
-                    Ok::<_, embedder::store::StoreError>(Arc::new(store.search(&collection, vector, k, &filter).await?))
+                    Ok::<_, vectorstore::StoreError>(Arc::new(store.search(&collection, vector, k, &filter).await?))
                 })
                 .await
         });

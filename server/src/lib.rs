@@ -19,11 +19,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use db::cli::stopped;
-use embedder::store::VectorStore;
+use lifecycle::stopped;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use vectorstore::VectorStore;
 
 use crate::config::Config;
 use crate::core::Core;
@@ -31,7 +31,7 @@ use crate::core::Core;
 /// Opens the configured vector store (edge directory or Qdrant server).
 pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn VectorStore>> {
     let store = &config.store;
-    embedder::store::open(
+    vectorstore::open(
         store.qdrant_url.as_deref(),
         store.qdrant_api_key.clone(),
         config.deadlines.request(),
@@ -89,7 +89,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .max_connections(config.database_connections)
         .acquire_timeout(config.deadlines.postgres())
         .connect_lazy_with(
-            db::connect_options(&url).with_context(|| format!("bad database URL {}", db::cli::redact(&url)))?,
+            db::connect_options(&url).with_context(|| format!("bad database URL {}", db::redact(&url)))?,
         );
     let store = open_store(&config)?;
     let metrics = metrics::Metrics::new(config.variant.as_str())?;
@@ -104,6 +104,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let refresh = Duration::from_millis(config.caches.refresh_ms);
     let core = Arc::new(Core::new(config, pool, store, metrics)?);
     core.refresh().await;
+    // Before the listeners answer: the first request must not pay for a cold engine.
+    core.warm(Duration::from_secs(10)).await;
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 

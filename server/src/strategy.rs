@@ -8,9 +8,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use embedder::store::Hit;
+use proto::contract::popularity_score;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use vectorstore::Hit;
 
 /// A strategy name and its parameters, as written in the config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,25 +89,18 @@ impl Popularity {
 
     /// The first `limit` movies not in `exclude`, scored by rank.
     pub fn top_excluding(&self, exclude: &HashSet<&str>, limit: usize) -> Vec<Item> {
-        let n = self.movies.len().max(1) as f64;
+        let n = self.movies.len();
         self.movies
             .iter()
             .enumerate()
             .filter(|(_, m)| !exclude.contains(m.as_str()))
             .take(limit)
-            .map(|(i, m)| Item { movie_id: m.clone(), score: 1.0 - i as f64 / n })
+            .map(|(i, m)| Item { movie_id: m.clone(), score: popularity_score(i, n) })
             .collect()
     }
 }
 
-/// One recommended movie.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Item {
-    /// Course movie id.
-    pub movie_id: String,
-    /// The strategy's score (higher is better).
-    pub score: f64,
-}
+pub use proto::contract::Item;
 
 /// A ranking strategy. Implementations must be pure and deterministic: the same inputs give
 /// the same list, ties broken by movie id.

@@ -1,5 +1,5 @@
 //! `lazyrec-db`: see `db::cli`.
 
 fn main() -> std::process::ExitCode {
-    db::cli::main_with("warn", db::cli::run())
+    lifecycle::main_with("warn", db::cli::run())
 }

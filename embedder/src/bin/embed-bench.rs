@@ -14,10 +14,11 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use embedder::model::{Model, ModelPaths};
-use embedder::store::edge::EdgeStore;
-use embedder::store::{MoviePoint, SearchFilter, VectorStore};
-use embedder::text::{MovieFields, movie_text, point_id, text_hash};
+use embedder::text::{MovieFields, movie_text, text_hash};
 use rand::{Rng, SeedableRng};
+use vectorstore::edge::EdgeStore;
+use vectorstore::point_id;
+use vectorstore::{MoviePoint, SearchFilter, VectorStore};
 
 #[derive(Parser, Debug)]
 #[command(about = "Embedding and vector-search benchmarks")]

@@ -1,5 +1,5 @@
 //! `embedder`: see `embedder::cli`.
 
 fn main() -> std::process::ExitCode {
-    db::cli::main_with("warn,qdrant_edge=error", embedder::cli::run())
+    lifecycle::main_with("warn,qdrant_edge=error", embedder::cli::run())
 }

@@ -4,9 +4,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use embedder::pipeline::{Embedder, Mode};
-use embedder::store::edge::EdgeStore;
-use embedder::store::{SearchFilter, VectorStore};
-use embedder::text::{MovieFields, movie_text, point_id, text_hash};
+use embedder::text::{MovieFields, movie_text, text_hash};
+use vectorstore::edge::EdgeStore;
+use vectorstore::point_id;
+use vectorstore::{SearchFilter, VectorStore};
 
 use crate::helpers::{assets_dir, bin, db_with_movielens, model};
 

@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use embedder::store::edge::EdgeStore;
-use embedder::store::server::ServerStore;
-use embedder::store::{MoviePoint, SearchFilter, VectorStore};
-use embedder::text::{point_id, text_hash};
+use embedder::text::text_hash;
+use vectorstore::edge::EdgeStore;
+use vectorstore::point_id;
+use vectorstore::server::ServerStore;
+use vectorstore::{MoviePoint, SearchFilter, VectorStore};
 
 use crate::helpers::model;
 

@@ -22,7 +22,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
                   and recommender.v1.Recommender over gRPC by forwarding to the user's variant: bucket = sha256(experiment, \
                   user) mod 10000, nightly when the bucket is under share × 10000. Fails over to other backends and the \
                   other variant within the deadline, then answers the cached popularity list (variant `fallback`). Every \
-                  response is one row of recommendations_history (batched; spooled to disk while Postgres is down). \
+                  response is one row of recommendations_history, written ahead to a local journal before the response leaves \
+                  (so a crash loses none) and shipped to Postgres in batches (kept while Postgres is down). \
                   The admin API (own port, bearer token) changes backends, share and experiment at run time.\n\n\
                   Configuration layers, later wins: defaults, --config FILE (TOML), LAZYREC_LB_* environment variables \
                   (nested keys joined by __), then the flags below. SIGINT/SIGTERM: stop accepting, finish in-flight \
@@ -112,7 +113,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     );
     let stop = running.stop_handle();
     tokio::spawn(async move {
-        db::cli::shutdown_signal().await;
+        lifecycle::shutdown_signal().await;
         tracing::info!("shutting down: finishing in-flight requests, then storing the response log");
         let _sent = stop.send(true);
     });
@@ -130,5 +131,5 @@ fn main() -> ExitCode {
         }
     };
     let threads = (config.worker_threads > 0).then_some(config.worker_threads);
-    db::cli::main_with_threads("info,sqlx=warn", threads, run(cli, config))
+    lifecycle::main_with_threads("info,sqlx=warn", threads, run(cli, config))
 }

@@ -90,24 +90,24 @@ async fn no_response_goes_unlogged_when_postgres_goes_away_or_the_load_balancer_
     tokio::time::sleep(Duration::from_secs(2)).await;
     set_database_available(&fleet, false).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let spooled_meanwhile = lb.lb.metrics.history_spooled.get();
+    let spooled_meanwhile = lb.lb.metrics.history_deferred.get();
     set_database_available(&fleet, true).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (responses, refused) = running.finish().await;
     assert_eq!(refused, 0);
-    assert!(spooled_meanwhile > 0, "rows went to the spool while Postgres was away");
-    // The spool drains on its own once Postgres is back.
+    assert!(spooled_meanwhile > 0, "rows waited in the journal while Postgres was away");
+    // The journal drains on its own once Postgres is back.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while lb.lb.metrics.history_spool_bytes.get() > 0 || lb.lb.history.queued() > 0 {
-        assert!(std::time::Instant::now() < deadline, "the spool never drained");
+    while lb.lb.metrics.history_journal_bytes.get() > 0 || lb.lb.history.queued() > 0 {
+        assert!(std::time::Instant::now() < deadline, "the journal never drained");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(fleet.history_rows().await, responses as i64, "after the Postgres outage");
     let m = &lb.lb.metrics;
     println!(
-        "phase 1: {responses} responses, {} spooled, {} written, {} dropped",
-        m.history_spooled.get(),
+        "phase 1: {responses} responses, {} deferred, {} written, {} dropped",
+        m.history_deferred.get(),
         m.history_written.get(),
         m.history_dropped.get()
     );

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use server::config::{Config, Variant};
+use server::config::Config;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -33,8 +33,8 @@ struct Cli {
     #[arg(long, global = true)]
     grpc_addr: Option<SocketAddr>,
     /// main or nightly.
-    #[arg(long, global = true)]
-    variant: Option<Variant>,
+    #[arg(long, global = true, value_parser = ["main", "nightly"])]
+    variant: Option<String>,
     /// Postgres URL (default: the private cluster under the state directory).
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     database_url: Option<String>,
@@ -65,8 +65,8 @@ fn resolve(cli: &Cli) -> anyhow::Result<Config> {
     if let Some(a) = cli.grpc_addr {
         config.grpc_addr = a;
     }
-    if let Some(v) = cli.variant {
-        config.variant = v;
+    if let Some(v) = &cli.variant {
+        config.variant = v.parse().map_err(|e| anyhow::anyhow!("--variant: {e}"))?;
     }
     if let Some(u) = &cli.database_url {
         config.database_url = Some(u.clone());
@@ -98,7 +98,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             let stop = running.stop_handle();
             tokio::spawn(async move {
-                db::cli::shutdown_signal().await;
+                lifecycle::shutdown_signal().await;
                 tracing::info!("shutting down: finishing in-flight requests");
                 let _sent = stop.send(true);
             });
@@ -108,7 +108,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let url = db::resolve_database_url(config.database_url.as_deref(), &config.state_dir)?;
             let pool = db::connect_pool(&url, 4)
                 .await
-                .with_context(|| format!("connecting to Postgres at {}", db::cli::redact(&url)))?;
+                .with_context(|| format!("connecting to Postgres at {}", db::redact(&url)))?;
             let store = server::open_store(&config)?;
             let metrics = server::metrics::Metrics::new(config.variant.as_str())?;
             let core = server::core::Core::new(config, pool.clone(), store, metrics)?;
@@ -127,5 +127,5 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    db::cli::main_with("info,qdrant_edge=error,sqlx=warn", run(cli))
+    lifecycle::main_with("info,qdrant_edge=error,sqlx=warn", run(cli))
 }

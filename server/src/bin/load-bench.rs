@@ -21,12 +21,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use embedder::store::edge::EdgeStore;
-use embedder::store::{MoviePoint, VectorStore};
-use embedder::text::point_id;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use rand::{Rng, SeedableRng};
+use vectorstore::edge::EdgeStore;
+use vectorstore::point_id;
+use vectorstore::{MoviePoint, VectorStore};
 
 #[derive(Parser, Debug)]
 #[command(about = "Load benchmark for lazyrec-server (HTTP)")]

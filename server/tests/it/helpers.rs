@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use db::testing::TestDb;
 use embedder::model::{DEFAULT_MAX_TOKENS, Model, ModelPaths};
 use embedder::pipeline::{Embedder, Mode};
-use embedder::store::edge::EdgeStore;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use server::config::Config;
 use tokio::sync::OnceCell;
+use vectorstore::edge::EdgeStore;
 
 /// Movies embedded for the tests (the most-rated ones; the rest have no vectors, like movies
 /// added after the last embed run).

@@ -1,7 +1,9 @@
-//! The `VectorStore` seam: one behaviour, two real engines — qdrant-edge (embedded, a directory
-//! on disk, the default) and a Qdrant server or cluster through qdrant-client.
+//! The vector store of movie points: one behaviour ([`VectorStore`]), two real engines —
+//! qdrant-edge (embedded, a directory on disk, the default) and a Qdrant server or cluster
+//! through qdrant-client — and the point-id rule ([`point_id`]) that the embedder (writer) and
+//! the server (reader) must agree on.
 //!
-//! A store holds named collections of movie points (id = [`crate::text::point_id`], payload =
+//! A store holds named collections of movie points (id = [`point_id`], payload =
 //! movie id, title, year, genres, text hash) and a *live* pointer naming the collection readers
 //! use. Switching the live pointer is atomic (a file rename on edge, an alias swap on a server).
 
@@ -9,6 +11,16 @@ pub mod edge;
 pub mod server;
 
 use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+
+/// The point id of a movie: the first 8 bytes of sha256 of the course movie id, big-endian.
+/// Stable across processes, versions and engines (it names the point in every collection).
+pub fn point_id(movie_id: &str) -> u64 {
+    let digest = Sha256::digest(movie_id.as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(bytes)
+}
 
 /// A movie point to upsert.
 #[derive(Debug, Clone, PartialEq)]
@@ -147,4 +159,17 @@ pub trait VectorStore: Send + Sync {
     async fn live(&self) -> Result<Option<String>, StoreError>;
     /// Atomically points readers at `collection`.
     async fn set_live(&self, collection: &str) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn point_ids_are_stable() {
+        assert_eq!(point_id("toy+story+1995"), point_id("toy+story+1995"));
+        assert_ne!(point_id("toy+story+1995"), point_id("toy+story+1996"));
+        // Pinned: changing the rule would orphan every stored point.
+        assert_eq!(point_id(""), 0xe3b0_c442_98fc_1c14);
+    }
 }
