@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Nothing lost, scripted on the running local stack (start it with ci/up.sh first):
 #   1. 60 s at 500 req/s through the load balancer while Postgres is restarted (down 5 s);
-#   2. 60 s at 500 req/s while the load balancer is restarted gracefully (SIGTERM, start again).
+#   2. 60 s at 500 req/s while the load balancer is restarted gracefully (SIGTERM, start again);
+#   3. 60 s at 500 req/s while the load balancer is killed (SIGKILL: no chance to flush anything)
+#      and started again: the rows of the responses it sent are in its journal, shipped by the
+#      new process.
 # After each: rows added to recommendations_history == responses the client received.
-# Usage: ci/soak.sh [seconds] [rate]
+# Usage: ci/soak.sh [seconds] [rate] [scenario ...]   (scenarios: postgres-restart lb-restart
+# lb-kill; default: all three once; e.g. `ci/soak.sh 30 500 lb-kill lb-kill lb-kill`)
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/stack.sh"
 SECONDS_PER_RUN="${1:-60}"
 RATE="${2:-500}"
+shift $(( $# < 2 ? $# : 2 ))
+SCENARIOS=("$@")
+[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(postgres-restart lb-restart lb-kill)
 eval "export $("$BIN/lazyrec-db" up)"
 wait_ready 8080 8081 8082
 rows() { psql "$DATABASE_URL" -Atc "SELECT count(*) FROM recommendations_history"; }
@@ -19,8 +26,8 @@ deadline = time.time() + 120
 while True:
     try:
         h = json.load(urllib.request.urlopen(req, timeout=2))["history"]
-        if h["queued"] == 0 and h["spool_bytes"] == 0:
-            print(f"settled: written {h['written']}, spooled {h['spooled']}, dropped {h['dropped']}")
+        if h["pending"] == 0 and h["journal_bytes"] == 0:
+            print(f"settled: written {h['written']}, deferred {h['deferred']}, dropped {h['dropped']}")
             break
     except Exception as e:
         pass
@@ -29,14 +36,14 @@ while True:
     time.sleep(0.5)
 PY
 }
-run_load() { # label, then a disruption function run 20 s into the load
+run_load() { # label, then a disruption function run a third into the load
   local label="$1" disrupt="$2" before after responses
   settled
   before="$(rows)"
   "$BIN/load-bench" run --url http://127.0.0.1:8082 --users 610 --rate "$RATE" --seconds "$SECONDS_PER_RUN" \
     > "$RUN/soak-$label.out" 2>&1 &
   local load=$!
-  sleep 20
+  sleep $(( SECONDS_PER_RUN / 3 ))
   "$disrupt"
   wait "$load"
   settled
@@ -60,5 +67,22 @@ restart_lb() {
   wait_ready 8082
   echo "load balancer back after $(python3 -c "import time; print(f'{time.time() - $t0:.2f}')") s"
 }
-run_load postgres-restart restart_postgres
-run_load lb-restart restart_lb
+kill_lb() {
+  say "killing the load balancer (SIGKILL) and starting it again"
+  local t0; t0="$(date +%s.%N)"
+  kill -KILL "$(cat "$RUN/loadbalancer.pid")"
+  while alive "$(cat "$RUN/loadbalancer.pid")"; do sleep 0.01; done
+  start_lb
+  wait_ready 8082
+  echo "load balancer back after $(python3 -c "import time; print(f'{time.time() - $t0:.2f}')") s"
+}
+failed=0
+for scenario in "${SCENARIOS[@]}"; do
+  case "$scenario" in
+    postgres-restart) run_load postgres-restart restart_postgres || failed=1 ;;
+    lb-restart) run_load lb-restart restart_lb || failed=1 ;;
+    lb-kill) run_load lb-kill kill_lb || failed=1 ;;
+    *) echo "unknown scenario $scenario (postgres-restart, lb-restart, lb-kill)" >&2; exit 2 ;;
+  esac
+done
+exit "$failed"

@@ -8,11 +8,24 @@ setup
 cd "$ROOT"
 say "cargo fmt --check"
 cargo fmt --all -- --check
-say "crate graph: db depends on neither tonic nor axum"
-for forbidden in tonic axum; do
-  if cargo tree -p db -e normal -i "$forbidden" >/dev/null 2>&1; then
-    echo "error: db depends on $forbidden" >&2; exit 1
-  fi
-done
+# Crate-graph rules: `cargo tree -p C -i X` prints the paths from C to X, and nothing when C does
+# not depend on X (normal edges: dev-dependencies do not count). Its exit code says nothing.
+forbid() { # crate, then what it must not depend on
+  local crate="$1" paths; shift
+  for forbidden in "$@"; do
+    paths="$(cargo tree -p "$crate" -e normal -i "$forbidden" 2>/dev/null || true)"
+    if [ -n "$paths" ]; then
+      echo "error: crate graph: $crate depends on $forbidden:" >&2; echo "$paths" >&2; exit 1
+    fi
+  done
+}
+say "crate graph: db has no HTTP/gRPC; server has no embedding model; the contract and the store stay small"
+forbid db tonic axum
+forbid server embedder fastembed ort
+forbid proto db sqlx axum
+forbid vectorstore db fastembed ort sqlx
+forbid lifecycle db sqlx
+# The rule itself must be able to fail: embedder does depend on ort.
+[ -n "$(cargo tree -p embedder -e normal -i ort 2>/dev/null)" ] || { echo "error: the crate-graph check is broken" >&2; exit 1; }
 say "cargo test"
 cargo test --release --workspace

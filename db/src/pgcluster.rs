@@ -11,7 +11,10 @@
 //!   dies with the process that started it (tests, benchmarks).
 //!
 //! Postgres refuses to run as root, so when we are root the server runs as the `postgres` OS user
-//! (created by Debian's package) and its directory is handed over to that user.
+//! (created by Debian's package) and its directory is handed over to that user. When that user
+//! cannot even reach the directory (a clone under root's home, mode 700 — common in containers),
+//! the cluster lives under `/var/lib/lazyrec/pg-<hash of the path>` instead, and the directory
+//! asked for becomes a symlink to it, so every command still finds it at the usual place.
 
 use std::fs;
 use std::io;
@@ -36,6 +39,11 @@ pub enum ClusterError {
         "running as root but there is no `postgres` OS user to run the server as (install Debian's postgresql package)"
     )]
     NoServerUser,
+    /// The server user cannot reach the cluster directory, and it already holds files.
+    #[error(
+        "the postgres OS user cannot enter {0} (a parent directory is not searchable for it); set LAZYREC_STATE_DIR to a directory it can reach, or `chmod o+x` the parents"
+    )]
+    Unreachable(PathBuf),
     /// A command we ran failed.
     #[error("{what} failed: {detail}")]
     Command {
@@ -130,6 +138,14 @@ impl RunAs {
         cmd.uid(self.uid.as_raw()).gid(self.gid.as_raw());
     }
 
+    /// Whether the server user can enter `dir` (every ancestor searchable for it).
+    fn can_reach(self, dir: &Path) -> bool {
+        let mut cmd = Command::new("test");
+        cmd.arg("-x").arg(dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        self.apply(&mut cmd);
+        cmd.status().is_ok_and(|s| s.success())
+    }
+
     /// Hands `path` (recursively) to the server user.
     fn chown_tree(self, path: &Path) -> Result<(), ClusterError> {
         nix::unistd::chown(path, Some(self.uid), Some(self.gid)).map_err(|e| ClusterError::Io {
@@ -145,6 +161,37 @@ impl RunAs {
         }
         Ok(())
     }
+}
+
+/// Where clusters go whose directory the server user cannot reach.
+const REACHABLE_ROOT: &str = "/var/lib/lazyrec";
+
+/// The directory the cluster really lives in: `dir` itself when the server user can reach it,
+/// else a directory under [`REACHABLE_ROOT`] that `dir` is made a symlink to. The returned
+/// path is the one to hand to Postgres (it must not go through the unreachable ancestors).
+fn reachable_dir(dir: &Path, run_as: Option<RunAs>) -> Result<PathBuf, ClusterError> {
+    let Some(run_as) = run_as else { return Ok(dir.to_path_buf()) };
+    if dir.is_symlink() {
+        return fs::canonicalize(dir).map_err(io_err("resolving the cluster directory", dir));
+    }
+    fs::create_dir_all(dir).map_err(io_err("creating the cluster directory", dir))?;
+    if run_as.can_reach(dir) {
+        return Ok(dir.to_path_buf());
+    }
+    let canonical = fs::canonicalize(dir).map_err(io_err("resolving the cluster directory", dir))?;
+    let empty = fs::read_dir(dir).map_err(io_err("listing", dir))?.next().is_none();
+    if !empty {
+        return Err(ClusterError::Unreachable(dir.to_path_buf()));
+    }
+    use sha2::Digest;
+    let hash = hex::encode(&sha2::Sha256::digest(canonical.to_string_lossy().as_bytes())[..6]);
+    let real = Path::new(REACHABLE_ROOT).join(format!("pg-{hash}"));
+    fs::create_dir_all(&real).map_err(io_err("creating the cluster directory", &real))?;
+    fs::remove_dir(dir).map_err(io_err("replacing the cluster directory by a symlink", dir))?;
+    std::os::unix::fs::symlink(&real, dir).map_err(io_err("replacing the cluster directory by a symlink", dir))?;
+    tracing::info!(asked = %dir.display(), real = %real.display(),
+        "the postgres OS user cannot reach the state directory: the cluster lives elsewhere (symlinked)");
+    Ok(real)
 }
 
 /// How the server is tuned: durable (the local stack) or fast and disposable (tests).
@@ -195,6 +242,7 @@ impl PgCluster {
         let bins = PgBinaries::locate()?;
         let run_as = RunAs::detect()?;
         fs::create_dir_all(dir).map_err(io_err("creating the cluster directory", dir))?;
+        let dir = &reachable_dir(dir, run_as)?;
         let data = dir.join("data");
         let port_file = dir.join("port");
         if !data.join("PG_VERSION").is_file() {
@@ -237,6 +285,12 @@ impl PgCluster {
     pub fn stop_daemon(dir: &Path) -> Result<bool, ClusterError> {
         let bins = PgBinaries::locate()?;
         let run_as = RunAs::detect()?;
+        let resolved = if dir.is_symlink() {
+            fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
+        } else {
+            dir.to_path_buf()
+        };
+        let dir = resolved.as_path();
         let data = dir.join("data");
         if !data.join("postmaster.pid").is_file() || !pg_ctl_status(&bins, run_as, &data) {
             return Ok(false);
@@ -253,8 +307,14 @@ impl PgCluster {
     pub fn start_ephemeral(parent: Option<&Path>, durability: Durability) -> Result<Self, ClusterError> {
         let bins = PgBinaries::locate()?;
         let run_as = RunAs::detect()?;
-        let parent = parent.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
+        let mut parent = parent.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
         fs::create_dir_all(&parent).map_err(io_err("creating the temp parent", &parent))?;
+        if let Some(run_as) = run_as
+            && !run_as.can_reach(&parent)
+        {
+            // A throw-away cluster can live anywhere: the system's temp dir is reachable.
+            parent = std::env::temp_dir();
+        }
         remove_stale_ephemeral(&parent);
         let dir = parent.join(format!("lazyrec-pg-{}-{}", std::process::id(), unique_suffix()));
         fs::create_dir_all(&dir).map_err(io_err("creating the cluster directory", &dir))?;

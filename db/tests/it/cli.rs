@@ -39,3 +39,30 @@ fn a_bad_rating_scale_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("use 5 or 10"));
 }
+
+/// A state directory under a parent the `postgres` OS user cannot enter (mode 700, like a clone
+/// in root's home directory): as root, `up` still works (the cluster is placed where that user
+/// can reach it, behind a symlink), and `down` stops it.
+#[test]
+fn up_works_from_a_directory_the_postgres_user_cannot_enter() {
+    if !nix::unistd::Uid::effective().is_root() {
+        println!("SKIPPED: needs root (Postgres runs as another OS user only when we are root)");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let home = tempfile::tempdir().expect("private parent");
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod 700");
+    let state = home.path().join("clone").join(".state");
+    let run = |args: &[&str]| {
+        Command::new(bin()).args(args).arg("--state-dir").arg(&state).env_remove("DATABASE_URL").output().expect("run")
+    };
+    let up = run(&["up"]);
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    let status = run(&["status"]);
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(state.join("pg").is_symlink(), "the cluster lives elsewhere, behind a symlink");
+    let real = std::fs::canonicalize(state.join("pg")).expect("resolve");
+    let down = run(&["down"]);
+    assert!(down.status.success() && String::from_utf8_lossy(&down.stdout).contains("stopped"));
+    std::fs::remove_dir_all(&real).expect("clean up the relocated cluster");
+}

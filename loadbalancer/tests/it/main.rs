@@ -7,6 +7,7 @@
 mod helpers;
 
 mod admin;
+mod contract;
 mod durability;
 mod faults;
 mod fleet;

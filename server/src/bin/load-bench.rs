@@ -101,6 +101,10 @@ enum Cmd {
         /// Concurrent connections for the saturation run.
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
+        /// Another proxy in front of the same server, measured in the same run (`NAME=URL`,
+        /// e.g. `nginx=http://127.0.0.1:8090`); repeatable.
+        #[arg(long = "peer", value_parser = parse_peer)]
+        peers: Vec<(String, String)>,
     },
     /// Step the rate up until p99 exceeds the target.
     Capacity {
@@ -267,10 +271,19 @@ async fn saturate(url: &str, users: u64, concurrency: usize, seconds: u64) -> Re
     Ok((all.len() as f64 / took, percentile(&all, 0.5), percentile(&all, 0.99), errors))
 }
 
+fn parse_peer(s: &str) -> Result<(String, String), String> {
+    let (name, url) = s.split_once('=').ok_or_else(|| format!("expected NAME=URL, got {s:?}"))?;
+    if name.is_empty() || !url.starts_with("http://") {
+        return Err(format!("expected NAME=http://host:port, got {s:?}"));
+    }
+    Ok((name.to_string(), url.trim_end_matches('/').to_string()))
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn compare(
     direct: &str,
     via: &str,
+    peers: &[(String, String)],
     users: u64,
     rate: u64,
     seconds: u64,
@@ -278,36 +291,52 @@ async fn compare(
     concurrency: usize,
 ) -> Result<()> {
     let load = |url: &str| Load { url: url.to_string(), users, seconds, warmup: 0, server_pid: None };
-    let (d, v) = (load(direct), load(via));
-    // Warm both paths (caches, connection pools).
-    run_rate(&d, rate, 3, 100).await?;
-    run_rate(&v, rate, 3, 101).await?;
-    let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
-    for round in 0..rounds {
-        // The same users for both in a round.
-        let od = run_rate(&d, rate, seconds, round).await?;
-        let ov = run_rate(&v, rate, seconds, round).await?;
-        println!("round {round}: direct  p50 {:.3} ms p99 {:.3} ms ({} errors)", od.p50, od.p99, od.errors);
-        println!("round {round}: via     p50 {:.3} ms p99 {:.3} ms ({} errors)", ov.p50, ov.p99, ov.errors);
-        p50s.push(ov.p50 - od.p50);
-        p99s.push(ov.p99 - od.p99);
+    // Every path, the server alone first: (name, load).
+    let mut paths = vec![("direct".to_string(), load(direct)), ("via".to_string(), load(via))];
+    paths.extend(peers.iter().map(|(name, url)| (name.clone(), load(url))));
+    // Warm every path (caches, connection pools).
+    for (i, (_, l)) in paths.iter().enumerate() {
+        run_rate(l, rate, 3, 100 + i as u64).await?;
     }
-    p50s.sort_by(f64::total_cmp);
-    p99s.sort_by(f64::total_cmp);
-    println!(
-        "added latency at {rate}/s (median of {rounds} rounds): p50 {:+.3} ms, p99 {:+.3} ms",
-        percentile(&p50s, 0.5),
-        percentile(&p99s, 0.5)
-    );
-    let (dt, dp50, dp99, de) = saturate(direct, users, concurrency, seconds).await?;
-    let (vt, vp50, vp99, ve) = saturate(via, users, concurrency, seconds).await?;
-    println!(
-        "saturation, {concurrency} connections: direct {dt:.0} req/s (p50 {dp50:.2} p99 {dp99:.2} ms, {de} errors)"
-    );
-    println!(
-        "saturation, {concurrency} connections: via    {vt:.0} req/s (p50 {vp50:.2} p99 {vp99:.2} ms, {ve} errors)"
-    );
-    println!("throughput ratio via/direct: {:.3}", vt / dt);
+    let mut added: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); paths.len()];
+    for round in 0..rounds {
+        // The same users for every path in a round, interleaved.
+        let mut direct_p = (0.0, 0.0);
+        for (i, (name, l)) in paths.iter().enumerate() {
+            let o = run_rate(l, rate, seconds, round).await?;
+            println!("round {round}: {name:<8} p50 {:.3} ms p99 {:.3} ms ({} errors)", o.p50, o.p99, o.errors);
+            if i == 0 {
+                direct_p = (o.p50, o.p99);
+            } else {
+                added[i].0.push(o.p50 - direct_p.0);
+                added[i].1.push(o.p99 - direct_p.1);
+            }
+        }
+    }
+    for (i, (name, _)) in paths.iter().enumerate().skip(1) {
+        let (p50s, p99s) = &mut added[i];
+        p50s.sort_by(f64::total_cmp);
+        p99s.sort_by(f64::total_cmp);
+        println!(
+            "added latency of {name} at {rate}/s (median of {rounds} rounds): p50 {:+.3} ms, p99 {:+.3} ms",
+            percentile(p50s, 0.5),
+            percentile(p99s, 0.5)
+        );
+    }
+    let mut throughput = Vec::new();
+    for (name, l) in &paths {
+        let (t, p50, p99, e) = saturate(&l.url, users, concurrency, seconds).await?;
+        println!(
+            "saturation, {concurrency} connections: {name:<8} {t:.0} req/s (p50 {p50:.2} p99 {p99:.2} ms, {e} errors)"
+        );
+        throughput.push(t);
+    }
+    for (i, (name, _)) in paths.iter().enumerate().skip(1) {
+        println!("throughput ratio {name}/direct: {:.3}", throughput[i] / throughput[0]);
+    }
+    for (i, (name, _)) in paths.iter().enumerate().skip(2) {
+        println!("throughput ratio via/{name}: {:.3}", throughput[1] / throughput[i]);
+    }
     Ok(())
 }
 
@@ -396,8 +425,8 @@ fn main() -> Result<()> {
                 print(&o, &load);
                 Ok(())
             }
-            Cmd::Compare { direct, via, users, rate, seconds, rounds, concurrency } => {
-                compare(&direct, &via, users, rate, seconds, rounds, concurrency).await
+            Cmd::Compare { direct, via, users, rate, seconds, rounds, concurrency, peers } => {
+                compare(&direct, &via, &peers, users, rate, seconds, rounds, concurrency).await
             }
             Cmd::Capacity { load, start, step, p99_ms } => {
                 let mut best = None;

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The load balancer's overhead against nginx, in one run, on the running local stack (start it
+# with ci/up.sh first): nginx-light (Debian; one worker, keep-alive upstream, buffered access
+# log) in front of the same main server, beside our load balancer (which also journals every
+# response and ships it to Postgres). The nightly share is set to 0 for the run so both proxies
+# reach the same single server, and restored afterwards.
+# Usage: ci/bench-lb.sh [users] [rate] [seconds] [rounds] [concurrency]
+source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/stack.sh"
+USERS="${1:-610}" RATE="${2:-500}" SECS="${3:-10}" ROUNDS="${4:-3}" CONC="${5:-32}"
+NGINX_PORT=8090
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+  say "installing nginx-light from apt"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+fi
+NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+wait_ready 8080 8082
+mkdir -p "$RUN/nginx/logs" "$RUN/nginx/tmp"
+cat > "$RUN/nginx/nginx.conf" <<CONF
+worker_processes 1;
+pid $RUN/nginx/nginx.pid;
+error_log $RUN/nginx/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log $RUN/nginx/logs/access.log combined buffer=64k flush=1s;
+  client_body_temp_path $RUN/nginx/tmp/body;
+  proxy_temp_path $RUN/nginx/tmp/proxy;
+  fastcgi_temp_path $RUN/nginx/tmp/fastcgi;
+  uwsgi_temp_path $RUN/nginx/tmp/uwsgi;
+  scgi_temp_path $RUN/nginx/tmp/scgi;
+  upstream lazyrec { server 127.0.0.1:8080; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://lazyrec;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+CONF
+"$NGINX" -t -q -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf"
+"$NGINX" -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf"
+trap '"$NGINX" -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf" -s quit 2>/dev/null || true; admin PUT /admin/share "{\"share\": $SHARE}" >/dev/null || true' EXIT
+SHARE="$(admin GET /admin/state | python3 -c 'import json,sys; print(json.load(sys.stdin)["share"])')"
+admin PUT /admin/share '{"share": 0}' >/dev/null
+say "direct :8080, via our load balancer :8082, via nginx :$NGINX_PORT ($("$NGINX" -v 2>&1 | sed 's/.*: //'))"
+grep -m1 "model name" /proc/cpuinfo | sed 's/.*: /cpu: /'
+"$BIN/load-bench" compare --direct http://127.0.0.1:8080 --via http://127.0.0.1:8082 \
+  --peer nginx=http://127.0.0.1:$NGINX_PORT --users "$USERS" --rate "$RATE" --seconds "$SECS" \
+  --rounds "$ROUNDS" --concurrency "$CONC"
+admin GET /admin/state | python3 -c 'import json,sys; h=json.load(sys.stdin)["history"]; print("load balancer log:", h)'
