@@ -290,96 +290,21 @@ impl Shipper {
                 fresh.push(Sighting { user_id, experiment, bucket, variant, first_seen: row.ts });
             }
         }
-        // Column arrays, sent in Postgres' binary format: far cheaper for the server to take
-        // apart than a JSON document (ids are joined: arrays of arrays must be rectangular).
-        let mut request_id = Vec::with_capacity(rows.len());
-        let mut ts = Vec::with_capacity(rows.len());
-        let mut user_id = Vec::with_capacity(rows.len());
-        let mut experiment = Vec::with_capacity(rows.len());
-        let mut assigned = Vec::with_capacity(rows.len());
-        let mut served = Vec::with_capacity(rows.len());
-        let mut backend = Vec::with_capacity(rows.len());
-        let mut release_id = Vec::with_capacity(rows.len());
-        let mut model_version = Vec::with_capacity(rows.len());
-        let mut watermark = Vec::with_capacity(rows.len());
-        let mut status = Vec::with_capacity(rows.len());
-        let mut latency_us = Vec::with_capacity(rows.len());
-        let mut movie_ids = Vec::with_capacity(rows.len());
-        let mut degraded = Vec::with_capacity(rows.len());
-        let mut error = Vec::with_capacity(rows.len());
-        let mut inputs = Vec::with_capacity(rows.len());
-        for row in rows {
-            request_id.push(row.request_id.as_str());
-            ts.push(row.ts);
-            user_id.push(row.user_id);
-            experiment.push(row.experiment.as_deref());
-            assigned.push(row.assigned_variant.as_deref());
-            served.push(row.served_variant.as_str());
-            backend.push(row.backend.as_deref());
-            release_id.push(row.release_id);
-            model_version.push(row.model_version.as_deref());
-            watermark.push(row.data_watermark);
-            status.push(row.status);
-            latency_us.push(row.latency_us);
-            movie_ids.push(row.movie_ids.join("\n"));
-            degraded.push(row.degraded);
-            error.push(row.error.as_deref());
-            inputs.push(row.inputs.as_ref().and_then(|i| serde_json::to_string(i).ok()));
-        }
         let sightings_json = serde_json::to_string(&fresh).map_err(|e| e.to_string())?;
-        let work = async {
-            let mut tx = self.pool.begin().await?;
-            let written = sqlx::query(
-                "INSERT INTO recommendations_history
-                 SELECT r, t, u, e, a, s, b, rel, m, w, st, l,
-                        CASE WHEN ids = '' THEN '{}'::text[] ELSE string_to_array(ids, E'\\n') END,
-                        d, err, i::jsonb
-                 FROM unnest($1::text[], $2::timestamptz[], $3::int8[], $4::text[], $5::text[], $6::text[],
-                             $7::text[], $8::int8[], $9::text[], $10::int8[], $11::int4[], $12::int8[],
-                             $13::text[], $14::bool[], $15::text[], $16::text[])
-                      AS x(r, t, u, e, a, s, b, rel, m, w, st, l, ids, d, err, i)
-                 ON CONFLICT (request_id) DO NOTHING",
-            )
-            .bind(&request_id)
-            .bind(&ts)
-            .bind(&user_id)
-            .bind(&experiment)
-            .bind(&assigned)
-            .bind(&served)
-            .bind(&backend)
-            .bind(&release_id)
-            .bind(&model_version)
-            .bind(&watermark)
-            .bind(&status)
-            .bind(&latency_us)
-            .bind(&movie_ids)
-            .bind(&degraded)
-            .bind(&error)
-            .bind(&inputs)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            let sighted = if fresh.is_empty() {
-                0
-            } else {
-                sqlx::query(
-                    "INSERT INTO user_model_map (user_id, experiment, bucket, variant, first_seen)
-                     SELECT user_id, experiment, bucket, variant, first_seen
-                     FROM jsonb_to_recordset($1::text::jsonb) AS s(user_id bigint, experiment text, bucket integer, variant text, first_seen timestamptz)
-                     ON CONFLICT (user_id, experiment) DO NOTHING",
-                )
-                .bind(&sightings_json)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-            };
-            tx.commit().await?;
-            Ok::<(u64, u64), sqlx::Error>((written, sighted))
+        let timeout = self.options.insert_timeout;
+        let late = || format!("insert took longer than {timeout:?}");
+        // The fast path is a plain COPY; a batch that was (partly) stored before — shipped again
+        // after a crash, or after an insert that timed out but committed — makes it fail on the
+        // primary key, and goes again through the idempotent insert.
+        let (written, sighted) = match tokio::time::timeout(timeout, self.store(rows, &sightings_json, true)).await {
+            Ok(Err(e)) if is_unique_violation(&e) => {
+                tokio::time::timeout(timeout, self.store(rows, &sightings_json, false))
+                    .await
+                    .map_err(|_| late())?
+                    .map_err(|e| e.to_string())?
+            }
+            other => other.map_err(|_| late())?.map_err(|e| e.to_string())?,
         };
-        let (written, sighted) = tokio::time::timeout(self.options.insert_timeout, work)
-            .await
-            .map_err(|_| format!("insert took longer than {:?}", self.options.insert_timeout))?
-            .map_err(|e| e.to_string())?;
         let new_seen: Vec<(String, i64)> = fresh.iter().map(|s| (s.experiment.to_string(), s.user_id)).collect();
         for (experiment, user) in new_seen {
             self.seen.entry(experiment).or_default().insert(user);
@@ -389,4 +314,165 @@ impl Shipper {
         self.metrics.sightings.inc_by(sighted);
         Ok(())
     }
+
+    /// One transaction: the rows — by COPY (`copy`), or by an insert that skips rows already
+    /// present — and the users' first sightings. Returns (rows stored, sightings stored).
+    async fn store(&self, rows: &[Row], sightings_json: &str, copy: bool) -> Result<(u64, u64), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let written = if copy {
+            let mut data = Vec::with_capacity(rows.len() * 640);
+            for row in rows {
+                encode_copy_row(&mut data, row);
+            }
+            let mut copy_in = tx
+                .copy_in_raw(
+                    "COPY recommendations_history (request_id, ts, user_id, experiment, assigned_variant,
+                       served_variant, backend, release_id, model_version, data_watermark, status, latency_us,
+                       movie_ids, degraded, error, inputs) FROM STDIN",
+                )
+                .await?;
+            copy_in.send(data.as_slice()).await?;
+            copy_in.finish().await?
+        } else {
+            insert_skipping_present(&mut tx, rows).await?
+        };
+        let sighted = if sightings_json == "[]" {
+            0
+        } else {
+            sqlx::query(
+                "INSERT INTO user_model_map (user_id, experiment, bucket, variant, first_seen)
+                 SELECT user_id, experiment, bucket, variant, first_seen
+                 FROM jsonb_to_recordset($1::text::jsonb) AS s(user_id bigint, experiment text, bucket integer, variant text, first_seen timestamptz)
+                 ON CONFLICT (user_id, experiment) DO NOTHING",
+            )
+            .bind(sightings_json)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+        };
+        tx.commit().await?;
+        Ok((written, sighted))
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))
+}
+
+/// One row in COPY text format (the column order of the COPY statement in `Shipper::store`).
+fn encode_copy_row(out: &mut Vec<u8>, row: &Row) {
+    use db::copy;
+    fn opt_text(out: &mut Vec<u8>, v: Option<&str>) {
+        match v {
+            Some(v) => copy::text(out, v),
+            None => copy::null(out),
+        }
+    }
+    fn opt_int(out: &mut Vec<u8>, v: Option<i64>) {
+        match v {
+            Some(v) => copy::int(out, v),
+            None => copy::null(out),
+        }
+    }
+    copy::text(out, &row.request_id);
+    copy::tab(out);
+    copy::text(out, &row.ts.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string());
+    copy::tab(out);
+    opt_int(out, row.user_id);
+    copy::tab(out);
+    opt_text(out, row.experiment.as_deref());
+    copy::tab(out);
+    opt_text(out, row.assigned_variant.as_deref());
+    copy::tab(out);
+    copy::text(out, &row.served_variant);
+    copy::tab(out);
+    opt_text(out, row.backend.as_deref());
+    copy::tab(out);
+    opt_int(out, row.release_id);
+    copy::tab(out);
+    opt_text(out, row.model_version.as_deref());
+    copy::tab(out);
+    opt_int(out, row.data_watermark);
+    copy::tab(out);
+    copy::int(out, row.status);
+    copy::tab(out);
+    copy::int(out, row.latency_us);
+    copy::tab(out);
+    copy::text_array(out, row.movie_ids.iter().map(String::as_str));
+    copy::tab(out);
+    out.push(if row.degraded { b't' } else { b'f' });
+    copy::tab(out);
+    opt_text(out, row.error.as_deref());
+    copy::tab(out);
+    opt_text(out, row.inputs.as_ref().and_then(|i| serde_json::to_string(i).ok()).as_deref());
+    copy::end_row(out);
+}
+
+/// Inserts `rows`, skipping those already present (`ON CONFLICT DO NOTHING`); column arrays in
+/// Postgres' binary format (ids are joined: arrays of arrays must be rectangular).
+async fn insert_skipping_present(tx: &mut sqlx::PgConnection, rows: &[Row]) -> Result<u64, sqlx::Error> {
+    let mut request_id = Vec::with_capacity(rows.len());
+    let mut ts = Vec::with_capacity(rows.len());
+    let mut user_id = Vec::with_capacity(rows.len());
+    let mut experiment = Vec::with_capacity(rows.len());
+    let mut assigned = Vec::with_capacity(rows.len());
+    let mut served = Vec::with_capacity(rows.len());
+    let mut backend = Vec::with_capacity(rows.len());
+    let mut release_id = Vec::with_capacity(rows.len());
+    let mut model_version = Vec::with_capacity(rows.len());
+    let mut watermark = Vec::with_capacity(rows.len());
+    let mut status = Vec::with_capacity(rows.len());
+    let mut latency_us = Vec::with_capacity(rows.len());
+    let mut movie_ids = Vec::with_capacity(rows.len());
+    let mut degraded = Vec::with_capacity(rows.len());
+    let mut error = Vec::with_capacity(rows.len());
+    let mut inputs = Vec::with_capacity(rows.len());
+    for row in rows {
+        request_id.push(row.request_id.as_str());
+        ts.push(row.ts);
+        user_id.push(row.user_id);
+        experiment.push(row.experiment.as_deref());
+        assigned.push(row.assigned_variant.as_deref());
+        served.push(row.served_variant.as_str());
+        backend.push(row.backend.as_deref());
+        release_id.push(row.release_id);
+        model_version.push(row.model_version.as_deref());
+        watermark.push(row.data_watermark);
+        status.push(row.status);
+        latency_us.push(row.latency_us);
+        movie_ids.push(row.movie_ids.join("\n"));
+        degraded.push(row.degraded);
+        error.push(row.error.as_deref());
+        inputs.push(row.inputs.as_ref().and_then(|i| serde_json::to_string(i).ok()));
+    }
+    Ok(sqlx::query(
+        "INSERT INTO recommendations_history
+         SELECT r, t, u, e, a, s, b, rel, m, w, st, l,
+                CASE WHEN ids = '' THEN '{}'::text[] ELSE string_to_array(ids, E'\\n') END,
+                d, err, i::jsonb
+         FROM unnest($1::text[], $2::timestamptz[], $3::int8[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::int8[], $9::text[], $10::int8[], $11::int4[], $12::int8[],
+                     $13::text[], $14::bool[], $15::text[], $16::text[])
+              AS x(r, t, u, e, a, s, b, rel, m, w, st, l, ids, d, err, i)
+         ON CONFLICT (request_id) DO NOTHING",
+    )
+    .bind(&request_id)
+    .bind(&ts)
+    .bind(&user_id)
+    .bind(&experiment)
+    .bind(&assigned)
+    .bind(&served)
+    .bind(&backend)
+    .bind(&release_id)
+    .bind(&model_version)
+    .bind(&watermark)
+    .bind(&status)
+    .bind(&latency_us)
+    .bind(&movie_ids)
+    .bind(&degraded)
+    .bind(&error)
+    .bind(&inputs)
+    .execute(tx)
+    .await?
+    .rows_affected())
 }

@@ -11,4 +11,5 @@ mod contract;
 mod durability;
 mod faults;
 mod fleet;
+mod journal;
 mod sticky;

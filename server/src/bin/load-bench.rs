@@ -76,9 +76,10 @@ enum Cmd {
         #[arg(long, default_value_t = 1_000)]
         rate: u64,
     },
-    /// Overhead of a proxy (the load balancer): the same open-loop load against `--direct` and
-    /// `--via`, interleaved round by round, then closed-loop saturation of each; prints the
-    /// p50/p99 differences and the throughput ratio.
+    /// Overhead of a proxy (the load balancer): the same open-loop load against `--direct`,
+    /// `--via` (and every `--peer`), interleaved round by round, then closed-loop saturation of
+    /// each, also interleaved round by round; prints the added p50/p99 (median of rounds) and the
+    /// throughput ratios of the median saturation rates.
     Compare {
         /// The server, directly.
         #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -323,13 +324,27 @@ async fn compare(
             percentile(p99s, 0.5)
         );
     }
-    let mut throughput = Vec::new();
-    for (name, l) in &paths {
-        let (t, p50, p99, e) = saturate(&l.url, users, concurrency, seconds).await?;
-        println!(
-            "saturation, {concurrency} connections: {name:<8} {t:.0} req/s (p50 {p50:.2} p99 {p99:.2} ms, {e} errors)"
-        );
-        throughput.push(t);
+    // Saturation, interleaved round by round (the machine's speed drifts; one run per path says
+    // little): the median of each path's rounds.
+    let mut runs: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    for round in 0..rounds.max(1) {
+        for (i, (name, l)) in paths.iter().enumerate() {
+            let (t, p50, p99, e) = saturate(&l.url, users, concurrency, seconds).await?;
+            println!(
+                "saturation round {round}, {concurrency} connections: {name:<8} {t:.0} req/s (p50 {p50:.2} p99 {p99:.2} ms, {e} errors)"
+            );
+            runs[i].push(t);
+        }
+    }
+    let throughput: Vec<f64> = runs
+        .iter_mut()
+        .map(|r| {
+            r.sort_by(f64::total_cmp);
+            percentile(r, 0.5)
+        })
+        .collect();
+    for (i, (name, _)) in paths.iter().enumerate() {
+        println!("saturation median of {} rounds: {name:<8} {:.0} req/s", rounds.max(1), throughput[i]);
     }
     for (i, (name, _)) in paths.iter().enumerate().skip(1) {
         println!("throughput ratio {name}/direct: {:.3}", throughput[i] / throughput[0]);
