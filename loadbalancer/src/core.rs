@@ -6,6 +6,7 @@
 //! The result is typed: a [`Handled`] request carries an [`Outcome`] whose HTTP status, gRPC
 //! code and metric/history labels are exhaustive matches, never parsed strings.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -331,21 +332,18 @@ impl Lb {
             Outcome::Answered { variant, .. } | Outcome::Refused { variant, .. } => routing.release_id(*variant),
             Outcome::Fallback(_) | Outcome::BadRequest(_) | Outcome::Unavailable => None,
         };
+        let inputs = Inputs {
+            protocol: Cow::Borrowed(protocol.as_str()),
+            limit: Some(limit),
+            kind: Some(Cow::Borrowed(match &handled.outcome {
+                Outcome::Answered { answer, .. } | Outcome::Fallback(answer) => answer.kind.as_str(),
+                Outcome::Refused { .. } | Outcome::BadRequest(_) => "rejected",
+                Outcome::Unavailable => "unavailable",
+            })),
+            client_request_id: client_id.map(Cow::Owned),
+        };
         let row =
-            self.row(&handled, ts, started, Some(user_id), Some(&routing.experiment), release_id, Some(bucket), {
-                Inputs {
-                    protocol: protocol.as_str().into(),
-                    limit: Some(limit),
-                    kind: Some(match &handled.outcome {
-                        Outcome::Answered { answer, .. } | Outcome::Fallback(answer) => {
-                            answer.kind.as_str().to_string()
-                        }
-                        Outcome::Refused { .. } | Outcome::BadRequest(_) => "rejected".into(),
-                        Outcome::Unavailable => "unavailable".into(),
-                    }),
-                    client_request_id: client_id,
-                }
-            });
+            self.row(&handled, ts, started, Some(user_id), Some(&routing.experiment), release_id, Some(bucket), inputs);
         self.history.record(&row).await;
         self.observe(&handled, started.elapsed());
         handled
@@ -376,8 +374,12 @@ impl Lb {
         tracing::info!(%request_id, protocol = protocol.as_str(), error = %reason, "bad request");
         let handled =
             Handled { request_id, assigned: None, outcome: Outcome::BadRequest(reason), failures: Vec::new() };
-        let inputs =
-            Inputs { protocol: protocol.as_str().into(), limit: None, kind: None, client_request_id: client_id };
+        let inputs = Inputs {
+            protocol: Cow::Borrowed(protocol.as_str()),
+            limit: None,
+            kind: None,
+            client_request_id: client_id.map(Cow::Owned),
+        };
         let row = self.row(&handled, Utc::now(), started, None, None, None, None, inputs);
         self.history.record(&row).await;
         self.observe(&handled, started.elapsed());
@@ -385,37 +387,41 @@ impl Lb {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn row(
+    fn row<'a>(
         &self,
-        handled: &Handled,
+        handled: &'a Handled,
         ts: chrono::DateTime<Utc>,
         started: Instant,
         user_id: Option<i64>,
-        experiment: Option<&str>,
+        experiment: Option<&'a str>,
         release_id: Option<i64>,
         bucket: Option<u32>,
-        inputs: Inputs,
-    ) -> Row {
+        inputs: Inputs<'a>,
+    ) -> Row<'a> {
         let answer = handled.answer();
         Row {
-            request_id: handled.request_id.clone(),
+            request_id: Cow::Borrowed(&handled.request_id),
             ts,
             user_id,
-            experiment: experiment.map(str::to_string),
-            assigned_variant: handled.assigned.map(|v| v.as_str().to_string()),
-            served_variant: handled.served_label().to_string(),
+            experiment: experiment.map(Cow::Borrowed),
+            assigned_variant: handled.assigned.map(|v| Cow::Borrowed(v.as_str())),
+            served_variant: Cow::Borrowed(handled.served_label()),
             backend: match &handled.outcome {
-                Outcome::Answered { backend, .. } | Outcome::Refused { backend, .. } => Some(backend.url.clone()),
+                Outcome::Answered { backend, .. } | Outcome::Refused { backend, .. } => {
+                    Some(Cow::Borrowed(backend.url.as_str()))
+                }
                 Outcome::Fallback(_) | Outcome::BadRequest(_) | Outcome::Unavailable => None,
             },
             release_id,
-            model_version: answer.map(|a| a.model_version.clone()).filter(|m| !m.is_empty()),
+            model_version: answer.map(|a| Cow::Borrowed(a.model_version.as_str())).filter(|m| !m.is_empty()),
             data_watermark: answer.map(|a| a.data_watermark),
             status: i32::from(handled.http_status().as_u16()),
             latency_us: started.elapsed().as_micros() as i64,
-            movie_ids: answer.map(|a| a.items.iter().map(|i| i.movie_id.clone()).collect()).unwrap_or_default(),
+            movie_ids: answer
+                .map(|a| a.items.iter().map(|i| Cow::Borrowed(i.movie_id.as_str())).collect())
+                .unwrap_or_default(),
             degraded: answer.is_some_and(|a| a.degraded.is_some()),
-            error: handled.logged_error(),
+            error: handled.logged_error().map(Cow::Owned),
             inputs: Some(inputs),
             bucket,
         }

@@ -11,6 +11,7 @@
 //! Postgres is away the rows simply wait in the journal; [`Shipper::step`] is the one unit of
 //! work (tests drive it), [`Shipper::run`] loops it until shutdown and then drains.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,27 +24,35 @@ use tokio::sync::watch;
 use crate::journal::{Journal, JournalError, Reader};
 use crate::metrics::Metrics;
 
-/// One response, as logged. Field names are the table's column names.
+/// One response, as logged. Field names are the table's column names. Text borrows where it
+/// can (`Cow`): the request path builds a row from its answer without copying it, and the
+/// shipper decodes journal lines without allocating a string per field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Row {
+pub struct Row<'a> {
     /// The load balancer's request id (also sent to the backend and to the client).
-    pub request_id: String,
+    #[serde(borrow)]
+    pub request_id: Cow<'a, str>,
     /// When the request arrived.
     pub ts: DateTime<Utc>,
     /// None when the path had no valid user id.
     pub user_id: Option<i64>,
     /// The experiment (assignment salt).
-    pub experiment: Option<String>,
+    #[serde(borrow)]
+    pub experiment: Option<Cow<'a, str>>,
     /// The variant the user is assigned to.
-    pub assigned_variant: Option<String>,
+    #[serde(borrow)]
+    pub assigned_variant: Option<Cow<'a, str>>,
     /// The variant that answered: main, nightly, fallback (none for rejected requests).
-    pub served_variant: String,
+    #[serde(borrow)]
+    pub served_variant: Cow<'a, str>,
     /// The backend that answered.
-    pub backend: Option<String>,
+    #[serde(borrow)]
+    pub backend: Option<Cow<'a, str>>,
     /// The release of the served variant.
     pub release_id: Option<i64>,
     /// The model version that answered.
-    pub model_version: Option<String>,
+    #[serde(borrow)]
+    pub model_version: Option<Cow<'a, str>>,
     /// The data watermark the answer was computed at.
     pub data_watermark: Option<i64>,
     /// The HTTP status sent (gRPC: the equivalent).
@@ -51,13 +60,16 @@ pub struct Row {
     /// Time from arrival to the answer.
     pub latency_us: i64,
     /// The ids returned, in order.
-    pub movie_ids: Vec<String>,
+    #[serde(borrow)]
+    pub movie_ids: Vec<Cow<'a, str>>,
     /// The backend flagged its answer as degraded (or the answer is the fallback list).
     pub degraded: bool,
     /// Why the request failed, or what failed before the answer.
-    pub error: Option<String>,
+    #[serde(borrow)]
+    pub error: Option<Cow<'a, str>>,
     /// What the answer depended on beyond the columns (protocol, limit, kind, client's id).
-    pub inputs: Option<Inputs>,
+    #[serde(borrow)]
+    pub inputs: Option<Inputs<'a>>,
     /// The user's bucket (for `user_model_map`; not a history column).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bucket: Option<u32>,
@@ -65,18 +77,19 @@ pub struct Row {
 
 /// The `inputs` column: what the answer depended on beyond the other columns.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Inputs {
+pub struct Inputs<'a> {
     /// http or grpc.
-    pub protocol: String,
+    #[serde(borrow)]
+    pub protocol: Cow<'a, str>,
     /// Movies asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
     /// personal, cold_start, degraded, fallback (as the answer said).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    pub kind: Option<Cow<'a, str>>,
     /// The client's own request id, when it sent one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    pub client_request_id: Option<Cow<'a, str>>,
 }
 
 /// The request path's side of the log.
@@ -95,7 +108,7 @@ impl HistoryLog {
     /// Journals `row` before the response is sent: on local disk when this returns (and synced,
     /// under `fsync = "always"`). A row the journal refuses (full, disk error) is counted as
     /// dropped and logged; the response still goes out.
-    pub async fn record(&self, row: &Row) {
+    pub async fn record(&self, row: &Row<'_>) {
         let mut line = Vec::with_capacity(512);
         if let Err(e) = serde_json::to_writer(&mut line, row) {
             self.metrics.history_dropped.inc();
@@ -278,7 +291,7 @@ impl Shipper {
     }
 
     /// One transaction: the rows (idempotent) and the users' first sightings.
-    async fn insert(&mut self, rows: &[Row]) -> Result<(), String> {
+    async fn insert(&mut self, rows: &[Row<'_>]) -> Result<(), String> {
         let mut fresh: Vec<Sighting<'_>> = Vec::new();
         let mut in_batch: HashSet<(&str, i64)> = HashSet::new();
         for row in rows {
@@ -317,7 +330,7 @@ impl Shipper {
 
     /// One transaction: the rows — by COPY (`copy`), or by an insert that skips rows already
     /// present — and the users' first sightings. Returns (rows stored, sightings stored).
-    async fn store(&self, rows: &[Row], sightings_json: &str, copy: bool) -> Result<(u64, u64), sqlx::Error> {
+    async fn store(&self, rows: &[Row<'_>], sightings_json: &str, copy: bool) -> Result<(u64, u64), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let written = if copy {
             let mut data = Vec::with_capacity(rows.len() * 640);
@@ -360,7 +373,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 }
 
 /// One row in COPY text format (the column order of the COPY statement in `Shipper::store`).
-fn encode_copy_row(out: &mut Vec<u8>, row: &Row) {
+fn encode_copy_row(out: &mut Vec<u8>, row: &Row<'_>) {
     use db::copy;
     fn opt_text(out: &mut Vec<u8>, v: Option<&str>) {
         match v {
@@ -398,7 +411,7 @@ fn encode_copy_row(out: &mut Vec<u8>, row: &Row) {
     copy::tab(out);
     copy::int(out, row.latency_us);
     copy::tab(out);
-    copy::text_array(out, row.movie_ids.iter().map(String::as_str));
+    copy::text_array(out, row.movie_ids.iter().map(|m| m.as_ref()));
     copy::tab(out);
     out.push(if row.degraded { b't' } else { b'f' });
     copy::tab(out);
@@ -410,7 +423,7 @@ fn encode_copy_row(out: &mut Vec<u8>, row: &Row) {
 
 /// Inserts `rows`, skipping those already present (`ON CONFLICT DO NOTHING`); column arrays in
 /// Postgres' binary format (ids are joined: arrays of arrays must be rectangular).
-async fn insert_skipping_present(tx: &mut sqlx::PgConnection, rows: &[Row]) -> Result<u64, sqlx::Error> {
+async fn insert_skipping_present(tx: &mut sqlx::PgConnection, rows: &[Row<'_>]) -> Result<u64, sqlx::Error> {
     let mut request_id = Vec::with_capacity(rows.len());
     let mut ts = Vec::with_capacity(rows.len());
     let mut user_id = Vec::with_capacity(rows.len());
@@ -428,12 +441,12 @@ async fn insert_skipping_present(tx: &mut sqlx::PgConnection, rows: &[Row]) -> R
     let mut error = Vec::with_capacity(rows.len());
     let mut inputs = Vec::with_capacity(rows.len());
     for row in rows {
-        request_id.push(row.request_id.as_str());
+        request_id.push(row.request_id.as_ref());
         ts.push(row.ts);
         user_id.push(row.user_id);
         experiment.push(row.experiment.as_deref());
         assigned.push(row.assigned_variant.as_deref());
-        served.push(row.served_variant.as_str());
+        served.push(row.served_variant.as_ref());
         backend.push(row.backend.as_deref());
         release_id.push(row.release_id);
         model_version.push(row.model_version.as_deref());

@@ -8,9 +8,9 @@ use loadbalancer::history::{HistoryLog, Inputs, Row, Shipper, ShipperOptions};
 use loadbalancer::journal::{FsyncPolicy, Journal};
 use loadbalancer::metrics::Metrics;
 
-fn row(i: usize) -> Row {
+fn row(i: usize) -> Row<'static> {
     Row {
-        request_id: format!("req-{i}"),
+        request_id: format!("req-{i}").into(),
         ts: Utc::now(),
         user_id: Some(i as i64),
         experiment: Some("e".into()),
@@ -54,7 +54,7 @@ async fn rows_shipped_again_after_a_lost_checkpoint_are_stored_once() {
 
     let journal = open();
     let log = HistoryLog::new(journal.clone(), metrics.clone());
-    let rows: Vec<Row> = (0..10).map(row).collect();
+    let rows: Vec<Row<'static>> = (0..10).map(row).collect();
     for r in &rows {
         log.record(r).await;
     }
@@ -92,8 +92,8 @@ async fn rows_shipped_again_after_a_lost_checkpoint_are_stored_once() {
             .fetch_one(&db.pool)
             .await
             .expect("row");
-    assert_eq!(ids, rows[2].movie_ids);
-    assert_eq!(error, rows[2].error);
+    assert_eq!(ids, rows[2].movie_ids.iter().map(|m| m.to_string()).collect::<Vec<_>>());
+    assert_eq!(error.as_deref(), rows[2].error.as_deref());
     let sightings: i64 =
         sqlx::query_scalar("SELECT count(*) FROM user_model_map").fetch_one(&db.pool).await.expect("sightings");
     assert_eq!(sightings, 10);
