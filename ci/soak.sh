@@ -26,8 +26,8 @@ deadline = time.time() + 120
 while True:
     try:
         h = json.load(urllib.request.urlopen(req, timeout=2))["history"]
-        if h["pending"] == 0 and h["journal_bytes"] == 0:
-            print(f"settled: written {h['written']}, deferred {h['deferred']}, dropped {h['dropped']}")
+        if h.get("pending", h.get("queued")) == 0 and h.get("journal_bytes", h.get("spool_bytes")) == 0:
+            print(f"settled: {h}")
             break
     except Exception as e:
         pass

@@ -199,30 +199,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningLb> {
         axum::serve(http_listener, app).with_graceful_shutdown(stopped(rx)).await.context("HTTP front")
     }));
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<proto::recommender_v1::recommender_server::RecommenderServer<grpc::GrpcFront>>()
-        .await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
-    let service = proto::recommender_v1::recommender_server::RecommenderServer::new(grpc::GrpcFront::new(lb.clone()));
+    let router = proto::grpc_router(proto::recommender_v1::recommender_server::RecommenderServer::new(
+        grpc::GrpcFront::new(lb.clone()),
+    ))
+    .await?;
     let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let rx = stop_rx.clone();
     fronts.push(tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, stopped(rx))
-            .await
-            .context("gRPC front")
+        router.serve_with_incoming_shutdown(incoming, stopped(rx)).await.context("gRPC front")
     }));
 
     if let (Some(listener), Some(token)) = (admin_listener, config.admin_token.clone()) {

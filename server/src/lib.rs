@@ -131,31 +131,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         axum::serve(http_listener, app).with_graceful_shutdown(stopped(http_stop)).await.context("HTTP server")
     }));
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<proto::recommender_v1::recommender_server::RecommenderServer<grpc::GrpcService>>()
-        .await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
-    let service =
-        proto::recommender_v1::recommender_server::RecommenderServer::new(grpc::GrpcService::new(core.clone()));
+    let router = proto::grpc_router(proto::recommender_v1::recommender_server::RecommenderServer::new(
+        grpc::GrpcService::new(core.clone()),
+    ))
+    .await?;
     let grpc_stop = stop_rx.clone();
     let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     tasks.push(tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, stopped(grpc_stop))
-            .await
-            .context("gRPC server")
+        router.serve_with_incoming_shutdown(incoming, stopped(grpc_stop)).await.context("gRPC server")
     }));
     tracing::info!(%http_addr, %grpc_addr, model_version = core.model_version(), variant = core.variant(), "serving");
     Ok(RunningServer { http_addr, grpc_addr, core, stop, tasks })
