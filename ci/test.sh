@@ -22,7 +22,7 @@ forbid() { # crate, then what it must not depend on
 say "crate graph: db has no HTTP/gRPC; server has no embedding model; the contract and the store stay small"
 forbid db tonic axum
 forbid server embedder fastembed ort
-forbid proto db sqlx axum
+forbid proto db sqlx vectorstore
 forbid vectorstore db fastembed ort sqlx
 forbid lifecycle db sqlx
 # The rule itself must be able to fail: embedder does depend on ort.
