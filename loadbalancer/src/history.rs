@@ -5,9 +5,10 @@
 //! [`Journal`] (one `write(2)`; with `fsync = "always"` it also waits for the group commit)
 //! *before* the response leaves: a response whose row is not on local disk is never sent, so
 //! a crash of the process — SIGKILL included — loses no row. One [`Shipper`] moves journaled
-//! rows to Postgres in batches (binary column arrays, `ON CONFLICT (request_id) DO NOTHING`, so
-//! shipping a batch twice after a crash stores it once), together with the first sightings of
-//! users for `user_model_map`, in one transaction, then releases them from the journal. While
+//! rows to Postgres in batches — by `COPY`; a batch that hits the primary key (shipped again
+//! after a crash) goes again as `INSERT … ON CONFLICT (request_id) DO NOTHING`, so it is stored
+//! once — together with the first sightings of users for `user_model_map`, in one transaction,
+//! then releases them from the journal. While
 //! Postgres is away the rows simply wait in the journal; [`Shipper::step`] is the one unit of
 //! work (tests drive it), [`Shipper::run`] loops it until shutdown and then drains.
 

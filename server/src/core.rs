@@ -39,11 +39,42 @@ pub struct Answer {
     pub degraded: Option<String>,
 }
 
-/// Why a stage failed.
-#[derive(Debug, Clone)]
-struct StageError {
-    metric: &'static str,
-    detail: String,
+/// Why a stage failed (and so why the answer degraded): the metric label and the reason sent
+/// in `X-Degraded` both come from here.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StageError {
+    /// The whole request missed its deadline.
+    #[error("request deadline")]
+    Deadline,
+    /// Postgres failed.
+    #[error("postgres: {0}")]
+    Postgres(String),
+    /// Postgres missed the stage deadline.
+    #[error("postgres deadline")]
+    PostgresTimeout,
+    /// No live vector collection.
+    #[error("vector store: no live collection")]
+    NoCollection,
+    /// The vector store failed.
+    #[error("vector store: {0}")]
+    VectorStore(String),
+    /// The vector store missed the stage deadline.
+    #[error("vector store deadline")]
+    VectorStoreTimeout,
+}
+
+impl StageError {
+    /// The `reason` label of `lazyrec_server_degraded_total`.
+    pub fn metric(&self) -> &'static str {
+        match self {
+            StageError::Deadline => "deadline",
+            StageError::Postgres(_) => "postgres_error",
+            StageError::PostgresTimeout => "postgres_timeout",
+            StageError::NoCollection => "no_collection",
+            StageError::VectorStore(_) => "vector_store_error",
+            StageError::VectorStoreTimeout => "vector_store_timeout",
+        }
+    }
 }
 
 /// Shared state of one server instance.
@@ -274,7 +305,7 @@ impl Core {
     pub async fn recommend(&self, user_id: i64, limit: usize) -> Answer {
         match tokio::time::timeout(self.config.deadlines.request(), self.recommend_inner(user_id, limit)).await {
             Ok(answer) => answer,
-            Err(_) => self.degraded(StageError { metric: "deadline", detail: "request deadline".into() }, None, limit),
+            Err(_) => self.degraded(StageError::Deadline, None, limit),
         }
     }
 
@@ -304,11 +335,7 @@ impl Core {
                 Ok(Ok(lists)) => lists,
                 Ok(Err(e)) => return self.degraded(e, Some(&history), limit),
                 Err(_) => {
-                    return self.degraded(
-                        StageError { metric: "vector_store_timeout", detail: "vector store deadline".into() },
-                        Some(&history),
-                        limit,
-                    );
+                    return self.degraded(StageError::VectorStoreTimeout, Some(&history), limit);
                 }
             }
         };
@@ -326,19 +353,19 @@ impl Core {
         limit: usize,
     ) -> Result<Vec<Item>, String> {
         let (seeds, k) = self.strategy.seeds(history);
-        let neighbours = self.neighbour_lists(history, &seeds, k).await.map_err(|e| e.detail)?;
+        let neighbours = self.neighbour_lists(history, &seeds, k).await.map_err(|e| e.to_string())?;
         Ok(self.strategy.rank(history, &neighbours, popularity, limit))
     }
 
     fn degraded(&self, e: StageError, history: Option<&History>, limit: usize) -> Answer {
-        self.metrics.degraded.with_label_values(&[e.metric]).inc();
-        tracing::warn!(reason = %e.detail, "degraded answer: popularity list");
+        self.metrics.degraded.with_label_values(&[e.metric()]).inc();
+        tracing::warn!(reason = %e, "degraded answer: popularity list");
         let exclude = history.map(History::seen).unwrap_or_default();
         Answer {
             items: self.popularity().top_excluding(&exclude, limit),
             watermark: history.map(|h| h.watermark).unwrap_or_else(|| self.watermark()),
             kind: Kind::Degraded,
-            degraded: Some(e.detail),
+            degraded: Some(e.to_string()),
         }
     }
 
@@ -361,8 +388,8 @@ impl Core {
                 self.histories.insert(user_id, h.clone()).await;
                 Ok(h)
             }
-            Ok(Err(e)) => Err(StageError { metric: "postgres_error", detail: format!("postgres: {e}") }),
-            Err(_) => Err(StageError { metric: "postgres_timeout", detail: "postgres deadline".into() }),
+            Ok(Err(e)) => Err(StageError::Postgres(e.to_string())),
+            Err(_) => Err(StageError::PostgresTimeout),
         }
     }
 
@@ -373,7 +400,7 @@ impl Core {
         k: usize,
     ) -> Result<Vec<Arc<Vec<Hit>>>, StageError> {
         let Some(collection) = self.collection() else {
-            return Err(StageError { metric: "no_collection", detail: "vector store: no live collection".into() });
+            return Err(StageError::NoCollection);
         };
         let lookups = seeds.iter().map(|&i| self.neighbour_list(collection.clone(), &history.watched[i].movie_id, k));
         futures_util::future::join_all(lookups).await.into_iter().collect()
@@ -411,7 +438,7 @@ impl Core {
         });
         fetch
             .await
-            .map_err(|e| StageError { metric: "vector_store_error", detail: format!("vector store task: {e}") })?
-            .map_err(|e| StageError { metric: "vector_store_error", detail: format!("vector store: {e}") })
+            .map_err(|e| StageError::VectorStore(format!("task: {e}")))?
+            .map_err(|e| StageError::VectorStore(e.to_string()))
     }
 }

@@ -24,7 +24,7 @@ fn row(i: usize) -> Row<'static> {
         latency_us: 1_000,
         movie_ids: vec!["a+b+1999".into(), "quote\"back\\slash\ttab".into()],
         degraded: false,
-        error: (i % 2 == 0).then(|| "main x: timeout: no answer\nwithin 1 ms".into()),
+        error: i.is_multiple_of(2).then(|| "main x: timeout: no answer\nwithin 1 ms".into()),
         inputs: Some(Inputs {
             protocol: "http".into(),
             limit: Some(20),

@@ -190,7 +190,7 @@ async fn run_rate(load: &Load, rate: u64, seconds: u64, seed: u64) -> Result<Out
             let result = async {
                 let resp = client.get(uri).await?;
                 let ok = resp.status().is_success();
-                if resp.headers().contains_key("x-degraded") {
+                if resp.headers().contains_key(proto::contract::headers::DEGRADED) {
                     degraded.fetch_add(1, Ordering::Relaxed);
                 }
                 let body = resp.into_body().collect().await?.to_bytes();
