@@ -48,6 +48,12 @@ impl Deadlines {
     pub fn request(&self) -> Duration {
         Duration::from_millis(self.request_ms)
     }
+    /// Postgres' `statement_timeout` for the server's connections, and the pool's acquire
+    /// timeout: how long a query that outlived its stage deadline (it runs detached) may go on —
+    /// ten times the stage deadline, at least one second.
+    pub fn statement_timeout_ms(&self) -> u64 {
+        (self.postgres_ms * 10).max(1_000)
+    }
 }
 
 /// Cache sizes and lifetimes.

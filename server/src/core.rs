@@ -189,19 +189,34 @@ impl Core {
     /// loaded) and the live collection. Run by a background task every `caches.refresh_ms`.
     pub async fn refresh(&self) {
         let deadline = self.config.deadlines.request();
-        match tokio::time::timeout(deadline, data::watermark(&self.pool)).await {
+        match detached(deadline, {
+            let pool = self.pool.clone();
+            async move { data::watermark(&pool).await }
+        })
+        .await
+        {
             Ok(Ok(wm)) => {
                 let before = self.watermark.fetch_max(wm, Ordering::Relaxed);
                 self.metrics.watermark.set(wm.max(before));
                 self.postgres_ok.store(true, Ordering::Relaxed);
                 // The list changes only when a popularity run lands: compare run ids (one tiny
                 // query) instead of re-reading the list on every tick while events stream in.
-                let run = match tokio::time::timeout(deadline, data::popularity_run(&self.pool)).await {
+                let run = match detached(deadline, {
+                    let pool = self.pool.clone();
+                    async move { data::popularity_run(&pool).await }
+                })
+                .await
+                {
                     Ok(Ok(run)) => run.unwrap_or(-1),
                     _ => self.popularity_run.load(Ordering::Relaxed),
                 };
                 if self.popularity().movies.is_empty() || run != self.popularity_run.load(Ordering::Relaxed) {
-                    match tokio::time::timeout(deadline, data::popularity(&self.pool, 1_000)).await {
+                    match detached(deadline, {
+                        let pool = self.pool.clone();
+                        async move { data::popularity(&pool, 1_000).await }
+                    })
+                    .await
+                    {
                         Ok(Ok(p)) if !p.movies.is_empty() => {
                             *self.popularity.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(p);
                             self.popularity_run.store(run, Ordering::Relaxed);
@@ -379,7 +394,9 @@ impl Core {
         }
         self.metrics.cache_lookup("user_history", false);
         let started = Instant::now();
-        let result = tokio::time::timeout(self.config.deadlines.postgres(), data::history(&self.pool, user_id)).await;
+        let pool = self.pool.clone();
+        let result =
+            detached(self.config.deadlines.postgres(), async move { data::history(&pool, user_id).await }).await;
         self.metrics.stage.with_label_values(&["postgres"]).observe(started.elapsed().as_secs_f64());
         match result {
             Ok(Ok(h)) => {
@@ -388,7 +405,7 @@ impl Core {
                 self.histories.insert(user_id, h.clone()).await;
                 Ok(h)
             }
-            Ok(Err(e)) => Err(StageError::Postgres(e.to_string())),
+            Ok(Err(e)) => Err(StageError::Postgres(e)),
             Err(_) => Err(StageError::PostgresTimeout),
         }
     }
@@ -441,4 +458,25 @@ impl Core {
             .map_err(|e| StageError::VectorStore(format!("task: {e}")))?
             .map_err(|e| StageError::VectorStore(e.to_string()))
     }
+}
+
+/// Runs a Postgres query (connect included) as its own task and waits for it at most
+/// `deadline`. A late query is not cancelled: it runs to its end (bounded by the connections'
+/// `statement_timeout` and the pool's acquire timeout) and its connection stays in the pool.
+/// Cancelling instead drops a connect mid-handshake: Postgres forks a backend for nothing, the
+/// pool never fills, and a slow database gets a storm of new sessions (seen in a test:
+/// connects slower than the deadline → 72 sessions opened and abandoned in 8 s, no answer).
+async fn detached<T, E>(
+    deadline: Duration,
+    query: impl std::future::Future<Output = Result<T, E>> + Send + 'static,
+) -> Result<Result<T, String>, tokio::time::error::Elapsed>
+where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let task = tokio::spawn(query);
+    tokio::time::timeout(deadline, task).await.map(|joined| match joined {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("query task: {e}")),
+    })
 }

@@ -87,9 +87,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let url = db::resolve_database_url(config.database_url.as_deref(), &config.state_dir)?;
     let pool = PgPoolOptions::new()
         .max_connections(config.database_connections)
-        .acquire_timeout(config.deadlines.postgres())
+        // Queries run detached (see `core`): the request waits for its stage deadline only, the
+        // pool may take longer to hand out or open a connection.
+        .acquire_timeout(Duration::from_millis(config.deadlines.statement_timeout_ms()))
         .connect_lazy_with(
-            db::connect_options(&url).with_context(|| format!("bad database URL {}", db::redact(&url)))?,
+            db::connect_options(&url)
+                .with_context(|| format!("bad database URL {}", db::redact(&url)))?
+                .application_name(&format!("lazyrec-server {}", config.variant.as_str()))
+                .options([("statement_timeout", config.deadlines.statement_timeout_ms().to_string())]),
         );
     let store = open_store(&config)?;
     let metrics = metrics::Metrics::new(config.variant.as_str())?;

@@ -70,3 +70,41 @@ async fn postgres_down_still_answers_the_cached_popularity_list() {
     sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).execute(&mut admin).await.expect("allow");
     server.shutdown().await.expect("shutdown");
 }
+
+/// A database slower to accept a connection (300 ms) than the stage deadlines: connects must not
+/// be cancelled with the request (a cancelled connect leaves Postgres an abandoned session and the
+/// pool empty, so the next request tries again — a reconnect storm). The pool fills once and the
+/// server answers from it. A behaviour test: it counts connections and sessions, it times nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connects_slower_than_the_deadline_fill_the_pool_once_instead_of_a_storm() {
+    let stack = Stack::new().await;
+    let url = stack.db.url.clone();
+    let hostport = url.split('@').nth(1).and_then(|r| r.split('/').next()).expect("host:port").to_string();
+    let (proxy, opened) = crate::helpers::slow_to_connect(hostport.parse().expect("addr"), Duration::from_millis(300));
+    let mut config = stack.config();
+    config.database_url = Some(url.replace(&hostport, &proxy.to_string()));
+    config.database_connections = 4;
+    let server = server::start(config).await.expect("start");
+    let base = format!("http://{}", server.http_addr);
+    let started = Instant::now();
+    let (mut user, mut last_kinds) = (1, Vec::new());
+    while started.elapsed() < Duration::from_secs(5) {
+        let r = get(&format!("{base}/recommend/{user}"), &[]).await;
+        if started.elapsed() > Duration::from_secs(4) {
+            last_kinds.push(r.header("x-recommendation-kind").to_string());
+        }
+        user = user % 600 + 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (sessions, abandoned): (i64, i64) =
+        sqlx::query_as("SELECT sessions, sessions_abandoned FROM pg_stat_database WHERE datname = current_database()")
+            .fetch_one(&stack.db.pool)
+            .await
+            .expect("stats");
+    let opened = opened.load(std::sync::atomic::Ordering::Relaxed);
+    println!("connections opened through the proxy: {opened}; sessions {sessions}, abandoned {abandoned}");
+    server.shutdown().await.expect("shutdown");
+    assert!(opened <= 4, "the pool filled once: {opened} connections opened");
+    assert_eq!(abandoned, 0, "no connect was cancelled mid-handshake");
+    assert!(!last_kinds.is_empty() && last_kinds.iter().all(|k| k == "personal"), "{last_kinds:?}");
+}

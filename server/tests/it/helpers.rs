@@ -188,3 +188,43 @@ pub fn blackhole() -> std::net::SocketAddr {
     });
     addr
 }
+
+/// A TCP proxy to `upstream` whose connections take `delay` to open (the proxy connects upstream
+/// only after it, then pipes both ways): a database slow to accept connections, as under CPU
+/// starvation. Returns its address and a count of the connections it opened upstream (a client
+/// that gave up meanwhile still costs one: Postgres then sees an abandoned session).
+pub fn slow_to_connect(
+    upstream: std::net::SocketAddr,
+    delay: std::time::Duration,
+) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let opened = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = opened.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let count = count.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(delay);
+                let Ok(server) = std::net::TcpStream::connect(upstream) else { return };
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let pipe = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16 << 10];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _closed = to.shutdown(std::net::Shutdown::Both);
+                    });
+                };
+                let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else { return };
+                pipe(client, server);
+                pipe(s2, c2);
+            });
+        }
+    });
+    (addr, opened)
+}
