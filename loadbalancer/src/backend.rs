@@ -86,10 +86,10 @@ pub async fn forward(
         .header(headers::REQUEST_ID, request_id)
         .body(Empty::new())
         .map_err(|e| AttemptError::Connect(format!("request: {e}")))?;
-    let response = client.request(request).await.map_err(|e| AttemptError::Connect(e.to_string()))?;
+    let response = client.request(request).await.map_err(|e| AttemptError::Connect(with_causes(&e)))?;
     let status = response.status();
     let (parts, body) = response.into_parts();
-    let body = body.collect().await.map_err(|e| AttemptError::Body(e.to_string()))?.to_bytes();
+    let body = body.collect().await.map_err(|e| AttemptError::Body(with_causes(&e)))?.to_bytes();
     if status == StatusCode::OK {
         let answer = if scores {
             contract::Answer::from_json(&body)?
@@ -102,6 +102,19 @@ pub async fn forward(
     } else {
         Err(AttemptError::Status(status.as_u16()))
     }
+}
+
+/// An error with its causes ("client error (Connect): tcp connect error: Connection refused"):
+/// hyper's outer errors say little on their own.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// Checks one backend: `GET /ready` answers 2xx within `timeout`.

@@ -66,6 +66,10 @@ impl FallbackList {
     pub async fn refresh(&self, pool: &PgPool, limit: usize) {
         match tokio::time::timeout(Duration::from_secs(2), db::popularity::current(pool, limit as i64)).await {
             Ok(Ok((movies, watermark))) if !movies.is_empty() => {
+                let current = self.get();
+                if current.watermark == watermark && current.movies == movies {
+                    return; // unchanged: nothing to store or save
+                }
                 let fallback = Fallback { movies, watermark };
                 if let Ok(body) = serde_json::to_vec(&fallback)
                     && let Err(e) = std::fs::write(&self.file, body)

@@ -92,6 +92,9 @@ pub struct Journal {
     dir: PathBuf,
     lock: Mutex<Option<Flock<File>>>,
     tail: Mutex<Tail>,
+    /// The segments' bases, oldest first (kept in memory: the reader and `release` need no
+    /// directory listing).
+    bases: Mutex<Vec<u64>>,
     committed: AtomicU64,
     shipped: AtomicU64,
     pending_rows: AtomicU64,
@@ -179,11 +182,16 @@ impl Journal {
         let path = dir.join(segment_name(committed));
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
         sync_dir(dir)?;
+        let mut bases: Vec<u64> = existing.iter().map(|s| s.0).collect();
+        if bases.last() != Some(&committed) {
+            bases.push(committed);
+        }
         let (synced_tx, synced_rx) = tokio::sync::watch::channel(committed);
         let journal = Arc::new(Journal {
             dir: dir.to_path_buf(),
             lock: Mutex::new(Some(lock)),
             tail: Mutex::new(Tail { base: committed, file: Arc::new(file), len: 0, closed: Vec::new() }),
+            bases: Mutex::new(bases),
             committed: AtomicU64::new(committed),
             shipped: AtomicU64::new(shipped),
             pending_rows: AtomicU64::new(pending_rows),
@@ -211,6 +219,11 @@ impl Journal {
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The segments' bases, oldest first.
+    fn segment_bases(&self) -> Vec<u64> {
+        self.bases.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The position after the last complete append.
@@ -259,6 +272,7 @@ impl Journal {
             }
             tail.base = end;
             tail.len = 0;
+            self.bases.lock().unwrap_or_else(|p| p.into_inner()).push(end);
         }
         if let Err(e) = (&*tail.file).write_all(lines) {
             // Cut a partial write off again, so the segment holds whole lines only.
@@ -359,13 +373,14 @@ impl Journal {
         std::fs::write(&tmp, position.to_string()).map_err(io(&tmp))?;
         std::fs::rename(&tmp, self.dir.join("shipped")).map_err(io(&self.dir))?;
         let tail_base = self.tail.lock().unwrap_or_else(|p| p.into_inner()).base;
-        let all = segments(&self.dir)?;
-        for pair in all.windows(2) {
-            let ((base, _), (next, _)) = (pair[0], pair[1]);
-            if next <= position && base < tail_base {
-                let path = self.dir.join(segment_name(base));
-                std::fs::remove_file(&path).map_err(io(&path))?;
-            }
+        let shipped: Vec<u64> = {
+            let mut bases = self.bases.lock().unwrap_or_else(|p| p.into_inner());
+            let n = bases.windows(2).take_while(|w| w[1] <= position && w[0] < tail_base).count();
+            bases.drain(..n).collect()
+        };
+        for base in shipped {
+            let path = self.dir.join(segment_name(base));
+            std::fs::remove_file(&path).map_err(io(&path))?;
         }
         Ok(())
     }
@@ -439,21 +454,21 @@ impl Reader {
         if self.position >= committed {
             return Ok(chunk);
         }
-        let all = segments(&journal.dir)?;
+        let all = journal.segment_bases();
         while chunk.lines.len() < max_rows && self.position < committed {
             // The segment holding the position (or the oldest one, when the position lies in
             // segments already deleted), and where its readable bytes end.
-            let i = match all.iter().rposition(|s| s.0 <= self.position) {
+            let i = match all.iter().rposition(|&b| b <= self.position) {
                 Some(i) => i,
                 None => match all.first() {
-                    Some(s) => {
-                        self.position = s.0;
+                    Some(&b) => {
+                        self.position = b;
                         continue;
                     }
                     None => break,
                 },
             };
-            let (base, next) = (all[i].0, all.get(i + 1).map(|s| s.0));
+            let (base, next) = (all[i], all.get(i + 1).copied());
             let limit = next.unwrap_or(committed).min(committed);
             if self.position >= limit {
                 break;

@@ -148,7 +148,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningLb> {
         drain_timeout: Duration::from_millis(h.drain_timeout_ms),
     };
     let log = history::HistoryLog::new(journal.clone(), metrics.clone());
-    let shipper = tokio::spawn(history::Shipper::new(pool.clone(), journal, metrics.clone(), options).run(shipper_rx));
+    let shipper = history::Shipper::new(pool.clone(), journal, metrics.clone(), options);
     let fallback = FallbackList::load(config.fallback_file());
 
     let http_listener = tokio::net::TcpListener::bind(config.http_addr)
@@ -172,6 +172,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningLb> {
     let grpc_addr = grpc_listener.local_addr()?;
     let admin_addr = admin_listener.as_ref().map(|l| l.local_addr()).transpose()?;
 
+    // Listeners are bound: from here on the process serves, and ships.
+    let shipper = tokio::spawn(shipper.run(shipper_rx));
     let lb = Arc::new(Lb::new(config.clone(), routing, metrics, log, pool, fallback));
     health::check_all(&lb, true).await;
     lb.fallback.refresh(&lb.pool, lb.config.max_limit).await;

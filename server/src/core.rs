@@ -189,34 +189,19 @@ impl Core {
     /// loaded) and the live collection. Run by a background task every `caches.refresh_ms`.
     pub async fn refresh(&self) {
         let deadline = self.config.deadlines.request();
-        match detached(deadline, {
-            let pool = self.pool.clone();
-            async move { data::watermark(&pool).await }
-        })
-        .await
-        {
+        match self.query(deadline, |pool| async move { data::watermark(&pool).await }).await {
             Ok(Ok(wm)) => {
                 let before = self.watermark.fetch_max(wm, Ordering::Relaxed);
                 self.metrics.watermark.set(wm.max(before));
                 self.postgres_ok.store(true, Ordering::Relaxed);
                 // The list changes only when a popularity run lands: compare run ids (one tiny
                 // query) instead of re-reading the list on every tick while events stream in.
-                let run = match detached(deadline, {
-                    let pool = self.pool.clone();
-                    async move { data::popularity_run(&pool).await }
-                })
-                .await
-                {
+                let run = match self.query(deadline, |pool| async move { data::popularity_run(&pool).await }).await {
                     Ok(Ok(run)) => run.unwrap_or(-1),
                     _ => self.popularity_run.load(Ordering::Relaxed),
                 };
                 if self.popularity().movies.is_empty() || run != self.popularity_run.load(Ordering::Relaxed) {
-                    match detached(deadline, {
-                        let pool = self.pool.clone();
-                        async move { data::popularity(&pool, 1_000).await }
-                    })
-                    .await
-                    {
+                    match self.query(deadline, |pool| async move { data::popularity(&pool, 1_000).await }).await {
                         Ok(Ok(p)) if !p.movies.is_empty() => {
                             *self.popularity.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(p);
                             self.popularity_run.store(run, Ordering::Relaxed);
@@ -269,31 +254,21 @@ impl Core {
         }
     }
 
-    /// Warms the vector engine before the first request: a few real searches (near the most
-    /// popular movies) on the live collection, so the first answer is not degraded by a cold
-    /// engine (segment files mapped, index pages faulted in). Results are not cached (the
-    /// strategy's neighbour count decides what the cache holds). Bounded by `within`.
+    /// Warms the vector engine before the first request: the neighbour lists of the most
+    /// popular movies, fetched (and cached) the way requests fetch them, so the first answer is
+    /// not degraded by a cold engine (segment files mapped, index pages faulted in). Bounded by
+    /// `within`; a strategy that needs no neighbours needs no warming.
     pub async fn warm(&self, within: Duration) {
         let started = Instant::now();
-        let Some(collection) = self.collection() else { return };
-        let popular: Vec<u64> = self.popularity().movies.iter().take(8).map(|m| point_id(m)).collect();
-        let work = async {
-            let vectors = self.store.vectors(&collection, &popular).await?;
-            let mut searched = 0;
-            for (id, vector) in vectors {
-                let filter = SearchFilter {
-                    exclude_ids: vec![id],
-                    exact: self.config.store.exact_search,
-                    ..SearchFilter::default()
-                };
-                self.store.search(&collection, vector, 50, &filter).await?;
-                searched += 1;
-            }
-            Ok::<usize, vectorstore::StoreError>(searched)
-        };
-        match tokio::time::timeout(within, work).await {
-            Ok(Ok(n)) => tracing::info!(searches = n, ms = started.elapsed().as_millis() as u64, "vector engine warm"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "warming the vector engine failed"),
+        let (_, k) = self.strategy.seeds(&History::default());
+        let Some(collection) = self.collection().filter(|_| k > 0) else { return };
+        let popularity = self.popularity();
+        let lookups = popularity.movies.iter().take(8).map(|m| self.neighbour_list(collection.clone(), m, k));
+        match tokio::time::timeout(within, futures_util::future::join_all(lookups)).await {
+            Ok(lists) => match lists.into_iter().find_map(Result::err) {
+                None => tracing::info!(ms = started.elapsed().as_millis() as u64, "vector engine warm"),
+                Some(e) => tracing::warn!(error = %e, "warming the vector engine failed"),
+            },
             Err(_) => tracing::warn!(
                 ms = within.as_millis() as u64,
                 "warming the vector engine took too long; serving anyway"
@@ -384,6 +359,28 @@ impl Core {
         }
     }
 
+    /// Runs a Postgres query (connect included) as its own task and waits for it at most
+    /// `deadline`. A late query is not cancelled: it runs to its end (bounded by the connections'
+    /// `statement_timeout` and the pool's acquire timeout) and its connection stays in the pool.
+    /// Cancelling instead drops a connect mid-handshake: Postgres forks a backend for nothing, the
+    /// pool never fills, and a slow database gets a storm of new sessions (seen in a test:
+    /// connects slower than the deadline → 72 sessions opened and abandoned in 8 s, no answer).
+    async fn query<T, Fut>(
+        &self,
+        deadline: Duration,
+        query: impl FnOnce(PgPool) -> Fut,
+    ) -> Result<Result<T, String>, tokio::time::error::Elapsed>
+    where
+        T: Send + 'static,
+        Fut: std::future::Future<Output = Result<T, sqlx::Error>> + Send + 'static,
+    {
+        let task = tokio::spawn(query(self.pool.clone()));
+        tokio::time::timeout(deadline, task).await.map(|joined| match joined {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("query task: {e}")),
+        })
+    }
+
     async fn history(&self, user_id: i64) -> Result<Arc<History>, StageError> {
         let current = self.watermark();
         if let Some(h) = self.histories.get(&user_id).await
@@ -394,9 +391,9 @@ impl Core {
         }
         self.metrics.cache_lookup("user_history", false);
         let started = Instant::now();
-        let pool = self.pool.clone();
-        let result =
-            detached(self.config.deadlines.postgres(), async move { data::history(&pool, user_id).await }).await;
+        let result = self
+            .query(self.config.deadlines.postgres(), |pool| async move { data::history(&pool, user_id).await })
+            .await;
         self.metrics.stage.with_label_values(&["postgres"]).observe(started.elapsed().as_secs_f64());
         match result {
             Ok(Ok(h)) => {
@@ -458,25 +455,4 @@ impl Core {
             .map_err(|e| StageError::VectorStore(format!("task: {e}")))?
             .map_err(|e| StageError::VectorStore(e.to_string()))
     }
-}
-
-/// Runs a Postgres query (connect included) as its own task and waits for it at most
-/// `deadline`. A late query is not cancelled: it runs to its end (bounded by the connections'
-/// `statement_timeout` and the pool's acquire timeout) and its connection stays in the pool.
-/// Cancelling instead drops a connect mid-handshake: Postgres forks a backend for nothing, the
-/// pool never fills, and a slow database gets a storm of new sessions (seen in a test:
-/// connects slower than the deadline → 72 sessions opened and abandoned in 8 s, no answer).
-async fn detached<T, E>(
-    deadline: Duration,
-    query: impl std::future::Future<Output = Result<T, E>> + Send + 'static,
-) -> Result<Result<T, String>, tokio::time::error::Elapsed>
-where
-    T: Send + 'static,
-    E: std::fmt::Display + Send + 'static,
-{
-    let task = tokio::spawn(query);
-    tokio::time::timeout(deadline, task).await.map(|joined| match joined {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(e) => Err(format!("query task: {e}")),
-    })
 }
