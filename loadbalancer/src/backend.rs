@@ -1,6 +1,7 @@
 //! Talking to one backend server: the pooled HTTP client and one forwarded attempt, decoded
 //! through [`proto::contract`] into a typed [`Reply`] or [`AttemptError`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
@@ -10,7 +11,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use proto::contract::{self, DecodeError, headers};
 
-use crate::routing::Backend;
+use crate::routing::{Backend, InFlight};
 
 /// The HTTP client for backends: pooled keep-alive connections, no Nagle delay.
 pub type BackendClient = Client<HttpConnector, Empty<Bytes>>;
@@ -71,19 +72,21 @@ impl AttemptError {
 /// Forwards one request to `backend`. Without `scores` the server's text answer (the course
 /// contract) is used, with its provenance from the headers: the cheapest path for both
 /// processes; with `scores`, its JSON answer.
+/// `_slot` is the backend's request slot, held until the answer is read.
 pub async fn forward(
-    client: &BackendClient,
-    backend: &Backend,
+    client: BackendClient,
+    backend: Arc<Backend>,
     user_id: i64,
     limit: usize,
-    request_id: &str,
+    request_id: String,
     scores: bool,
+    _slot: InFlight,
 ) -> Result<Reply, AttemptError> {
     let uri = format!("{}/recommend/{user_id}?limit={limit}", backend.url);
     let accept = if scores { "application/json" } else { "text/plain" };
     let request = hyper::Request::get(uri)
         .header(hyper::header::ACCEPT, accept)
-        .header(headers::REQUEST_ID, request_id)
+        .header(headers::REQUEST_ID, request_id.as_str())
         .body(Empty::new())
         .map_err(|e| AttemptError::Connect(format!("request: {e}")))?;
     let response = client.request(request).await.map_err(|e| AttemptError::Connect(with_causes(&e)))?;

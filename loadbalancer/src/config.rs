@@ -78,6 +78,27 @@ impl Default for History {
     }
 }
 
+/// Behaviour under overload: never a retry storm, never an unbounded pile on one backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Overload {
+    /// Attempts running on one backend at once (attempts still finishing after their request
+    /// gave up included). A backend at its limit is passed over like an unhealthy one; when
+    /// every backend is, the fallback list answers at once.
+    pub backend_max_in_flight: usize,
+    /// Retries (attempts after a request's first) allowed as a share of requests: every request
+    /// adds this much to the retry budget, every retry takes one.
+    pub retry_ratio: f64,
+    /// Retries allowed per second on top of the ratio, so a quiet load balancer still fails over.
+    pub retry_min_per_second: f64,
+}
+
+impl Default for Overload {
+    fn default() -> Self {
+        Self { backend_max_in_flight: 64, retry_ratio: 0.1, retry_min_per_second: 10.0 }
+    }
+}
+
 /// The load balancer's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -126,6 +147,8 @@ pub struct Config {
     pub health: Health,
     /// The response log.
     pub history: History,
+    /// Retry budget and per-backend concurrency limit.
+    pub overload: Overload,
 }
 
 impl Default for Config {
@@ -152,6 +175,7 @@ impl Default for Config {
             worker_threads: 1,
             health: Health::default(),
             history: History::default(),
+            overload: Overload::default(),
         }
     }
 }
@@ -276,6 +300,16 @@ impl Config {
         }
         if self.database_connections < 2 {
             problems.push("database_connections must be at least 2".into());
+        }
+        let o = &self.overload;
+        if o.backend_max_in_flight == 0 {
+            problems.push("overload.backend_max_in_flight must be positive".into());
+        }
+        if !(0.0..=1.0).contains(&o.retry_ratio) {
+            problems.push(format!("overload.retry_ratio ({}) must be within 0..=1", o.retry_ratio));
+        }
+        if !(o.retry_min_per_second >= 0.0 && o.retry_min_per_second.is_finite()) {
+            problems.push(format!("overload.retry_min_per_second ({}) must be ≥ 0", o.retry_min_per_second));
         }
         if self.fallback_refresh_ms == 0 {
             problems.push("fallback_refresh_ms must be positive".into());

@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::fallback::{FALLBACK_MODEL, FallbackList};
 use crate::history::{HistoryLog, Inputs, Row};
 use crate::metrics::Metrics;
+use crate::overload::RetryBudget;
 use crate::routing::{Backend, Routing, SharedRouting};
 
 /// A fresh request id: a random (v4) UUID from the thread-local generator (no system call per
@@ -46,6 +47,31 @@ impl Protocol {
         match self {
             Protocol::Http => "http",
             Protocol::Grpc => "grpc",
+        }
+    }
+}
+
+/// Why a request was answered from the fallback list without (further) attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shed {
+    /// Every backend was at its concurrency limit.
+    BackendBusy,
+    /// An attempt failed and the retry budget was spent.
+    RetryBudget,
+}
+
+impl Shed {
+    fn label(self) -> &'static str {
+        match self {
+            Shed::BackendBusy => "backend_busy",
+            Shed::RetryBudget => "retry_budget",
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            Shed::BackendBusy => "overloaded: every backend at its concurrency limit",
+            Shed::RetryBudget => "overloaded: retry budget spent",
         }
     }
 }
@@ -166,7 +192,13 @@ impl Handled {
     pub fn logged_error(&self) -> Option<String> {
         match &self.outcome {
             Outcome::Answered { .. } => self.failures_text(),
-            Outcome::Fallback(_) => Some(self.failures_text().unwrap_or_else(|| "no enabled backend".into())),
+            Outcome::Fallback(answer) => {
+                let reason = answer.degraded.as_deref().unwrap_or("no backend answered");
+                Some(match self.failures_text() {
+                    Some(failures) => format!("{reason}: {failures}"),
+                    None => reason.to_string(),
+                })
+            }
             Outcome::Refused { reason, .. } => Some(reason.clone()),
             Outcome::BadRequest(e) => Some(e.to_string()),
             Outcome::Unavailable => Some(self.refusal()),
@@ -203,6 +235,7 @@ pub struct Lb {
     pub fallback: FallbackList,
     /// The backend client.
     pub client: BackendClient,
+    retry_budget: RetryBudget,
     next: AtomicUsize,
 }
 
@@ -222,7 +255,18 @@ impl Lb {
         pool: PgPool,
         fallback: FallbackList,
     ) -> Self {
-        Self { config, routing, metrics, history, pool, fallback, client: backend::client(), next: AtomicUsize::new(0) }
+        let retry_budget = RetryBudget::new(config.overload.retry_ratio, config.overload.retry_min_per_second);
+        Self {
+            config,
+            routing,
+            metrics,
+            history,
+            pool,
+            fallback,
+            client: backend::client(),
+            retry_budget,
+            next: AtomicUsize::new(0),
+        }
     }
 
     /// The backends to try, best first: healthy ones of the assigned variant (rotating), then
@@ -279,17 +323,49 @@ impl Lb {
         let deadline = started + self.config.deadline();
         let attempt = Duration::from_millis(self.config.attempt_timeout_ms);
         let candidates = self.candidates(&routing, assigned);
+        let max_in_flight = self.config.overload.backend_max_in_flight;
+        self.retry_budget.deposit();
         let mut failures: Vec<Attempt> = Vec::new();
         let mut outcome = None;
+        let mut busy = false;
+        let mut shed = None;
         for (i, (variant, backend)) in candidates.iter().enumerate() {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 break;
             }
+            // A backend at its limit is passed over (not a failure: it is busy, not broken).
+            let Some(slot) = backend.claim(max_in_flight) else {
+                busy = true;
+                continue;
+            };
+            if !failures.is_empty() {
+                if !self.retry_budget.try_withdraw() {
+                    shed = Some(Shed::RetryBudget);
+                    break;
+                }
+                self.metrics.retries.inc();
+            }
             let budget = if i + 1 == candidates.len() { remaining } else { attempt.min(remaining) };
-            let attempt = backend::forward(&self.client, backend, user_id, limit, &request_id, scores);
-            let error = match tokio::time::timeout(budget, attempt).await {
-                Ok(Ok(reply)) => {
+            // Detached, holding the backend's slot: when the budget runs out the request stops
+            // waiting, the attempt still reads its answer and the connection stays pooled (a
+            // dropped HTTP/1 exchange closes its connection: a new connect per late answer).
+            // A hung backend cannot hold a slot for ever: the attempt ends at twice the deadline.
+            let forward = backend::forward(
+                self.client.clone(),
+                backend.clone(),
+                user_id,
+                limit,
+                request_id.clone(),
+                scores,
+                slot,
+            );
+            let linger = self.config.deadline() * 2;
+            let forwarding = tokio::spawn(async move {
+                tokio::time::timeout(linger, forward).await.unwrap_or(Err(AttemptError::Timeout(linger.as_millis())))
+            });
+            let error = match tokio::time::timeout(budget, forwarding).await {
+                Ok(Ok(Ok(reply))) => {
                     backend.record_answer();
                     outcome = Some(match reply {
                         Reply::Answer(mut answer) => {
@@ -304,7 +380,8 @@ impl Lb {
                     });
                     break;
                 }
-                Ok(Err(e)) => e,
+                Ok(Ok(Err(e))) => e,
+                Ok(Err(join)) => AttemptError::Connect(format!("attempt task: {join}")),
                 Err(_) => AttemptError::Timeout(budget.as_millis()),
             };
             self.metrics.errors.with_label_values(&[variant.as_str(), error.label()]).inc();
@@ -313,9 +390,22 @@ impl Lb {
             }
             failures.push(Attempt { variant: *variant, backend: backend.url.clone(), error });
         }
+        if outcome.is_none() && shed.is_none() && busy && failures.is_empty() {
+            shed = Some(Shed::BackendBusy);
+        }
         let outcome = match outcome {
             Some(outcome) => outcome,
-            None => self.fallback_outcome(user_id, &request_id, assigned, limit),
+            None => {
+                let reason = match shed {
+                    Some(shed) => {
+                        self.metrics.shed.with_label_values(&[shed.label()]).inc();
+                        shed.reason()
+                    }
+                    None if failures.is_empty() => "no enabled backend",
+                    None => "no backend answered",
+                };
+                self.fallback_outcome(user_id, &request_id, assigned, limit, reason)
+            }
         };
         match &outcome {
             Outcome::Answered { variant, backend, .. } => {
@@ -349,7 +439,14 @@ impl Lb {
         handled
     }
 
-    fn fallback_outcome(&self, user_id: i64, request_id: &str, assigned: Variant, limit: usize) -> Outcome {
+    fn fallback_outcome(
+        &self,
+        user_id: i64,
+        request_id: &str,
+        assigned: Variant,
+        limit: usize,
+        reason: &str,
+    ) -> Outcome {
         let fallback = self.fallback.get();
         if fallback.movies.is_empty() {
             return Outcome::Unavailable;
@@ -363,7 +460,7 @@ impl Lb {
             request_id: request_id.to_string(),
             data_watermark: fallback.watermark,
             kind: Kind::Fallback,
-            degraded: Some("no backend answered".into()),
+            degraded: Some(reason.into()),
         })
     }
 

@@ -25,6 +25,7 @@ pub async fn check_all(lb: &Lb, initial: bool) {
     for v in [Variant::Main, Variant::Nightly] {
         for b in routing.backends(v) {
             lb.metrics.backend_healthy.with_label_values(&[&b.url, v.as_str()]).set(i64::from(b.healthy()));
+            lb.metrics.backend_in_flight.with_label_values(&[&b.url, v.as_str()]).set(b.in_flight() as i64);
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod history;
 pub mod http;
 pub mod journal;
 pub mod metrics;
+pub mod overload;
 pub mod routing;
 
 use std::net::SocketAddr;

@@ -35,6 +35,14 @@ pub struct Metrics {
     pub history_journal_bytes: IntGauge,
     /// First sightings written to `user_model_map`.
     pub sightings: IntCounter,
+    /// Attempts running per backend (sampled by the health checker).
+    pub backend_in_flight: IntGaugeVec,
+    /// Retries (attempts after a request's first) made.
+    pub retries: IntCounter,
+    /// Requests answered with the fallback list at once because of overload, by reason
+    /// (`backend_busy`: every backend at its limit; `retry_budget`: a retry was needed and the
+    /// budget was spent).
+    pub shed: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -82,6 +90,18 @@ impl Metrics {
             IntGauge::new("history_pending_rows", "Response-log rows journaled, not yet in Postgres")?;
         let history_journal_bytes = IntGauge::new("history_journal_bytes", "Journal bytes not yet in Postgres")?;
         let sightings = IntCounter::new("user_sightings_written_total", "First sightings written to user_model_map")?;
+        let backend_in_flight = IntGaugeVec::new(
+            Opts::new("backend_in_flight", "Attempts running on a backend (sampled)"),
+            &["backend", "variant"],
+        )?;
+        let retries = IntCounter::new("retries_total", "Attempts after a request's first")?;
+        let shed = IntCounterVec::new(
+            Opts::new("shed_total", "Requests answered from the fallback list at once under overload, by reason"),
+            &["reason"],
+        )?;
+        registry.register(Box::new(backend_in_flight.clone()))?;
+        registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(shed.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(errors.clone()))?;
@@ -110,6 +130,9 @@ impl Metrics {
             history_pending,
             history_journal_bytes,
             sightings,
+            backend_in_flight,
+            retries,
+            shed,
         })
     }
 

@@ -7,7 +7,7 @@
 //! health and a drained backend keeps being checked.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -28,6 +28,18 @@ pub struct Backend {
     failures: AtomicU32,
     /// Requests answered through this backend.
     pub answered: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+/// One request slot of a backend, held by the attempt until it ends — also after its request
+/// gave up waiting (attempts run detached, so their connection goes back to the pool).
+#[derive(Debug)]
+pub struct InFlight(Arc<Backend>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Backend {
@@ -40,7 +52,20 @@ impl Backend {
             successes: AtomicU32::new(0),
             failures: AtomicU32::new(0),
             answered: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
         })
+    }
+
+    /// One of the backend's `limit` request slots, or None when all are taken.
+    pub fn claim(self: &Arc<Self>, limit: usize) -> Option<InFlight> {
+        let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let slot = InFlight(self.clone());
+        (before < limit).then_some(slot)
+    }
+
+    /// Attempts running on this backend now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     /// Takes requests (not drained).

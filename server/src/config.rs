@@ -13,6 +13,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::admission::Limits;
 use crate::strategy::{self, ModelSpec};
 
 pub use proto::contract::Variant;
@@ -77,6 +78,26 @@ impl Default for Caches {
     }
 }
 
+/// Admission control per stage (see [`crate::admission`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admission {
+    /// Postgres queries; capped at `database_connections` (more would queue inside the pool,
+    /// where nothing bounds the wait).
+    pub postgres: Limits,
+    /// Vector-store lookups (neighbour lists missing from the cache).
+    pub vector_store: Limits,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Self {
+            postgres: Limits { max_in_flight: 16, max_queued: 32 },
+            vector_store: Limits { max_in_flight: 8, max_queued: 64 },
+        }
+    }
+}
+
 /// Which vector store, as for the embedder.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -119,6 +140,8 @@ pub struct Config {
     pub deadlines: Deadlines,
     /// Caches.
     pub caches: Caches,
+    /// Admission control: in-flight limits and queues per stage.
+    pub admission: Admission,
     /// Movies per answer when the client does not say (the course wants 20).
     pub default_limit: usize,
     /// The most a client may ask for.
@@ -138,6 +161,7 @@ impl Default for Config {
             model: ModelSpec::default(),
             deadlines: Deadlines::default(),
             caches: Caches::default(),
+            admission: Admission::default(),
             default_limit: 20,
             max_limit: 100,
         }
@@ -197,6 +221,11 @@ impl Config {
         if self.http_addr == self.grpc_addr && self.http_addr.port() != 0 {
             problems.push(format!("http_addr and grpc_addr are both {}", self.http_addr));
         }
+        for (name, limits) in [("postgres", &self.admission.postgres), ("vector_store", &self.admission.vector_store)] {
+            if limits.max_in_flight == 0 {
+                problems.push(format!("admission.{name}.max_in_flight must be positive"));
+            }
+        }
         if self.caches.refresh_ms == 0 {
             problems.push("caches.refresh_ms must be positive".into());
         }
@@ -204,6 +233,12 @@ impl Config {
             problems.push(e.to_string());
         }
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
+    }
+
+    /// The Postgres stage's limits as applied (in flight capped at the pool size).
+    pub fn postgres_limits(&self) -> Limits {
+        let l = self.admission.postgres;
+        Limits { max_in_flight: l.max_in_flight.min(self.database_connections as usize), ..l }
     }
 
     /// The resolved configuration as TOML-ish JSON (secrets redacted), for `--check-config`.

@@ -10,7 +10,7 @@
 //! Every stage has a deadline. A stage that misses it or fails degrades the answer to the
 //! popularity list (minus what is known to be watched) — never to an error.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use sqlx::PgPool;
 use vectorstore::point_id;
 use vectorstore::{Hit, SearchFilter, VectorStore};
 
+use crate::admission::{Gate, Permit, Refused};
 use crate::config::Config;
 use crate::data;
 use crate::metrics::Metrics;
@@ -61,6 +62,12 @@ pub enum StageError {
     /// The vector store missed the stage deadline.
     #[error("vector store deadline")]
     VectorStoreTimeout,
+    /// Postgres' admission control refused the request (overload).
+    #[error("postgres: {0}")]
+    PostgresShed(Refused),
+    /// The vector store's admission control refused the request (overload).
+    #[error("vector store: {0}")]
+    VectorStoreShed(Refused),
 }
 
 impl StageError {
@@ -73,6 +80,8 @@ impl StageError {
             StageError::NoCollection => "no_collection",
             StageError::VectorStore(_) => "vector_store_error",
             StageError::VectorStoreTimeout => "vector_store_timeout",
+            StageError::PostgresShed(_) => "postgres_shed",
+            StageError::VectorStoreShed(_) => "vector_store_shed",
         }
     }
 }
@@ -96,6 +105,45 @@ pub struct Core {
     store_ok: AtomicBool,
     histories: Cache<i64, Arc<History>>,
     neighbours: Cache<(Arc<str>, u64), Arc<Vec<Hit>>>,
+    postgres_gate: Gate,
+    vector_gate: Gate,
+    degraded_log: LogThrottle,
+}
+
+/// At most one log line per second for a condition that can hit every request.
+#[derive(Debug)]
+struct LogThrottle {
+    origin: Instant,
+    /// The second (since `origin`, plus one) of the last line.
+    second: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogThrottle {
+    fn new() -> Self {
+        Self { origin: Instant::now(), second: AtomicU64::new(0), suppressed: AtomicU64::new(0) }
+    }
+
+    /// `Some(lines suppressed since the last one)` when a line may be written now.
+    fn allow(&self) -> Option<u64> {
+        let now = self.origin.elapsed().as_secs() + 1;
+        let last = self.second.load(Ordering::Relaxed);
+        if now != last && self.second.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+/// How a vector lookup waits for the store's admission control.
+#[derive(Debug, Clone, Copy)]
+enum Admit {
+    /// A request: queue at most this long, refused when the queue is full.
+    Within(Duration),
+    /// Offline work (warming, evaluation, replay): wait for a slot, however long.
+    Patiently,
 }
 
 impl std::fmt::Debug for Core {
@@ -124,6 +172,8 @@ impl Core {
             .build();
         let neighbours = Cache::builder().max_capacity(config.caches.neighbour_lists).build();
         let pinned = config.store.collection.as_deref().map(Arc::from);
+        let postgres_gate = Gate::new("postgres", config.postgres_limits(), metrics.clone());
+        let vector_gate = Gate::new("vector_store", config.admission.vector_store, metrics.clone());
         Ok(Self {
             config,
             metrics,
@@ -139,6 +189,9 @@ impl Core {
             store_ok: AtomicBool::new(false),
             histories,
             neighbours,
+            postgres_gate,
+            vector_gate,
+            degraded_log: LogThrottle::new(),
         })
     }
 
@@ -189,19 +242,20 @@ impl Core {
     /// loaded) and the live collection. Run by a background task every `caches.refresh_ms`.
     pub async fn refresh(&self) {
         let deadline = self.config.deadlines.request();
-        match self.query(deadline, |pool| async move { data::watermark(&pool).await }).await {
+        match self.query(deadline, None, |pool| async move { data::watermark(&pool).await }).await {
             Ok(Ok(wm)) => {
                 let before = self.watermark.fetch_max(wm, Ordering::Relaxed);
                 self.metrics.watermark.set(wm.max(before));
                 self.postgres_ok.store(true, Ordering::Relaxed);
                 // The list changes only when a popularity run lands: compare run ids (one tiny
                 // query) instead of re-reading the list on every tick while events stream in.
-                let run = match self.query(deadline, |pool| async move { data::popularity_run(&pool).await }).await {
-                    Ok(Ok(run)) => run.unwrap_or(-1),
-                    _ => self.popularity_run.load(Ordering::Relaxed),
-                };
+                let run =
+                    match self.query(deadline, None, |pool| async move { data::popularity_run(&pool).await }).await {
+                        Ok(Ok(run)) => run.unwrap_or(-1),
+                        _ => self.popularity_run.load(Ordering::Relaxed),
+                    };
                 if self.popularity().movies.is_empty() || run != self.popularity_run.load(Ordering::Relaxed) {
-                    match self.query(deadline, |pool| async move { data::popularity(&pool, 1_000).await }).await {
+                    match self.query(deadline, None, |pool| async move { data::popularity(&pool, 1_000).await }).await {
                         Ok(Ok(p)) if !p.movies.is_empty() => {
                             *self.popularity.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(p);
                             self.popularity_run.store(run, Ordering::Relaxed);
@@ -263,7 +317,8 @@ impl Core {
         let (_, k) = self.strategy.seeds(&History::default());
         let Some(collection) = self.collection().filter(|_| k > 0) else { return };
         let popularity = self.popularity();
-        let lookups = popularity.movies.iter().take(8).map(|m| self.neighbour_list(collection.clone(), m, k));
+        let lookups =
+            popularity.movies.iter().take(8).map(|m| self.neighbour_list(collection.clone(), m, k, Admit::Patiently));
         match tokio::time::timeout(within, futures_util::future::join_all(lookups)).await {
             Ok(lists) => match lists.into_iter().find_map(Result::err) {
                 None => tracing::info!(ms = started.elapsed().as_millis() as u64, "vector engine warm"),
@@ -318,8 +373,9 @@ impl Core {
             Vec::new()
         } else {
             let started = Instant::now();
+            let within = self.config.deadlines.vector();
             let result =
-                tokio::time::timeout(self.config.deadlines.vector(), self.neighbour_lists(&history, &seeds, k)).await;
+                tokio::time::timeout(within, self.neighbour_lists(&history, &seeds, k, Admit::Within(within))).await;
             self.metrics.stage.with_label_values(&["vector_store"]).observe(started.elapsed().as_secs_f64());
             match result {
                 Ok(Ok(lists)) => lists,
@@ -343,13 +399,17 @@ impl Core {
         limit: usize,
     ) -> Result<Vec<Item>, String> {
         let (seeds, k) = self.strategy.seeds(history);
-        let neighbours = self.neighbour_lists(history, &seeds, k).await.map_err(|e| e.to_string())?;
+        let neighbours = self.neighbour_lists(history, &seeds, k, Admit::Patiently).await.map_err(|e| e.to_string())?;
         Ok(self.strategy.rank(history, &neighbours, popularity, limit))
     }
 
     fn degraded(&self, e: StageError, history: Option<&History>, limit: usize) -> Answer {
         self.metrics.degraded.with_label_values(&[e.metric()]).inc();
-        tracing::warn!(reason = %e, "degraded answer: popularity list");
+        // Under overload every request may degrade: one line per second (with the count of
+        // the others), not one per request — logging must not add to the overload.
+        if let Some(others) = self.degraded_log.allow() {
+            tracing::warn!(reason = %e, others_since_last_line = others, "degraded answer: popularity list");
+        }
         let exclude = history.map(History::seen).unwrap_or_default();
         Answer {
             items: self.popularity().top_excluding(&exclude, limit),
@@ -361,20 +421,27 @@ impl Core {
 
     /// Runs a Postgres query (connect included) as its own task and waits for it at most
     /// `deadline`. A late query is not cancelled: it runs to its end (bounded by the connections'
-    /// `statement_timeout` and the pool's acquire timeout) and its connection stays in the pool.
+    /// `statement_timeout` and the pool's acquire timeout) and its connection stays in the pool;
+    /// the admission `permit`, when there is one, is held until then.
     /// Cancelling instead drops a connect mid-handshake: Postgres forks a backend for nothing, the
     /// pool never fills, and a slow database gets a storm of new sessions (seen in a test:
     /// connects slower than the deadline → 72 sessions opened and abandoned in 8 s, no answer).
     async fn query<T, Fut>(
         &self,
         deadline: Duration,
+        permit: Option<Permit>,
         query: impl FnOnce(PgPool) -> Fut,
     ) -> Result<Result<T, String>, tokio::time::error::Elapsed>
     where
         T: Send + 'static,
         Fut: std::future::Future<Output = Result<T, sqlx::Error>> + Send + 'static,
     {
-        let task = tokio::spawn(query(self.pool.clone()));
+        let running = query(self.pool.clone());
+        let task = tokio::spawn(async move {
+            let result = running.await;
+            drop(permit);
+            result
+        });
         tokio::time::timeout(deadline, task).await.map(|joined| match joined {
             Ok(result) => result.map_err(|e| e.to_string()),
             Err(e) => Err(format!("query task: {e}")),
@@ -391,8 +458,15 @@ impl Core {
         }
         self.metrics.cache_lookup("user_history", false);
         let started = Instant::now();
+        let deadline = self.config.deadlines.postgres();
+        let permit = match self.postgres_gate.admit(deadline).await {
+            Ok(permit) => permit,
+            Err(refused) => return Err(StageError::PostgresShed(refused)),
+        };
         let result = self
-            .query(self.config.deadlines.postgres(), |pool| async move { data::history(&pool, user_id).await })
+            .query(deadline.saturating_sub(started.elapsed()), Some(permit), |pool| async move {
+                data::history(&pool, user_id).await
+            })
             .await;
         self.metrics.stage.with_label_values(&["postgres"]).observe(started.elapsed().as_secs_f64());
         match result {
@@ -412,11 +486,13 @@ impl Core {
         history: &History,
         seeds: &[usize],
         k: usize,
+        admit: Admit,
     ) -> Result<Vec<Arc<Vec<Hit>>>, StageError> {
         let Some(collection) = self.collection() else {
             return Err(StageError::NoCollection);
         };
-        let lookups = seeds.iter().map(|&i| self.neighbour_list(collection.clone(), &history.watched[i].movie_id, k));
+        let lookups =
+            seeds.iter().map(|&i| self.neighbour_list(collection.clone(), &history.watched[i].movie_id, k, admit));
         futures_util::future::join_all(lookups).await.into_iter().collect()
     }
 
@@ -425,6 +501,7 @@ impl Core {
         collection: Arc<str>,
         movie_id: &str,
         k: usize,
+        admit: Admit,
     ) -> Result<Arc<Vec<Hit>>, StageError> {
         let id = point_id(movie_id);
         let key = (collection.clone(), id);
@@ -433,12 +510,17 @@ impl Core {
             return Ok(hit);
         }
         self.metrics.cache_lookup("neighbours", false);
+        let permit = match admit {
+            Admit::Within(wait) => self.vector_gate.admit(wait).await.map_err(StageError::VectorStoreShed)?,
+            Admit::Patiently => self.vector_gate.admit_patiently().await,
+        };
         let store = self.store.clone();
         let exact = self.config.store.exact_search;
         let cache = self.neighbours.clone();
-        // A detached task: when the request's deadline passes, the search still finishes and
-        // fills the cache, so a cold cache warms up even under pressure.
+        // A detached task holding the slot: when the request's deadline passes, the search still
+        // finishes and fills the cache, so a cold cache warms up even under pressure.
         let fetch = tokio::spawn(async move {
+            let _permit = permit;
             cache
                 .try_get_with(key, async move {
                     let Some((_, vector)) = store.vectors(&collection, &[id]).await?.pop() else {

@@ -5,6 +5,7 @@
 //! (watermark, popularity list, live vector collection) and returns a handle that shuts
 //! everything down gracefully.
 
+pub mod admission;
 pub mod config;
 pub mod core;
 pub mod data;

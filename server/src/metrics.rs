@@ -1,6 +1,8 @@
 //! Prometheus metrics of the server (one registry per server instance, so tests can run several).
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// The server's metrics.
 #[derive(Clone)]
@@ -18,6 +20,14 @@ pub struct Metrics {
     pub degraded: IntCounterVec,
     /// The ingest watermark last seen.
     pub watermark: IntGauge,
+    /// Operations running per stage (admission control).
+    pub in_flight: IntGaugeVec,
+    /// Requests queued per stage.
+    pub queued: IntGaugeVec,
+    /// The in-flight limit per stage.
+    pub limit: IntGaugeVec,
+    /// Requests a stage refused (their answers degraded at once), by stage and reason.
+    pub shed: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -59,13 +69,27 @@ impl Metrics {
             &["reason"],
         )?;
         let watermark = IntGauge::new("data_watermark", "The ingest watermark (last event id) last seen")?;
+        let in_flight = IntGaugeVec::new(
+            Opts::new("stage_in_flight", "Operations running per stage (admission control)"),
+            &["stage"],
+        )?;
+        let queued = IntGaugeVec::new(Opts::new("stage_queued", "Requests waiting for a stage's slot"), &["stage"])?;
+        let limit = IntGaugeVec::new(Opts::new("stage_limit", "The in-flight limit of a stage"), &["stage"])?;
+        let shed = IntCounterVec::new(
+            Opts::new("shed_total", "Requests a stage refused under overload (answered degraded at once)"),
+            &["stage", "reason"],
+        )?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(queued.clone()))?;
+        registry.register(Box::new(limit.clone()))?;
+        registry.register(Box::new(shed.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(stage.clone()))?;
         registry.register(Box::new(cache.clone()))?;
         registry.register(Box::new(degraded.clone()))?;
         registry.register(Box::new(watermark.clone()))?;
-        Ok(Self { registry, requests, latency, stage, cache, degraded, watermark })
+        Ok(Self { registry, requests, latency, stage, cache, degraded, watermark, in_flight, queued, limit, shed })
     }
 
     /// The text exposition format.

@@ -12,4 +12,5 @@ mod durability;
 mod faults;
 mod fleet;
 mod journal;
+mod overload;
 mod sticky;

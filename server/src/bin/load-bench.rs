@@ -10,13 +10,15 @@
 //! * `load-bench compare --direct <server> --via <load balancer>` — the proxy's overhead: the
 //!   same load against both, interleaved, then each saturated; added p50/p99 and the
 //!   throughput ratio.
+//! * `load-bench overload --phase 1000x20 --phase 3000x20 --phase 500x30` — the phases one after
+//!   the other; the degraded share and p99 per second and per phase, how soon the last phase
+//!   settled under 1 % degraded, and the Postgres sessions opened during the run.
 //! * `load-bench capacity` — rates stepped up until p99 exceeds the target; prints the highest
 //!   rate that met it.
 //!
 //! See BENCHMARKS.md for the full procedure (data through the ingester, then these steps).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -107,6 +109,19 @@ enum Cmd {
         #[arg(long = "peer", value_parser = parse_peer)]
         peers: Vec<(String, String)>,
     },
+    /// Overload: open-loop phases one after the other (e.g. `--phase 1000x20 --phase 3000x20
+    /// --phase 500x30`); prints the degraded share and p99 per second and per phase, when the
+    /// degraded share settled under 1 % in the last phase, and the Postgres sessions opened.
+    Overload {
+        #[command(flatten)]
+        load: Load,
+        /// `RATExSECONDS`, repeatable, in order.
+        #[arg(long = "phase", value_parser = parse_phase, required = true)]
+        phases: Vec<(u64, u64)>,
+        /// Postgres to count sessions on (`pg_stat_database`); without it, not counted.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+    },
     /// Step the rate up until p99 exceeds the target.
     Capacity {
         #[command(flatten)]
@@ -162,71 +177,191 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn run_rate(load: &Load, rate: u64, seconds: u64, seed: u64) -> Result<Outcome> {
+/// One request of an open-loop run.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    /// The second (from the start) it was scheduled in.
+    second: u32,
+    /// From its scheduled time to the end of its body (ms).
+    latency: f64,
+    /// A 200 with a body.
+    ok: bool,
+    /// Any HTTP response (for log-completeness checks).
+    responded: bool,
+    degraded: bool,
+}
+
+/// Open-loop load through `phases` (rate, seconds), one after the other; every request's sample.
+async fn run_phases(load: &Load, phases: &[(u64, u64)], seed: u64) -> Result<(Vec<Sample>, f64, f64)> {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .pool_max_idle_per_host(1_024)
         .build_http::<Empty<Bytes>>();
-    let total = rate * seconds;
-    let interval = Duration::from_secs_f64(1.0 / rate as f64);
-    let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(total as usize)));
-    let errors = Arc::new(AtomicU64::new(0));
-    let degraded = Arc::new(AtomicU64::new(0));
-    let responses = Arc::new(AtomicU64::new(0));
+    let total: u64 = phases.iter().map(|(rate, secs)| rate * secs).sum();
+    let samples = Arc::new(std::sync::Mutex::new(Vec::with_capacity(total as usize)));
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let cpu0 = cpu_seconds();
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(total as usize);
-    for i in 0..total {
-        let scheduled = started + interval.mul_f64(i as f64);
-        tokio::time::sleep_until(scheduled.into()).await;
-        let user = rng.random_range(1..=load.users);
-        let uri: hyper::Uri = format!("{}/recommend/{user}", load.url).parse()?;
-        let client = client.clone();
-        let latencies = latencies.clone();
-        let errors = errors.clone();
-        let degraded = degraded.clone();
-        let responses = responses.clone();
-        tasks.push(tokio::spawn(async move {
-            let result = async {
-                let resp = client.get(uri).await?;
-                let ok = resp.status().is_success();
-                if resp.headers().contains_key(proto::contract::headers::DEGRADED) {
-                    degraded.fetch_add(1, Ordering::Relaxed);
+    let mut phase_start = Duration::ZERO;
+    for &(rate, seconds) in phases {
+        let interval = Duration::from_secs_f64(1.0 / rate as f64);
+        for i in 0..rate * seconds {
+            let offset = phase_start + interval.mul_f64(i as f64);
+            let scheduled = started + offset;
+            tokio::time::sleep_until(scheduled.into()).await;
+            let user = rng.random_range(1..=load.users);
+            let uri: hyper::Uri = format!("{}/recommend/{user}", load.url).parse()?;
+            let client = client.clone();
+            let samples = samples.clone();
+            let second = offset.as_secs() as u32;
+            tasks.push(tokio::spawn(async move {
+                let result = async {
+                    let resp = client.get(uri).await?;
+                    let ok = resp.status().is_success();
+                    let degraded = resp.headers().contains_key(proto::contract::headers::DEGRADED);
+                    let body = resp.into_body().collect().await?.to_bytes();
+                    anyhow::Ok((ok && !body.is_empty(), degraded))
                 }
-                let body = resp.into_body().collect().await?.to_bytes();
-                responses.fetch_add(1, Ordering::Relaxed);
-                anyhow::Ok(ok && !body.is_empty())
-            }
-            .await;
-            let elapsed = scheduled.elapsed().as_secs_f64() * 1e3;
-            match result {
-                Ok(true) => latencies.lock().unwrap_or_else(|p| p.into_inner()).push(elapsed),
-                Ok(false) | Err(_) => {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
+                .await;
+                let latency = scheduled.elapsed().as_secs_f64() * 1e3;
+                let (ok, responded, degraded) = match result {
+                    Ok((ok, degraded)) => (ok, true, degraded),
+                    Err(_) => (false, false, false),
+                };
+                samples.lock().unwrap_or_else(|p| p.into_inner()).push(Sample {
+                    second,
+                    latency,
+                    ok,
+                    responded,
+                    degraded,
+                });
+            }));
+        }
+        phase_start += Duration::from_secs(seconds);
     }
     for t in tasks {
         let _joined = t.await;
     }
     let seconds_taken = started.elapsed().as_secs_f64();
     let cpu = (cpu_seconds() - cpu0) / seconds_taken;
-    let mut l = std::mem::take(&mut *latencies.lock().unwrap_or_else(|p| p.into_inner()));
+    let samples = std::mem::take(&mut *samples.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok((samples, seconds_taken, cpu))
+}
+
+/// Latency percentiles of the answered samples, and the counts.
+fn outcome(rate: u64, samples: &[Sample], seconds: f64, cpu: f64) -> Outcome {
+    let mut l: Vec<f64> = samples.iter().filter(|s| s.ok).map(|s| s.latency).collect();
     l.sort_by(f64::total_cmp);
-    Ok(Outcome {
+    Outcome {
         rate,
-        sent: total,
+        sent: samples.len() as u64,
         ok: l.len() as u64,
-        responses: responses.load(Ordering::Relaxed),
-        errors: errors.load(Ordering::Relaxed),
-        degraded: degraded.load(Ordering::Relaxed),
-        seconds: seconds_taken,
+        responses: samples.iter().filter(|s| s.responded).count() as u64,
+        errors: samples.iter().filter(|s| !s.ok).count() as u64,
+        degraded: samples.iter().filter(|s| s.ok && s.degraded).count() as u64,
+        seconds,
         p50: percentile(&l, 0.5),
         p99: percentile(&l, 0.99),
         max: l.last().copied().unwrap_or(f64::NAN),
         cpu,
-    })
+    }
+}
+
+async fn run_rate(load: &Load, rate: u64, seconds: u64, seed: u64) -> Result<Outcome> {
+    let (samples, taken, cpu) = run_phases(load, &[(rate, seconds)], seed).await?;
+    Ok(outcome(rate, &samples, taken, cpu))
+}
+
+/// `pg_stat_database.sessions` summed over every database (Postgres ≥ 14), read on a
+/// connection opened before the run (so it does not count itself).
+async fn sessions(conn: &mut sqlx::PgConnection) -> Result<(i64, i64)> {
+    // Statistics are flushed by each backend at most once a second.
+    let row: (Option<i64>, Option<i64>) =
+        sqlx::query_as("SELECT sum(sessions)::bigint, sum(sessions_abandoned)::bigint FROM pg_stat_database")
+            .fetch_one(&mut *conn)
+            .await
+            .context("reading pg_stat_database")?;
+    Ok((row.0.unwrap_or(0), row.1.unwrap_or(0)))
+}
+
+/// `rate x seconds`.
+fn parse_phase(s: &str) -> Result<(u64, u64), String> {
+    let (rate, secs) = s.split_once('x').ok_or_else(|| format!("expected RATExSECONDS, got {s:?}"))?;
+    let rate: u64 = rate.trim().parse().map_err(|_| format!("bad rate in {s:?}"))?;
+    let secs: u64 = secs.trim().parse().map_err(|_| format!("bad seconds in {s:?}"))?;
+    if rate == 0 || secs == 0 {
+        return Err(format!("rate and seconds must be positive in {s:?}"));
+    }
+    Ok((rate, secs))
+}
+
+/// The overload run: phases, then a per-second table (rate, achieved, degraded share, p99,
+/// errors), per-phase summaries, how long the degraded share took to fall under 1 % in the last
+/// phase, and the Postgres sessions opened during the run.
+async fn overload(load: &Load, phases: &[(u64, u64)], database_url: Option<&str>) -> Result<()> {
+    use sqlx::Connection;
+    let mut pg = match database_url {
+        Some(url) => Some(sqlx::PgConnection::connect(url).await.context("connecting to Postgres")?),
+        None => None,
+    };
+    let before = match pg.as_mut() {
+        Some(c) => Some(sessions(c).await?),
+        None => None,
+    };
+    let (samples, taken, cpu) = run_phases(load, phases, 3).await?;
+    let mut bounds = Vec::new(); // (first second, last second + 1, rate)
+    let mut at = 0u32;
+    for &(rate, secs) in phases {
+        bounds.push((at, at + secs as u32, rate));
+        at += secs as u32;
+    }
+    println!("second  rate  answered  degraded%  p99 ms  errors");
+    let mut by_second: Vec<Vec<Sample>> = vec![Vec::new(); at as usize];
+    for s in &samples {
+        if let Some(v) = by_second.get_mut(s.second as usize) {
+            v.push(*s);
+        }
+    }
+    let rate_at = |sec: u32| bounds.iter().find(|(a, b, _)| (*a..*b).contains(&sec)).map(|b| b.2).unwrap_or(0);
+    let share = |v: &[Sample]| {
+        let ok = v.iter().filter(|s| s.ok).count().max(1);
+        100.0 * v.iter().filter(|s| s.ok && s.degraded).count() as f64 / ok as f64
+    };
+    for (sec, v) in by_second.iter().enumerate() {
+        let o = outcome(0, v, 1.0, 0.0);
+        println!("{sec:>6} {:>5} {:>9} {:>9.1}% {:>7.1} {:>7}", rate_at(sec as u32), o.ok, share(v), o.p99, o.errors);
+    }
+    for (i, &(a, b, rate)) in bounds.iter().enumerate() {
+        let v: Vec<Sample> = samples.iter().filter(|s| (a..b).contains(&s.second)).copied().collect();
+        let o = outcome(rate, &v, f64::from(b - a), 0.0);
+        println!(
+            "phase {} ({rate}/s for {} s): {} answered ({:.0}/s), degraded {:.1} %, p50 {:.1} ms, p99 {:.1} ms, max {:.0} ms, {} errors",
+            i + 1,
+            b - a,
+            o.ok,
+            o.ok as f64 / f64::from(b - a),
+            share(&v),
+            o.p50,
+            o.p99,
+            o.max,
+            o.errors
+        );
+    }
+    if let Some(&(a, b, _)) = bounds.last().filter(|_| bounds.len() > 1) {
+        // The first second of the last phase from which every second stays under 1 % degraded.
+        let settled = (a..b).find(|&sec| (sec..b).all(|t| share(&by_second[t as usize]) < 1.0));
+        match settled {
+            Some(sec) => println!("last phase: degraded share under 1 % from second {} of the phase on", sec - a),
+            None => println!("last phase: the degraded share did not stay under 1 %"),
+        }
+    }
+    println!("run: {} requests in {taken:.1} s, load generator CPU {:.0}%", samples.len(), cpu * 100.0);
+    if let (Some(c), Some((s0, a0))) = (pg.as_mut(), before) {
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let (s1, a1) = sessions(c).await?;
+        println!("Postgres sessions opened during the run: {} ({} abandoned)", s1 - s0, a1 - a0);
+    }
+    Ok(())
 }
 
 /// Closed loop: `concurrency` workers sending back to back for `seconds`.
@@ -439,6 +574,12 @@ fn main() -> Result<()> {
                 let o = run_rate(&load, rate, load.seconds, 2).await?;
                 print(&o, &load);
                 Ok(())
+            }
+            Cmd::Overload { load, phases, database_url } => {
+                if load.warmup > 0 {
+                    run_rate(&load, phases[0].0, load.warmup, 1).await?;
+                }
+                overload(&load, &phases, database_url.as_deref()).await
             }
             Cmd::Compare { direct, via, users, rate, seconds, rounds, concurrency, peers } => {
                 compare(&direct, &via, &peers, users, rate, seconds, rounds, concurrency).await

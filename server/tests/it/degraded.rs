@@ -108,3 +108,84 @@ async fn connects_slower_than_the_deadline_fill_the_pool_once_instead_of_a_storm
     assert_eq!(abandoned, 0, "no connect was cancelled mid-handshake");
     assert!(!last_kinds.is_empty() && last_kinds.iter().all(|k| k == "personal"), "{last_kinds:?}");
 }
+
+/// The server's Postgres sessions in the test database (backend pids).
+async fn server_sessions(pool: &sqlx::PgPool) -> Vec<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()
+           AND application_name LIKE 'lazyrec-server%' ORDER BY pid",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("pg_stat_activity")
+}
+
+/// Postgres stuck (the history table locked) under a burst of requests: the queries that were
+/// admitted miss their stage deadline and keep their pooled connections (the same backend pids
+/// before and after: no reconnect), no more of them run than the stage's limit, the burst beyond
+/// the queue is shed at once (degraded, `queue full`), and once the lock goes the same
+/// connections answer personally again. A behaviour test: it counts sessions and answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_past_its_deadline_keeps_its_connection_and_the_excess_is_shed() {
+    let stack = Stack::new().await;
+    let mut config = stack.config();
+    config.database_connections = 2;
+    config.admission.postgres = server::admission::Limits { max_in_flight: 2, max_queued: 4 };
+    let server = server::start(config).await.expect("start");
+    let base = format!("http://{}", server.http_addr);
+    crate::helpers::wait_ready(&base).await;
+    // Both pooled connections opened: concurrent requests for users not cached yet.
+    let mut user = 1;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server_sessions(&stack.db.pool).await.len() < 2 {
+        assert!(Instant::now() < deadline, "the pool never opened its 2 connections");
+        let burst: Vec<_> = (0..6).map(|i| get_owned(format!("{base}/recommend/{}", user + i))).collect();
+        futures_util::future::join_all(burst).await;
+        user += 6;
+    }
+    let before = server_sessions(&stack.db.pool).await;
+
+    // Lock the table every history query reads; hold it longer than the stage deadline (100 ms)
+    // and shorter than the connections' statement_timeout (1 s), so the stuck queries end well.
+    let mut locker = stack.db.pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE user_watched IN ACCESS EXCLUSIVE MODE").execute(&mut *locker).await.expect("lock");
+    let burst: Vec<_> = (0..30).map(|i| get_owned(format!("{base}/recommend/{}", 300 + i))).collect();
+    let replies = futures_util::future::join_all(burst).await;
+    let during = server_sessions(&stack.db.pool).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    locker.commit().await.expect("unlock");
+
+    let reasons: Vec<String> = replies.iter().map(|r| r.header("x-degraded").to_string()).collect();
+    let count = |needle: &str| reasons.iter().filter(|r| r.contains(needle)).count();
+    println!(
+        "burst of 30 while locked: {} past the deadline, {} queue full, {} queued past the deadline; sessions before {before:?}, during {during:?}",
+        count("postgres deadline"),
+        count("queue full"),
+        count("queued past the deadline")
+    );
+    assert!(replies.iter().all(|r| r.status == 200), "every request answered");
+    assert!(reasons.iter().all(|r| r.starts_with("postgres")), "every answer degraded by Postgres: {reasons:?}");
+    assert!(count("postgres deadline") >= 1, "admitted queries missed the deadline: {reasons:?}");
+    assert!(count("queue full") >= 30 - 2 - 4, "the burst beyond the queue is shed at once: {reasons:?}");
+    assert_eq!(during, before, "no connection opened while the queries were stuck");
+
+    // The stuck queries end; the same two connections serve personal answers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = get(&format!("{base}/recommend/{}", 400), &[]).await;
+        if r.header("x-recommendation-kind") == "personal" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never personal again: {}", r.header("x-degraded"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for u in 401..420 {
+        assert_eq!(get(&format!("{base}/recommend/{u}"), &[]).await.header("x-recommendation-kind"), "personal");
+    }
+    assert_eq!(server_sessions(&stack.db.pool).await, before, "the connections of the late queries were kept");
+    server.shutdown().await.expect("shutdown");
+}
+
+async fn get_owned(url: String) -> crate::helpers::Reply {
+    get(&url, &[]).await
+}

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The overload benchmark (issue #10) at course scale, in its own state directory (default
+# /tmp/lazyrec-overload; the project's .state is not touched):
+#   ci/bench-overload.sh prepare   10M synthetic course log lines (100k users, 27k movies) through
+#                                  the production ingester, popularity, a 27k-point qdrant-edge
+#                                  collection (the default dataset's real vectors, perturbed)
+#   ci/bench-overload.sh run       one server (and the load balancer in front of it), each driven
+#                                  through steady → 2× capacity → 0.5× capacity by
+#                                  `load-bench overload`, printing per-second degraded share and
+#                                  p99 and the Postgres sessions opened during the run
+#   ci/bench-overload.sh fresh     a fresh ingest of another 10M-event log, then 500 req/s at once
+#                                  (autovacuum still analysing)
+# Rates: STEADY (default 1000), OVER (2× capacity, default 3000), AFTER (default 500), SECS per
+# phase (default 20).
+source "$(dirname "$0")/lib.sh"
+BENCH_STATE="${BENCH_STATE:-/tmp/lazyrec-overload}"
+export LAZYREC_STATE_DIR="$BENCH_STATE"
+STEADY="${STEADY:-1000}" OVER="${OVER:-3000}" AFTER="${AFTER:-500}" SECS="${SECS:-20}"
+WORK=/tmp/lazyrec-bench
+LOG="$WORK/synth-10000000-100000-27000-42.log"
+
+build() {
+  # The whole workspace, as ci/test.sh builds it: another package set unifies features
+  # differently and rebuilds half the dependency graph.
+  cargo build --release --quiet --workspace --bins
+}
+
+up() { eval "export $("$BIN/lazyrec-db" up)"; }
+
+prepare() {
+  build
+  [ -s "$LOG" ] || { say "generating the 10M-line course log (ingest-bench)"; "$BIN/ingest-bench" --lines 10000000 --work-dir "$WORK"; }
+  up
+  if [ ! -f "$BENCH_STATE/prepared" ]; then
+    say "movies, ingest, popularity"
+    psql -q "$DATABASE_URL" -c "INSERT INTO movies (movie_id, title, year, genres, source, content_hash)
+      SELECT 'synthetic+movie+'||i||'+'||(1950+i%75), 'Synthetic '||i, 1950+i%75, ARRAY['Drama'], 'bench', md5(i::text)
+      FROM generate_series(0, 26999) i ON CONFLICT DO NOTHING"
+    "$BIN/lazyrec-db" ingest "$LOG"
+    "$BIN/lazyrec-db" popularity
+    say "course-scale vectors from the default dataset's collection"
+    [ -d "$ROOT/.state/qdrant-edge" ] || { echo "error: run ci/up.sh --no-serve first (it embeds the default dataset)" >&2; exit 1; }
+    rm -rf "$BENCH_STATE/source-edge" && cp -a "$ROOT/.state/qdrant-edge" "$BENCH_STATE/source-edge"
+    "$BIN/load-bench" vectors --from "$BENCH_STATE/source-edge" --to "$BENCH_STATE/qdrant-edge"
+    psql -q "$DATABASE_URL" -c "VACUUM ANALYZE"
+    touch "$BENCH_STATE/prepared"
+  fi
+}
+
+# pg_stat_database.sessions is flushed lazily; load-bench reads it before and after the run.
+server_up() { # extra env for the server, e.g. LAZYREC_SERVER_DATABASE_URL=...
+  env "$@" "$BIN/lazyrec-server" >>"$BENCH_STATE/server.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 1 300); do curl -sf -o /dev/null http://127.0.0.1:8080/recommend/1 && return 0; sleep 0.1; done
+  echo "error: the server did not answer; see $BENCH_STATE/server.log" >&2; exit 1
+}
+lb_up() {
+  "$BIN/lazyrec-lb" --main http://127.0.0.1:8080 --http-addr 127.0.0.1:8082 --grpc-addr 127.0.0.1:8083 \
+    --admin-addr 127.0.0.1:8084 >>"$BENCH_STATE/lb.log" 2>&1 &
+  LB_PID=$!
+  for _ in $(seq 1 300); do curl -sf -o /dev/null http://127.0.0.1:8082/recommend/1 && return 0; sleep 0.1; done
+  echo "error: the load balancer did not answer; see $BENCH_STATE/lb.log" >&2; exit 1
+}
+stop() { for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done; }
+phases() { echo --phase "${STEADY}x$SECS" --phase "${OVER}x$SECS" --phase "${AFTER}x$SECS"; }
+machine() { grep -m1 "model name" /proc/cpuinfo | sed 's/.*: /cpu: /'; echo "cores: $(nproc), $(date -u +%F)"; }
+
+run() {
+  prepare
+  machine
+  trap 'stop ${LB_PID:-} ${SERVER_PID:-}' EXIT
+  server_up
+  say "the server alone: $(phases)"
+  # shellcheck disable=SC2046
+  "$BIN/load-bench" overload --url http://127.0.0.1:8080 $(phases) --server-pid "$SERVER_PID"
+  lb_up
+  say "through the load balancer: $(phases)"
+  # shellcheck disable=SC2046
+  "$BIN/load-bench" overload --url http://127.0.0.1:8082 $(phases) --server-pid "$SERVER_PID"
+  curl -s http://127.0.0.1:8082/metrics | grep -E '^lazyrec_lb_(shed|retries|fallbacks)' || true
+  curl -s http://127.0.0.1:8080/metrics | grep -E '^lazyrec_server_(shed|degraded)_total' || true
+}
+
+# A second database in the same cluster, filled with a fresh ingest of the 10M-line log; the
+# server starts the moment the ingest ends (autovacuum then has 10M fresh rows to analyse).
+fresh() {
+  prepare
+  machine
+  local db=lazyrec_fresh url
+  url="${DATABASE_URL%/*}/$db"
+  psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
+  "$BIN/lazyrec-db" --database-url "$url" migrate
+  psql -q "$url" -c "INSERT INTO movies (movie_id, title, year, genres, source, content_hash)
+    SELECT 'synthetic+movie+'||i||'+'||(1950+i%75), 'Synthetic '||i, 1950+i%75, ARRAY['Drama'], 'bench', md5(i::text)
+    FROM generate_series(0, 26999) i"
+  say "ingesting 10M lines into $db"
+  "$BIN/lazyrec-db" --database-url "$url" ingest "$LOG"
+  "$BIN/lazyrec-db" --database-url "$url" popularity
+  trap 'stop ${SERVER_PID:-}' EXIT
+  server_up DATABASE_URL="$url"
+  say "500/s right after the ingest"
+  psql -At "$url" -c "SELECT 'autovacuum workers running: ' || count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
+  "$BIN/load-bench" overload --url http://127.0.0.1:8080 --phase "500x${FRESH_SECS:-90}" --database-url "$url"
+  psql -At "$url" -c "SELECT relname, last_autoanalyze, last_autovacuum FROM pg_stat_user_tables WHERE relname IN ('user_watched', 'ratings', 'events')"
+}
+
+case "${1:-run}" in
+  prepare) prepare ;;
+  run) run ;;
+  fresh) fresh ;;
+  *) echo "usage: $0 prepare|run|fresh" >&2; exit 2 ;;
+esac
