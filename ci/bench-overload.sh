@@ -28,15 +28,20 @@ build() {
 
 up() { eval "export $("$BIN/lazyrec-db" up)"; }
 
+# The 27k movies the synthetic log refers to (ids as db::synth::movie_id).
+synthetic_movies() { # database URL
+  psql -q "$1" -c "INSERT INTO movies (movie_id, title, year, genres, source, content_hash)
+    SELECT 'synthetic+movie+'||i||'+'||(1950+i%75), 'Synthetic '||i, 1950+i%75, ARRAY['Drama'], 'bench', md5(i::text)
+    FROM generate_series(0, 26999) i ON CONFLICT DO NOTHING"
+}
+
 prepare() {
   build
   [ -s "$LOG" ] || { say "generating the 10M-line course log (ingest-bench)"; "$BIN/ingest-bench" --lines 10000000 --work-dir "$WORK"; }
   up
   if [ ! -f "$BENCH_STATE/prepared" ]; then
     say "movies, ingest, popularity"
-    psql -q "$DATABASE_URL" -c "INSERT INTO movies (movie_id, title, year, genres, source, content_hash)
-      SELECT 'synthetic+movie+'||i||'+'||(1950+i%75), 'Synthetic '||i, 1950+i%75, ARRAY['Drama'], 'bench', md5(i::text)
-      FROM generate_series(0, 26999) i ON CONFLICT DO NOTHING"
+    synthetic_movies "$DATABASE_URL"
     "$BIN/lazyrec-db" ingest "$LOG"
     "$BIN/lazyrec-db" popularity
     say "course-scale vectors from the default dataset's collection"
@@ -50,13 +55,13 @@ prepare() {
 
 # pg_stat_database.sessions is flushed lazily; load-bench reads it before and after the run.
 server_up() { # extra env for the server, e.g. LAZYREC_SERVER_DATABASE_URL=...
-  env "$@" "$BIN/lazyrec-server" >>"$BENCH_STATE/server.log" 2>&1 &
+  env "$@" "${SERVER_BIN:-$BIN/lazyrec-server}" >>"$BENCH_STATE/server.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 1 300); do curl -sf -o /dev/null http://127.0.0.1:8080/recommend/1 && return 0; sleep 0.1; done
   echo "error: the server did not answer; see $BENCH_STATE/server.log" >&2; exit 1
 }
 lb_up() {
-  "$BIN/lazyrec-lb" --main http://127.0.0.1:8080 --http-addr 127.0.0.1:8082 --grpc-addr 127.0.0.1:8083 \
+  "${LB_BIN:-$BIN/lazyrec-lb}" --main http://127.0.0.1:8080 --http-addr 127.0.0.1:8082 --grpc-addr 127.0.0.1:8083 \
     --admin-addr 127.0.0.1:8084 >>"$BENCH_STATE/lb.log" 2>&1 &
   LB_PID=$!
   for _ in $(seq 1 300); do curl -sf -o /dev/null http://127.0.0.1:8082/recommend/1 && return 0; sleep 0.1; done
@@ -66,43 +71,69 @@ stop() { for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 
 phases() { echo --warmup "$WARMUP" --phase "${STEADY}x$SECS" --phase "${OVER}x$SECS" --phase "${AFTER}x$SECS"; }
 machine() { grep -m1 "model name" /proc/cpuinfo | sed 's/.*: /cpu: /'; echo "cores: $(nproc), $(date -u +%F)"; }
 
-run() {
-  prepare
-  machine
-  trap 'stop ${LB_PID:-} ${SERVER_PID:-}' EXIT
+sessions() { psql -At "$DATABASE_URL" -c "SELECT sum(sessions), sum(sessions_abandoned) FROM pg_stat_database"; }
+
+# One build: the server alone, then the load balancer in front of it.
+run_build() { # label
   server_up
-  say "the server alone: $(phases)"
+  say "$1: the server alone: $(phases)"
   # shellcheck disable=SC2046
   "$BIN/load-bench" overload --url http://127.0.0.1:8080 $(phases) --server-pid "$SERVER_PID"
   lb_up
-  say "through the load balancer: $(phases)"
+  say "$1: through the load balancer: $(phases)"
   # shellcheck disable=SC2046
   "$BIN/load-bench" overload --url http://127.0.0.1:8082 $(phases) --server-pid "$SERVER_PID"
   curl -s http://127.0.0.1:8082/metrics | grep -E '^lazyrec_lb_(shed|retries|fallbacks)' || true
   curl -s http://127.0.0.1:8080/metrics | grep -E '^lazyrec_server_(shed|degraded)_total' || true
+  stop "$LB_PID" "$SERVER_PID"
+}
+
+# REFERENCE_SERVER / REFERENCE_LB: binaries of another build (e.g. the commit before this
+# work), run first with the same phases, in the same run.
+run() {
+  prepare
+  machine
+  trap 'stop ${LB_PID:-} ${SERVER_PID:-}' EXIT
+  local before
+  if [ -n "${REFERENCE_SERVER:-}" ]; then
+    SERVER_BIN="$REFERENCE_SERVER" LB_BIN="${REFERENCE_LB:-$BIN/lazyrec-lb}" run_build reference
+  fi
+  before="$(sessions)"
+  run_build ours
+  sleep 1.5 # statistics are flushed at most once a second
+  python3 - "$before" "$(sessions)" <<'PY'
+import sys
+(s0, a0), (s1, a1) = (map(int, x.split("|")) for x in sys.argv[1:])
+print(f"ours: Postgres sessions opened over both runs (server and load balancer start-up included, psql's own included): {s1 - s0} ({a1 - a0} abandoned)")
+PY
 }
 
 # A second database in the same cluster, filled with a fresh ingest of the 10M-line log; the
 # server starts the moment the ingest ends (autovacuum then has 10M fresh rows to analyse).
+# With REFERENCE_SERVER, that build gets the same treatment first (its own fresh ingest).
+fresh_one() { # label server-binary
+  local db=lazyrec_fresh url
+  url="${DATABASE_URL%/*}/$db"
+  psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" 2>/dev/null
+  "$BIN/lazyrec-db" --database-url "$url" migrate
+  synthetic_movies "$url"
+  say "$1: ingesting 10M lines into $db"
+  "$BIN/lazyrec-db" --database-url "$url" ingest "$LOG" | tail -1
+  "$BIN/lazyrec-db" --database-url "$url" popularity
+  SERVER_BIN="$2" server_up DATABASE_URL="$url"
+  say "$1: 500/s right after the ingest"
+  psql -At "$url" -c "SELECT 'autovacuum workers running: ' || count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
+  "$BIN/load-bench" overload --url http://127.0.0.1:8080 --phase "500x${FRESH_SECS:-60}" --database-url "$url"
+  psql -At "$url" -c "SELECT relname || ': analysed ' || coalesce(last_autoanalyze::text, 'never') FROM pg_stat_user_tables WHERE relname IN ('user_watched', 'ratings')"
+  stop "$SERVER_PID"
+}
+
 fresh() {
   prepare
   machine
-  local db=lazyrec_fresh url
-  url="${DATABASE_URL%/*}/$db"
-  psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
-  "$BIN/lazyrec-db" --database-url "$url" migrate
-  psql -q "$url" -c "INSERT INTO movies (movie_id, title, year, genres, source, content_hash)
-    SELECT 'synthetic+movie+'||i||'+'||(1950+i%75), 'Synthetic '||i, 1950+i%75, ARRAY['Drama'], 'bench', md5(i::text)
-    FROM generate_series(0, 26999) i"
-  say "ingesting 10M lines into $db"
-  "$BIN/lazyrec-db" --database-url "$url" ingest "$LOG"
-  "$BIN/lazyrec-db" --database-url "$url" popularity
   trap 'stop ${SERVER_PID:-}' EXIT
-  server_up DATABASE_URL="$url"
-  say "500/s right after the ingest"
-  psql -At "$url" -c "SELECT 'autovacuum workers running: ' || count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
-  "$BIN/load-bench" overload --url http://127.0.0.1:8080 --phase "500x${FRESH_SECS:-90}" --database-url "$url"
-  psql -At "$url" -c "SELECT relname, last_autoanalyze, last_autovacuum FROM pg_stat_user_tables WHERE relname IN ('user_watched', 'ratings', 'events')"
+  [ -z "${REFERENCE_SERVER:-}" ] || fresh_one reference "$REFERENCE_SERVER"
+  fresh_one ours "$BIN/lazyrec-server"
 }
 
 case "${1:-run}" in

@@ -308,6 +308,9 @@ async fn overload(load: &Load, phases: &[(u64, u64)], database_url: Option<&str>
         Some(c) => Some(sessions(c).await?),
         None => None,
     };
+    if load.warmup > 0 {
+        run_rate(load, phases[0].0, load.warmup, 1).await?;
+    }
     let (samples, taken, cpu) = run_phases(load, phases, 3).await?;
     let mut bounds = Vec::new(); // (first second, last second + 1, rate)
     let mut at = 0u32;
@@ -359,7 +362,7 @@ async fn overload(load: &Load, phases: &[(u64, u64)], database_url: Option<&str>
     if let (Some(c), Some((s0, a0))) = (pg.as_mut(), before) {
         tokio::time::sleep(Duration::from_millis(1_500)).await;
         let (s1, a1) = sessions(c).await?;
-        println!("Postgres sessions opened during the run: {} ({} abandoned)", s1 - s0, a1 - a0);
+        println!("Postgres sessions opened during the run (warm-up included): {} ({} abandoned)", s1 - s0, a1 - a0);
     }
     Ok(())
 }
@@ -575,12 +578,7 @@ fn main() -> Result<()> {
                 print(&o, &load);
                 Ok(())
             }
-            Cmd::Overload { load, phases, database_url } => {
-                if load.warmup > 0 {
-                    run_rate(&load, phases[0].0, load.warmup, 1).await?;
-                }
-                overload(&load, &phases, database_url.as_deref()).await
-            }
+            Cmd::Overload { load, phases, database_url } => overload(&load, &phases, database_url.as_deref()).await,
             Cmd::Compare { direct, via, users, rate, seconds, rounds, concurrency, peers } => {
                 compare(&direct, &via, &peers, users, rate, seconds, rounds, concurrency).await
             }
