@@ -107,6 +107,9 @@ impl RunningLb {
         // Every request has been answered and journaled: the shipper can drain and stop.
         let _sent = self.stop_shipper.send(true);
         self.shipper.await.context("response-log shipper panicked")?;
+        // Say goodbye to Postgres (a Terminate per connection), so it does not count the
+        // sessions as abandoned; bounded, a shutdown never hangs on it.
+        let _closed = tokio::time::timeout(std::time::Duration::from_secs(2), self.lb.pool.close()).await;
         let m = &self.lb.metrics;
         tracing::info!(
             written = m.history_written.get(),

@@ -72,6 +72,9 @@ impl RunningServer {
         for task in self.tasks {
             task.await.context("server task panicked")??;
         }
+        // Close the pool (a Terminate per connection, once late queries have returned theirs),
+        // so Postgres does not count the sessions as abandoned; bounded, a shutdown never hangs.
+        let _closed = tokio::time::timeout(Duration::from_secs(2), self.core.pool().close()).await;
         Ok(())
     }
 
