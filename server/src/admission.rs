@@ -16,6 +16,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use prometheus::{IntCounter, IntGauge};
+
 use crate::metrics::Metrics;
 
 /// The limits of one stage.
@@ -52,24 +54,27 @@ impl Refused {
 /// One stage's gate.
 #[derive(Debug, Clone)]
 pub struct Gate {
-    stage: &'static str,
+    limit: usize,
     slots: Arc<Semaphore>,
     queued: Arc<AtomicUsize>,
     max_queued: usize,
-    metrics: Metrics,
+    // The stage's series, resolved once (not a label lookup per query).
+    in_flight_gauge: IntGauge,
+    queued_gauge: IntGauge,
+    shed_queue_full: IntCounter,
+    shed_deadline: IntCounter,
 }
 
 /// A slot of a stage, held by the work until it ends.
 #[derive(Debug)]
 pub struct Permit {
     _slot: OwnedSemaphorePermit,
-    stage: &'static str,
-    metrics: Metrics,
+    in_flight_gauge: IntGauge,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.metrics.in_flight.with_label_values(&[self.stage]).dec();
+        self.in_flight_gauge.dec();
     }
 }
 
@@ -80,20 +85,24 @@ struct Queued<'a>(&'a Gate);
 impl Drop for Queued<'_> {
     fn drop(&mut self) {
         self.0.queued.fetch_sub(1, Ordering::Relaxed);
-        self.0.metrics.queued.with_label_values(&[self.0.stage]).dec();
+        self.0.queued_gauge.dec();
     }
 }
 
 impl Gate {
     /// A gate for `stage` (`postgres`, `vector_store`) with `limits` (validated: in flight ≥ 1).
-    pub fn new(stage: &'static str, limits: Limits, metrics: Metrics) -> Self {
-        metrics.limit.with_label_values(&[stage]).set(limits.max_in_flight as i64);
+    pub fn new(stage: &'static str, limits: Limits, metrics: &Metrics) -> Self {
+        let limit = limits.max_in_flight.max(1);
+        metrics.limit.with_label_values(&[stage]).set(limit as i64);
         Self {
-            stage,
-            slots: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
+            limit,
+            slots: Arc::new(Semaphore::new(limit)),
             queued: Arc::new(AtomicUsize::new(0)),
             max_queued: limits.max_queued,
-            metrics,
+            in_flight_gauge: metrics.in_flight.with_label_values(&[stage]),
+            queued_gauge: metrics.queued.with_label_values(&[stage]),
+            shed_queue_full: metrics.shed.with_label_values(&[stage, Refused::QueueFull.label()]),
+            shed_deadline: metrics.shed.with_label_values(&[stage, Refused::Deadline.label()]),
         }
     }
 
@@ -105,42 +114,39 @@ impl Gate {
             Err(_) => {
                 if self.queued.fetch_add(1, Ordering::Relaxed) >= self.max_queued {
                     self.queued.fetch_sub(1, Ordering::Relaxed);
-                    return Err(self.refuse(Refused::QueueFull));
+                    self.shed_queue_full.inc();
+                    return Err(Refused::QueueFull);
                 }
-                self.metrics.queued.with_label_values(&[self.stage]).inc();
+                self.queued_gauge.inc();
                 let _queued = Queued(self);
                 match tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await {
                     Ok(Ok(slot)) => slot,
                     // The semaphore is never closed; a closed one would mean "no capacity".
-                    Ok(Err(_)) | Err(_) => return Err(self.refuse(Refused::Deadline)),
+                    Ok(Err(_)) | Err(_) => {
+                        self.shed_deadline.inc();
+                        return Err(Refused::Deadline);
+                    }
                 }
             }
         };
-        self.metrics.in_flight.with_label_values(&[self.stage]).inc();
-        Ok(Permit { _slot: slot, stage: self.stage, metrics: self.metrics.clone() })
+        Ok(self.permit(slot))
     }
 
-    /// A slot, however long it takes (offline work: warming, evaluation, replay — never shed).
-    pub async fn admit_patiently(&self) -> Permit {
-        let slot = loop {
-            // The semaphore is never closed; should it ever be, keep asking rather than panic.
-            if let Ok(slot) = self.slots.clone().acquire_owned().await {
-                break slot;
-            }
-            tokio::task::yield_now().await;
-        };
-        self.metrics.in_flight.with_label_values(&[self.stage]).inc();
-        Permit { _slot: slot, stage: self.stage, metrics: self.metrics.clone() }
+    /// A slot, however long it takes (offline work: warming, evaluation, replay — never shed;
+    /// the semaphore is never closed, a closed one would refuse).
+    pub async fn admit_patiently(&self) -> Result<Permit, Refused> {
+        let slot = self.slots.clone().acquire_owned().await.map_err(|_| Refused::Deadline)?;
+        Ok(self.permit(slot))
     }
 
-    fn refuse(&self, why: Refused) -> Refused {
-        self.metrics.shed.with_label_values(&[self.stage, why.label()]).inc();
-        why
+    fn permit(&self, slot: OwnedSemaphorePermit) -> Permit {
+        self.in_flight_gauge.inc();
+        Permit { _slot: slot, in_flight_gauge: self.in_flight_gauge.clone() }
     }
 
     /// Operations running now.
     pub fn in_flight(&self) -> usize {
-        self.metrics.in_flight.with_label_values(&[self.stage]).get().max(0) as usize
+        self.limit - self.slots.available_permits()
     }
 }
 
@@ -152,7 +158,7 @@ mod tests {
         Gate::new(
             "postgres",
             Limits { max_in_flight: in_flight, max_queued: queued },
-            Metrics::new("main").expect("metrics"),
+            &Metrics::new("main").expect("metrics"),
         )
     }
 
@@ -172,8 +178,7 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(1), "a full queue must refuse without waiting");
         drop(held);
         assert_eq!(waiting.await.expect("join"), Ok(()), "the queued request gets the freed slot");
-        let shed = g.metrics.shed.with_label_values(&["postgres", "queue_full"]).get();
-        assert_eq!(shed, 1);
+        assert_eq!(g.shed_queue_full.get(), 1);
         assert_eq!(g.in_flight(), 0);
         assert_eq!(g.queued.load(Ordering::Relaxed), 0);
     }

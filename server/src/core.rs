@@ -172,8 +172,8 @@ impl Core {
             .build();
         let neighbours = Cache::builder().max_capacity(config.caches.neighbour_lists).build();
         let pinned = config.store.collection.as_deref().map(Arc::from);
-        let postgres_gate = Gate::new("postgres", config.postgres_limits(), metrics.clone());
-        let vector_gate = Gate::new("vector_store", config.admission.vector_store, metrics.clone());
+        let postgres_gate = Gate::new("postgres", config.postgres_limits(), &metrics);
+        let vector_gate = Gate::new("vector_store", config.admission.vector_store, &metrics);
         Ok(Self {
             config,
             metrics,
@@ -511,9 +511,10 @@ impl Core {
         }
         self.metrics.cache_lookup("neighbours", false);
         let permit = match admit {
-            Admit::Within(wait) => self.vector_gate.admit(wait).await.map_err(StageError::VectorStoreShed)?,
+            Admit::Within(wait) => self.vector_gate.admit(wait).await,
             Admit::Patiently => self.vector_gate.admit_patiently().await,
-        };
+        }
+        .map_err(StageError::VectorStoreShed)?;
         let store = self.store.clone();
         let exact = self.config.store.exact_search;
         let cache = self.neighbours.clone();
