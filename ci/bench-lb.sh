@@ -5,6 +5,8 @@
 # response and ships it to Postgres). The nightly share is set to 0 for the run so both proxies
 # reach the same single server, and restored afterwards.
 # Usage: ci/bench-lb.sh [users] [rate] [seconds] [rounds] [concurrency]
+# EXTRA_PEERS="NAME=URL …": more proxies in front of the same server, measured in the same run
+# (e.g. another build of the load balancer).
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/stack.sh"
 USERS="${1:-610}" RATE="${2:-500}" SECS="${3:-10}" ROUNDS="${4:-3}" CONC="${5:-32}"
@@ -48,6 +50,6 @@ admin PUT /admin/share '{"share": 0}' >/dev/null
 say "direct :8080, via our load balancer :8082, via nginx :$NGINX_PORT ($("$NGINX" -v 2>&1 | sed 's/.*: //'))"
 grep -m1 "model name" /proc/cpuinfo | sed 's/.*: /cpu: /'
 "$BIN/load-bench" compare --direct http://127.0.0.1:8080 --via http://127.0.0.1:8082 \
-  --peer nginx=http://127.0.0.1:$NGINX_PORT --users "$USERS" --rate "$RATE" --seconds "$SECS" \
+  --peer nginx=http://127.0.0.1:$NGINX_PORT ${EXTRA_PEERS:+$(printf -- '--peer %s ' $EXTRA_PEERS)} --users "$USERS" --rate "$RATE" --seconds "$SECS" \
   --rounds "$ROUNDS" --concurrency "$CONC"
 admin GET /admin/state | python3 -c 'import json,sys; h=json.load(sys.stdin)["history"]; print("load balancer log:", h)'

@@ -347,11 +347,12 @@ impl Lb {
                 self.metrics.retries.inc();
             }
             let budget = if i + 1 == candidates.len() { remaining } else { attempt.min(remaining) };
-            // Detached, holding the backend's slot: when the budget runs out the request stops
-            // waiting, the attempt still reads its answer and the connection stays pooled (a
-            // dropped HTTP/1 exchange closes its connection: a new connect per late answer).
-            // A hung backend cannot hold a slot for ever: the attempt ends at twice the deadline.
-            let forward = backend::forward(
+            // The attempt holds the backend's slot. When the budget runs out the request stops
+            // waiting, but the attempt is not dropped: it moves to a task of its own, still reads
+            // its answer and the connection stays pooled (a dropped HTTP/1 exchange closes its
+            // connection: a new connect per late answer). Only late attempts pay for a task; a
+            // hung backend cannot hold a slot for ever: a detached attempt ends at twice the deadline.
+            let mut forward = Box::pin(backend::forward(
                 self.client.clone(),
                 backend.clone(),
                 user_id,
@@ -359,13 +360,9 @@ impl Lb {
                 request_id.clone(),
                 scores,
                 slot,
-            );
-            let linger = self.config.deadline() * 2;
-            let forwarding = tokio::spawn(async move {
-                tokio::time::timeout(linger, forward).await.unwrap_or(Err(AttemptError::Timeout(linger.as_millis())))
-            });
-            let error = match tokio::time::timeout(budget, forwarding).await {
-                Ok(Ok(Ok(reply))) => {
+            ));
+            let error = match tokio::time::timeout(budget, &mut forward).await {
+                Ok(Ok(reply)) => {
                     backend.record_answer();
                     outcome = Some(match reply {
                         Reply::Answer(mut answer) => {
@@ -380,9 +377,14 @@ impl Lb {
                     });
                     break;
                 }
-                Ok(Ok(Err(e))) => e,
-                Ok(Err(join)) => AttemptError::Connect(format!("attempt task: {join}")),
-                Err(_) => AttemptError::Timeout(budget.as_millis()),
+                Ok(Err(e)) => e,
+                Err(_) => {
+                    let linger = self.config.deadline() * 2;
+                    tokio::spawn(async move {
+                        let _late = tokio::time::timeout(linger, forward).await;
+                    });
+                    AttemptError::Timeout(budget.as_millis())
+                }
             };
             self.metrics.errors.with_label_values(&[variant.as_str(), error.label()]).inc();
             if backend.record_failure(self.config.health.fall) {
