@@ -364,6 +364,9 @@ async fn overload(load: &Load, phases: &[(u64, u64)], database_url: Option<&str>
         let (s1, a1) = sessions(c).await?;
         println!("Postgres sessions opened during the run (warm-up included): {} ({} abandoned)", s1 - s0, a1 - a0);
     }
+    if let Some(c) = pg {
+        c.close().await.context("closing the statistics connection")?;
+    }
     Ok(())
 }
 
