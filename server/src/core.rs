@@ -23,7 +23,7 @@ use crate::admission::{Gate, Permit, Refused};
 use crate::config::Config;
 use crate::data;
 use crate::metrics::Metrics;
-use crate::strategy::{self, History, Item, Popularity, Strategy};
+use crate::strategy::{self, History, Item, Neighbours, Plan, Popularity, Strategy};
 
 pub use proto::contract::Kind;
 
@@ -314,7 +314,7 @@ impl Core {
     /// `within`; a strategy that needs no neighbours needs no warming.
     pub async fn warm(&self, within: Duration) {
         let started = Instant::now();
-        let (_, k) = self.strategy.seeds(&History::default());
+        let k = self.strategy.plan(&History::default()).content;
         let Some(collection) = self.collection().filter(|_| k > 0) else { return };
         let popularity = self.popularity();
         let lookups =
@@ -368,14 +368,14 @@ impl Core {
                 degraded: None,
             };
         }
-        let (seeds, k) = self.strategy.seeds(&history);
-        let neighbours = if seeds.is_empty() {
-            Vec::new()
+        let plan = self.strategy.plan(&history);
+        let neighbours = if plan.seeds.is_empty() {
+            Neighbours::default()
         } else {
             let started = Instant::now();
             let within = self.config.deadlines.vector();
             let result =
-                tokio::time::timeout(within, self.neighbour_lists(&history, &seeds, k, Admit::Within(within))).await;
+                tokio::time::timeout(within, self.neighbour_lists(&history, &plan, Admit::Within(within))).await;
             self.metrics.stage.with_label_values(&["vector_store"]).observe(started.elapsed().as_secs_f64());
             match result {
                 Ok(Ok(lists)) => lists,
@@ -398,8 +398,8 @@ impl Core {
         popularity: &Popularity,
         limit: usize,
     ) -> Result<Vec<Item>, String> {
-        let (seeds, k) = self.strategy.seeds(history);
-        let neighbours = self.neighbour_lists(history, &seeds, k, Admit::Patiently).await.map_err(|e| e.to_string())?;
+        let plan = self.strategy.plan(history);
+        let neighbours = self.neighbour_lists(history, &plan, Admit::Patiently).await.map_err(|e| e.to_string())?;
         Ok(self.strategy.rank(history, &neighbours, popularity, limit))
     }
 
@@ -481,19 +481,18 @@ impl Core {
         }
     }
 
-    async fn neighbour_lists(
-        &self,
-        history: &History,
-        seeds: &[usize],
-        k: usize,
-        admit: Admit,
-    ) -> Result<Vec<Arc<Vec<Hit>>>, StageError> {
+    async fn neighbour_lists(&self, history: &History, plan: &Plan, admit: Admit) -> Result<Neighbours, StageError> {
         let Some(collection) = self.collection() else {
             return Err(StageError::NoCollection);
         };
-        let lookups =
-            seeds.iter().map(|&i| self.neighbour_list(collection.clone(), &history.watched[i].movie_id, k, admit));
-        futures_util::future::join_all(lookups).await.into_iter().collect()
+        let mut out = Neighbours::default();
+        if plan.content > 0 {
+            let lookups = plan.seeds.iter().map(|&i| {
+                self.neighbour_list(collection.clone(), &history.watched[i].movie_id, plan.content, admit)
+            });
+            out.content = futures_util::future::join_all(lookups).await.into_iter().collect::<Result<_, _>>()?;
+        }
+        Ok(out)
     }
 
     async fn neighbour_list(

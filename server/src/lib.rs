@@ -9,7 +9,6 @@ pub mod admission;
 pub mod config;
 pub mod core;
 pub mod data;
-pub mod eval;
 pub mod grpc;
 pub mod http;
 pub mod metrics;

@@ -102,6 +102,29 @@ impl Popularity {
 
 pub use proto::contract::Item;
 
+/// What a strategy needs before it can rank: which watched movies are seeds (indexes into
+/// `history.watched`) and how many neighbours of each seed it wants per vector space (0: that
+/// space is not used).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    /// Seeds, as indexes into `history.watched`.
+    pub seeds: Vec<usize>,
+    /// Neighbours per seed in the content (text embedding) space.
+    pub content: usize,
+    /// Neighbours per seed in the behaviour (learned from interactions) space.
+    pub behaviour: usize,
+}
+
+/// The neighbour lists of a plan's seeds, aligned with `Plan::seeds` in each space the plan
+/// uses (an empty list where a seed has no vector in that space); empty when a space is unused.
+#[derive(Debug, Clone, Default)]
+pub struct Neighbours {
+    /// Content-space lists.
+    pub content: Vec<Arc<Vec<Hit>>>,
+    /// Behaviour-space lists.
+    pub behaviour: Vec<Arc<Vec<Hit>>>,
+}
+
 /// A ranking strategy. Implementations must be pure and deterministic: the same inputs give
 /// the same list, ties broken by movie id.
 pub trait Strategy: Send + Sync + std::fmt::Debug {
@@ -109,12 +132,10 @@ pub trait Strategy: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &'static str;
     /// The resolved parameters (defaults filled in), hashed into the model version.
     fn params(&self) -> serde_json::Value;
-    /// Which watched movies' neighbour lists [`Strategy::rank`] needs (indexes into
-    /// `history.watched`), and how many neighbours per list.
-    fn seeds(&self, history: &History) -> (Vec<usize>, usize);
-    /// The ranked list. `neighbours[i]` belongs to seed `seeds(history).0[i]`.
-    fn rank(&self, history: &History, neighbours: &[Arc<Vec<Hit>>], popularity: &Popularity, limit: usize)
-    -> Vec<Item>;
+    /// Which neighbour lists [`Strategy::rank`] needs.
+    fn plan(&self, history: &History) -> Plan;
+    /// The ranked list, from the neighbour lists of `plan(history)`.
+    fn rank(&self, history: &History, neighbours: &Neighbours, popularity: &Popularity, limit: usize) -> Vec<Item>;
 }
 
 /// A model spec that cannot be built.
@@ -134,7 +155,7 @@ pub enum StrategyError {
 }
 
 /// The registered strategy names. Append only.
-pub const REGISTRY: &[&str] = &[PopularityV1::NAME, NeighboursV1::NAME];
+pub const REGISTRY: &[&str] = &[PopularityV1::NAME, NeighboursV1::NAME, NeighboursV2::NAME];
 
 /// Builds the strategy a spec names.
 pub fn build(spec: &ModelSpec) -> Result<Arc<dyn Strategy>, StrategyError> {
@@ -147,6 +168,11 @@ pub fn build(spec: &ModelSpec) -> Result<Arc<dyn Strategy>, StrategyError> {
         }
         NeighboursV1::NAME => {
             let p: NeighboursV1 = serde_json::from_value(params).map_err(bad)?;
+            p.check().map_err(|detail| StrategyError::Params { strategy: spec.strategy.clone(), detail })?;
+            Ok(Arc::new(p))
+        }
+        NeighboursV2::NAME => {
+            let p: NeighboursV2 = serde_json::from_value(params).map_err(bad)?;
             p.check().map_err(|detail| StrategyError::Params { strategy: spec.strategy.clone(), detail })?;
             Ok(Arc::new(p))
         }
@@ -185,16 +211,10 @@ impl Strategy for PopularityV1 {
     fn params(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
     }
-    fn seeds(&self, _history: &History) -> (Vec<usize>, usize) {
-        (Vec::new(), 0)
+    fn plan(&self, _history: &History) -> Plan {
+        Plan::default()
     }
-    fn rank(
-        &self,
-        history: &History,
-        _neighbours: &[Arc<Vec<Hit>>],
-        popularity: &Popularity,
-        limit: usize,
-    ) -> Vec<Item> {
+    fn rank(&self, history: &History, _neighbours: &Neighbours, popularity: &Popularity, limit: usize) -> Vec<Item> {
         popularity.top_excluding(&history.seen(), limit)
     }
 }
@@ -283,21 +303,16 @@ impl Strategy for NeighboursV1 {
     fn params(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
     }
-    fn seeds(&self, history: &History) -> (Vec<usize>, usize) {
+    fn plan(&self, history: &History) -> Plan {
         let seeds = (0..history.watched.len().min(self.max_seeds))
             .filter(|&i| self.seed_weight(i, history.watched[i].rating) > 0.0)
             .collect();
-        (seeds, self.neighbours)
+        Plan { seeds, content: self.neighbours, behaviour: 0 }
     }
-    fn rank(
-        &self,
-        history: &History,
-        neighbours: &[Arc<Vec<Hit>>],
-        popularity: &Popularity,
-        limit: usize,
-    ) -> Vec<Item> {
+    fn rank(&self, history: &History, neighbours: &Neighbours, popularity: &Popularity, limit: usize) -> Vec<Item> {
         let seen = history.seen();
-        let (seeds, _) = self.seeds(history);
+        let seeds = self.plan(history).seeds;
+        let neighbours = &neighbours.content;
         let mut total_weight = 0.0;
         let mut sims: HashMap<&str, f64> = HashMap::new();
         for (&seed, hits) in seeds.iter().zip(neighbours) {
@@ -315,7 +330,7 @@ impl Strategy for NeighboursV1 {
             }
         }
         let pop = popularity.rank_scores(self.popularity_half_rank);
-        let mut items: Vec<Item> = sims
+        let items: Vec<Item> = sims
             .into_iter()
             .map(|(m, s)| Item {
                 movie_id: m.to_string(),
@@ -323,18 +338,169 @@ impl Strategy for NeighboursV1 {
                     + self.popularity_weight * pop.get(m).copied().unwrap_or(0.0),
             })
             .collect();
-        items.sort_by(by_score_then_id);
-        items.truncate(limit);
-        if items.len() < limit {
-            let mut exclude = seen;
-            let chosen: Vec<String> = items.iter().map(|i| i.movie_id.clone()).collect();
-            exclude.extend(chosen.iter().map(String::as_str));
-            let fill = popularity.top_excluding(&exclude, limit - items.len());
-            // Fill items rank below every retrieved candidate.
-            let floor = items.last().map(|i| i.score).unwrap_or(0.0);
-            items.extend(fill.into_iter().map(|i| Item { score: floor.min(i.score * 1e-3), ..i }));
+        top_then_fill(items, seen, popularity, limit)
+    }
+}
+
+/// Sorts by score (ties: movie id), keeps `limit`, and fills a short list from the popularity
+/// list (minus `seen` and what is already there), ranked below every retrieved candidate.
+fn top_then_fill(mut items: Vec<Item>, seen: HashSet<&str>, popularity: &Popularity, limit: usize) -> Vec<Item> {
+    items.sort_by(by_score_then_id);
+    items.truncate(limit);
+    if items.len() < limit {
+        let chosen: Vec<String> = items.iter().map(|i| i.movie_id.clone()).collect();
+        let mut seen = seen;
+        seen.extend(chosen.iter().map(String::as_str));
+        let fill = popularity.top_excluding(&seen, limit - items.len());
+        let floor = items.last().map(|i| i.score).unwrap_or(0.0);
+        items.extend(fill.into_iter().map(|i| Item { score: floor.min(i.score * 1e-3), ..i }));
+    }
+    items
+}
+
+/// `neighbours-v2`: item-to-item retrieval in the behaviour space (vectors learned from what
+/// users watched) and the content space, reranked.
+///
+/// Seeds are the `max_seeds` most recent watched movies, weighted
+/// `recency_decay^position × (1 + rating_gain × (rating − 3) / 2)` (unrated: 1). The weight can
+/// be negative: a disliked movie pushes its neighbours down. A candidate's affinity is
+/// `Σ weight × (sim_behaviour^e + content_weight × sim_content^e) / Σ |weight|` over the seeds
+/// whose lists hold it (`e` = `similarity_exponent`, negative similarities count as 0); its score
+/// is `affinity + popularity_weight × popularity rank score`; a candidate with a negative
+/// affinity (mostly near disliked movies) is dropped. The `popular_candidates` most
+/// popular movies join the candidates. Watched movies are never recommended; a short list is
+/// filled from popularity. Works with behaviour vectors only (benchmark files have no titles),
+/// content only (cold movies, no behaviour collection yet), or both.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NeighboursV2 {
+    /// Most recent watched movies used as seeds.
+    pub max_seeds: usize,
+    /// Behaviour-space neighbours fetched per seed.
+    pub behaviour_neighbours: usize,
+    /// Content-space neighbours fetched per seed (0: content unused).
+    pub content_neighbours: usize,
+    /// Weight of content similarity against behaviour similarity.
+    pub content_weight: f64,
+    /// How much a rating moves a seed's weight (per 2 stars; weight 1 at 3 stars).
+    pub rating_gain: f64,
+    /// Older seeds count less: weight × decay^position.
+    pub recency_decay: f64,
+    /// Similarities are raised to this power (> 1 favours the closest neighbours).
+    pub similarity_exponent: f64,
+    /// Weight of popularity in the final score.
+    pub popularity_weight: f64,
+    /// The most popular movies also join the candidates.
+    pub popular_candidates: usize,
+    /// The popularity rank at which the popularity score halves.
+    pub popularity_half_rank: f64,
+}
+
+impl Default for NeighboursV2 {
+    fn default() -> Self {
+        Self {
+            max_seeds: 30,
+            behaviour_neighbours: 100,
+            content_neighbours: 20,
+            content_weight: 0.2,
+            rating_gain: 0.5,
+            recency_decay: 0.95,
+            similarity_exponent: 1.0,
+            popularity_weight: 0.05,
+            popular_candidates: 100,
+            popularity_half_rank: 100.0,
         }
-        items
+    }
+}
+
+impl NeighboursV2 {
+    /// Registry name.
+    pub const NAME: &'static str = "neighbours-v2";
+
+    fn check(&self) -> Result<(), String> {
+        if self.max_seeds == 0 || self.max_seeds > 200 {
+            return Err(format!("max_seeds must be in 1..=200, got {}", self.max_seeds));
+        }
+        for (name, n) in [("behaviour_neighbours", self.behaviour_neighbours), ("content_neighbours", self.content_neighbours)] {
+            if n > 500 {
+                return Err(format!("{name} must be at most 500, got {n}"));
+            }
+        }
+        if self.behaviour_neighbours == 0 && self.content_neighbours == 0 {
+            return Err("behaviour_neighbours and content_neighbours cannot both be 0".into());
+        }
+        if !(self.recency_decay > 0.0 && self.recency_decay <= 1.0) {
+            return Err(format!("recency_decay must be in (0, 1], got {}", self.recency_decay));
+        }
+        if !(self.similarity_exponent > 0.0 && self.similarity_exponent <= 8.0) {
+            return Err(format!("similarity_exponent must be in (0, 8], got {}", self.similarity_exponent));
+        }
+        for (name, v) in [
+            ("content_weight", self.content_weight),
+            ("rating_gain", self.rating_gain),
+            ("popularity_weight", self.popularity_weight),
+            ("popularity_half_rank", self.popularity_half_rank),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(format!("{name} must be a non-negative number, got {v}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn seed_weight(&self, position: usize, rating: Option<f64>) -> f64 {
+        let r = rating.unwrap_or(3.0);
+        (1.0 + self.rating_gain * (r - 3.0) / 2.0) * self.recency_decay.powi(position as i32)
+    }
+}
+
+impl Strategy for NeighboursV2 {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+    fn plan(&self, history: &History) -> Plan {
+        let seeds = (0..history.watched.len().min(self.max_seeds))
+            .filter(|&i| self.seed_weight(i, history.watched[i].rating) != 0.0)
+            .collect();
+        Plan { seeds, content: self.content_neighbours, behaviour: self.behaviour_neighbours }
+    }
+    fn rank(&self, history: &History, neighbours: &Neighbours, popularity: &Popularity, limit: usize) -> Vec<Item> {
+        let seen = history.seen();
+        let seeds = self.plan(history).seeds;
+        let mut total_weight = 0.0;
+        let mut affinity: HashMap<&str, f64> = HashMap::new();
+        let shape = |s: f32| f64::from(s).max(0.0).powf(self.similarity_exponent);
+        for (k, &seed) in seeds.iter().enumerate() {
+            let w = self.seed_weight(seed, history.watched[seed].rating);
+            total_weight += w.abs();
+            let spaces = [(neighbours.behaviour.get(k), 1.0), (neighbours.content.get(k), self.content_weight)];
+            for (hits, space_weight) in spaces {
+                for hit in hits.map(|h| h.iter()).into_iter().flatten() {
+                    if !seen.contains(hit.movie_id.as_str()) {
+                        *affinity.entry(hit.movie_id.as_str()).or_insert(0.0) += w * space_weight * shape(hit.score);
+                    }
+                }
+            }
+        }
+        for m in popularity.movies.iter().take(self.popular_candidates) {
+            if !seen.contains(m.as_str()) {
+                affinity.entry(m.as_str()).or_insert(0.0);
+            }
+        }
+        let pop = popularity.rank_scores(self.popularity_half_rank);
+        let norm = total_weight.max(f64::MIN_POSITIVE);
+        let items = affinity
+            .into_iter()
+            .filter(|&(_, a)| a >= 0.0)
+            .map(|(m, a)| Item {
+                movie_id: m.to_string(),
+                score: a / norm + self.popularity_weight * pop.get(m).copied().unwrap_or(0.0),
+            })
+            .collect();
+        top_then_fill(items, seen, popularity, limit)
     }
 }
 
@@ -385,14 +551,53 @@ mod tests {
                 Watched { movie_id: "hated".into(), last_event_id: 1, rating: Some(1.0) },
             ],
         };
-        let (seeds, _) = s.seeds(&history);
-        assert_eq!(seeds, vec![0], "a 1-star movie is no seed");
-        let neighbours = vec![Arc::new(vec![hit("hated", 0.9), hit("b", 0.8), hit("a", 0.8), hit("c", 0.5)])];
+        assert_eq!(s.plan(&history).seeds, vec![0], "a 1-star movie is no seed");
+        let neighbours = Neighbours {
+            content: vec![Arc::new(vec![hit("hated", 0.9), hit("b", 0.8), hit("a", 0.8), hit("c", 0.5)])],
+            behaviour: Vec::new(),
+        };
         let popularity =
             Popularity { movies: vec!["liked".into(), "p1".into(), "c".into(), "p2".into()], watermark: 7 };
         let items = s.rank(&history, &neighbours, &popularity, 5);
         let ids: Vec<&str> = items.iter().map(|i| i.movie_id.as_str()).collect();
         assert_eq!(ids, vec!["a", "b", "c", "p1", "p2"]);
         assert_eq!(items, s.rank(&history, &neighbours, &popularity, 5), "deterministic");
+    }
+
+    #[test]
+    fn v2_blends_both_spaces_and_a_disliked_seed_pushes_its_neighbours_down() {
+        let s = NeighboursV2 {
+            recency_decay: 1.0,
+            popularity_weight: 0.0,
+            popular_candidates: 0,
+            rating_gain: 1.5,
+            content_weight: 0.5,
+            ..NeighboursV2::default()
+        };
+        let history = History {
+            watermark: 7,
+            watched: vec![
+                Watched { movie_id: "liked".into(), last_event_id: 2, rating: Some(5.0) },
+                Watched { movie_id: "hated".into(), last_event_id: 1, rating: Some(1.0) },
+            ],
+        };
+        let plan = s.plan(&history);
+        assert_eq!(plan.seeds, vec![0, 1], "a disliked movie is a (negative) seed");
+        let neighbours = Neighbours {
+            behaviour: vec![
+                Arc::new(vec![hit("a", 0.6), hit("b", 0.5)]),
+                Arc::new(vec![hit("a", 0.9), hit("c", 0.1)]),
+            ],
+            content: vec![Arc::new(vec![hit("d", 0.8)]), Arc::new(Vec::new())],
+        };
+        let popularity = Popularity { movies: vec!["p".into()], watermark: 7 };
+        let ids: Vec<String> = s.rank(&history, &neighbours, &popularity, 5).into_iter().map(|i| i.movie_id).collect();
+        // liked: weight 2.5; hated: weight -0.5. b = 2.5·0.5 = 1.25, d = 2.5·0.5·0.8 = 1.0,
+        // a = 2.5·0.6 − 0.5·0.9 = 1.05, c = −0.05: a disliked neighbourhood, dropped.
+        assert_eq!(ids, vec!["b", "a", "d", "p"]);
+        let content_only = Neighbours { behaviour: Vec::new(), ..neighbours };
+        let ids: Vec<String> =
+            s.rank(&history, &content_only, &popularity, 2).into_iter().map(|i| i.movie_id).collect();
+        assert_eq!(ids, vec!["d", "p"], "works without behaviour vectors");
     }
 }

@@ -1,11 +1,10 @@
-//! `lazyrec-server`: serve recommendations (HTTP + gRPC), check a configuration, or run the
-//! offline evaluation. A thin shell over the `server` library.
+//! `lazyrec-server`: serve recommendations (HTTP + gRPC) or check a configuration. A thin shell
+//! over the `server` library. Offline evaluation is `lazyrec-eval` (the `eval` crate).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use server::config::Config;
 
@@ -49,12 +48,6 @@ struct Cli {
 enum Command {
     /// Serve HTTP and gRPC until SIGINT/SIGTERM (the default).
     Serve,
-    /// Offline quality on the data in Postgres: per-user time split, hit-rate@20 and NDCG@20 of the model vs popularity.
-    Eval {
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
 }
 
 fn resolve(cli: &Cli) -> anyhow::Result<Config> {
@@ -103,24 +96,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let _sent = stop.send(true);
             });
             running.wait().await
-        }
-        Command::Eval { json } => {
-            let url = db::resolve_database_url(config.database_url.as_deref(), &config.state_dir)?;
-            let pool = db::connect_pool(&url, 4)
-                .await
-                .with_context(|| format!("connecting to Postgres at {}", db::redact(&url)))?;
-            let store = server::open_store(&config)?;
-            let metrics = server::metrics::Metrics::new(config.variant.as_str())?;
-            let core = server::core::Core::new(config, pool.clone(), store, metrics)?;
-            core.refresh().await;
-            core.readiness().map_err(|why| anyhow::anyhow!("cannot evaluate: {why}"))?;
-            let report = server::eval::run(&core, &pool, server::eval::EvalSpec::default()).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!("{}", report.render());
-            }
-            Ok(())
         }
     }
 }

@@ -148,19 +148,3 @@ async fn grpc_gives_the_same_answer_with_provenance_health_and_validation() {
     assert_eq!(status.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
     server.shutdown().await.expect("shutdown");
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_model_beats_popularity_offline_on_the_default_dataset() {
-    let stack = Stack::new().await;
-    let config = stack.config();
-    let store = server::open_store(&config).expect("store");
-    let metrics = server::metrics::Metrics::new("main").expect("metrics");
-    let core = server::core::Core::new(config, stack.db.pool.clone(), store, metrics).expect("core");
-    core.refresh().await;
-    core.readiness().expect("ready");
-    let report = server::eval::run(&core, &stack.db.pool, server::eval::EvalSpec::default()).await.expect("eval");
-    println!("{}", report.render());
-    assert!(report.users > 500);
-    assert!(report.model.hit_rate > report.popularity.hit_rate, "{report:?}");
-    assert!(report.model.ndcg > report.popularity.ndcg, "{report:?}");
-}
