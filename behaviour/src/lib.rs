@@ -55,8 +55,8 @@ impl Default for Params {
             dim: 64,
             oversample: 16,
             power_iterations: 3,
-            user_exponent: 0.5,
-            item_exponent: 0.0,
+            user_exponent: 0.35,
+            item_exponent: 0.15,
             singular_exponent: 1.0,
             min_users: 2,
             seed: 42,
@@ -122,7 +122,9 @@ pub enum BehaviourError {
         n_items: usize,
     },
     /// Too little data for the asked rank.
-    #[error("behaviour vectors: {items} items with at least {min_users} users and {users} users: too few for dim {dim}")]
+    #[error(
+        "behaviour vectors: {items} items with at least {min_users} users and {users} users: too few for dim {dim}"
+    )]
     TooLittleData {
         /// Items that qualify.
         items: usize,

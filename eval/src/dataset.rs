@@ -60,7 +60,9 @@ impl Split {
                 "per-user temporal split: each user's latest {:.0}% held out (users with ≥ {min_items} items)",
                 holdout * 100.0
             ),
-            Split::Random { share, seed } => format!("random split: {:.0}% of interactions held out (seed {seed})", share * 100.0),
+            Split::Random { share, seed } => {
+                format!("random split: {:.0}% of interactions held out (seed {seed})", share * 100.0)
+            }
             Split::Files => "train and test files as given".into(),
         }
     }
@@ -274,7 +276,11 @@ impl Dataset {
     pub fn popularity(&self) -> Vec<u32> {
         let counts = self.item_users();
         let mut order: Vec<u32> = (0..self.items.len() as u32).filter(|&i| counts[i as usize] > 0).collect();
-        order.sort_by(|&a, &b| counts[b as usize].cmp(&counts[a as usize]).then_with(|| self.items[a as usize].cmp(&self.items[b as usize])));
+        order.sort_by(|&a, &b| {
+            counts[b as usize]
+                .cmp(&counts[a as usize])
+                .then_with(|| self.items[a as usize].cmp(&self.items[b as usize]))
+        });
         order
     }
 
@@ -332,7 +338,8 @@ mod tests {
 
     #[test]
     fn given_files_drop_test_items_already_in_training() {
-        let d = Dataset::from_train_test("f", &[row("a", "x", 1)], &[row("a", "x", 2), row("a", "y", 3), row("b", "z", 1)]);
+        let d =
+            Dataset::from_train_test("f", &[row("a", "x", 1)], &[row("a", "x", 2), row("a", "y", 3), row("b", "z", 1)]);
         assert_eq!(d.test_seen_in_train, 1);
         assert_eq!(d.summary().test_interactions, 2);
         assert_eq!(d.train.len(), 2);

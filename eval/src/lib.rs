@@ -181,7 +181,8 @@ pub struct GateMetric {
 impl std::str::FromStr for GateMetric {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (metric, k) = s.split_once('@').ok_or_else(|| format!("gate metric {s:?}: expected <metric>@<k>, e.g. ndcg@20"))?;
+        let (metric, k) =
+            s.split_once('@').ok_or_else(|| format!("gate metric {s:?}: expected <metric>@<k>, e.g. ndcg@20"))?;
         let k: usize = k.parse().map_err(|_| format!("gate metric {s:?}: {k:?} is not a cut-off"))?;
         if At::default().get(metric).is_none() {
             return Err(format!(
@@ -207,15 +208,21 @@ pub struct Verdict {
 
 /// Fails when the candidate is worse than the reference on `metric` by more than `tolerance`
 /// (relative: `candidate < reference × (1 − tolerance)`).
-pub fn gate(report: &Report, candidate: &str, reference: &str, metric: &GateMetric, tolerance: f64) -> Result<Verdict, String> {
+pub fn gate(
+    report: &Report,
+    candidate: &str,
+    reference: &str,
+    metric: &GateMetric,
+    tolerance: f64,
+) -> Result<Verdict, String> {
     let value = |label: &str| -> Result<f64, String> {
         let m = report.model(label).ok_or_else(|| format!("gate: no model {label:?} in this evaluation"))?;
         if let Some(e) = &m.error {
             return Err(format!("gate: {label} did not run: {e}"));
         }
-        m.at.get(&metric.k)
-            .and_then(|a| a.get(&metric.metric))
-            .ok_or_else(|| format!("gate: {label} has no {}@{} (evaluate with --k {})", metric.metric, metric.k, metric.k))
+        m.at.get(&metric.k).and_then(|a| a.get(&metric.metric)).ok_or_else(|| {
+            format!("gate: {label} has no {}@{} (evaluate with --k {})", metric.metric, metric.k, metric.k)
+        })
     };
     let (c, r) = (value(candidate)?, value(reference)?);
     let floor = r * (1.0 - tolerance);

@@ -45,8 +45,7 @@ pub async fn content_vectors(
     items: &[String],
 ) -> Result<Option<(String, Vec<Option<Vec<f32>>>)>, vectorstore::StoreError> {
     let Some(collection) = store.live().await? else { return Ok(None) };
-    let wanted: HashMap<u64, usize> =
-        items.iter().enumerate().map(|(i, m)| (vectorstore::point_id(m), i)).collect();
+    let wanted: HashMap<u64, usize> = items.iter().enumerate().map(|(i, m)| (vectorstore::point_id(m), i)).collect();
     let digests = store.digests(&collection).await?;
     let ids: Vec<u64> = digests.iter().map(|d| d.id).filter(|id| wanted.contains_key(id)).collect();
     let mut out = vec![None; items.len()];

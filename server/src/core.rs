@@ -487,9 +487,10 @@ impl Core {
         };
         let mut out = Neighbours::default();
         if plan.content > 0 {
-            let lookups = plan.seeds.iter().map(|&i| {
-                self.neighbour_list(collection.clone(), &history.watched[i].movie_id, plan.content, admit)
-            });
+            let lookups = plan
+                .seeds
+                .iter()
+                .map(|&i| self.neighbour_list(collection.clone(), &history.watched[i].movie_id, plan.content, admit));
             out.content = futures_util::future::join_all(lookups).await.into_iter().collect::<Result<_, _>>()?;
         }
         Ok(out)

@@ -362,7 +362,8 @@ fn top_then_fill(mut items: Vec<Item>, seen: HashSet<&str>, popularity: &Popular
 /// users watched) and the content space, reranked.
 ///
 /// Seeds are the `max_seeds` most recent watched movies, weighted
-/// `recency_decay^position × (1 + rating_gain × (rating − 3) / 2)` (unrated: 1). The weight can
+/// `(recency_floor + (1 − recency_floor) × recency_decay^position) × (1 + rating_gain × (rating − 3) / 2)`
+/// (unrated: 1). The weight can
 /// be negative: a disliked movie pushes its neighbours down. A candidate's affinity is
 /// `Σ weight × (sim_behaviour^e + content_weight × sim_content^e) / Σ |weight|` over the seeds
 /// whose lists hold it (`e` = `similarity_exponent`, negative similarities count as 0); its score
@@ -384,8 +385,10 @@ pub struct NeighboursV2 {
     pub content_weight: f64,
     /// How much a rating moves a seed's weight (per 2 stars; weight 1 at 3 stars).
     pub rating_gain: f64,
-    /// Older seeds count less: weight × decay^position.
+    /// Older seeds count less: weight × (floor + (1 − floor) × decay^position).
     pub recency_decay: f64,
+    /// The share of a seed's weight that does not decay with age (see `recency_decay`).
+    pub recency_floor: f64,
     /// Similarities are raised to this power (> 1 favours the closest neighbours).
     pub similarity_exponent: f64,
     /// Weight of popularity in the final score.
@@ -399,14 +402,15 @@ pub struct NeighboursV2 {
 impl Default for NeighboursV2 {
     fn default() -> Self {
         Self {
-            max_seeds: 30,
-            behaviour_neighbours: 100,
+            max_seeds: 100,
+            behaviour_neighbours: 200,
             content_neighbours: 20,
-            content_weight: 0.2,
+            content_weight: 0.5,
             rating_gain: 0.5,
-            recency_decay: 0.95,
+            recency_decay: 0.8,
+            recency_floor: 0.35,
             similarity_exponent: 1.0,
-            popularity_weight: 0.05,
+            popularity_weight: 0.3,
             popular_candidates: 100,
             popularity_half_rank: 100.0,
         }
@@ -421,7 +425,9 @@ impl NeighboursV2 {
         if self.max_seeds == 0 || self.max_seeds > 200 {
             return Err(format!("max_seeds must be in 1..=200, got {}", self.max_seeds));
         }
-        for (name, n) in [("behaviour_neighbours", self.behaviour_neighbours), ("content_neighbours", self.content_neighbours)] {
+        for (name, n) in
+            [("behaviour_neighbours", self.behaviour_neighbours), ("content_neighbours", self.content_neighbours)]
+        {
             if n > 500 {
                 return Err(format!("{name} must be at most 500, got {n}"));
             }
@@ -431,6 +437,9 @@ impl NeighboursV2 {
         }
         if !(self.recency_decay > 0.0 && self.recency_decay <= 1.0) {
             return Err(format!("recency_decay must be in (0, 1], got {}", self.recency_decay));
+        }
+        if !(0.0..=1.0).contains(&self.recency_floor) {
+            return Err(format!("recency_floor must be in [0, 1], got {}", self.recency_floor));
         }
         if !(self.similarity_exponent > 0.0 && self.similarity_exponent <= 8.0) {
             return Err(format!("similarity_exponent must be in (0, 8], got {}", self.similarity_exponent));
@@ -450,7 +459,8 @@ impl NeighboursV2 {
 
     fn seed_weight(&self, position: usize, rating: Option<f64>) -> f64 {
         let r = rating.unwrap_or(3.0);
-        (1.0 + self.rating_gain * (r - 3.0) / 2.0) * self.recency_decay.powi(position as i32)
+        let age = self.recency_floor + (1.0 - self.recency_floor) * self.recency_decay.powi(position as i32);
+        (1.0 + self.rating_gain * (r - 3.0) / 2.0) * age
     }
 }
 
@@ -584,10 +594,7 @@ mod tests {
         let plan = s.plan(&history);
         assert_eq!(plan.seeds, vec![0, 1], "a disliked movie is a (negative) seed");
         let neighbours = Neighbours {
-            behaviour: vec![
-                Arc::new(vec![hit("a", 0.6), hit("b", 0.5)]),
-                Arc::new(vec![hit("a", 0.9), hit("c", 0.1)]),
-            ],
+            behaviour: vec![Arc::new(vec![hit("a", 0.6), hit("b", 0.5)]), Arc::new(vec![hit("a", 0.9), hit("c", 0.1)])],
             content: vec![Arc::new(vec![hit("d", 0.8)]), Arc::new(Vec::new())],
         };
         let popularity = Popularity { movies: vec!["p".into()], watermark: 7 };

@@ -203,7 +203,10 @@ fn share(name: &str, v: f64) -> anyhow::Result<f64> {
     Ok(v)
 }
 
-async fn open_store(args: &StoreArgs, default_dir: Option<PathBuf>) -> anyhow::Result<Option<std::sync::Arc<dyn vectorstore::VectorStore>>> {
+async fn open_store(
+    args: &StoreArgs,
+    default_dir: Option<PathBuf>,
+) -> anyhow::Result<Option<std::sync::Arc<dyn vectorstore::VectorStore>>> {
     if args.no_content {
         return Ok(None);
     }
@@ -211,12 +214,22 @@ async fn open_store(args: &StoreArgs, default_dir: Option<PathBuf>) -> anyhow::R
     if args.qdrant_url.is_none() && dir.is_none() {
         return Ok(None);
     }
-    let store = vectorstore::open(args.qdrant_url.as_deref(), None, std::time::Duration::from_secs(30), dir.as_deref(), Path::new("."))
-        .context("opening the vector store")?;
+    let store = vectorstore::open(
+        args.qdrant_url.as_deref(),
+        None,
+        std::time::Duration::from_secs(30),
+        dir.as_deref(),
+        Path::new("."),
+    )
+    .context("opening the vector store")?;
     Ok(Some(store))
 }
 
-async fn run_eval(data: Dataset, store: Option<std::sync::Arc<dyn vectorstore::VectorStore>>, args: EvalArgs) -> anyhow::Result<ExitCode> {
+async fn run_eval(
+    data: Dataset,
+    store: Option<std::sync::Arc<dyn vectorstore::VectorStore>>,
+    args: EvalArgs,
+) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.ks.iter().all(|&k| k > 0), "--k must be at least 1");
     anyhow::ensure!((0.0..1.0).contains(&args.tolerance), "--tolerance must be in [0, 1), got {}", args.tolerance);
     let behaviour: behaviour::Params =
@@ -230,7 +243,11 @@ async fn run_eval(data: Dataset, store: Option<std::sync::Arc<dyn vectorstore::V
         Some(store) => match eval::source::content_vectors(store.as_ref(), &data.items).await? {
             Some((collection, vectors)) => {
                 let n = vectors.iter().flatten().count();
-                eprintln!("content vectors: {n} of {} items from {} ({collection})", data.items.len(), store.describe());
+                eprintln!(
+                    "content vectors: {n} of {} items from {} ({collection})",
+                    data.items.len(),
+                    store.describe()
+                );
                 Some(vectors)
             }
             None => {
@@ -254,7 +271,8 @@ async fn run_eval(data: Dataset, store: Option<std::sync::Arc<dyn vectorstore::V
     let summary = data.summary();
     eprintln!("{}: {} users to evaluate, {} models", summary.name, summary.test_users, specs.len());
     let bar = indicatif::ProgressBar::new(specs.len() as u64).with_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} models {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} models {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     if let Some(first) = specs.first() {
         bar.set_message(first.label.clone());
@@ -262,7 +280,12 @@ async fn run_eval(data: Dataset, store: Option<std::sync::Arc<dyn vectorstore::V
     let mut next = specs.iter().skip(1);
     let report: Report = eval::evaluate(&data, &specs, &args.ks, &context, |r| {
         bar.inc(1);
-        bar.println(format!("  {} done in {:.1} s{}", r.label, r.seconds, r.error.as_deref().map(|e| format!(" (n/a: {e})")).unwrap_or_default()));
+        bar.println(format!(
+            "  {} done in {:.1} s{}",
+            r.label,
+            r.seconds,
+            r.error.as_deref().map(|e| format!(" (n/a: {e})")).unwrap_or_default()
+        ));
         if let Some(n) = next.next() {
             bar.set_message(n.label.clone());
         }
@@ -283,7 +306,8 @@ async fn run_eval(data: Dataset, store: Option<std::sync::Arc<dyn vectorstore::V
             print!("{}", report.render());
             if let Some(p) = other {
                 let value = serde_json::json!({ "report": report, "gate": verdict });
-                std::fs::write(p, serde_json::to_string_pretty(&value)?).with_context(|| format!("writing {}", p.display()))?;
+                std::fs::write(p, serde_json::to_string_pretty(&value)?)
+                    .with_context(|| format!("writing {}", p.display()))?;
             }
         }
     }
@@ -298,7 +322,8 @@ async fn run_eval(data: Dataset, store: Option<std::sync::Arc<dyn vectorstore::V
 
 async fn postgres_rows(db: &DbArgs) -> anyhow::Result<(Vec<Row>, i64)> {
     let url = db::resolve_database_url(db.database_url.as_deref(), &db.state_dir)?;
-    let pool = db::connect_pool(&url, 2).await.with_context(|| format!("connecting to Postgres at {}", db::redact(&url)))?;
+    let pool =
+        db::connect_pool(&url, 2).await.with_context(|| format!("connecting to Postgres at {}", db::redact(&url)))?;
     let out = eval::source::postgres_rows(&pool).await.context("reading interactions")?;
     pool.close().await;
     anyhow::ensure!(!out.0.is_empty(), "no interactions in Postgres (load data first: lazyrec-db load-default)");
