@@ -7,6 +7,7 @@ pub mod cli;
 pub mod copy;
 pub mod event;
 pub mod import;
+pub mod interactions;
 pub mod ingest;
 pub mod parse;
 pub mod pgcluster;

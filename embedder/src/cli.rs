@@ -1,4 +1,4 @@
-//! The `embedder` command line: `embed`, `status`, `similar`, `query`.
+//! The `embedder` command line: `embed`, `behaviour`, `status`, `similar`, `query`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::model::{Model, ModelPaths};
 use crate::pipeline::{Embedder, Mode};
 use vectorstore::point_id;
-use vectorstore::{SearchFilter, VectorStore};
+use vectorstore::{Hnsw, SearchFilter, Space, VectorStore};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -30,8 +30,29 @@ struct Cli {
     store: StoreArgs,
     #[command(flatten)]
     model: ModelArgs,
+    /// HNSW edges per node of new collections (part of the collection name).
+    #[arg(long, default_value_t = Hnsw::default().m, global = true)]
+    hnsw_m: usize,
+    /// HNSW build breadth of new collections (part of the collection name).
+    #[arg(long, default_value_t = Hnsw::default().ef_construct, global = true)]
+    hnsw_ef_construct: usize,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum SpaceArg {
+    Content,
+    Behaviour,
+}
+
+impl From<SpaceArg> for Space {
+    fn from(s: SpaceArg) -> Self {
+        match s {
+            SpaceArg::Content => Space::Content,
+            SpaceArg::Behaviour => Space::Behaviour,
+        }
+    }
 }
 
 /// Which vector store.
@@ -129,6 +150,20 @@ enum Command {
         #[arg(long, default_value_t = 256)]
         chunk: usize,
     },
+    /// Compute behaviour vectors from the interactions in Postgres (randomised SVD of the
+    /// user–item matrix up to the watermark), build a new collection with them next to the
+    /// content vectors, and switch to it. Content vectors come from the cache.
+    Behaviour {
+        /// Factorisation parameters as JSON, e.g. '{"dim":64}' (defaults: see the behaviour crate).
+        #[arg(long, default_value = "{}")]
+        params: String,
+        /// Never draw a progress bar.
+        #[arg(long)]
+        no_progress: bool,
+        /// Movies per upsert step.
+        #[arg(long, default_value_t = 256)]
+        chunk: usize,
+    },
     /// Show the store's collections, point counts and which is live.
     Status,
     /// Movies nearest to a movie.
@@ -141,6 +176,9 @@ enum Command {
         /// Only movies of this genre (repeatable).
         #[arg(long)]
         genre: Vec<String>,
+        /// Which vectors: the text embedding or the behaviour vector.
+        #[arg(long, value_enum, default_value = "content")]
+        space: SpaceArg,
     },
     /// Movies nearest to a free-text query.
     Query {
@@ -158,14 +196,19 @@ enum Command {
 /// Runs the command line.
 pub async fn run() -> Result<()> {
     let cli = Cli::parse();
+    let hnsw = Hnsw { m: cli.hnsw_m, ef_construct: cli.hnsw_ef_construct };
+    hnsw.check().map_err(anyhow::Error::msg)?;
     let store = cli.store.open(&cli.state_dir)?;
+    let connect = || async {
+        let url = db::resolve_database_url(cli.database_url.as_deref(), &cli.state_dir)?;
+        let pool =
+            db::connect_pool(&url, 4).await.with_context(|| format!("connecting to Postgres at {}", db::redact(&url)))?;
+        db::migrate(&pool).await.context("applying migrations")?;
+        anyhow::Ok(pool)
+    };
     match &cli.command {
         Command::Embed { full, no_progress, chunk } => {
-            let url = db::resolve_database_url(cli.database_url.as_deref(), &cli.state_dir)?;
-            let pool = db::connect_pool(&url, 4)
-                .await
-                .with_context(|| format!("connecting to Postgres at {}", db::redact(&url)))?;
-            db::migrate(&pool).await.context("applying migrations")?;
+            let pool = connect().await?;
             let mut model = cli.model.load(&cli.state_dir).await?;
             let mut embedder = Embedder {
                 pool: &pool,
@@ -173,8 +216,29 @@ pub async fn run() -> Result<()> {
                 model: &mut model,
                 progress: !no_progress && std::io::stderr().is_terminal(),
                 chunk: *chunk,
+                hnsw,
+                behaviour: None,
             };
             let report = embedder.run(if *full { Mode::Full } else { Mode::Incremental }).await?;
+            println!("{}", report.render());
+        }
+        Command::Behaviour { params, no_progress, chunk } => {
+            let params: behaviour::Params =
+                serde_json::from_str(params).map_err(|e| anyhow::anyhow!("--params: {e}"))?;
+            let pool = connect().await?;
+            let run = crate::behaviour::compute(&pool, &params).await?;
+            println!("{}", run.render());
+            let mut model = cli.model.load(&cli.state_dir).await?;
+            let mut embedder = Embedder {
+                pool: &pool,
+                store: store.as_ref(),
+                model: &mut model,
+                progress: !no_progress && std::io::stderr().is_terminal(),
+                chunk: *chunk,
+                hnsw,
+                behaviour: Some(run.vectors),
+            };
+            let report = embedder.run(Mode::Full).await?;
             println!("{}", report.render());
         }
         Command::Status => {
@@ -189,14 +253,15 @@ pub async fn run() -> Result<()> {
                 println!("no live collection: run `embedder embed`");
             }
         }
-        Command::Similar { movie_id, limit, genre } => {
+        Command::Similar { movie_id, limit, genre, space } => {
             let live = store.live().await?.context("no live collection: run `embedder embed` first")?;
             let id = point_id(movie_id);
-            let Some((_, vector)) = store.vectors(&live, &[id]).await?.into_iter().next() else {
-                bail!("{movie_id} is not in the live collection {live}");
+            let space = Space::from(*space);
+            let Some((_, vector)) = store.vectors(&live, space, &[id]).await?.into_iter().next() else {
+                bail!("{movie_id} has no {space} vector in the live collection {live}");
             };
-            let filter = SearchFilter { any_genre: genre.clone(), exclude_ids: vec![id], exact: false };
-            for hit in store.search(&live, vector, *limit, &filter).await? {
+            let filter = SearchFilter { any_genre: genre.clone(), exclude_ids: vec![id], ..SearchFilter::default() };
+            for hit in store.search(&live, space, vector, *limit, &filter).await? {
                 println!("{:.4}  {}", hit.score, hit.movie_id);
             }
         }
@@ -204,8 +269,8 @@ pub async fn run() -> Result<()> {
             let live = store.live().await?.context("no live collection: run `embedder embed` first")?;
             let mut model = cli.model.load(&cli.state_dir).await?;
             let vector = model.embed(std::slice::from_ref(text))?.pop().context("the model returned no vector")?;
-            let filter = SearchFilter { any_genre: genre.clone(), exclude_ids: Vec::new(), exact: false };
-            for hit in store.search(&live, vector, *limit, &filter).await? {
+            let filter = SearchFilter { any_genre: genre.clone(), ..SearchFilter::default() };
+            for hit in store.search(&live, Space::Content, vector, *limit, &filter).await? {
                 println!("{:.4}  {}", hit.score, hit.movie_id);
             }
         }

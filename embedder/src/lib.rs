@@ -3,6 +3,7 @@
 //! go to Qdrant — embedded qdrant-edge by default, a Qdrant server through qdrant-client when
 //! configured — in versioned collections switched atomically.
 
+pub mod behaviour;
 pub mod cli;
 pub mod model;
 pub mod pipeline;

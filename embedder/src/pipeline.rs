@@ -8,6 +8,13 @@
 //!   are embedded and upserted; movies gone from the catalog are deleted.
 //!
 //! Vectors are cached in Postgres by (model, text hash), so a text is never embedded twice.
+//!
+//! A collection may also hold **behaviour vectors** (the `behaviour` named vector, from
+//! [`crate::behaviour`]): a run given new ones builds a new collection (full) and switches to it;
+//! a run given none keeps the live collection's (an incremental run leaves them in place and
+//! carries them over to re-embedded movies; a full run copies them). The collection name is
+//! `movies_<model>_<template>_<hnsw>_<behaviour>_<catalog>`, so content model, template, HNSW
+//! graph parameters and behaviour version all force a new collection when they change.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -19,7 +26,31 @@ use sqlx::PgPool;
 use crate::model::{Model, ModelError};
 use crate::text::{MovieFields, TEMPLATE_VERSION, movie_text, text_hash};
 use vectorstore::point_id;
-use vectorstore::{MoviePoint, StoreError, VectorStore};
+use vectorstore::{CollectionSpec, Hnsw, MoviePoint, Space, StoreError, VectorStore};
+
+/// Behaviour vectors to store next to the content vectors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BehaviourVectors {
+    /// `<algorithm + params hash>-w<watermark>`: names them in the collection name.
+    pub version: String,
+    /// Their dimension.
+    pub dim: usize,
+    /// By course movie id (movies without one have too few interactions).
+    pub by_movie: HashMap<String, Vec<f32>>,
+}
+
+/// The behaviour part of a collection name: `b<version>`, or `b0` without behaviour vectors.
+fn behaviour_tag(version: Option<&str>) -> String {
+    format!("b{}", version.unwrap_or("0"))
+}
+
+/// The behaviour version a collection name carries, if any.
+pub fn behaviour_version(collection: &str) -> Option<&str> {
+    let mut parts = collection.rsplitn(3, '_');
+    let _catalog = parts.next()?;
+    let tag = parts.next()?.strip_prefix('b')?;
+    (tag != "0" && !tag.is_empty()).then_some(tag)
+}
 
 /// What to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,8 +165,13 @@ async fn load_catalog(pool: &PgPool) -> Result<Vec<Item>, EmbedError> {
     Ok(items)
 }
 
-/// The collection name for this model, template and catalog.
-pub fn collection_name(model_id: &str, items_hashes: impl Iterator<Item = (String, String)>) -> String {
+/// The collection name for this model, template, HNSW graph, behaviour version and catalog.
+pub fn collection_name(
+    model_id: &str,
+    hnsw: &Hnsw,
+    behaviour: Option<&str>,
+    items_hashes: impl Iterator<Item = (String, String)>,
+) -> String {
     let mut h = Sha256::new();
     for (movie_id, hash) in items_hashes {
         h.update(movie_id.as_bytes());
@@ -145,7 +181,7 @@ pub fn collection_name(model_id: &str, items_hashes: impl Iterator<Item = (Strin
     }
     let catalog = hex::encode(&h.finalize()[..4]);
     let model: String = model_id.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
-    format!("movies_{model}_{TEMPLATE_VERSION}_{catalog}")
+    format!("movies_{model}_{TEMPLATE_VERSION}_{}_{}_{catalog}", hnsw.tag(), behaviour_tag(behaviour))
 }
 
 /// The embedder: a model, a store and the database.
@@ -160,6 +196,11 @@ pub struct Embedder<'a> {
     pub progress: bool,
     /// Movies per embed-and-upsert step (a crash loses at most one step's work).
     pub chunk: usize,
+    /// The HNSW graph parameters of new collections.
+    pub hnsw: Hnsw,
+    /// New behaviour vectors (a new collection is built with them); `None` keeps the live
+    /// collection's.
+    pub behaviour: Option<BehaviourVectors>,
 }
 
 impl Embedder<'_> {
@@ -167,8 +208,18 @@ impl Embedder<'_> {
     pub async fn run(&mut self, mode: Mode) -> Result<EmbedReport, EmbedError> {
         let started = Instant::now();
         let items = load_catalog(self.pool).await?;
-        let name = collection_name(self.model.id(), items.iter().map(|i| (i.fields.movie_id.clone(), i.hash.clone())));
         let live = self.store.live().await?;
+        if self.behaviour.is_none()
+            && let Some(live) = &live
+        {
+            self.behaviour = self.live_behaviour(live).await?;
+        }
+        let name = collection_name(
+            self.model.id(),
+            &self.hnsw,
+            self.behaviour.as_ref().map(|b| b.version.as_str()),
+            items.iter().map(|i| (i.fields.movie_id.clone(), i.hash.clone())),
+        );
         // Incremental updates only go into a collection of this model and template: vectors of
         // two models must never mix. Anything else is rebuilt in full.
         let family = name.rsplit_once('_').map(|(prefix, _)| format!("{prefix}_")).unwrap_or_default();
@@ -187,6 +238,25 @@ impl Embedder<'_> {
         Ok(report)
     }
 
+    /// The behaviour vectors of the live collection (to keep them through this run).
+    async fn live_behaviour(&self, live: &str) -> Result<Option<BehaviourVectors>, EmbedError> {
+        let Some(version) = behaviour_version(live) else { return Ok(None) };
+        let digests = self.store.digests(live).await?;
+        let movie_of: HashMap<u64, String> = digests.iter().map(|d| (d.id, d.movie_id.clone())).collect();
+        let ids: Vec<u64> = digests.iter().map(|d| d.id).collect();
+        let mut by_movie = HashMap::new();
+        let mut dim = 0;
+        for chunk in ids.chunks(1_000) {
+            for (id, v) in self.store.vectors(live, Space::Behaviour, chunk).await? {
+                dim = v.len();
+                if let Some(m) = movie_of.get(&id) {
+                    by_movie.insert(m.clone(), v);
+                }
+            }
+        }
+        Ok((!by_movie.is_empty()).then(|| BehaviourVectors { version: version.to_string(), dim, by_movie }))
+    }
+
     async fn full(&mut self, name: &str, items: &[Item]) -> Result<EmbedReport, EmbedError> {
         let dim = self.model.dim();
         sqlx::query(
@@ -202,7 +272,12 @@ impl Embedder<'_> {
         .execute(self.pool)
         .await
         .map_err(db("recording the collection"))?;
-        self.store.create_collection(name, dim).await?;
+        let spec = CollectionSpec {
+            content_dim: dim,
+            behaviour_dim: self.behaviour.as_ref().map(|b| b.dim),
+            hnsw: self.hnsw,
+        };
+        self.store.create_collection(name, &spec).await?;
         let mut report = EmbedReport { collection: name.to_string(), ..EmbedReport::default() };
         let todo: Vec<&Item> = items.iter().collect();
         self.embed_and_upsert(name, &todo, &mut report).await?;
@@ -316,6 +391,7 @@ impl Embedder<'_> {
                     Some(MoviePoint {
                         id: i.id,
                         vector: vectors.get(&i.hash)?.clone(),
+                        behaviour: self.behaviour.as_ref().and_then(|b| b.by_movie.get(&i.fields.movie_id)).cloned(),
                         movie_id: i.fields.movie_id.clone(),
                         title: i.fields.title.clone(),
                         year: i.fields.year,

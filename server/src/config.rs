@@ -114,6 +114,9 @@ pub struct StoreConfig {
     /// the collection, so the same collection gives the same answers either way; exact search
     /// also makes them independent of the index (~5 ms instead of ~1 ms per cold list at 27k).
     pub exact_search: bool,
+    /// HNSW search breadth `ef` of neighbour searches (recall against exact search rises with
+    /// it; `embed-bench recall` measures both). Absent: the engine's default.
+    pub search_ef: Option<usize>,
 }
 
 /// The server's configuration.

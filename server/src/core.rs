@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use moka::future::Cache;
 use sqlx::PgPool;
 use vectorstore::point_id;
-use vectorstore::{Hit, SearchFilter, VectorStore};
+use vectorstore::{Hit, SearchFilter, Space, VectorStore};
 
 use crate::admission::{Gate, Permit, Refused};
 use crate::config::Config;
@@ -104,7 +104,7 @@ pub struct Core {
     postgres_ok: AtomicBool,
     store_ok: AtomicBool,
     histories: Cache<i64, Arc<History>>,
-    neighbours: Cache<(Arc<str>, u64), Arc<Vec<Hit>>>,
+    neighbours: Cache<(Arc<str>, Space, u64), Arc<Vec<Hit>>>,
     postgres_gate: Gate,
     vector_gate: Gate,
     degraded_log: LogThrottle,
@@ -314,11 +314,15 @@ impl Core {
     /// `within`; a strategy that needs no neighbours needs no warming.
     pub async fn warm(&self, within: Duration) {
         let started = Instant::now();
-        let k = self.strategy.plan(&History::default()).content;
-        let Some(collection) = self.collection().filter(|_| k > 0) else { return };
+        let plan = self.strategy.plan(&History::default());
+        let spaces: Vec<(Space, usize)> =
+            [(Space::Content, plan.content), (Space::Behaviour, plan.behaviour)].into_iter().filter(|s| s.1 > 0).collect();
+        let Some(collection) = self.collection().filter(|_| !spaces.is_empty()) else { return };
         let popularity = self.popularity();
-        let lookups =
-            popularity.movies.iter().take(8).map(|m| self.neighbour_list(collection.clone(), m, k, Admit::Patiently));
+        let lookups = popularity.movies.iter().take(8).flat_map(|m| {
+            let collection = collection.clone();
+            spaces.iter().map(move |&(space, k)| self.neighbour_list(collection.clone(), space, m, k, Admit::Patiently))
+        });
         match tokio::time::timeout(within, futures_util::future::join_all(lookups)).await {
             Ok(lists) => match lists.into_iter().find_map(Result::err) {
                 None => tracing::info!(ms = started.elapsed().as_millis() as u64, "vector engine warm"),
@@ -486,12 +490,18 @@ impl Core {
             return Err(StageError::NoCollection);
         };
         let mut out = Neighbours::default();
-        if plan.content > 0 {
-            let lookups = plan
-                .seeds
-                .iter()
-                .map(|&i| self.neighbour_list(collection.clone(), &history.watched[i].movie_id, plan.content, admit));
-            out.content = futures_util::future::join_all(lookups).await.into_iter().collect::<Result<_, _>>()?;
+        for (space, k) in [(Space::Content, plan.content), (Space::Behaviour, plan.behaviour)] {
+            if k == 0 {
+                continue;
+            }
+            let lookups = plan.seeds.iter().map(|&i| {
+                self.neighbour_list(collection.clone(), space, &history.watched[i].movie_id, k, admit)
+            });
+            let lists = futures_util::future::join_all(lookups).await.into_iter().collect::<Result<_, _>>()?;
+            match space {
+                Space::Content => out.content = lists,
+                Space::Behaviour => out.behaviour = lists,
+            }
         }
         Ok(out)
     }
@@ -499,12 +509,13 @@ impl Core {
     async fn neighbour_list(
         &self,
         collection: Arc<str>,
+        space: Space,
         movie_id: &str,
         k: usize,
         admit: Admit,
     ) -> Result<Arc<Vec<Hit>>, StageError> {
         let id = point_id(movie_id);
-        let key = (collection.clone(), id);
+        let key = (collection.clone(), space, id);
         if let Some(hit) = self.neighbours.get(&key).await {
             self.metrics.cache_lookup("neighbours", true);
             return Ok(hit);
@@ -516,7 +527,7 @@ impl Core {
         }
         .map_err(StageError::VectorStoreShed)?;
         let store = self.store.clone();
-        let exact = self.config.store.exact_search;
+        let (exact, ef) = (self.config.store.exact_search, self.config.store.search_ef);
         let cache = self.neighbours.clone();
         // A detached task holding the slot: when the request's deadline passes, the search still
         // finishes and fills the cache, so a cold cache warms up even under pressure.
@@ -524,12 +535,13 @@ impl Core {
             let _permit = permit;
             cache
                 .try_get_with(key, async move {
-                    let Some((_, vector)) = store.vectors(&collection, &[id]).await?.pop() else {
-                        // Not embedded (yet): no neighbours; the next embed run adds it.
+                    let Some((_, vector)) = store.vectors(&collection, space, &[id]).await?.pop() else {
+                        // No vector in this space (not embedded yet, or too few viewers for a
+                        // behaviour vector): no neighbours there.
                         return Ok(Arc::new(Vec::new()));
                     };
-                    let filter = SearchFilter { exclude_ids: vec![id], exact, ..SearchFilter::default() };
-                    Ok::<_, vectorstore::StoreError>(Arc::new(store.search(&collection, vector, k, &filter).await?))
+                    let filter = SearchFilter { exclude_ids: vec![id], exact, ef, ..SearchFilter::default() };
+                    Ok::<_, vectorstore::StoreError>(Arc::new(store.search(&collection, space, vector, k, &filter).await?))
                 })
                 .await
         });

@@ -15,13 +15,13 @@ use async_trait::async_trait;
 use qdrant_edge::external::serde_json::{Value, json};
 use qdrant_edge::{
     AnyVariants, Condition, CountRequest, CreateIndex, DEFAULT_VECTOR_NAME, Distance, EdgeConfig, EdgeShard,
-    EdgeVectorParams, FieldCondition, FieldIndexOperations, Filter, HasIdCondition, JsonPath, Match, MatchAny,
+    EdgeVectorParams, FieldCondition, FieldIndexOperations, Filter, HasIdCondition, HnswIndexConfig, JsonPath, Match, MatchAny,
     NamedQuery, PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations, PointOperations, PointStruct,
     QueryEnum, ScrollRequest, SearchParams, SearchRequest, UpdateOperation, VectorInternal, VectorStructInternal,
     WithPayloadInterface, WithVector,
 };
 
-use super::{Hit, MoviePoint, PointDigest, SearchFilter, StoreError, VectorStore};
+use super::{CollectionSpec, Hit, MoviePoint, PointDigest, SearchFilter, Space, StoreError, VectorStore};
 
 const ENGINE: &str = "qdrant-edge";
 
@@ -101,10 +101,20 @@ fn payload_str(payload: Option<&qdrant_edge::Payload>, key: &str) -> String {
     payload.and_then(|p| p.0.get(key)).and_then(Value::as_str).unwrap_or_default().to_string()
 }
 
-fn dense(vector: Option<VectorStructInternal>) -> Option<Vec<f32>> {
+/// The name of `space`'s vector in a collection, if it has one. Collections made before named
+/// vectors hold the content vector under the default (empty) name.
+fn vector_name(shard: &EdgeShard, space: Space) -> Option<String> {
+    let config = shard.config();
+    if config.vectors.contains_key(space.name()) {
+        return Some(space.name().to_string());
+    }
+    (space == Space::Content && config.vectors.contains_key(DEFAULT_VECTOR_NAME)).then(|| DEFAULT_VECTOR_NAME.to_string())
+}
+
+fn dense(vector: Option<VectorStructInternal>, name: &str) -> Option<Vec<f32>> {
     match vector? {
         VectorStructInternal::Single(v) => Some(v),
-        VectorStructInternal::Named(mut named) => match named.remove(DEFAULT_VECTOR_NAME)? {
+        VectorStructInternal::Named(mut named) => match named.remove(name)? {
             VectorInternal::Dense(v) => Some(v),
             VectorInternal::Sparse(_) | VectorInternal::MultiDense(_) => None,
         },
@@ -154,7 +164,7 @@ impl VectorStore for EdgeStore {
         Ok(names)
     }
 
-    async fn create_collection(&self, name: &str, dim: usize) -> Result<(), StoreError> {
+    async fn create_collection(&self, name: &str, spec: &CollectionSpec) -> Result<(), StoreError> {
         let dir = self.dir(name);
         if dir.join("edge_config.json").is_file() {
             return Ok(());
@@ -164,9 +174,13 @@ impl VectorStore for EdgeStore {
             path: dir.clone(),
             source,
         })?;
-        let config = EdgeConfig::builder()
-            .vector(DEFAULT_VECTOR_NAME, EdgeVectorParams::builder(dim, Distance::Cosine).build())
-            .build();
+        let hnsw = HnswIndexConfig { m: spec.hnsw.m, ef_construct: spec.hnsw.ef_construct, ..HnswIndexConfig::default() };
+        let params = |dim: usize| EdgeVectorParams::builder(dim, Distance::Cosine).hnsw_config(hnsw.clone()).build();
+        let mut config = EdgeConfig::builder().hnsw_config(hnsw.clone()).vector(Space::Content.name(), params(spec.content_dim));
+        if let Some(dim) = spec.behaviour_dim {
+            config = config.vector(Space::Behaviour.name(), params(dim));
+        }
+        let config = config.build();
         let shard = tokio::task::spawn_blocking(move || -> Result<EdgeShard, StoreError> {
             let shard = EdgeShard::new(&dir, config).map_err(engine("creating a collection"))?;
             for (field, kind) in [
@@ -213,7 +227,11 @@ impl VectorStore for EdgeStore {
                         "movie_id": p.movie_id, "title": p.title, "year": p.year,
                         "genres": p.genres, "text_hash": p.text_hash,
                     });
-                    PointStruct::new(PointId::NumId(p.id), p.vector, payload).into()
+                    let mut vectors = vec![(Space::Content.name().to_string(), p.vector)];
+                    if let Some(b) = p.behaviour {
+                        vectors.push((Space::Behaviour.name().to_string(), b));
+                    }
+                    PointStruct::new(PointId::NumId(p.id), vectors, payload).into()
                 })
                 .collect();
             shard
@@ -289,13 +307,14 @@ impl VectorStore for EdgeStore {
         .await
     }
 
-    async fn vectors(&self, collection: &str, ids: &[u64]) -> Result<Vec<(u64, Vec<f32>)>, StoreError> {
+    async fn vectors(&self, collection: &str, space: Space, ids: &[u64]) -> Result<Vec<(u64, Vec<f32>)>, StoreError> {
         let ids: Vec<PointId> = ids.iter().map(|id| PointId::NumId(*id)).collect();
         self.blocking(collection, move |shard| {
+            let Some(name) = vector_name(shard, space) else { return Ok(Vec::new()) };
             let records = shard
-                .retrieve(&ids, Some(WithPayloadInterface::Bool(false)), Some(WithVector::Bool(true)))
+                .retrieve(&ids, Some(WithPayloadInterface::Bool(false)), Some(WithVector::Selector(vec![name.clone()])))
                 .map_err(engine("retrieve"))?;
-            Ok(records.into_iter().filter_map(|r| Some((point_id(&r.id)?, dense(r.vector)?))).collect())
+            Ok(records.into_iter().filter_map(|r| Some((point_id(&r.id)?, dense(r.vector, &name)?))).collect())
         })
         .await
     }
@@ -303,18 +322,21 @@ impl VectorStore for EdgeStore {
     async fn search(
         &self,
         collection: &str,
+        space: Space,
         vector: Vec<f32>,
         limit: usize,
         filter: &SearchFilter,
     ) -> Result<Vec<Hit>, StoreError> {
-        let exact = filter.exact;
+        let (exact, ef) = (filter.exact, filter.ef);
         let filter = edge_filter(filter);
         self.blocking(collection, move |shard| {
+            let Some(name) = vector_name(shard, space) else { return Ok(Vec::new()) };
+            let using = (name != DEFAULT_VECTOR_NAME).then_some(name);
             let hits = shard
                 .search(SearchRequest {
-                    query: QueryEnum::Nearest(NamedQuery { query: VectorInternal::Dense(vector), using: None }),
+                    query: QueryEnum::Nearest(NamedQuery { query: VectorInternal::Dense(vector), using }),
                     filter,
-                    params: exact.then(|| SearchParams { exact: true, ..SearchParams::default() }),
+                    params: (exact || ef.is_some()).then(|| SearchParams { exact, hnsw_ef: ef, ..SearchParams::default() }),
                     limit,
                     offset: 0,
                     with_payload: Some(WithPayloadInterface::Fields(vec![path("movie_id")])),

@@ -6,6 +6,9 @@
 //! A store holds named collections of movie points (id = [`point_id`], payload =
 //! movie id, title, year, genres, text hash) and a *live* pointer naming the collection readers
 //! use. Switching the live pointer is atomic (a file rename on edge, an alias swap on a server).
+//! A point has up to two named vectors ([`Space`]): `content` (the text embedding, every point)
+//! and `behaviour` (learned from interactions; only movies with enough of them). Both are cosine
+//! spaces indexed by HNSW with the collection's [`Hnsw`] parameters; searches take `ef`.
 
 pub mod edge;
 pub mod server;
@@ -22,13 +25,89 @@ pub fn point_id(movie_id: &str) -> u64 {
     u64::from_be_bytes(bytes)
 }
 
+/// A vector space of the movie points: a named vector in every collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Space {
+    /// The text embedding of the movie's metadata (every point has one).
+    Content,
+    /// The vector learned from who watched what (movies with enough interactions).
+    Behaviour,
+}
+
+impl Space {
+    /// Both spaces.
+    pub const ALL: [Space; 2] = [Space::Content, Space::Behaviour];
+
+    /// The vector's name in collections.
+    pub fn name(self) -> &'static str {
+        match self {
+            Space::Content => "content",
+            Space::Behaviour => "behaviour",
+        }
+    }
+}
+
+impl std::fmt::Display for Space {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// HNSW graph parameters of a collection (they change the graph, so they are part of the
+/// collection's name). Recall against exact search is measured by `embed-bench recall`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hnsw {
+    /// Edges per node.
+    pub m: usize,
+    /// Candidates considered while building.
+    pub ef_construct: usize,
+}
+
+impl Default for Hnsw {
+    fn default() -> Self {
+        Self { m: 16, ef_construct: 100 }
+    }
+}
+
+impl Hnsw {
+    /// `h<m>x<ef_construct>`: the tag in collection names.
+    pub fn tag(&self) -> String {
+        format!("h{}x{}", self.m, self.ef_construct)
+    }
+
+    /// A one-line error for values the engines refuse.
+    pub fn check(&self) -> Result<(), String> {
+        if !(4..=128).contains(&self.m) {
+            return Err(format!("hnsw m must be in 4..=128, got {}", self.m));
+        }
+        if !(4..=2048).contains(&self.ef_construct) {
+            return Err(format!("hnsw ef_construct must be in 4..=2048, got {}", self.ef_construct));
+        }
+        Ok(())
+    }
+}
+
+/// How to create a collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CollectionSpec {
+    /// Dimension of the content vectors.
+    pub content_dim: usize,
+    /// Dimension of the behaviour vectors, when the collection has them.
+    pub behaviour_dim: Option<usize>,
+    /// The HNSW graph of both spaces.
+    pub hnsw: Hnsw,
+}
+
 /// A movie point to upsert.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MoviePoint {
     /// Stable point id.
     pub id: u64,
-    /// The vector.
+    /// The content vector.
     pub vector: Vec<f32>,
+    /// The behaviour vector, when the movie has one.
+    pub behaviour: Option<Vec<f32>>,
     /// Course movie id.
     pub movie_id: String,
     /// Title.
@@ -62,6 +141,8 @@ pub struct SearchFilter {
     /// Exhaustive search instead of the HNSW index: the same answer whatever the index layout
     /// (segments, optimisation state), which replayable recommendations need.
     pub exact: bool,
+    /// HNSW search breadth (`ef`); `None`: the engine's default.
+    pub ef: Option<usize>,
 }
 
 /// A stored point's identity and content hash (for incremental embedding).
@@ -130,9 +211,9 @@ pub trait VectorStore: Send + Sync {
     fn describe(&self) -> String;
     /// Existing collection names.
     async fn collections(&self) -> Result<Vec<String>, StoreError>;
-    /// Creates a cosine collection of `dim`-vectors with payload indexes on genres and year;
-    /// does nothing if it exists.
-    async fn create_collection(&self, name: &str, dim: usize) -> Result<(), StoreError>;
+    /// Creates a collection with cosine spaces as `spec` says and payload indexes on genres,
+    /// year and movie id; does nothing if it exists.
+    async fn create_collection(&self, name: &str, spec: &CollectionSpec) -> Result<(), StoreError>;
     /// Removes a collection (not the live one: callers switch first).
     async fn drop_collection(&self, name: &str) -> Result<(), StoreError>;
     /// Inserts or replaces points.
@@ -145,12 +226,14 @@ pub trait VectorStore: Send + Sync {
     async fn count(&self, collection: &str) -> Result<u64, StoreError>;
     /// Every point's id, movie id and text hash.
     async fn digests(&self, collection: &str) -> Result<Vec<PointDigest>, StoreError>;
-    /// Vectors of the given points (missing ids are skipped), in the order given.
-    async fn vectors(&self, collection: &str, ids: &[u64]) -> Result<Vec<(u64, Vec<f32>)>, StoreError>;
-    /// Nearest neighbours of `vector`.
+    /// Vectors in `space` of the given points (points without one, and missing ids, are
+    /// skipped), in the order given. A collection without the space has none.
+    async fn vectors(&self, collection: &str, space: Space, ids: &[u64]) -> Result<Vec<(u64, Vec<f32>)>, StoreError>;
+    /// Nearest neighbours of `vector` in `space` (only points that have a vector there).
     async fn search(
         &self,
         collection: &str,
+        space: Space,
         vector: Vec<f32>,
         limit: usize,
         filter: &SearchFilter,

@@ -4,15 +4,19 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, CreateAliasBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
-    DeletePointsBuilder, Distance, FieldType, Filter, GetPointsBuilder, PointId, PointStruct, PointsIdsList,
-    ScrollPointsBuilder, SearchParamsBuilder, SearchPointsBuilder, UpsertPointsBuilder, VectorParamsBuilder,
-    point_id::PointIdOptions, vector_output, vectors_output::VectorsOptions,
+    DeletePointsBuilder, Distance, FieldType, Filter, GetPointsBuilder, HnswConfigDiffBuilder, PointId, PointStruct,
+    PointsIdsList, ScrollPointsBuilder, SearchParamsBuilder, SearchPointsBuilder, UpsertPointsBuilder,
+    VectorOutput, VectorParamsBuilder, VectorsConfigBuilder, VectorsSelector, point_id::PointIdOptions,
+    vector_output, vectors_config, vectors_output::VectorsOptions,
 };
 use qdrant_client::{Payload, Qdrant};
 
-use super::{Hit, MoviePoint, PointDigest, SearchFilter, StoreError, VectorStore};
+use super::{CollectionSpec, Hit, MoviePoint, PointDigest, SearchFilter, Space, StoreError, VectorStore};
 
 const ENGINE: &str = "qdrant";
 /// The alias readers use.
@@ -26,6 +30,9 @@ fn engine(operation: &'static str) -> impl FnOnce(qdrant_client::QdrantError) ->
 pub struct ServerStore {
     client: Qdrant,
     url: String,
+    /// Per collection: the vector names of (content, behaviour); `Some("")` is the unnamed
+    /// vector of collections made before named vectors.
+    layouts: Mutex<HashMap<String, (Option<String>, Option<String>)>>,
 }
 
 impl std::fmt::Debug for ServerStore {
@@ -43,7 +50,42 @@ impl ServerStore {
             .skip_compatibility_check()
             .build()
             .map_err(engine("connecting"))?;
-        Ok(Self { client, url: url.to_string() })
+        Ok(Self { client, url: url.to_string(), layouts: Mutex::new(HashMap::new()) })
+    }
+
+    /// The name of `space`'s vector in `collection` (looked up once per collection).
+    async fn vector_name(&self, collection: &str, space: Space) -> Result<Option<String>, StoreError> {
+        let cached = self.layouts.lock().unwrap_or_else(|p| p.into_inner()).get(collection).cloned();
+        let (content, behaviour) = match cached {
+            Some(layout) => layout,
+            None => {
+                let info = self.client.collection_info(collection).await.map_err(engine("reading a collection's layout"))?;
+                let config = info.result.and_then(|i| i.config).and_then(|c| c.params).and_then(|p| p.vectors_config);
+                let layout = match config.and_then(|v| v.config) {
+                    Some(vectors_config::Config::Params(_)) => (Some(String::new()), None),
+                    Some(vectors_config::Config::ParamsMap(m)) => {
+                        let has = |s: Space| m.map.contains_key(s.name()).then(|| s.name().to_string());
+                        (has(Space::Content), has(Space::Behaviour))
+                    }
+                    None => (None, None),
+                };
+                self.layouts.lock().unwrap_or_else(|p| p.into_inner()).insert(collection.to_string(), layout.clone());
+                layout
+            }
+        };
+        Ok(match space {
+            Space::Content => content,
+            Space::Behaviour => behaviour,
+        })
+    }
+}
+
+fn dense(v: VectorOutput) -> Option<Vec<f32>> {
+    #[allow(deprecated)]
+    match v.vector {
+        Some(vector_output::Vector::Dense(d)) => Some(d.data),
+        Some(vector_output::Vector::Sparse(_) | vector_output::Vector::MultiDense(_)) => None,
+        None => Some(v.data),
     }
 }
 
@@ -71,15 +113,19 @@ impl VectorStore for ServerStore {
         Ok(names)
     }
 
-    async fn create_collection(&self, name: &str, dim: usize) -> Result<(), StoreError> {
+    async fn create_collection(&self, name: &str, spec: &CollectionSpec) -> Result<(), StoreError> {
         if self.client.collection_exists(name).await.map_err(engine("checking a collection"))? {
             return Ok(());
         }
+        let hnsw = HnswConfigDiffBuilder::default().m(spec.hnsw.m as u64).ef_construct(spec.hnsw.ef_construct as u64);
+        let params = |dim: usize| VectorParamsBuilder::new(dim as u64, Distance::Cosine).hnsw_config(hnsw.clone());
+        let mut vectors = VectorsConfigBuilder::default();
+        vectors.add_named_vector_params(Space::Content.name(), params(spec.content_dim));
+        if let Some(dim) = spec.behaviour_dim {
+            vectors.add_named_vector_params(Space::Behaviour.name(), params(dim));
+        }
         self.client
-            .create_collection(
-                CreateCollectionBuilder::new(name)
-                    .vectors_config(VectorParamsBuilder::new(dim as u64, Distance::Cosine)),
-            )
+            .create_collection(CreateCollectionBuilder::new(name).vectors_config(vectors))
             .await
             .map_err(engine("creating a collection"))?;
         for (field, kind) in
@@ -95,6 +141,7 @@ impl VectorStore for ServerStore {
 
     async fn drop_collection(&self, name: &str) -> Result<(), StoreError> {
         self.client.delete_collection(name).await.map_err(engine("dropping a collection"))?;
+        self.layouts.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
         Ok(())
     }
 
@@ -107,7 +154,11 @@ impl VectorStore for ServerStore {
                     "genres": p.genres, "text_hash": p.text_hash,
                 }))
                 .unwrap_or_default();
-                PointStruct::new(p.id, p.vector, payload)
+                let mut vectors = HashMap::from([(Space::Content.name().to_string(), p.vector)]);
+                if let Some(b) = p.behaviour {
+                    vectors.insert(Space::Behaviour.name().to_string(), b);
+                }
+                PointStruct::new(p.id, vectors, payload)
             })
             .collect();
         for chunk in points.chunks(256) {
@@ -163,24 +214,23 @@ impl VectorStore for ServerStore {
         }
     }
 
-    async fn vectors(&self, collection: &str, ids: &[u64]) -> Result<Vec<(u64, Vec<f32>)>, StoreError> {
+    async fn vectors(&self, collection: &str, space: Space, ids: &[u64]) -> Result<Vec<(u64, Vec<f32>)>, StoreError> {
+        let Some(name) = self.vector_name(collection, space).await? else { return Ok(Vec::new()) };
         let point_ids: Vec<PointId> = ids.iter().map(|id| PointId::from(*id)).collect();
-        let r = self
-            .client
-            .get_points(GetPointsBuilder::new(collection, point_ids).with_vectors(true).with_payload(false))
-            .await
-            .map_err(engine("retrieve"))?;
-        let mut found: std::collections::HashMap<u64, Vec<f32>> = std::collections::HashMap::new();
+        let mut req = GetPointsBuilder::new(collection, point_ids).with_payload(false);
+        req = if name.is_empty() {
+            req.with_vectors(true)
+        } else {
+            req.with_vectors(VectorsSelector { names: vec![name.clone()] })
+        };
+        let r = self.client.get_points(req).await.map_err(engine("retrieve"))?;
+        let mut found: HashMap<u64, Vec<f32>> = HashMap::new();
         for p in r.result {
             let Some(id) = num_id(p.id.as_ref()) else { continue };
-            #[allow(deprecated)]
             let vector = match p.vectors.and_then(|v| v.vectors_options) {
-                Some(VectorsOptions::Vector(v)) => match v.vector {
-                    Some(vector_output::Vector::Dense(d)) => Some(d.data),
-                    Some(vector_output::Vector::Sparse(_) | vector_output::Vector::MultiDense(_)) => None,
-                    None => Some(v.data),
-                },
-                Some(VectorsOptions::Vectors(_)) | None => None,
+                Some(VectorsOptions::Vector(v)) => dense(v),
+                Some(VectorsOptions::Vectors(mut named)) => named.vectors.remove(&name).and_then(dense),
+                None => None,
             };
             if let Some(vector) = vector {
                 found.insert(id, vector);
@@ -192,13 +242,22 @@ impl VectorStore for ServerStore {
     async fn search(
         &self,
         collection: &str,
+        space: Space,
         vector: Vec<f32>,
         limit: usize,
         filter: &SearchFilter,
     ) -> Result<Vec<Hit>, StoreError> {
+        let Some(name) = self.vector_name(collection, space).await? else { return Ok(Vec::new()) };
         let mut req = SearchPointsBuilder::new(collection, vector, limit as u64).with_payload(true);
-        if filter.exact {
-            req = req.params(SearchParamsBuilder::default().exact(true));
+        if !name.is_empty() {
+            req = req.vector_name(name);
+        }
+        if filter.exact || filter.ef.is_some() {
+            let mut params = SearchParamsBuilder::default().exact(filter.exact);
+            if let Some(ef) = filter.ef {
+                params = params.hnsw_ef(ef as u64);
+            }
+            req = req.params(params);
         }
         let mut f = Filter::default();
         if !filter.any_genre.is_empty() {

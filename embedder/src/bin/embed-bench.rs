@@ -18,7 +18,7 @@ use embedder::text::{MovieFields, movie_text, text_hash};
 use rand::{Rng, SeedableRng};
 use vectorstore::edge::EdgeStore;
 use vectorstore::point_id;
-use vectorstore::{MoviePoint, SearchFilter, VectorStore};
+use vectorstore::{CollectionSpec, Hnsw, MoviePoint, SearchFilter, Space, VectorStore};
 
 #[derive(Parser, Debug)]
 #[command(about = "Embedding and vector-search benchmarks")]
@@ -208,6 +208,7 @@ fn search(catalog: &Path, paths: &ModelPaths, total: usize, queries: usize, vect
         .map(|((m, t), v)| MoviePoint {
             id: point_id(&m.movie_id),
             vector: v.clone(),
+            behaviour: None,
             movie_id: m.movie_id.clone(),
             title: m.title.clone(),
             year: m.year,
@@ -237,7 +238,7 @@ fn search(catalog: &Path, paths: &ModelPaths, total: usize, queries: usize, vect
     rt.block_on(async {
         let store = EdgeStore::open(dir.path())?;
         let name = "movies_bench";
-        store.create_collection(name, dim).await?;
+        store.create_collection(name, &CollectionSpec { content_dim: dim, behaviour_dim: None, hnsw: Hnsw::default() }).await?;
         let started = Instant::now();
         for chunk in points.chunks(1_000) {
             store.upsert(name, chunk.to_vec()).await?;
@@ -263,12 +264,13 @@ fn search(catalog: &Path, paths: &ModelPaths, total: usize, queries: usize, vect
                 any_genre: genre.map(|g| vec![g.to_string()]).unwrap_or_default(),
                 exclude_ids: Vec::new(),
                 exact,
+                ef: None,
             };
             let mut times = Vec::with_capacity(queries);
             for q in 0..queries {
                 let v = vectors[(q * 7919) % vectors.len()].clone();
                 let started = Instant::now();
-                let hits = store.search(name, v, 50, &filter).await?;
+                let hits = store.search(name, Space::Content, v, 50, &filter).await?;
                 times.push(started.elapsed().as_secs_f64() * 1e3);
                 anyhow::ensure!(!hits.is_empty(), "no hits");
             }
@@ -291,7 +293,7 @@ fn stored_vectors(dir: &Path, movies: &[(MovieFields, String)]) -> Result<Vec<Ve
         let store = EdgeStore::open(dir)?;
         let live = store.live().await?.context("no live collection in the --vectors-from store")?;
         let ids: Vec<u64> = movies.iter().map(|(m, _)| point_id(&m.movie_id)).collect();
-        let found = store.vectors(&live, &ids).await?;
+        let found = store.vectors(&live, Space::Content, &ids).await?;
         anyhow::ensure!(found.len() == ids.len(), "{live} holds {} of the {} catalog movies", found.len(), ids.len());
         Ok(found.into_iter().map(|(_, v)| v).collect())
     })

@@ -7,7 +7,7 @@ use embedder::pipeline::{Embedder, Mode};
 use embedder::text::{MovieFields, movie_text, text_hash};
 use vectorstore::edge::EdgeStore;
 use vectorstore::point_id;
-use vectorstore::{SearchFilter, VectorStore};
+use vectorstore::{SearchFilter, Space, VectorStore};
 
 use crate::helpers::{assets_dir, bin, db_with_movielens, model};
 
@@ -21,9 +21,9 @@ async fn movie_id_of(pool: &sqlx::PgPool, ml_movie_id: i32) -> String {
 
 async fn neighbours(store: &EdgeStore, collection: &str, movie_id: &str, k: usize) -> Vec<String> {
     let id = point_id(movie_id);
-    let (_, vector) = store.vectors(collection, &[id]).await.expect("vector").pop().expect("present");
+    let (_, vector) = store.vectors(collection, Space::Content, &[id]).await.expect("vector").pop().expect("present");
     let filter = SearchFilter { exclude_ids: vec![id], ..SearchFilter::default() };
-    store.search(collection, vector, k, &filter).await.expect("search").into_iter().map(|h| h.movie_id).collect()
+    store.search(collection, Space::Content, vector, k, &filter).await.expect("search").into_iter().map(|h| h.movie_id).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,7 +38,7 @@ async fn the_default_catalog_embeds_searchably_franchises_cluster_and_updates_in
     let dir = tempfile::tempdir().expect("tempdir");
     let store = EdgeStore::open(dir.path()).expect("store");
     let mut model = model();
-    let mut embedder = Embedder { pool: &db.pool, store: &store, model: &mut model, progress: false, chunk: 512 };
+    let mut embedder = Embedder { pool: &db.pool, store: &store, model: &mut model, progress: false, chunk: 512, hnsw: Default::default(), behaviour: None };
 
     let full = embedder.run(Mode::Full).await.expect("full embed");
     println!("full embed: {}", full.render());
@@ -158,7 +158,8 @@ fn a_missing_model_is_one_clear_line_and_a_failure() {
     let store = EdgeStore::open(dir.path()).expect("store");
     let rt = tokio::runtime::Runtime::new().expect("rt");
     rt.block_on(async {
-        store.create_collection("movies_x", 4).await.expect("create");
+        let spec = vectorstore::CollectionSpec { content_dim: 4, behaviour_dim: None, hnsw: vectorstore::Hnsw::default() };
+        store.create_collection("movies_x", &spec).await.expect("create");
         store.set_live("movies_x").await.expect("live");
     });
     fails_with("cannot read the ONNX Runtime library");
@@ -172,7 +173,7 @@ async fn an_incremental_run_with_another_model_builds_a_new_collection_instead_o
     let store = EdgeStore::open(dir.path()).expect("store");
     let first = {
         let mut model = model();
-        Embedder { pool: &db.pool, store: &store, model: &mut model, progress: false, chunk: 64 }
+        Embedder { pool: &db.pool, store: &store, model: &mut model, progress: false, chunk: 64, hnsw: Default::default(), behaviour: None }
             .run(Mode::Full)
             .await
             .expect("full")
@@ -180,7 +181,7 @@ async fn an_incremental_run_with_another_model_builds_a_new_collection_instead_o
     // The same weights truncated differently are another model (another id): no mixing.
     let paths = embedder::model::ModelPaths::in_assets_dir(&assets_dir());
     let mut other = embedder::model::Model::load(&paths, 2, 64).expect("second model");
-    let second = Embedder { pool: &db.pool, store: &store, model: &mut other, progress: false, chunk: 64 }
+    let second = Embedder { pool: &db.pool, store: &store, model: &mut other, progress: false, chunk: 64, hnsw: Default::default(), behaviour: None }
         .run(Mode::Incremental)
         .await
         .expect("incremental");

@@ -28,7 +28,7 @@ use hyper::body::Bytes;
 use rand::{Rng, SeedableRng};
 use vectorstore::edge::EdgeStore;
 use vectorstore::point_id;
-use vectorstore::{MoviePoint, VectorStore};
+use vectorstore::{CollectionSpec, Hnsw, MoviePoint, Space, VectorStore};
 
 #[derive(Parser, Debug)]
 #[command(about = "Load benchmark for lazyrec-server (HTTP)")]
@@ -518,7 +518,7 @@ async fn vectors(from: &std::path::Path, to: &std::path::Path, movies: usize) ->
     let source = EdgeStore::open(from)?;
     let live = source.live().await?.context("the source store has no live collection")?;
     let ids: Vec<u64> = source.digests(&live).await?.into_iter().map(|d| d.id).collect();
-    let real = source.vectors(&live, &ids).await?;
+    let real = source.vectors(&live, Space::Content, &ids).await?;
     if real.is_empty() {
         bail!("the source collection {live} is empty");
     }
@@ -527,7 +527,8 @@ async fn vectors(from: &std::path::Path, to: &std::path::Path, movies: usize) ->
     let target = EdgeStore::open(to)?;
     let name = format!("movies_bench_{movies}");
     target.drop_collection(&name).await?;
-    target.create_collection(&name, dim).await?;
+    let spec = CollectionSpec { content_dim: dim, behaviour_dim: None, hnsw: Hnsw::default() };
+    target.create_collection(&name, &spec).await?;
     let started = Instant::now();
     let mut batch = Vec::with_capacity(1_000);
     for i in 0..movies {
@@ -544,6 +545,7 @@ async fn vectors(from: &std::path::Path, to: &std::path::Path, movies: usize) ->
         batch.push(MoviePoint {
             id: point_id(&movie_id),
             vector,
+            behaviour: None,
             movie_id,
             title: format!("Synthetic {i}"),
             year: Some(1950 + (i % 75) as i32),

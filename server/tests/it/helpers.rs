@@ -49,7 +49,7 @@ async fn embedded_store() -> &'static Path {
             .await
             .expect("join")
             .unwrap_or_else(|e| panic!("{e} (install the assets with `python3 ci/assets.py`)"));
-        let report = Embedder { pool: &db.pool, store: &store, model: &mut model, progress: false, chunk: 512 }
+        let report = Embedder { pool: &db.pool, store: &store, model: &mut model, progress: false, chunk: 512, hnsw: Default::default(), behaviour: None }
             .run(Mode::Full)
             .await
             .expect("embed");
