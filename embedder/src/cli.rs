@@ -201,8 +201,9 @@ pub async fn run() -> Result<()> {
     let store = cli.store.open(&cli.state_dir)?;
     let connect = || async {
         let url = db::resolve_database_url(cli.database_url.as_deref(), &cli.state_dir)?;
-        let pool =
-            db::connect_pool(&url, 4).await.with_context(|| format!("connecting to Postgres at {}", db::redact(&url)))?;
+        let pool = db::connect_pool(&url, 4)
+            .await
+            .with_context(|| format!("connecting to Postgres at {}", db::redact(&url)))?;
         db::migrate(&pool).await.context("applying migrations")?;
         anyhow::Ok(pool)
     };

@@ -272,11 +272,8 @@ impl Embedder<'_> {
         .execute(self.pool)
         .await
         .map_err(db("recording the collection"))?;
-        let spec = CollectionSpec {
-            content_dim: dim,
-            behaviour_dim: self.behaviour.as_ref().map(|b| b.dim),
-            hnsw: self.hnsw,
-        };
+        let spec =
+            CollectionSpec { content_dim: dim, behaviour_dim: self.behaviour.as_ref().map(|b| b.dim), hnsw: self.hnsw };
         self.store.create_collection(name, &spec).await?;
         let mut report = EmbedReport { collection: name.to_string(), ..EmbedReport::default() };
         let todo: Vec<&Item> = items.iter().collect();

@@ -315,8 +315,10 @@ impl Core {
     pub async fn warm(&self, within: Duration) {
         let started = Instant::now();
         let plan = self.strategy.plan(&History::default());
-        let spaces: Vec<(Space, usize)> =
-            [(Space::Content, plan.content), (Space::Behaviour, plan.behaviour)].into_iter().filter(|s| s.1 > 0).collect();
+        let spaces: Vec<(Space, usize)> = [(Space::Content, plan.content), (Space::Behaviour, plan.behaviour)]
+            .into_iter()
+            .filter(|s| s.1 > 0)
+            .collect();
         let Some(collection) = self.collection().filter(|_| !spaces.is_empty()) else { return };
         let popularity = self.popularity();
         let lookups = popularity.movies.iter().take(8).flat_map(|m| {
@@ -494,9 +496,10 @@ impl Core {
             if k == 0 {
                 continue;
             }
-            let lookups = plan.seeds.iter().map(|&i| {
-                self.neighbour_list(collection.clone(), space, &history.watched[i].movie_id, k, admit)
-            });
+            let lookups = plan
+                .seeds
+                .iter()
+                .map(|&i| self.neighbour_list(collection.clone(), space, &history.watched[i].movie_id, k, admit));
             let lists = futures_util::future::join_all(lookups).await.into_iter().collect::<Result<_, _>>()?;
             match space {
                 Space::Content => out.content = lists,
@@ -541,7 +544,9 @@ impl Core {
                         return Ok(Arc::new(Vec::new()));
                     };
                     let filter = SearchFilter { exclude_ids: vec![id], exact, ef, ..SearchFilter::default() };
-                    Ok::<_, vectorstore::StoreError>(Arc::new(store.search(&collection, space, vector, k, &filter).await?))
+                    Ok::<_, vectorstore::StoreError>(Arc::new(
+                        store.search(&collection, space, vector, k, &filter).await?,
+                    ))
                 })
                 .await
         });

@@ -15,10 +15,10 @@ use async_trait::async_trait;
 use qdrant_edge::external::serde_json::{Value, json};
 use qdrant_edge::{
     AnyVariants, Condition, CountRequest, CreateIndex, DEFAULT_VECTOR_NAME, Distance, EdgeConfig, EdgeShard,
-    EdgeVectorParams, FieldCondition, FieldIndexOperations, Filter, HasIdCondition, HnswIndexConfig, JsonPath, Match, MatchAny,
-    NamedQuery, PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations, PointOperations, PointStruct,
-    QueryEnum, ScrollRequest, SearchParams, SearchRequest, UpdateOperation, VectorInternal, VectorStructInternal,
-    WithPayloadInterface, WithVector,
+    EdgeVectorParams, FieldCondition, FieldIndexOperations, Filter, HasIdCondition, HnswIndexConfig, JsonPath, Match,
+    MatchAny, NamedQuery, PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations, PointOperations,
+    PointStruct, QueryEnum, ScrollRequest, SearchParams, SearchRequest, UpdateOperation, VectorInternal,
+    VectorStructInternal, WithPayloadInterface, WithVector,
 };
 
 use super::{CollectionSpec, Hit, MoviePoint, PointDigest, SearchFilter, Space, StoreError, VectorStore};
@@ -108,7 +108,8 @@ fn vector_name(shard: &EdgeShard, space: Space) -> Option<String> {
     if config.vectors.contains_key(space.name()) {
         return Some(space.name().to_string());
     }
-    (space == Space::Content && config.vectors.contains_key(DEFAULT_VECTOR_NAME)).then(|| DEFAULT_VECTOR_NAME.to_string())
+    (space == Space::Content && config.vectors.contains_key(DEFAULT_VECTOR_NAME))
+        .then(|| DEFAULT_VECTOR_NAME.to_string())
 }
 
 fn dense(vector: Option<VectorStructInternal>, name: &str) -> Option<Vec<f32>> {
@@ -174,9 +175,11 @@ impl VectorStore for EdgeStore {
             path: dir.clone(),
             source,
         })?;
-        let hnsw = HnswIndexConfig { m: spec.hnsw.m, ef_construct: spec.hnsw.ef_construct, ..HnswIndexConfig::default() };
+        let hnsw =
+            HnswIndexConfig { m: spec.hnsw.m, ef_construct: spec.hnsw.ef_construct, ..HnswIndexConfig::default() };
         let params = |dim: usize| EdgeVectorParams::builder(dim, Distance::Cosine).hnsw_config(hnsw.clone()).build();
-        let mut config = EdgeConfig::builder().hnsw_config(hnsw.clone()).vector(Space::Content.name(), params(spec.content_dim));
+        let mut config =
+            EdgeConfig::builder().hnsw_config(hnsw.clone()).vector(Space::Content.name(), params(spec.content_dim));
         if let Some(dim) = spec.behaviour_dim {
             config = config.vector(Space::Behaviour.name(), params(dim));
         }
@@ -336,7 +339,11 @@ impl VectorStore for EdgeStore {
                 .search(SearchRequest {
                     query: QueryEnum::Nearest(NamedQuery { query: VectorInternal::Dense(vector), using }),
                     filter,
-                    params: (exact || ef.is_some()).then(|| SearchParams { exact, hnsw_ef: ef, ..SearchParams::default() }),
+                    params: (exact || ef.is_some()).then(|| SearchParams {
+                        exact,
+                        hnsw_ef: ef,
+                        ..SearchParams::default()
+                    }),
                     limit,
                     offset: 0,
                     with_payload: Some(WithPayloadInterface::Fields(vec![path("movie_id")])),

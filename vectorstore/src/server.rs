@@ -10,9 +10,9 @@ use std::sync::Mutex;
 use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, CreateAliasBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
     DeletePointsBuilder, Distance, FieldType, Filter, GetPointsBuilder, HnswConfigDiffBuilder, PointId, PointStruct,
-    PointsIdsList, ScrollPointsBuilder, SearchParamsBuilder, SearchPointsBuilder, UpsertPointsBuilder,
-    VectorOutput, VectorParamsBuilder, VectorsConfigBuilder, VectorsSelector, point_id::PointIdOptions,
-    vector_output, vectors_config, vectors_output::VectorsOptions,
+    PointsIdsList, ScrollPointsBuilder, SearchParamsBuilder, SearchPointsBuilder, UpsertPointsBuilder, VectorOutput,
+    VectorParamsBuilder, VectorsConfigBuilder, VectorsSelector, point_id::PointIdOptions, vector_output,
+    vectors_config, vectors_output::VectorsOptions,
 };
 use qdrant_client::{Payload, Qdrant};
 
@@ -59,7 +59,8 @@ impl ServerStore {
         let (content, behaviour) = match cached {
             Some(layout) => layout,
             None => {
-                let info = self.client.collection_info(collection).await.map_err(engine("reading a collection's layout"))?;
+                let info =
+                    self.client.collection_info(collection).await.map_err(engine("reading a collection's layout"))?;
                 let config = info.result.and_then(|i| i.config).and_then(|c| c.params).and_then(|p| p.vectors_config);
                 let layout = match config.and_then(|v| v.config) {
                     Some(vectors_config::Config::Params(_)) => (Some(String::new()), None),

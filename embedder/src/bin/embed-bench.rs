@@ -238,7 +238,9 @@ fn search(catalog: &Path, paths: &ModelPaths, total: usize, queries: usize, vect
     rt.block_on(async {
         let store = EdgeStore::open(dir.path())?;
         let name = "movies_bench";
-        store.create_collection(name, &CollectionSpec { content_dim: dim, behaviour_dim: None, hnsw: Hnsw::default() }).await?;
+        store
+            .create_collection(name, &CollectionSpec { content_dim: dim, behaviour_dim: None, hnsw: Hnsw::default() })
+            .await?;
         let started = Instant::now();
         for chunk in points.chunks(1_000) {
             store.upsert(name, chunk.to_vec()).await?;

@@ -23,7 +23,13 @@ async fn neighbours(store: &EdgeStore, collection: &str, movie_id: &str, k: usiz
     let id = point_id(movie_id);
     let (_, vector) = store.vectors(collection, Space::Content, &[id]).await.expect("vector").pop().expect("present");
     let filter = SearchFilter { exclude_ids: vec![id], ..SearchFilter::default() };
-    store.search(collection, Space::Content, vector, k, &filter).await.expect("search").into_iter().map(|h| h.movie_id).collect()
+    store
+        .search(collection, Space::Content, vector, k, &filter)
+        .await
+        .expect("search")
+        .into_iter()
+        .map(|h| h.movie_id)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,7 +44,15 @@ async fn the_default_catalog_embeds_searchably_franchises_cluster_and_updates_in
     let dir = tempfile::tempdir().expect("tempdir");
     let store = EdgeStore::open(dir.path()).expect("store");
     let mut model = model();
-    let mut embedder = Embedder { pool: &db.pool, store: &store, model: &mut model, progress: false, chunk: 512, hnsw: Default::default(), behaviour: None };
+    let mut embedder = Embedder {
+        pool: &db.pool,
+        store: &store,
+        model: &mut model,
+        progress: false,
+        chunk: 512,
+        hnsw: Default::default(),
+        behaviour: None,
+    };
 
     let full = embedder.run(Mode::Full).await.expect("full embed");
     println!("full embed: {}", full.render());
@@ -158,7 +172,8 @@ fn a_missing_model_is_one_clear_line_and_a_failure() {
     let store = EdgeStore::open(dir.path()).expect("store");
     let rt = tokio::runtime::Runtime::new().expect("rt");
     rt.block_on(async {
-        let spec = vectorstore::CollectionSpec { content_dim: 4, behaviour_dim: None, hnsw: vectorstore::Hnsw::default() };
+        let spec =
+            vectorstore::CollectionSpec { content_dim: 4, behaviour_dim: None, hnsw: vectorstore::Hnsw::default() };
         store.create_collection("movies_x", &spec).await.expect("create");
         store.set_live("movies_x").await.expect("live");
     });
@@ -173,18 +188,34 @@ async fn an_incremental_run_with_another_model_builds_a_new_collection_instead_o
     let store = EdgeStore::open(dir.path()).expect("store");
     let first = {
         let mut model = model();
-        Embedder { pool: &db.pool, store: &store, model: &mut model, progress: false, chunk: 64, hnsw: Default::default(), behaviour: None }
-            .run(Mode::Full)
-            .await
-            .expect("full")
+        Embedder {
+            pool: &db.pool,
+            store: &store,
+            model: &mut model,
+            progress: false,
+            chunk: 64,
+            hnsw: Default::default(),
+            behaviour: None,
+        }
+        .run(Mode::Full)
+        .await
+        .expect("full")
     };
     // The same weights truncated differently are another model (another id): no mixing.
     let paths = embedder::model::ModelPaths::in_assets_dir(&assets_dir());
     let mut other = embedder::model::Model::load(&paths, 2, 64).expect("second model");
-    let second = Embedder { pool: &db.pool, store: &store, model: &mut other, progress: false, chunk: 64, hnsw: Default::default(), behaviour: None }
-        .run(Mode::Incremental)
-        .await
-        .expect("incremental");
+    let second = Embedder {
+        pool: &db.pool,
+        store: &store,
+        model: &mut other,
+        progress: false,
+        chunk: 64,
+        hnsw: Default::default(),
+        behaviour: None,
+    }
+    .run(Mode::Incremental)
+    .await
+    .expect("incremental");
     assert!(second.switched && second.collection != first.collection, "{second:?}");
     assert_eq!((second.embedded, second.upserted), (40, 40));
     assert_eq!(store.live().await.expect("live"), Some(second.collection.clone()));

@@ -45,8 +45,13 @@ fn points() -> Vec<MoviePoint> {
             vector,
             // Behaviour vectors: the two Toy Story films were watched by the same people, the
             // Alien films by others; Notting Hill has too few viewers for one.
-            behaviour: [Some(vec![1.0, 0.1, 0.0]), Some(vec![0.9, 0.2, 0.0]), Some(vec![0.0, 1.0, 0.1]), Some(vec![0.1, 0.9, 0.0]), None]
-                [k]
+            behaviour: [
+                Some(vec![1.0, 0.1, 0.0]),
+                Some(vec![0.9, 0.2, 0.0]),
+                Some(vec![0.0, 1.0, 0.1]),
+                Some(vec![0.1, 0.9, 0.0]),
+                None,
+            ][k]
                 .clone(),
             movie_id: id.to_string(),
             title: title.to_string(),
@@ -85,8 +90,10 @@ async fn behaves_like_a_vector_store(store: &dyn VectorStore) {
     let cosine: f32 = stored[0].1.iter().zip(&points[0].vector).map(|(a, b)| a * b).sum();
     assert!(cosine > 0.999, "the stored vector is the one given ({cosine})");
 
-    let unfiltered =
-        store.search(&name, Space::Content, points[0].vector.clone(), 3, &SearchFilter::default()).await.expect("search");
+    let unfiltered = store
+        .search(&name, Space::Content, points[0].vector.clone(), 3, &SearchFilter::default())
+        .await
+        .expect("search");
     assert_eq!(unfiltered[0].movie_id, "toy+story+1995");
     assert_eq!(unfiltered[1].movie_id, "toy+story+2+1999", "{unfiltered:?}");
     let excluded = SearchFilter { exclude_ids: vec![toy], ..SearchFilter::default() };
@@ -104,7 +111,13 @@ async fn behaves_like_a_vector_store(store: &dyn VectorStore) {
     assert_eq!(behaviour.len(), 1, "Notting Hill has no behaviour vector: {behaviour:?}");
     assert_eq!(behaviour[0].0, toy);
     let by_behaviour = store
-        .search(&name, Space::Behaviour, vec![0.0, 1.0, 0.05], 5, &SearchFilter { ef: Some(64), ..SearchFilter::default() })
+        .search(
+            &name,
+            Space::Behaviour,
+            vec![0.0, 1.0, 0.05],
+            5,
+            &SearchFilter { ef: Some(64), ..SearchFilter::default() },
+        )
         .await
         .expect("behaviour search");
     let got: Vec<&str> = by_behaviour.iter().map(|h| h.movie_id.as_str()).collect();
