@@ -267,6 +267,19 @@ impl Dataset {
         }
     }
 
+    /// Cold users, simulated: every user with test items keeps only their `n` latest training
+    /// items (the models see the rest of the data as before).
+    pub fn truncate_histories(mut self, n: usize) -> Self {
+        for (train, test) in self.train.iter_mut().zip(&self.test) {
+            if !test.is_empty() && train.len() > n {
+                latest_first(train);
+                train.truncate(n);
+            }
+        }
+        self.name = format!("{} (test users cut to their latest {n} training items)", self.name);
+        self
+    }
+
     /// Users with test items.
     pub fn test_users(&self) -> impl Iterator<Item = usize> + '_ {
         (0..self.users.len()).filter(|&u| !self.test[u].is_empty())

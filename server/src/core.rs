@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use moka::future::Cache;
 use sqlx::PgPool;
 use vectorstore::point_id;
+use futures_util::StreamExt;
 use vectorstore::{Hit, SearchFilter, Space, VectorStore};
 
 use crate::admission::{Gate, Permit, Refused};
@@ -27,6 +28,10 @@ use crate::strategy::{self, History, Item, Neighbours, Plan, Popularity, Strateg
 
 pub use proto::contract::Kind;
 
+
+/// Neighbour-list lookups one request runs at a time (cache hits return at once; cold lists
+/// wait for the vector stage's gate).
+const LOOKUPS_PER_REQUEST: usize = 4;
 /// An answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
@@ -496,11 +501,15 @@ impl Core {
             if k == 0 {
                 continue;
             }
-            let lookups = plan
+            // A bounded number of lookups at a time: a long history must not fill the vector
+            // stage's queue on its own (its cold lists would be shed and the answer degraded).
+            let lookups: Vec<_> = plan
                 .seeds
                 .iter()
-                .map(|&i| self.neighbour_list(collection.clone(), space, &history.watched[i].movie_id, k, admit));
-            let lists = futures_util::future::join_all(lookups).await.into_iter().collect::<Result<_, _>>()?;
+                .map(|&i| self.neighbour_list(collection.clone(), space, &history.watched[i].movie_id, k, admit))
+                .collect();
+            let lists: Vec<_> = futures_util::stream::iter(lookups).buffered(LOOKUPS_PER_REQUEST).collect().await;
+            let lists = lists.into_iter().collect::<Result<_, _>>()?;
             match space {
                 Space::Content => out.content = lists,
                 Space::Behaviour => out.behaviour = lists,

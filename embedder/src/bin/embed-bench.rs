@@ -4,6 +4,11 @@
 //!   the same course movie texts, in one run: both rates, their ratio, cosine agreement.
 //! * `embed-bench search` — top-50 search latency on qdrant-edge at course scale (the real
 //!   course movies plus synthetic fill to 27k points), with and without a genre filter.
+//! * `embed-bench recall` — recall@k of HNSW search against exact search on a store's live
+//!   collection, in both spaces, for several graphs (m × ef_construct) and search breadths (ef),
+//!   with the search latency of each.
+//! * `embed-bench behaviour` — the behaviour-vector job at scale (read + factorise time, peak
+//!   memory); `--attach` copies the live collection with the new vectors and makes it live.
 //!
 //! `cargo run --release -p embedder --bin embed-bench -- compare --catalog ../shared/data/course/catalog/course_catalog_union.jsonl`
 
@@ -66,6 +71,43 @@ enum Cmd {
         #[arg(long)]
         vectors_from: Option<PathBuf>,
     },
+    /// Recall of HNSW against exact search on an edge store's live collection (both spaces).
+    Recall {
+        /// The qdrant-edge directory (its live collection is copied, not changed).
+        #[arg(long, default_value = ".state/qdrant-edge")]
+        edge_dir: PathBuf,
+        /// Query movies per space (random, seeded).
+        #[arg(long, default_value_t = 25)]
+        queries: usize,
+        /// Neighbours per query.
+        #[arg(long, default_value_t = 50)]
+        k: usize,
+        /// Search breadths to try (0: the engine's default).
+        #[arg(long, value_delimiter = ',', default_value = "0,64,128,256")]
+        ef: Vec<usize>,
+        /// Graphs to build, as m x ef_construct.
+        #[arg(long, value_delimiter = ',', default_value = "16x100,32x200")]
+        hnsw: Vec<String>,
+        /// Searches per configuration for the latency figures.
+        #[arg(long, default_value_t = 500)]
+        latency_queries: usize,
+        /// Seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// The behaviour-vector job on a database: time and peak memory.
+    Behaviour {
+        /// The database.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        /// Factorisation parameters (JSON).
+        #[arg(long, default_value = "{}")]
+        params: String,
+        /// Copy this edge store's live collection with the behaviour vectors added, and make
+        /// the copy live (prepares a load benchmark of a strategy that uses them).
+        #[arg(long)]
+        attach: Option<PathBuf>,
+    },
 }
 
 fn course_texts(catalog: &Path) -> Result<Vec<(MovieFields, String)>> {
@@ -99,7 +141,182 @@ fn main() -> Result<()> {
         Cmd::Search { points, queries, vectors_from } => {
             search(&args.catalog, &paths, points, queries, vectors_from.as_deref())
         }
+        Cmd::Recall { edge_dir, queries, k, ef, hnsw, latency_queries, seed } => {
+            let graphs = hnsw.iter().map(|h| parse_hnsw(h)).collect::<Result<Vec<_>>>()?;
+            runtime()?.block_on(recall(&edge_dir, queries, k, &ef, &graphs, latency_queries, seed))
+        }
+        Cmd::Behaviour { database_url, params, attach } => {
+            let params: behaviour::Params = serde_json::from_str(&params).context("--params")?;
+            runtime()?.block_on(behaviour_job(&database_url, &params, attach.as_deref()))
+        }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+fn parse_hnsw(s: &str) -> Result<Hnsw> {
+    let (m, ef) = s.split_once('x').with_context(|| format!("--hnsw {s:?}: expected m x ef_construct, e.g. 16x100"))?;
+    let h = Hnsw { m: m.trim().parse()?, ef_construct: ef.trim().parse()? };
+    h.check().map_err(anyhow::Error::msg)?;
+    Ok(h)
+}
+
+/// Peak resident memory of this process (VmHWM), in MiB.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// Every point of `collection` with its content and behaviour vectors (payload: movie id and
+/// text hash only).
+async fn copy_points(store: &EdgeStore, collection: &str) -> Result<Vec<MoviePoint>> {
+    let digests = store.digests(collection).await?;
+    let ids: Vec<u64> = digests.iter().map(|d| d.id).collect();
+    let mut content = std::collections::HashMap::new();
+    let mut behaviour = std::collections::HashMap::new();
+    for chunk in ids.chunks(1_000) {
+        content.extend(store.vectors(collection, Space::Content, chunk).await?);
+        behaviour.extend(store.vectors(collection, Space::Behaviour, chunk).await?);
+    }
+    Ok(digests
+        .into_iter()
+        .filter_map(|d| {
+            Some(MoviePoint {
+                id: d.id,
+                vector: content.remove(&d.id)?,
+                behaviour: behaviour.remove(&d.id),
+                movie_id: d.movie_id,
+                title: String::new(),
+                year: None,
+                genres: Vec::new(),
+                text_hash: d.text_hash,
+            })
+        })
+        .collect())
+}
+
+async fn build(store: &EdgeStore, name: &str, points: &[MoviePoint], hnsw: Hnsw) -> Result<f64> {
+    let spec = CollectionSpec {
+        content_dim: points.first().map(|p| p.vector.len()).context("no points")?,
+        behaviour_dim: points.iter().find_map(|p| p.behaviour.as_ref().map(Vec::len)),
+        hnsw,
+    };
+    store.drop_collection(name).await?;
+    store.create_collection(name, &spec).await?;
+    let started = Instant::now();
+    for chunk in points.chunks(1_000) {
+        store.upsert(name, chunk.to_vec()).await?;
+    }
+    store.finish_bulk_load(name).await?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+async fn recall(
+    edge_dir: &Path,
+    queries: usize,
+    k: usize,
+    efs: &[usize],
+    graphs: &[Hnsw],
+    latency_queries: usize,
+    seed: u64,
+) -> Result<()> {
+    let source = EdgeStore::open(edge_dir)?;
+    let live = source.live().await?.context("the store has no live collection")?;
+    let points = copy_points(&source, &live).await?;
+    drop(source);
+    println!(
+        "embed-bench recall: {live} ({} points), recall@{k} of HNSW vs exact search, {queries} query movies per space",
+        points.len()
+    );
+    let dir = tempfile::tempdir()?;
+    let store = EdgeStore::open(dir.path())?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for &hnsw in graphs {
+        let name = format!("recall_{}", hnsw.tag());
+        let seconds = build(&store, &name, &points, hnsw).await?;
+        println!("  graph m = {}, ef_construct = {}: built in {seconds:.1} s", hnsw.m, hnsw.ef_construct);
+        for space in Space::ALL {
+            let with: Vec<&MoviePoint> = points
+                .iter()
+                .filter(|p| match space {
+                    Space::Content => true,
+                    Space::Behaviour => p.behaviour.is_some(),
+                })
+                .collect();
+            if with.is_empty() {
+                println!("    {space:<9}: no vectors in this collection");
+                continue;
+            }
+            let vector = |p: &MoviePoint| match space {
+                Space::Content => p.vector.clone(),
+                Space::Behaviour => p.behaviour.clone().unwrap_or_default(),
+            };
+            let sample: Vec<&MoviePoint> = (0..queries).map(|_| with[rng.random_range(0..with.len())]).collect();
+            for &ef in efs {
+                let mut found = 0usize;
+                let mut wanted = 0usize;
+                for p in &sample {
+                    let exclude = vec![p.id];
+                    let exact = SearchFilter { exclude_ids: exclude.clone(), exact: true, ..SearchFilter::default() };
+                    let truth = store.search(&name, space, vector(p), k, &exact).await?;
+                    let approx =
+                        SearchFilter { exclude_ids: exclude, ef: (ef > 0).then_some(ef), ..SearchFilter::default() };
+                    let got = store.search(&name, space, vector(p), k, &approx).await?;
+                    let truth: std::collections::HashSet<u64> = truth.iter().map(|h| h.id).collect();
+                    wanted += truth.len();
+                    found += got.iter().filter(|h| truth.contains(&h.id)).count();
+                }
+                let mut times = Vec::with_capacity(latency_queries);
+                for q in 0..latency_queries {
+                    let p = with[(q * 7919) % with.len()];
+                    let filter =
+                        SearchFilter { exclude_ids: vec![p.id], ef: (ef > 0).then_some(ef), ..SearchFilter::default() };
+                    let started = Instant::now();
+                    store.search(&name, space, vector(p), k, &filter).await?;
+                    times.push(started.elapsed().as_secs_f64() * 1e3);
+                }
+                times.sort_by(f64::total_cmp);
+                println!(
+                    "    {space:<9} ef {:>7}: recall@{k} {:.4}  search p50 {:.2} ms, p99 {:.2} ms",
+                    if ef == 0 { "default".to_string() } else { ef.to_string() },
+                    found as f64 / wanted.max(1) as f64,
+                    percentile(&times, 0.5),
+                    percentile(&times, 0.99)
+                );
+            }
+        }
+        store.drop_collection(&name).await?;
+    }
+    Ok(())
+}
+
+async fn behaviour_job(database_url: &str, params: &behaviour::Params, attach: Option<&Path>) -> Result<()> {
+    let pool = db::connect_pool(database_url, 2).await.context("connecting to Postgres")?;
+    let started = Instant::now();
+    let run = embedder::behaviour::compute(&pool, params).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    println!("{}", run.render());
+    println!("embed-bench behaviour: {seconds:.1} s wall, peak RSS {:.0} MiB", peak_rss_mib());
+    let Some(dir) = attach else { return Ok(()) };
+    let store = EdgeStore::open(dir)?;
+    let live = store.live().await?.context("the store has no live collection")?;
+    let mut points = copy_points(&store, &live).await?;
+    for p in &mut points {
+        p.behaviour = run.vectors.by_movie.get(&p.movie_id).cloned();
+    }
+    let with = points.iter().filter(|p| p.behaviour.is_some()).count();
+    let base = live.split("_b").next().unwrap_or(&live);
+    let name = format!("{base}_b{}", run.vectors.version);
+    let seconds = build(&store, &name, &points, Hnsw::default()).await?;
+    store.set_live(&name).await?;
+    println!("{name}: {} points ({with} with behaviour vectors) built in {seconds:.1} s, now live", points.len());
+    Ok(())
 }
 
 fn compare(

@@ -177,6 +177,9 @@ struct EvalArgs {
     /// Seed of random splits.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Simulate cold users: evaluated users keep only their latest N training items.
+    #[arg(long)]
+    history: Option<usize>,
     /// Also write the report as JSON to this file (`-`: stdout, instead of the table).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -237,6 +240,11 @@ async fn run_eval(
     behaviour.check()?;
     let data = match args.validation {
         Some(v) => data.validation(share("--validation", v)?, args.seed),
+        None => data,
+    };
+    let data = match args.history {
+        Some(0) => anyhow::bail!("--history must be at least 1"),
+        Some(n) => data.truncate_histories(n),
         None => data,
     };
     let content = match store {

@@ -101,7 +101,7 @@ async fn a_user_stays_on_one_variant_across_requests_restarts_and_replicas() {
         assert_eq!((assigned, served), (&variant_of[user], &variant_of[user]));
         let expected_backend = if served == "main" { fleet.main_url() } else { fleet.nightly_url() };
         assert_eq!(backend.as_deref(), Some(expected_backend.as_str()));
-        assert!(model.as_deref().is_some_and(|m| m.starts_with("neighbours-v1@")), "{model:?}");
+        assert!(model.as_deref().is_some_and(|m| m.starts_with("neighbours-v2@")), "{model:?}");
         assert_eq!(*status, 200);
         assert_eq!(ids.join(","), answer_of[user]);
     }

@@ -30,7 +30,7 @@ async fn http_answers_the_course_contract_deterministically_without_watched_movi
     assert!(ids.iter().all(|id| !seen.contains(*id)), "a watched movie was recommended: {ids:?}");
     assert_eq!(r.header("x-request-id"), "req-42");
     assert_eq!(r.header("x-variant"), "main");
-    assert!(r.header("x-model-version").starts_with("neighbours-v1@"), "{}", r.header("x-model-version"));
+    assert!(r.header("x-model-version").starts_with("neighbours-v2@"), "{}", r.header("x-model-version"));
     assert_eq!(r.header("x-data-watermark"), watermark.to_string());
     assert_eq!(r.header("x-recommendation-kind"), "personal");
     assert!(r.headers.get("x-degraded").is_none());
