@@ -10,6 +10,10 @@
 #                                  p99 and the Postgres sessions opened during the run
 #   ci/bench-overload.sh fresh     a fresh ingest of another 10M-event log, then 500 req/s at once
 #                                  (autovacuum still analysing)
+#   ci/bench-overload.sh models    behaviour vectors for the 27k collection (`embed-bench
+#                                  behaviour --attach`: time and peak memory of the job), then the
+#                                  server with neighbours-v1 and with neighbours-v2 (the default),
+#                                  one after the other: 500/s from cold caches, 500/s, 1,000/s
 # Rates: STEADY (default 4000/s), OVER (default 10000/s: 2× the ~5000/s a warm server serves
 # undegraded on 2 cores), AFTER (default 2000/s), SECS per phase (default 20), WARMUP seconds at
 # STEADY before the measured phases (default 20; 0 shows a cold start).
@@ -88,6 +92,27 @@ run_build() { # label
   stop "$LB_PID" "$SERVER_PID"
 }
 
+# The request path of each model at course scale, in one run.
+models() {
+  prepare
+  machine
+  trap 'stop ${SERVER_PID:-}' EXIT
+  if ! "$BIN/embedder" status --edge-dir "$BENCH_STATE/qdrant-edge" | grep '(live)' | grep -q '_bsvd-'; then
+    say "behaviour vectors for the course-scale collection"
+    /usr/bin/time -f "embed-bench behaviour --attach: %e s wall, peak RSS %M KiB" \
+      "$BIN/embed-bench" behaviour --database-url "$DATABASE_URL" --attach "$BENCH_STATE/qdrant-edge"
+  fi
+  for model in neighbours-v1 neighbours-v2; do
+    server_up LAZYREC_SERVER_MODEL__STRATEGY="$model"
+    say "$model: 500/s from cold caches (60 s), 500/s (20 s), then 1,000/s (20 s) (the issue-4 protocol)"
+    "$BIN/load-bench" run --rate 500 --seconds 60 --server-pid "$SERVER_PID"
+    "$BIN/load-bench" run --rate 500 --seconds 20 --server-pid "$SERVER_PID"
+    "$BIN/load-bench" run --rate 1000 --seconds 20 --server-pid "$SERVER_PID"
+    curl -s http://127.0.0.1:8080/metrics | grep -E '^lazyrec_server_(degraded_total|cache_requests_total)' || true
+    stop "$SERVER_PID"
+  done
+}
+
 # REFERENCE_SERVER / REFERENCE_LB: binaries of another build (e.g. the commit before this
 # work), run first with the same phases, in the same run.
 run() {
@@ -140,5 +165,6 @@ case "${1:-run}" in
   prepare) prepare ;;
   run) run ;;
   fresh) fresh ;;
-  *) echo "usage: $0 prepare|run|fresh" >&2; exit 2 ;;
+  models) models ;;
+  *) echo "usage: $0 prepare|run|fresh|models" >&2; exit 2 ;;
 esac

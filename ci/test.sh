@@ -25,6 +25,10 @@ forbid server embedder fastembed ort
 forbid proto db sqlx vectorstore
 forbid vectorstore db fastembed ort sqlx
 forbid lifecycle db sqlx
+# Behaviour vectors are pure numerics (the embedder and the evaluator feed them); the evaluator
+# scores what the server serves without the embedding model.
+forbid behaviour db sqlx vectorstore tokio
+forbid eval embedder fastembed ort
 # The rule itself must be able to fail: embedder does depend on ort.
 [ -n "$(cargo tree -p embedder -e normal -i ort 2>/dev/null)" ] || { echo "error: the crate-graph check is broken" >&2; exit 1; }
 say "cargo test"

@@ -85,6 +85,9 @@ pub struct Dataset {
     pub test: Vec<Vec<u32>>,
     /// Test interactions dropped because the user had the item in training already.
     pub test_seen_in_train: usize,
+    /// What models are told of each user when they recommend (default: the training part);
+    /// models are always fitted on all of `train`.
+    pub query: Option<Vec<Vec<Entry>>>,
 }
 
 /// Sizes for reports.
@@ -211,7 +214,16 @@ impl Dataset {
             Split::Random { share, seed } => random(per_user, share, seed),
             Split::Files => (per_user.clone(), vec![Vec::new(); per_user.len()]),
         };
-        Self { name: name.into(), split, users: users.ids, items: items.ids, train, test, test_seen_in_train: 0 }
+        Self {
+            name: name.into(),
+            split,
+            users: users.ids,
+            items: items.ids,
+            train,
+            test,
+            test_seen_in_train: 0,
+            query: None,
+        }
     }
 
     /// Given training and test interactions (benchmark files). Test items the user already has
@@ -241,6 +253,7 @@ impl Dataset {
             train,
             test,
             test_seen_in_train: seen_in_train,
+            query: None,
         }
     }
 
@@ -264,20 +277,34 @@ impl Dataset {
             train,
             test,
             test_seen_in_train: 0,
+            query: None,
         }
     }
 
-    /// Cold users, simulated: every user with test items keeps only their `n` latest training
-    /// items (the models see the rest of the data as before).
+    /// Cold users, simulated: models are fitted on all training data as before, but recommend
+    /// for each user from their `n` latest training items only.
     pub fn truncate_histories(mut self, n: usize) -> Self {
-        for (train, test) in self.train.iter_mut().zip(&self.test) {
-            if !test.is_empty() && train.len() > n {
-                latest_first(train);
-                train.truncate(n);
-            }
-        }
-        self.name = format!("{} (test users cut to their latest {n} training items)", self.name);
+        let query = self
+            .train
+            .iter()
+            .map(|entries| {
+                let mut e = entries.clone();
+                latest_first(&mut e);
+                e.truncate(n);
+                e
+            })
+            .collect();
+        self.query = Some(query);
+        self.name = format!("{} (users known by their latest {n} training items)", self.name);
         self
+    }
+
+    /// What models are told of `user` when they recommend.
+    pub fn history(&self, user: usize) -> &[Entry] {
+        match &self.query {
+            Some(q) => &q[user],
+            None => &self.train[user],
+        }
     }
 
     /// Users with test items.

@@ -107,7 +107,7 @@ pub fn fit(spec: &ModelSpec, data: &Dataset, context: &Context) -> Result<Box<dy
 
 /// The training items of a user, as a membership mask helper.
 fn seen(data: &Dataset, user: usize) -> rustc_hash::FxHashSet<u32> {
-    data.train[user].iter().map(|e| e.item).collect()
+    data.history(user).iter().map(|e| e.item).collect()
 }
 
 /// Top `k` of dense scores, skipping `exclude`, ties by item id string.
@@ -445,9 +445,8 @@ impl Served {
             let v = behaviour::factorise(data.users.len(), data.items.len(), &interactions, &context.behaviour)?;
             neighbour_lists(&v.vectors, v.dim, plan.behaviour, &data.items)
         };
-        let histories = data
-            .train
-            .iter()
+        let histories = (0..data.users.len())
+            .map(|u| data.history(u))
             .map(|entries| {
                 History {
                     watermark: 0,

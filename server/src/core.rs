@@ -14,10 +14,10 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use moka::future::Cache;
 use sqlx::PgPool;
 use vectorstore::point_id;
-use futures_util::StreamExt;
 use vectorstore::{Hit, SearchFilter, Space, VectorStore};
 
 use crate::admission::{Gate, Permit, Refused};
@@ -27,7 +27,6 @@ use crate::metrics::Metrics;
 use crate::strategy::{self, History, Item, Neighbours, Plan, Popularity, Strategy};
 
 pub use proto::contract::Kind;
-
 
 /// Neighbour-list lookups one request runs at a time (cache hits return at once; cold lists
 /// wait for the vector stage's gate).

@@ -365,7 +365,7 @@ fn top_then_fill(mut items: Vec<Item>, seen: HashSet<&str>, popularity: &Popular
 /// `(recency_floor + (1 − recency_floor) × recency_decay^position) × (1 + rating_gain × (rating − 3) / 2)`
 /// (unrated: 1). The weight can
 /// be negative: a disliked movie pushes its neighbours down. A candidate's affinity is
-/// `Σ weight × (sim_behaviour^e + content_weight × sim_content^e) / (Σ |weight| + seed_shrink)` over the seeds
+/// `Σ weight × (sim_behaviour^e + content_weight × sim_content^e) / Σ |weight|` over the seeds
 /// whose lists hold it (`e` = `similarity_exponent`, negative similarities count as 0); its score
 /// is `affinity + popularity_weight × popularity rank score`; a candidate with a negative
 /// affinity (mostly near disliked movies) is dropped. The `popular_candidates` most
@@ -389,9 +389,6 @@ pub struct NeighboursV2 {
     pub recency_decay: f64,
     /// The share of a seed's weight that does not decay with age (see `recency_decay`).
     pub recency_floor: f64,
-    /// Pseudo-weight added to the seeds' total: a short history's affinity counts less against
-    /// the popularity prior (0: none).
-    pub seed_shrink: f64,
     /// Similarities are raised to this power (> 1 favours the closest neighbours).
     pub similarity_exponent: f64,
     /// Weight of popularity in the final score.
@@ -412,7 +409,6 @@ impl Default for NeighboursV2 {
             rating_gain: 0.5,
             recency_decay: 0.8,
             recency_floor: 0.35,
-            seed_shrink: 0.0,
             similarity_exponent: 1.0,
             popularity_weight: 0.3,
             popular_candidates: 100,
@@ -453,7 +449,6 @@ impl NeighboursV2 {
             ("rating_gain", self.rating_gain),
             ("popularity_weight", self.popularity_weight),
             ("popularity_half_rank", self.popularity_half_rank),
-            ("seed_shrink", self.seed_shrink),
         ] {
             if !v.is_finite() || v < 0.0 {
                 return Err(format!("{name} must be a non-negative number, got {v}"));
@@ -506,7 +501,7 @@ impl Strategy for NeighboursV2 {
             }
         }
         let pop = popularity.rank_scores(self.popularity_half_rank);
-        let norm = (total_weight + self.seed_shrink).max(f64::MIN_POSITIVE);
+        let norm = total_weight.max(f64::MIN_POSITIVE);
         let items = affinity
             .into_iter()
             .filter(|&(_, a)| a >= 0.0)

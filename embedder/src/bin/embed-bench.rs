@@ -311,8 +311,7 @@ async fn behaviour_job(database_url: &str, params: &behaviour::Params, attach: O
         p.behaviour = run.vectors.by_movie.get(&p.movie_id).cloned();
     }
     let with = points.iter().filter(|p| p.behaviour.is_some()).count();
-    let base = live.split("_b").next().unwrap_or(&live);
-    let name = format!("{base}_b{}", run.vectors.version);
+    let name = format!("{live}_b{}", run.vectors.version);
     let seconds = build(&store, &name, &points, Hnsw::default()).await?;
     store.set_live(&name).await?;
     println!("{name}: {} points ({with} with behaviour vectors) built in {seconds:.1} s, now live", points.len());
