@@ -208,8 +208,24 @@ pub async fn run() -> Result<()> {
         anyhow::Ok(pool)
     };
     match &cli.command {
-        Command::Embed { full, no_progress, chunk } => {
+        Command::Embed { no_progress, chunk, .. } | Command::Behaviour { no_progress, chunk, .. } => {
             let pool = connect().await?;
+            // Content runs keep the live behaviour vectors; `behaviour` computes new ones and
+            // builds a collection with them.
+            let (mode, behaviour) = match &cli.command {
+                Command::Behaviour { params, .. } => {
+                    let params: behaviour::Params =
+                        serde_json::from_str(params).map_err(|e| anyhow::anyhow!("--params: {e}"))?;
+                    let run = crate::behaviour::compute(&pool, &params).await?;
+                    println!("{}", run.render());
+                    (Mode::Full, Some(run.vectors))
+                }
+                Command::Embed { full: true, .. } => (Mode::Full, None),
+                Command::Embed { full: false, .. }
+                | Command::Status
+                | Command::Similar { .. }
+                | Command::Query { .. } => (Mode::Incremental, None),
+            };
             let mut model = cli.model.load(&cli.state_dir).await?;
             let mut embedder = Embedder {
                 pool: &pool,
@@ -218,28 +234,9 @@ pub async fn run() -> Result<()> {
                 progress: !no_progress && std::io::stderr().is_terminal(),
                 chunk: *chunk,
                 hnsw,
-                behaviour: None,
+                behaviour,
             };
-            let report = embedder.run(if *full { Mode::Full } else { Mode::Incremental }).await?;
-            println!("{}", report.render());
-        }
-        Command::Behaviour { params, no_progress, chunk } => {
-            let params: behaviour::Params =
-                serde_json::from_str(params).map_err(|e| anyhow::anyhow!("--params: {e}"))?;
-            let pool = connect().await?;
-            let run = crate::behaviour::compute(&pool, &params).await?;
-            println!("{}", run.render());
-            let mut model = cli.model.load(&cli.state_dir).await?;
-            let mut embedder = Embedder {
-                pool: &pool,
-                store: store.as_ref(),
-                model: &mut model,
-                progress: !no_progress && std::io::stderr().is_terminal(),
-                chunk: *chunk,
-                hnsw,
-                behaviour: Some(run.vectors),
-            };
-            let report = embedder.run(Mode::Full).await?;
+            let report = embedder.run(mode).await?;
             println!("{}", report.render());
         }
         Command::Status => {

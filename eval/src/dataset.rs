@@ -312,6 +312,15 @@ impl Dataset {
         (0..self.users.len()).filter(|&u| !self.test[u].is_empty())
     }
 
+    /// The training part as (user, item) pairs for [`behaviour::factorise`].
+    pub fn interactions(&self) -> Vec<behaviour::Interaction> {
+        self.train
+            .iter()
+            .enumerate()
+            .flat_map(|(u, e)| e.iter().map(move |x| behaviour::Interaction { user: u as u32, item: x.item }))
+            .collect()
+    }
+
     /// Distinct training users per item, most first (ties: item id): the popularity list.
     pub fn popularity(&self) -> Vec<u32> {
         let counts = self.item_users();

@@ -403,7 +403,8 @@ pub struct Served {
 }
 
 fn neighbour_lists(vectors: &[Option<Vec<f32>>], dim: usize, limit: usize, names: &[String]) -> Vec<Arc<Vec<Hit>>> {
-    let mut out = vec![Arc::new(Vec::new()); vectors.len()];
+    let empty: Arc<Vec<Hit>> = Arc::new(Vec::new());
+    let mut out: Vec<Arc<Vec<Hit>>> = (0..vectors.len()).map(|_| empty.clone()).collect();
     if limit == 0 {
         return out;
     }
@@ -436,13 +437,7 @@ impl Served {
         let behaviour = if plan.behaviour == 0 {
             Vec::new()
         } else {
-            let interactions: Vec<behaviour::Interaction> = data
-                .train
-                .iter()
-                .enumerate()
-                .flat_map(|(u, e)| e.iter().map(move |x| behaviour::Interaction { user: u as u32, item: x.item }))
-                .collect();
-            let v = behaviour::factorise(data.users.len(), data.items.len(), &interactions, &context.behaviour)?;
+            let v = behaviour::factorise(data.users.len(), data.items.len(), &data.interactions(), &context.behaviour)?;
             neighbour_lists(&v.vectors, v.dim, plan.behaviour, &data.items)
         };
         let histories = (0..data.users.len())

@@ -47,15 +47,10 @@ async fn the_gate_fails_popularity_against_neighbours_v2_and_passes_the_other_wa
 async fn behaviour_neighbours_of_a_toy_story_film_are_animated_family_films() {
     let (db, rows) = default_rows().await;
     let data = Dataset::from_rows("default", &rows, Split::Files);
-    let interactions: Vec<behaviour::Interaction> = data
-        .train
-        .iter()
-        .enumerate()
-        .flat_map(|(u, e)| e.iter().map(move |x| behaviour::Interaction { user: u as u32, item: x.item }))
-        .collect();
     let started = std::time::Instant::now();
-    let v = behaviour::factorise(data.users.len(), data.items.len(), &interactions, &behaviour::Params::default())
-        .expect("factorise");
+    let v =
+        behaviour::factorise(data.users.len(), data.items.len(), &data.interactions(), &behaviour::Params::default())
+            .expect("factorise");
     println!("behaviour vectors: {} items in {:?}", v.len(), started.elapsed());
     let genres: std::collections::HashMap<String, (String, Vec<String>)> =
         sqlx::query_as::<_, (String, String, Vec<String>)>("SELECT movie_id, title, genres FROM movies")

@@ -190,6 +190,14 @@ pub fn model_version(strategy: &dyn Strategy) -> String {
     format!("{}@{hash}+{GIT_SHA}", strategy.name())
 }
 
+/// A one-line error for the first parameter that is not a finite non-negative number.
+fn non_negative(params: &[(&str, f64)]) -> Result<(), String> {
+    match params.iter().find(|(_, v)| !v.is_finite() || *v < 0.0) {
+        Some((name, v)) => Err(format!("{name} must be a non-negative number, got {v}")),
+        None => Ok(()),
+    }
+}
+
 fn by_score_then_id(a: &Item, b: &Item) -> std::cmp::Ordering {
     b.score.total_cmp(&a.score).then_with(|| a.movie_id.cmp(&b.movie_id))
 }
@@ -276,17 +284,12 @@ impl NeighboursV1 {
         if !(0.0..=1.0).contains(&self.recency_decay) || self.recency_decay == 0.0 {
             return Err(format!("recency_decay must be in (0, 1], got {}", self.recency_decay));
         }
-        for (name, v) in [
+        non_negative(&[
             ("neutral_weight", self.neutral_weight),
             ("rating_gain", self.rating_gain),
             ("popularity_weight", self.popularity_weight),
             ("popularity_half_rank", self.popularity_half_rank),
-        ] {
-            if !v.is_finite() || v < 0.0 {
-                return Err(format!("{name} must be a non-negative number, got {v}"));
-            }
-        }
-        Ok(())
+        ])
     }
 
     fn seed_weight(&self, position: usize, rating: Option<f64>) -> f64 {
@@ -444,17 +447,12 @@ impl NeighboursV2 {
         if !(self.similarity_exponent > 0.0 && self.similarity_exponent <= 8.0) {
             return Err(format!("similarity_exponent must be in (0, 8], got {}", self.similarity_exponent));
         }
-        for (name, v) in [
+        non_negative(&[
             ("content_weight", self.content_weight),
             ("rating_gain", self.rating_gain),
             ("popularity_weight", self.popularity_weight),
             ("popularity_half_rank", self.popularity_half_rank),
-        ] {
-            if !v.is_finite() || v < 0.0 {
-                return Err(format!("{name} must be a non-negative number, got {v}"));
-            }
-        }
-        Ok(())
+        ])
     }
 
     fn seed_weight(&self, position: usize, rating: Option<f64>) -> f64 {

@@ -177,9 +177,9 @@ impl VectorStore for EdgeStore {
         })?;
         let hnsw =
             HnswIndexConfig { m: spec.hnsw.m, ef_construct: spec.hnsw.ef_construct, ..HnswIndexConfig::default() };
-        let params = |dim: usize| EdgeVectorParams::builder(dim, Distance::Cosine).hnsw_config(hnsw.clone()).build();
+        let params = |dim: usize| EdgeVectorParams::builder(dim, Distance::Cosine).hnsw_config(hnsw).build();
         let mut config =
-            EdgeConfig::builder().hnsw_config(hnsw.clone()).vector(Space::Content.name(), params(spec.content_dim));
+            EdgeConfig::builder().hnsw_config(hnsw).vector(Space::Content.name(), params(spec.content_dim));
         if let Some(dim) = spec.behaviour_dim {
             config = config.vector(Space::Behaviour.name(), params(dim));
         }

@@ -30,10 +30,13 @@ fn engine(operation: &'static str) -> impl FnOnce(qdrant_client::QdrantError) ->
 pub struct ServerStore {
     client: Qdrant,
     url: String,
-    /// Per collection: the vector names of (content, behaviour); `Some("")` is the unnamed
-    /// vector of collections made before named vectors.
-    layouts: Mutex<HashMap<String, (Option<String>, Option<String>)>>,
+    /// Per collection: its vector names.
+    layouts: Mutex<HashMap<String, Layout>>,
 }
+
+/// The vector names of (content, behaviour) in one collection; `Some("")` is the unnamed vector
+/// of collections made before named vectors.
+type Layout = (Option<String>, Option<String>);
 
 impl std::fmt::Debug for ServerStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
