@@ -36,6 +36,10 @@ struct Cli {
     /// HNSW build breadth of new collections (part of the collection name).
     #[arg(long, default_value_t = Hnsw::default().ef_construct, global = true)]
     hnsw_ef_construct: usize,
+    /// Spaces smaller than this (KiB of vectors) get no HNSW graph and are scanned (part of the
+    /// collection name).
+    #[arg(long, default_value_t = Hnsw::default().full_scan_kb, global = true)]
+    hnsw_full_scan_kb: usize,
     #[command(subcommand)]
     command: Command,
 }
@@ -196,7 +200,7 @@ enum Command {
 /// Runs the command line.
 pub async fn run() -> Result<()> {
     let cli = Cli::parse();
-    let hnsw = Hnsw { m: cli.hnsw_m, ef_construct: cli.hnsw_ef_construct };
+    let hnsw = Hnsw { m: cli.hnsw_m, ef_construct: cli.hnsw_ef_construct, full_scan_kb: cli.hnsw_full_scan_kb };
     hnsw.check().map_err(anyhow::Error::msg)?;
     let store = cli.store.open(&cli.state_dir)?;
     let connect = || async {

@@ -175,8 +175,12 @@ impl VectorStore for EdgeStore {
             path: dir.clone(),
             source,
         })?;
-        let hnsw =
-            HnswIndexConfig { m: spec.hnsw.m, ef_construct: spec.hnsw.ef_construct, ..HnswIndexConfig::default() };
+        let hnsw = HnswIndexConfig {
+            m: spec.hnsw.m,
+            ef_construct: spec.hnsw.ef_construct,
+            full_scan_threshold: spec.hnsw.full_scan_kb,
+            ..HnswIndexConfig::default()
+        };
         let params = |dim: usize| EdgeVectorParams::builder(dim, Distance::Cosine).hnsw_config(hnsw).build();
         let mut config =
             EdgeConfig::builder().hnsw_config(hnsw).vector(Space::Content.name(), params(spec.content_dim));

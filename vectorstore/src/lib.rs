@@ -62,20 +62,24 @@ pub struct Hnsw {
     pub m: usize,
     /// Candidates considered while building.
     pub ef_construct: usize,
+    /// A space whose vectors take less than this many KiB is searched exhaustively and gets no
+    /// graph (the engines' default is 10,000: 64-dim behaviour vectors of 27k movies, 6.9 MB,
+    /// would be scanned on every cold search).
+    pub full_scan_kb: usize,
 }
 
 impl Default for Hnsw {
     /// m = 32, ef_construct = 400: with search ef 256, recall@50 against exact search ≈ 0.997
     /// on the default catalog (engine default 16 × 100: 0.954); see BENCHMARKS.md.
     fn default() -> Self {
-        Self { m: 32, ef_construct: 400 }
+        Self { m: 32, ef_construct: 400, full_scan_kb: 1_000 }
     }
 }
 
 impl Hnsw {
-    /// `h<m>x<ef_construct>`: the tag in collection names.
+    /// `h<m>x<ef_construct>f<full_scan_kb>`: the tag in collection names.
     pub fn tag(&self) -> String {
-        format!("h{}x{}", self.m, self.ef_construct)
+        format!("h{}x{}f{}", self.m, self.ef_construct, self.full_scan_kb)
     }
 
     /// A one-line error for values the engines refuse.
@@ -85,6 +89,9 @@ impl Hnsw {
         }
         if !(4..=2048).contains(&self.ef_construct) {
             return Err(format!("hnsw ef_construct must be in 4..=2048, got {}", self.ef_construct));
+        }
+        if self.full_scan_kb > 1_000_000 {
+            return Err(format!("hnsw full_scan_kb must be at most 1000000, got {}", self.full_scan_kb));
         }
         Ok(())
     }

@@ -121,7 +121,10 @@ impl VectorStore for ServerStore {
         if self.client.collection_exists(name).await.map_err(engine("checking a collection"))? {
             return Ok(());
         }
-        let hnsw = HnswConfigDiffBuilder::default().m(spec.hnsw.m as u64).ef_construct(spec.hnsw.ef_construct as u64);
+        let hnsw = HnswConfigDiffBuilder::default()
+            .m(spec.hnsw.m as u64)
+            .ef_construct(spec.hnsw.ef_construct as u64)
+            .full_scan_threshold(spec.hnsw.full_scan_kb as u64);
         let params = |dim: usize| VectorParamsBuilder::new(dim as u64, Distance::Cosine).hnsw_config(hnsw.clone());
         let mut vectors = VectorsConfigBuilder::default();
         vectors.add_named_vector_params(Space::Content.name(), params(spec.content_dim));

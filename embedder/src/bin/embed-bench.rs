@@ -85,8 +85,9 @@ enum Cmd {
         /// Search breadths to try (0: the engine's default).
         #[arg(long, value_delimiter = ',', default_value = "0,64,128,256")]
         ef: Vec<usize>,
-        /// Graphs to build, as m x ef_construct.
-        #[arg(long, value_delimiter = ',', default_value = "16x100,32x200")]
+        /// Graphs to build, as <m>x<ef_construct>[f<full_scan_kb>] (full scan threshold default:
+        /// the store's default).
+        #[arg(long, value_delimiter = ',', default_value = "16x100f10000,32x400")]
         hnsw: Vec<String>,
         /// Searches per configuration for the latency figures.
         #[arg(long, default_value_t = 500)]
@@ -157,8 +158,17 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn parse_hnsw(s: &str) -> Result<Hnsw> {
-    let (m, ef) = s.split_once('x').with_context(|| format!("--hnsw {s:?}: expected m x ef_construct, e.g. 16x100"))?;
-    let h = Hnsw { m: m.trim().parse()?, ef_construct: ef.trim().parse()? };
+    let bad = || format!("--hnsw {s:?}: expected <m>x<ef_construct>[f<full_scan_kb>], e.g. 16x100 or 32x400f10000");
+    let (m, rest) = s.split_once('x').with_context(bad)?;
+    let (ef, full_scan) = rest.split_once('f').unwrap_or((rest, ""));
+    let mut h = Hnsw {
+        m: m.trim().parse().with_context(bad)?,
+        ef_construct: ef.trim().parse().with_context(bad)?,
+        ..Hnsw::default()
+    };
+    if !full_scan.is_empty() {
+        h.full_scan_kb = full_scan.trim().parse().with_context(bad)?;
+    }
     h.check().map_err(anyhow::Error::msg)?;
     Ok(h)
 }
@@ -240,7 +250,10 @@ async fn recall(
     for &hnsw in graphs {
         let name = format!("recall_{}", hnsw.tag());
         let seconds = build(&store, &name, &points, hnsw).await?;
-        println!("  graph m = {}, ef_construct = {}: built in {seconds:.1} s", hnsw.m, hnsw.ef_construct);
+        println!(
+            "  graph m = {}, ef_construct = {}, full scan below {} KiB: built in {seconds:.1} s",
+            hnsw.m, hnsw.ef_construct, hnsw.full_scan_kb
+        );
         for space in Space::ALL {
             let with: Vec<&MoviePoint> = points
                 .iter()
