@@ -105,14 +105,22 @@ pub async fn top(pool: &PgPool, limit: i64) -> Result<Vec<String>, sqlx::Error> 
 /// the first popularity run the table is empty; TMDB popularity from the catalog stands in (with
 /// the current watermark).
 pub async fn current(pool: &PgPool, limit: i64) -> Result<(Vec<String>, i64), sqlx::Error> {
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT movie_id, watermark FROM popularity ORDER BY rank, movie_id LIMIT $1")
+    let (movies, _, watermark) = current_with_users(pool, limit).await?;
+    Ok((movies, watermark))
+}
+
+/// [`current`] with each movie's distinct users in the window (`watch_users`), aligned with the
+/// movies; empty when there is no popularity run yet (the catalog fallback has no counts).
+pub async fn current_with_users(pool: &PgPool, limit: i64) -> Result<(Vec<String>, Vec<u64>, i64), sqlx::Error> {
+    let rows: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT movie_id, watch_users, watermark FROM popularity ORDER BY rank, movie_id LIMIT $1")
             .bind(limit)
             .fetch_all(pool)
             .await?;
-    if let Some((_, watermark)) = rows.first() {
+    if let Some((_, _, watermark)) = rows.first() {
         let watermark = *watermark;
-        return Ok((rows.into_iter().map(|r| r.0).collect(), watermark));
+        let users = rows.iter().map(|r| r.1.max(0) as u64).collect();
+        return Ok((rows.into_iter().map(|r| r.0).collect(), users, watermark));
     }
     let movies: Vec<String> = sqlx::query_scalar(
         "SELECT movie_id FROM movies ORDER BY popularity DESC NULLS LAST, vote_count DESC NULLS LAST, movie_id LIMIT $1",
@@ -122,5 +130,5 @@ pub async fn current(pool: &PgPool, limit: i64) -> Result<(Vec<String>, i64), sq
     .await?;
     let watermark: i64 =
         sqlx::query_scalar("SELECT last_event_id FROM ingest_watermark").fetch_optional(pool).await?.unwrap_or(0);
-    Ok((movies, watermark))
+    Ok((movies, Vec::new(), watermark))
 }

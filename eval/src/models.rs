@@ -457,9 +457,12 @@ impl Served {
                 .canonical()
             })
             .collect();
+        let order = data.popularity();
+        let counts = data.item_users();
         let popularity = Popularity {
-            movies: data.popularity().into_iter().map(|i| data.items[i as usize].clone()).collect(),
+            movies: order.iter().map(|&i| data.items[i as usize].clone()).collect(),
             watermark: 0,
+            users: order.iter().map(|&i| counts[i as usize] as u64).collect(),
         };
         let index = data.items.iter().enumerate().map(|(i, m)| (m.clone(), i as u32)).collect();
         Ok(Self { strategy, histories, popularity, content, behaviour, index })

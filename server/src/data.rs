@@ -48,10 +48,11 @@ pub async fn popularity_run(pool: &PgPool) -> Result<Option<i64>, sqlx::Error> {
     sqlx::query_scalar("SELECT max(run_id) FROM popularity_runs").fetch_one(pool).await
 }
 
-/// The current popularity list (top `limit`); see [`db::popularity::current`].
+/// The current popularity list (top `limit`) with user counts; see
+/// [`db::popularity::current_with_users`].
 pub async fn popularity(pool: &PgPool, limit: i64) -> Result<Popularity, sqlx::Error> {
-    let (movies, watermark) = db::popularity::current(pool, limit).await?;
-    Ok(Popularity { movies, watermark })
+    let (movies, users, watermark) = db::popularity::current_with_users(pool, limit).await?;
+    Ok(Popularity { movies, watermark, users })
 }
 
 /// The committed ingest watermark.

@@ -74,6 +74,8 @@ pub struct Popularity {
     pub movies: Vec<String>,
     /// The watermark of the popularity run.
     pub watermark: i64,
+    /// Distinct users per movie, aligned with `movies` (empty when unknown).
+    pub users: Vec<u64>,
 }
 
 impl Popularity {
@@ -85,6 +87,20 @@ impl Popularity {
             .enumerate()
             .map(|(i, m)| (m.as_str(), 1.0 / (1.0 + i as f64 / half_rank.max(1e-9))))
             .collect()
+    }
+
+    /// `ln(users / users of the most popular)` per movie (≤ 0), and the value for a movie absent
+    /// from the list (half the least popular listed movie's users: the list may be cut at a
+    /// limit); `None` when the counts are unknown.
+    pub fn log_shares(&self) -> Option<(HashMap<&str, f64>, f64)> {
+        let max = *self.users.iter().max()?;
+        let min = *self.users.iter().min()?;
+        if self.users.len() != self.movies.len() || max == 0 {
+            return None;
+        }
+        let share = |u: f64| (u.max(0.5) / max as f64).ln();
+        let listed = self.movies.iter().zip(&self.users).map(|(m, &u)| (m.as_str(), share(u as f64))).collect();
+        Some((listed, share(min as f64 / 2.0)))
     }
 
     /// The first `limit` movies not in `exclude`, scored by rank.
@@ -400,6 +416,20 @@ pub struct NeighboursV2 {
     pub popular_candidates: usize,
     /// The popularity rank at which the popularity score halves.
     pub popularity_half_rank: f64,
+    /// How popularity enters the score: by rank (`1 / (1 + rank / half_rank)`) or as the log of
+    /// the movie's share of users relative to the most popular (adapts to how concentrated the
+    /// traffic is; falls back to rank when counts are unknown).
+    pub popularity_prior: Prior,
+}
+
+/// How `neighbours-v2` turns popularity into a score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Prior {
+    /// `1 / (1 + rank / half_rank)`.
+    Rank,
+    /// `ln(users / max users)`.
+    LogShare,
 }
 
 impl Default for NeighboursV2 {
@@ -413,9 +443,10 @@ impl Default for NeighboursV2 {
             recency_decay: 0.8,
             recency_floor: 0.35,
             similarity_exponent: 1.0,
-            popularity_weight: 0.3,
+            popularity_weight: 0.15,
             popular_candidates: 100,
             popularity_half_rank: 100.0,
+            popularity_prior: Prior::LogShare,
         }
     }
 }
@@ -498,14 +529,17 @@ impl Strategy for NeighboursV2 {
                 affinity.entry(m.as_str()).or_insert(0.0);
             }
         }
-        let pop = popularity.rank_scores(self.popularity_half_rank);
+        let (pop, absent) = match (self.popularity_prior, popularity.log_shares()) {
+            (Prior::LogShare, Some(shares)) => shares,
+            (Prior::LogShare, None) | (Prior::Rank, _) => (popularity.rank_scores(self.popularity_half_rank), 0.0),
+        };
         let norm = total_weight.max(f64::MIN_POSITIVE);
         let items = affinity
             .into_iter()
             .filter(|&(_, a)| a >= 0.0)
             .map(|(m, a)| Item {
                 movie_id: m.to_string(),
-                score: a / norm + self.popularity_weight * pop.get(m).copied().unwrap_or(0.0),
+                score: a / norm + self.popularity_weight * pop.get(m).copied().unwrap_or(absent),
             })
             .collect();
         top_then_fill(items, seen, popularity, limit)
@@ -564,8 +598,11 @@ mod tests {
             content: vec![Arc::new(vec![hit("hated", 0.9), hit("b", 0.8), hit("a", 0.8), hit("c", 0.5)])],
             behaviour: Vec::new(),
         };
-        let popularity =
-            Popularity { movies: vec!["liked".into(), "p1".into(), "c".into(), "p2".into()], watermark: 7 };
+        let popularity = Popularity {
+            movies: vec!["liked".into(), "p1".into(), "c".into(), "p2".into()],
+            watermark: 7,
+            users: Vec::new(),
+        };
         let items = s.rank(&history, &neighbours, &popularity, 5);
         let ids: Vec<&str> = items.iter().map(|i| i.movie_id.as_str()).collect();
         assert_eq!(ids, vec!["a", "b", "c", "p1", "p2"]);
@@ -595,7 +632,7 @@ mod tests {
             behaviour: vec![Arc::new(vec![hit("a", 0.6), hit("b", 0.5)]), Arc::new(vec![hit("a", 0.9), hit("c", 0.1)])],
             content: vec![Arc::new(vec![hit("d", 0.8)]), Arc::new(Vec::new())],
         };
-        let popularity = Popularity { movies: vec!["p".into()], watermark: 7 };
+        let popularity = Popularity { movies: vec!["p".into()], watermark: 7, users: Vec::new() };
         let ids: Vec<String> = s.rank(&history, &neighbours, &popularity, 5).into_iter().map(|i| i.movie_id).collect();
         // liked: weight 2.5; hated: weight -0.5. b = 2.5·0.5 = 1.25, d = 2.5·0.5·0.8 = 1.0,
         // a = 2.5·0.6 − 0.5·0.9 = 1.05, c = −0.05: a disliked neighbourhood, dropped.
@@ -604,5 +641,27 @@ mod tests {
         let ids: Vec<String> =
             s.rank(&history, &content_only, &popularity, 2).into_iter().map(|i| i.movie_id).collect();
         assert_eq!(ids, vec!["d", "p"], "works without behaviour vectors");
+    }
+
+    #[test]
+    fn the_log_share_prior_follows_how_concentrated_the_traffic_is() {
+        let s = NeighboursV2 { popular_candidates: 10, popularity_weight: 0.15, ..NeighboursV2::default() };
+        let history = History {
+            watermark: 1,
+            watched: vec![Watched { movie_id: "seed".into(), last_event_id: 1, rating: None }],
+        };
+        // One neighbour "n" (cosine 0.3) against the popular "top".
+        let neighbours =
+            Neighbours { behaviour: vec![Arc::new(vec![hit("n", 0.3)])], content: vec![Arc::new(Vec::new())] };
+        let first = |users: Vec<u64>| {
+            let popularity = Popularity { movies: vec!["top".into(), "n".into()], watermark: 1, users };
+            s.rank(&history, &neighbours, &popularity, 2)[0].movie_id.clone()
+        };
+        // Flat traffic: "n" is nearly as popular as "top" and close to the seed: it leads.
+        assert_eq!(first(vec![100, 90]), "n");
+        // Concentrated traffic (the course captures): "top" has 1,000× the users: it leads.
+        assert_eq!(first(vec![1000, 1]), "top");
+        // Unknown counts: the rank prior, the same either way.
+        assert_eq!(first(Vec::new()), first(Vec::new()));
     }
 }
