@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on embedded defaults: set up what is missing, build, start the private Postgres,
 # load the default dataset (idempotent), embed new or changed movies into qdrant-edge
-# (incremental), then run the whole local stack in the foreground:
+# (incremental), compute behaviour vectors once, then run the whole local stack in the foreground:
 #   main server    HTTP :8080  gRPC :50051   (its own copy of the qdrant-edge store)
 #   nightly server HTTP :8081  gRPC :50052   (its own copy)
 #   load balancer  HTTP :8082  gRPC :8083  admin :8084 (token in .state/run/admin-token)
@@ -29,6 +29,12 @@ say "loading the default dataset"
 "$BIN/lazyrec-db" load-default
 say "embedding new or changed movies (incremental; the first run embeds the whole catalog)"
 "$BIN/embedder" embed
+# Behaviour vectors (neighbours-v2, the default model, searches them): computed once here; run
+# `embedder behaviour` again after new interactions (the release pipeline will).
+if ! "$BIN/embedder" status | grep '(live)' | grep -q '_bsvd-'; then
+  say "behaviour vectors from the interactions"
+  "$BIN/embedder" behaviour --no-progress
+fi
 say "summary"
 "$BIN/lazyrec-db" status
 "$BIN/embedder" status
