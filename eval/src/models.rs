@@ -105,9 +105,29 @@ pub fn fit(spec: &ModelSpec, data: &Dataset, context: &Context) -> Result<Box<dy
     }
 }
 
-/// The training items of a user, as a membership mask helper.
-fn seen(data: &Dataset, user: usize) -> rustc_hash::FxHashSet<u32> {
-    data.history(user).iter().map(|e| e.item).collect()
+/// What every baseline needs to turn scores into a list: each user's known items (never
+/// recommended), the popularity order (fills short lists) and the item ids (break ties).
+struct Known {
+    seen: Vec<rustc_hash::FxHashSet<u32>>,
+    order: Vec<u32>,
+    names: Vec<String>,
+}
+
+impl Known {
+    fn new(data: &Dataset) -> Self {
+        Self {
+            seen: (0..data.users.len()).map(|u| data.history(u).iter().map(|e| e.item).collect()).collect(),
+            order: data.popularity(),
+            names: data.items.clone(),
+        }
+    }
+
+    /// The `k` best-scored items `user` has not seen (positive scores only), filled from the
+    /// popularity order.
+    fn top(&self, user: usize, scores: &[f64], k: usize) -> Vec<u32> {
+        let exclude = &self.seen[user];
+        fill(top_k(scores, k, exclude, &self.names), k, &self.order, exclude)
+    }
 }
 
 /// Top `k` of dense scores, skipping `exclude`, ties by item id string.
@@ -140,8 +160,7 @@ fn fill(mut list: Vec<u32>, k: usize, order: &[u32], exclude: &rustc_hash::FxHas
 
 /// TopPop: the most popular items (distinct training users) the user has not seen.
 pub struct TopPop {
-    order: Vec<u32>,
-    train: Vec<rustc_hash::FxHashSet<u32>>,
+    known: Known,
 }
 
 impl TopPop {
@@ -149,13 +168,13 @@ impl TopPop {
     pub const NAME: &'static str = "toppop";
 
     fn fit(data: &Dataset) -> Self {
-        Self { order: data.popularity(), train: (0..data.users.len()).map(|u| seen(data, u)).collect() }
+        Self { known: Known::new(data) }
     }
 }
 
 impl Recommender for TopPop {
     fn recommend(&self, user: usize, k: usize) -> Vec<u32> {
-        fill(Vec::new(), k, &self.order, &self.train[user])
+        self.known.top(user, &[], k)
     }
 }
 
@@ -179,8 +198,10 @@ impl Incidence {
         Self { user_items, item_users }
     }
 
-    /// Co-occurrence counts of `item` with every item (dense), via the users who have it.
-    fn cooccurrence(&self, item: usize, acc: &mut [f64], touched: &mut Vec<u32>) {
+    /// Calls `visit(j, count)` for every item `j` co-occurring with `item` (itself included),
+    /// counted via the users who have it; `acc` (zeros, one slot per item) and `touched` are
+    /// scratch space, left as they were found.
+    fn cooccurrence(&self, item: usize, acc: &mut [f64], touched: &mut Vec<u32>, mut visit: impl FnMut(u32, f64)) {
         for &u in &self.item_users[item] {
             for &j in &self.user_items[u as usize] {
                 if acc[j as usize] == 0.0 {
@@ -189,6 +210,11 @@ impl Incidence {
                 acc[j as usize] += 1.0;
             }
         }
+        for &j in touched.iter() {
+            visit(j, acc[j as usize]);
+            acc[j as usize] = 0.0;
+        }
+        touched.clear();
     }
 }
 
@@ -216,9 +242,7 @@ impl Default for ItemKnnParams {
 pub struct ItemKnn {
     /// `by_source[i]`: (target j, sim(i, j)) for every j that kept i.
     by_source: Vec<Vec<(u32, f64)>>,
-    data_users: Vec<rustc_hash::FxHashSet<u32>>,
-    order: Vec<u32>,
-    names: Vec<String>,
+    known: Known,
 }
 
 impl ItemKnn {
@@ -241,16 +265,12 @@ impl ItemKnn {
             if inc.item_users[j].is_empty() {
                 continue;
             }
-            inc.cooccurrence(j, &mut acc, &mut touched);
-            let mut sims: Vec<(u32, f64)> = touched
-                .iter()
-                .filter(|&&i| i as usize != j)
-                .map(|&i| (i, acc[i as usize] / (norms[i as usize] * norms[j] + p.shrink)))
-                .collect();
-            for &i in &touched {
-                acc[i as usize] = 0.0;
-            }
-            touched.clear();
+            let mut sims: Vec<(u32, f64)> = Vec::new();
+            inc.cooccurrence(j, &mut acc, &mut touched, |i, count| {
+                if i as usize != j {
+                    sims.push((i, count / (norms[i as usize] * norms[j] + p.shrink)));
+                }
+            });
             let by = |a: &(u32, f64), b: &(u32, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
             if sims.len() > p.k {
                 sims.select_nth_unstable_by(p.k - 1, by);
@@ -260,25 +280,19 @@ impl ItemKnn {
                 by_source[i as usize].push((j as u32, s));
             }
         }
-        Ok(Self {
-            by_source,
-            data_users: (0..data.users.len()).map(|u| seen(data, u)).collect(),
-            order: data.popularity(),
-            names: data.items.clone(),
-        })
+        Ok(Self { by_source, known: Known::new(data) })
     }
 }
 
 impl Recommender for ItemKnn {
     fn recommend(&self, user: usize, k: usize) -> Vec<u32> {
-        let mut scores = vec![0.0; self.names.len()];
-        for &i in &self.data_users[user] {
+        let mut scores = vec![0.0; self.known.names.len()];
+        for &i in &self.known.seen[user] {
             for &(j, s) in &self.by_source[i as usize] {
                 scores[j as usize] += s;
             }
         }
-        let exclude = &self.data_users[user];
-        fill(top_k(&scores, k, exclude, &self.names), k, &self.order, exclude)
+        self.known.top(user, &scores, k)
     }
 }
 
@@ -308,9 +322,7 @@ pub struct Ease {
     b: faer::Mat<f64>,
     model_items: Vec<u32>,
     model_index: Vec<u32>,
-    data_users: Vec<rustc_hash::FxHashSet<u32>>,
-    order: Vec<u32>,
-    names: Vec<String>,
+    known: Known,
 }
 
 impl Ease {
@@ -324,8 +336,8 @@ impl Ease {
                 detail: "lambda > 0 and max_items ≥ 1 needed".into(),
             });
         }
-        let order = data.popularity();
-        let model_items: Vec<u32> = order.iter().copied().take(p.max_items).collect();
+        let known = Known::new(data);
+        let model_items: Vec<u32> = known.order.iter().copied().take(p.max_items).collect();
         let mut model_index = vec![u32::MAX; data.items.len()];
         for (m, &i) in model_items.iter().enumerate() {
             model_index[i as usize] = m as u32;
@@ -336,15 +348,12 @@ impl Ease {
         let mut acc = vec![0.0; data.items.len()];
         let mut touched = Vec::new();
         for (a, &i) in model_items.iter().enumerate() {
-            inc.cooccurrence(i as usize, &mut acc, &mut touched);
-            for &j in &touched {
+            inc.cooccurrence(i as usize, &mut acc, &mut touched, |j, count| {
                 let b = model_index[j as usize];
                 if b != u32::MAX {
-                    g[(a, b as usize)] = acc[j as usize];
+                    g[(a, b as usize)] = count;
                 }
-                acc[j as usize] = 0.0;
-            }
-            touched.clear();
+            });
             g[(a, a)] += p.lambda;
         }
         let llt = g.llt(faer::Side::Lower).map_err(|_| FitError::NotPositiveDefinite)?;
@@ -357,21 +366,14 @@ impl Ease {
                 pinv[(r, c)] = if r == c { 0.0 } else { -pinv[(r, c)] / d };
             }
         }
-        Ok(Self {
-            b: pinv,
-            model_items,
-            model_index,
-            data_users: (0..data.users.len()).map(|u| seen(data, u)).collect(),
-            order,
-            names: data.items.clone(),
-        })
+        Ok(Self { b: pinv, model_items, model_index, known })
     }
 }
 
 impl Recommender for Ease {
     fn recommend(&self, user: usize, k: usize) -> Vec<u32> {
         let mut model_scores = vec![0.0; self.model_items.len()];
-        for &i in &self.data_users[user] {
+        for &i in &self.known.seen[user] {
             let a = self.model_index[i as usize];
             if a == u32::MAX {
                 continue;
@@ -381,12 +383,11 @@ impl Recommender for Ease {
                 *s += v;
             }
         }
-        let mut scores = vec![0.0; self.names.len()];
+        let mut scores = vec![0.0; self.known.names.len()];
         for (a, &i) in self.model_items.iter().enumerate() {
             scores[i as usize] = model_scores[a];
         }
-        let exclude = &self.data_users[user];
-        fill(top_k(&scores, k, exclude, &self.names), k, &self.order, exclude)
+        self.known.top(user, &scores, k)
     }
 }
 

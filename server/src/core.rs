@@ -318,11 +318,7 @@ impl Core {
     /// `within`; a strategy that needs no neighbours needs no warming.
     pub async fn warm(&self, within: Duration) {
         let started = Instant::now();
-        let plan = self.strategy.plan(&History::default());
-        let spaces: Vec<(Space, usize)> = [(Space::Content, plan.content), (Space::Behaviour, plan.behaviour)]
-            .into_iter()
-            .filter(|s| s.1 > 0)
-            .collect();
+        let spaces: Vec<(Space, usize)> = self.strategy.plan(&History::default()).spaces().collect();
         let Some(collection) = self.collection().filter(|_| !spaces.is_empty()) else { return };
         let popularity = self.popularity();
         let lookups = popularity.movies.iter().take(8).flat_map(|m| {
@@ -399,18 +395,6 @@ impl Core {
         let items = self.strategy.rank(&history, &neighbours, &popularity, limit);
         self.metrics.stage.with_label_values(&["rerank"]).observe(started.elapsed().as_secs_f64());
         Answer { items, watermark: history.watermark, kind: Kind::Personal, degraded: None }
-    }
-
-    /// Ranks a given history (offline evaluation and replay use this; no Postgres).
-    pub async fn rank_history(
-        &self,
-        history: &History,
-        popularity: &Popularity,
-        limit: usize,
-    ) -> Result<Vec<Item>, String> {
-        let plan = self.strategy.plan(history);
-        let neighbours = self.neighbour_lists(history, &plan, Admit::Patiently).await.map_err(|e| e.to_string())?;
-        Ok(self.strategy.rank(history, &neighbours, popularity, limit))
     }
 
     fn degraded(&self, e: StageError, history: Option<&History>, limit: usize) -> Answer {
@@ -496,10 +480,7 @@ impl Core {
             return Err(StageError::NoCollection);
         };
         let mut out = Neighbours::default();
-        for (space, k) in [(Space::Content, plan.content), (Space::Behaviour, plan.behaviour)] {
-            if k == 0 {
-                continue;
-            }
+        for (space, k) in plan.spaces() {
             // A bounded number of lookups at a time: a long history must not fill the vector
             // stage's queue on its own (its cold lists would be shed and the answer degraded).
             let lookups: Vec<_> = plan

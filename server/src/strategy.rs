@@ -11,7 +11,7 @@ use std::sync::Arc;
 use proto::contract::popularity_score;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use vectorstore::Hit;
+use vectorstore::{Hit, Space};
 
 /// A strategy name and its parameters, as written in the config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,6 +129,13 @@ pub struct Plan {
     pub content: usize,
     /// Neighbours per seed in the behaviour (learned from interactions) space.
     pub behaviour: usize,
+}
+
+impl Plan {
+    /// The spaces the plan uses, with the neighbours wanted per seed in each.
+    pub fn spaces(&self) -> impl Iterator<Item = (Space, usize)> + use<> {
+        [(Space::Content, self.content), (Space::Behaviour, self.behaviour)].into_iter().filter(|&(_, k)| k > 0)
+    }
 }
 
 /// The neighbour lists of a plan's seeds, aligned with `Plan::seeds` in each space the plan
@@ -661,7 +668,7 @@ mod tests {
         assert_eq!(first(vec![100, 90]), "n");
         // Concentrated traffic (the course captures): "top" has 1,000× the users: it leads.
         assert_eq!(first(vec![1000, 1]), "top");
-        // Unknown counts: the rank prior, the same either way.
-        assert_eq!(first(Vec::new()), first(Vec::new()));
+        // Unknown counts: the rank prior (n: 0.3 + 0.15 / 1.01 against top: 0.15).
+        assert_eq!(first(Vec::new()), "n");
     }
 }
