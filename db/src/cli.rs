@@ -69,7 +69,7 @@ enum Command {
         activity_weight: f64,
     },
     /// Load the bundled default dataset (MovieLens + TMDB overviews), then refresh popularity. Idempotent.
-    LoadDefault,
+    LoadDefault(LoadDefaultArgs),
     /// Print table counts, the watermark and per-source positions.
     Status,
 }
@@ -96,6 +96,28 @@ struct IngestArgs {
     /// Never draw a progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Read a Kafka topic instead of files (one message per log line; with --follow, keep
+    /// consuming). The position lives in Postgres with the events; the consumer group's offset
+    /// is committed after each batch's transaction.
+    #[arg(long, value_name = "TOPIC", requires = "kafka_brokers")]
+    kafka_topic: Option<String>,
+    /// Kafka bootstrap servers, `host:port[,host:port…]`.
+    #[arg(long, value_name = "BROKERS", env = "LAZYREC_KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+    /// The consumer group offsets are committed under.
+    #[arg(long, default_value = "lazyrec-ingest")]
+    kafka_group: String,
+}
+
+#[derive(Args, Debug)]
+struct LoadDefaultArgs {
+    /// Hold out each user's latest SHARE of ratings (0 < SHARE < 1): they are not ingested but
+    /// written to --futures, as the simulated users' future (`lazyrec-sim --futures`).
+    #[arg(long, value_name = "SHARE", requires = "futures")]
+    hold_out: Option<f64>,
+    /// Where the held-out ratings go (`user<TAB>movie<TAB>rating<TAB>unix seconds`, the log's 1–10 scale).
+    #[arg(long, value_name = "FILE", requires = "hold_out")]
+    futures: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -192,9 +214,32 @@ pub async fn run() -> Result<()> {
             println!("popularity: {} movies ranked at watermark {} (run {})", run.movies, run.watermark, run.run_id);
             Ok(())
         }
-        Command::LoadDefault => {
+        Command::LoadDefault(args) => {
             let pool = pool(&cli).await?;
-            import_movielens(&cli, &pool, &movielens::MovieLensPaths::bundled(), None).await?;
+            match (args.hold_out, &args.futures) {
+                (Some(share), Some(futures)) => {
+                    if !(share > 0.0 && share < 1.0) {
+                        bail!("--hold-out must be between 0 and 1 (exclusive), got {share}");
+                    }
+                    let url = database_url(&cli)?;
+                    let progress = std::io::stderr().is_terminal();
+                    let loaded =
+                        load_movielens_holding_out(&pool, &url, &movielens::MovieLensPaths::bundled(), progress, share)
+                            .await?;
+                    movielens::write_futures(futures, &loaded.futures)
+                        .with_context(|| format!("writing {}", futures.display()))?;
+                    println!(
+                        "movies: {}\nratings: {} new events, watermark {}; {} held out for {} users in {}",
+                        loaded.load.movies,
+                        loaded.load.ratings.accepted.total(),
+                        loaded.load.ratings.watermark,
+                        loaded.futures.len(),
+                        loaded.futures.iter().map(|f| f.user_id).collect::<std::collections::BTreeSet<_>>().len(),
+                        futures.display()
+                    );
+                }
+                _ => import_movielens(&cli, &pool, &movielens::MovieLensPaths::bundled(), None).await?,
+            }
             let run = popularity::refresh(&pool, PopularityParams::default()).await.context("refreshing popularity")?;
             println!("popularity: {} movies ranked at watermark {}", run.movies, run.watermark);
             Ok(())
@@ -264,8 +309,22 @@ async fn pool(cli: &Cli) -> Result<PgPool> {
 async fn ingest(cli: &Cli, args: &IngestArgs) -> Result<IngestReport> {
     let follow = args.follow.then_some(Duration::from_millis(250));
     let mut sources: Vec<Box<dyn LineSource>> = Vec::new();
+    if let Some(topic) = &args.kafka_topic {
+        if !args.paths.is_empty() {
+            bail!("give either --kafka-topic or paths, not both");
+        }
+        let mut config = crate::kafka::KafkaConfig::new(args.kafka_brokers.clone().unwrap_or_default(), topic.clone());
+        config.group = args.kafka_group.clone();
+        config.follow = args.follow;
+        let source = tokio::task::spawn_blocking(move || crate::kafka::KafkaSource::open(config))
+            .await
+            .context("kafka connect task")??;
+        sources.push(Box::new(source));
+    }
+    let stdin_wanted =
+        args.kafka_topic.is_none() && (args.paths.is_empty() || args.paths.iter().any(|p| p.as_os_str() == "-"));
     let files: Vec<PathBuf> = args.paths.iter().filter(|p| p.as_os_str() != "-").cloned().collect();
-    if args.paths.is_empty() || args.paths.iter().any(|p| p.as_os_str() == "-") {
+    if stdin_wanted {
         sources.push(Box::new(StreamSource::stdin(format!("stream:{}", args.source_name), Duration::from_secs(1))));
     }
     for file in source::file_sources(&files, follow)? {
@@ -330,6 +389,45 @@ pub struct MovieLensLoad {
     pub unknown_movies: u64,
 }
 
+/// [`load_movielens_holding_out`]'s result.
+#[derive(Debug)]
+pub struct HeldOutLoad {
+    /// What was loaded.
+    pub load: MovieLensLoad,
+    /// The held-out ratings (each user's latest), in time order.
+    pub futures: Vec<movielens::FutureRating>,
+}
+
+/// Like [`load_movielens`], but each user's latest `share` of ratings is held out (not
+/// ingested) and returned: the future a simulated user lives through. The ingest source is
+/// named after the share, so a full load and a held-out load never share a position.
+pub async fn load_movielens_holding_out(
+    pool: &PgPool,
+    url: &str,
+    paths: &movielens::MovieLensPaths,
+    progress: bool,
+    share: f64,
+) -> Result<HeldOutLoad> {
+    let catalog = movielens::read_catalog(paths).context("reading MovieLens")?;
+    let movies =
+        import::upsert_movies(pool, &catalog.movies, "movielens:ml-latest-small").await.context("writing movies")?;
+    let split = movielens::ratings_split(paths, &catalog.ids, share).context("converting ratings")?;
+    let name = format!("movielens:{}:ratings:hold-out-{share}", file_name(&paths.dir));
+    let ratings = ingest_log(url, split.log, name, progress).await?;
+    Ok(HeldOutLoad { load: MovieLensLoad { movies, ratings, unknown_movies: split.unknown }, futures: split.futures })
+}
+
+async fn ingest_log(url: &str, log: Vec<u8>, name: String, progress: bool) -> Result<IngestReport> {
+    let conn = PgConnection::connect_with(&crate::connect_options(url)?).await.context("connecting for ingest")?;
+    let opts = IngestOptions {
+        parse: ParseConfig { rating_scale: movielens::RATING_SCALE, max_user_id: DEFAULT_MAX_USER_ID },
+        progress,
+        ..IngestOptions::default()
+    };
+    let source = StreamSource::new(name, std::io::Cursor::new(log), Duration::from_secs(1));
+    Ok(Ingester::run_once(conn, opts, vec![Box::new(source)]).await?)
+}
+
 /// Imports a MovieLens directory: the catalog (course-style ids) and its ratings converted to
 /// course log lines through the ordinary ingester (idempotent: a re-run adds nothing).
 pub async fn load_movielens(
@@ -342,15 +440,8 @@ pub async fn load_movielens(
     let movies =
         import::upsert_movies(pool, &catalog.movies, "movielens:ml-latest-small").await.context("writing movies")?;
     let (log, unknown_movies) = movielens::ratings_as_log(paths, &catalog.ids).context("converting ratings")?;
-    let conn = PgConnection::connect_with(&crate::connect_options(url)?).await.context("connecting for ingest")?;
-    let opts = IngestOptions {
-        parse: ParseConfig { rating_scale: movielens::RATING_SCALE, max_user_id: DEFAULT_MAX_USER_ID },
-        progress,
-        ..IngestOptions::default()
-    };
     let name = format!("movielens:{}:ratings", file_name(&paths.dir));
-    let source = StreamSource::new(name, std::io::Cursor::new(log), Duration::from_secs(1));
-    let ratings = Ingester::run_once(conn, opts, vec![Box::new(source)]).await?;
+    let ratings = ingest_log(url, log, name, progress).await?;
     Ok(MovieLensLoad { movies, ratings, unknown_movies })
 }
 

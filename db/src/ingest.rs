@@ -577,6 +577,7 @@ impl Ingester {
     ) -> Result<(), IngestError> {
         let first_id = self.watermark().await? + 1;
         let name: Arc<str> = source.name().into();
+        let acknowledger = source.acknowledger();
         let (tx, mut rx) = mpsc::channel::<Batch>(2);
         let opts = self.opts.clone();
         let parser_name = name.clone();
@@ -586,6 +587,9 @@ impl Ingester {
             progress.set_position(progress_base + batch.to);
             match self.commit(&name, &batch).await {
                 Ok(()) => {
+                    if let Some(ack) = &acknowledger {
+                        ack.ack(batch.to);
+                    }
                     report.lines += batch.lines;
                     report.bytes += batch.to - batch.from;
                     report.batches += 1;

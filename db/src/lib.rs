@@ -9,6 +9,7 @@ pub mod event;
 pub mod import;
 pub mod ingest;
 pub mod interactions;
+pub mod kafka;
 pub mod parse;
 pub mod pgcluster;
 pub mod popularity;

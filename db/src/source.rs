@@ -1,12 +1,14 @@
 //! Where log lines come from: the [`LineSource`] trait and its file and stream implementations.
 //!
 //! A source has a stable name (its key in `ingest_sources`) and a position (a byte offset for
-//! files and streams; a Kafka source will use its partition offset). The ingester commits the
+//! files and streams; a Kafka source its partition offset). The ingester commits the
 //! position with the events, so resuming means "seek to the committed position and go on".
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::time::Duration;
 
@@ -22,6 +24,8 @@ pub enum SourceKind {
     File,
     /// An unseekable stream (stdin, generated lines), identified by a name.
     Stream,
+    /// A Kafka topic partition; the position is the next offset.
+    Kafka,
 }
 
 impl SourceKind {
@@ -30,6 +34,7 @@ impl SourceKind {
         match self {
             SourceKind::File => "file",
             SourceKind::Stream => "stream",
+            SourceKind::Kafka => "kafka",
         }
     }
 }
@@ -62,6 +67,22 @@ pub trait LineSource: Send {
     fn seek(&mut self, position: u64) -> io::Result<()>;
     /// Reads the next line into `buf` (cleared first).
     fn read_line(&mut self, buf: &mut Vec<u8>) -> io::Result<ReadOutcome>;
+    /// For sources that tell their upstream how far the database has them (Kafka's consumer
+    /// group): the ingester acknowledges each position after its transaction committed.
+    fn acknowledger(&self) -> Option<Acknowledger> {
+        None
+    }
+}
+
+/// The ingester's side of [`LineSource::acknowledger`]: positions whose events are committed.
+#[derive(Debug, Clone)]
+pub struct Acknowledger(pub Arc<AtomicU64>);
+
+impl Acknowledger {
+    /// Everything before `position` is committed in Postgres.
+    pub fn ack(&self, position: u64) {
+        self.0.fetch_max(position, Ordering::AcqRel);
+    }
 }
 
 /// A log file, optionally followed like `tail -f`.

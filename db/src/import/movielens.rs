@@ -263,6 +263,90 @@ pub fn ratings_as_log(paths: &MovieLensPaths, ids: &HashMap<i32, String>) -> Res
     Ok((out, unknown))
 }
 
+/// A rating held out of the load: part of a simulated user's future.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FutureRating {
+    /// The MovieLens user id (the log's user id).
+    pub user_id: i64,
+    /// The course-style movie id.
+    pub movie_id: String,
+    /// On the log's scale ([`RATING_SCALE`]).
+    pub rating: i16,
+    /// When the user rated it (unix seconds).
+    pub timestamp: i64,
+}
+
+/// [`ratings_split`]'s result.
+#[derive(Debug)]
+pub struct RatingsSplit {
+    /// The log of the ratings kept (time order).
+    pub log: Vec<u8>,
+    /// The held-out ratings (time order).
+    pub futures: Vec<FutureRating>,
+    /// Ratings of movies missing from movies.csv (skipped).
+    pub unknown: u64,
+}
+
+/// Like [`ratings_as_log`], holding out each user's latest `share` of ratings (rounded, at
+/// least one rating kept; ties in time broken by movie id) as their future.
+pub fn ratings_split(
+    paths: &MovieLensPaths,
+    ids: &HashMap<i32, String>,
+    share: f64,
+) -> Result<RatingsSplit, MovieLensError> {
+    let mut ratings: Vec<MlRating> = read_csv(&paths.dir.join("ratings.csv"))?;
+    ratings.sort_by_key(|r| (r.timestamp, r.user_id, r.movie_id));
+    let mut unknown = 0;
+    ratings.retain(|r| {
+        let known = ids.contains_key(&r.movie_id);
+        unknown += u64::from(!known);
+        known
+    });
+    let mut per_user: BTreeMap<i64, usize> = BTreeMap::new();
+    for r in &ratings {
+        *per_user.entry(r.user_id).or_default() += 1;
+    }
+    // Walking in time order, a user's first `n - held` ratings are kept.
+    let mut keep_left: BTreeMap<i64, usize> = per_user
+        .iter()
+        .map(|(user, n)| {
+            let held = ((*n as f64) * share).round() as usize;
+            (*user, n - held.min(n.saturating_sub(1)))
+        })
+        .collect();
+    let mut log = Vec::with_capacity(ratings.len() * 64);
+    let mut futures = Vec::new();
+    for r in &ratings {
+        let Some(id) = ids.get(&r.movie_id) else { continue };
+        let stars = (r.rating * 2.0).round() as i16;
+        let left = keep_left.entry(r.user_id).or_default();
+        if *left > 0 {
+            *left -= 1;
+            let ts = Timestamp::from_unix_micros(r.timestamp * 1_000_000);
+            log.extend_from_slice(format!("{},{},GET /rate/{id}={stars}\n", ts.to_log_string(), r.user_id).as_bytes());
+        } else {
+            futures.push(FutureRating {
+                user_id: r.user_id,
+                movie_id: id.clone(),
+                rating: stars,
+                timestamp: r.timestamp,
+            });
+        }
+    }
+    Ok(RatingsSplit { log, futures, unknown })
+}
+
+/// Writes futures as `user<TAB>movie<TAB>rating<TAB>timestamp` lines under a header.
+pub fn write_futures(path: &Path, futures: &[FutureRating]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(out, "user_id\tmovie_id\trating\ttimestamp")?;
+    for f in futures {
+        writeln!(out, "{}\t{}\t{}\t{}", f.user_id, f.movie_id, f.rating, f.timestamp)?;
+    }
+    out.flush()
+}
+
 /// How well our title+year ids agree with the course's own mapping file
 /// (`course_to_ml-latest-small.csv`: course_movie_id, …, ml_movieId, …).
 #[derive(Debug, Clone)]
