@@ -12,9 +12,10 @@ alive() {
   [ -n "$state" ] && [ "${state#Z}" = "$state" ]
 }
 
-# Stops the named processes (default: all three) gracefully, waiting up to 30 s each.
+# Stops the named processes (default: all, the simulator first) gracefully, waiting up to 30 s
+# each.
 stop_stack() {
-  [ $# -gt 0 ] || set -- loadbalancer nightly main
+  [ $# -gt 0 ] || set -- simulator ingester loadbalancer nightly main kafka
   local stopped=0 name pid
   for name in "$@"; do
     if [ -f "$RUN/$name.pid" ] && alive "$(cat "$RUN/$name.pid")"; then
@@ -56,6 +57,34 @@ start_lb() {
     --http-addr 0.0.0.0:8082 --grpc-addr 127.0.0.1:8083 --admin-addr 127.0.0.1:8084 \
     >>"$RUN/loadbalancer.log" 2>&1 &
   echo $! > "$RUN/loadbalancer.pid"
+}
+
+# The ingester following the simulator's output (a file, or --kafka-topic …).
+start_ingester() {
+  "$BIN/lazyrec-db" ingest --follow --rating-scale 10 --batch-lines 5000 --no-progress "$@" >>"$RUN/ingester.log" 2>&1 &
+  echo $! > "$RUN/ingester.pid"
+}
+
+start_simulator() { # rate output
+  "$BIN/lazyrec-sim" run --futures "$LAZYREC_STATE_DIR/futures.tsv" --rate "$1" --duration 24h \
+    --output "$2" --json "$RUN/simulation.json" --no-progress >"$RUN/simulation.txt" 2>>"$RUN/simulator.log" &
+  echo $! > "$RUN/simulator.pid"
+}
+
+# A local Kafka-protocol broker (tansu, in memory) on :9092 with the topic movielog1.
+start_kafka() {
+  local tansu
+  tansu="$(command -v tansu || echo "$HOME/.cargo/bin/tansu")"
+  [ -x "$tansu" ] || { echo "error: tansu is not installed: run ci/install-kafka.sh" >&2; return 1; }
+  "$tansu" broker --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 \
+    --storage-engine memory://tansu/ >>"$RUN/kafka.log" 2>&1 &
+  echo $! > "$RUN/kafka.pid"
+  for _ in $(seq 1 50); do
+    "$tansu" topic create movielog1 --partitions 1 --broker tcp://127.0.0.1:9092 >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "error: the broker did not come up (see $RUN/kafka.log)" >&2
+  return 1
 }
 
 # Waits until every given port answers /ready with 200 (60 s).

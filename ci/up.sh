@@ -8,6 +8,26 @@
 # Ctrl-C (or `ci/up.sh stop` from another shell) stops the servers gracefully; Postgres keeps
 # running (stop it with `ci/up.sh stop --all`).
 # `ci/up.sh --no-serve` prepares everything and exits.
+# `ci/up.sh --simulate RATE [--kafka]` runs the stack with the simulator attached: its own state
+# directory (.state/simulate: the default dataset with each user's latest 20 % held out as the
+# simulated users' future), `lazyrec-sim` sending RATE requests/s through :8082 and writing the
+# course log to $RUN/simulated.log (or, with --kafka, to the topic movielog1 of a local tansu
+# broker: ci/install-kafka.sh), and the ingester following it, so new watches reach the servers
+# while it runs. Ctrl-C stops everything; the simulator's report is in $RUN/simulation.{txt,json}.
+SIMULATE=""
+KAFKA=0
+SERVE=1
+case "${1:-}" in
+  --no-serve) SERVE=0 ;;
+  --simulate)
+    SIMULATE="${2:?--simulate needs a rate in requests per second}"
+    [ "${3:-}" = --kafka ] && KAFKA=1
+    # The simulation needs a database without the users' futures: a state directory of its own.
+    here="$(cd "$(dirname "$0")/.." && pwd)"
+    export LAZYREC_ASSETS_DIR="${LAZYREC_ASSETS_DIR:-${LAZYREC_STATE_DIR:-$here/.state}/assets}"
+    export LAZYREC_STATE_DIR="${LAZYREC_SIM_STATE_DIR:-$here/.state/simulate}"
+    ;;
+esac
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/stack.sh"
 
@@ -16,17 +36,20 @@ if [ "${1:-}" = stop ]; then
   if [ "${2:-}" = --all ] && [ -x "$BIN/lazyrec-db" ]; then "$BIN/lazyrec-db" down; fi
   exit 0
 fi
-SERVE=1
-[ "${1:-}" = --no-serve ] && SERVE=0
 
 setup
 say "building (release)"
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" -p db -p embedder -p server -p loadbalancer \
-  --bin lazyrec-db --bin embedder --bin lazyrec-server --bin lazyrec-lb
+  -p simulator --bin lazyrec-db --bin embedder --bin lazyrec-server --bin lazyrec-lb --bin lazyrec-sim
 say "starting the private Postgres cluster (state in $LAZYREC_STATE_DIR)"
 eval "export $("$BIN/lazyrec-db" up)"
-say "loading the default dataset"
-"$BIN/lazyrec-db" load-default
+if [ -n "$SIMULATE" ]; then
+  say "loading the default dataset, each user's latest 20 % held out as their future (state in $LAZYREC_STATE_DIR)"
+  "$BIN/lazyrec-db" load-default --hold-out 0.2 --futures "$LAZYREC_STATE_DIR/futures.tsv"
+else
+  say "loading the default dataset"
+  "$BIN/lazyrec-db" load-default
+fi
 say "embedding new or changed movies (incremental; the first run embeds the whole catalog)"
 "$BIN/embedder" embed
 # Behaviour vectors (neighbours-v2, the default model, searches them): computed once here; run
@@ -49,6 +72,18 @@ start_server nightly 8081 50052
 start_lb
 wait_ready 8080 8081 8082 || { echo "the stack did not come up; logs in $RUN" >&2; tail -5 "$RUN"/*.log >&2; stop_stack; exit 1; }
 say "the stack is up"
+if [ -n "$SIMULATE" ]; then
+  if [ "$KAFKA" = 1 ]; then
+    start_kafka || { stop_stack; exit 1; }
+    start_ingester --kafka-topic movielog1 --kafka-brokers 127.0.0.1:9092
+    start_simulator "$SIMULATE" kafka:127.0.0.1:9092/movielog1
+  else
+    : >> "$RUN/simulated.log"
+    start_ingester "$RUN/simulated.log"
+    start_simulator "$SIMULATE" "file:$RUN/simulated.log"
+  fi
+  say "simulating $SIMULATE requests/s through :8082 (log: $RUN/simulator.log; ingester: $RUN/ingester.log)"
+fi
 cat <<MSG
   curl localhost:8082/recommend/1                       # through the load balancer (sticky 80/20)
   curl -H 'accept: application/json' localhost:8082/recommend/1
@@ -61,7 +96,7 @@ MSG
 declare -A reported=()
 while :; do
   running=0
-  for name in main nightly loadbalancer; do
+  for name in main nightly loadbalancer ingester simulator; do
     [ -f "$RUN/$name.pid" ] || continue
     running=1
     if ! alive "$(cat "$RUN/$name.pid")" && [ -z "${reported[$name]:-}" ]; then

@@ -751,7 +751,14 @@ fn parse_source(
                 }
                 batch.lines as usize >= opts.batch_lines
             }
-            ReadOutcome::Idle => !batch.is_empty(),
+            ReadOutcome::Idle => {
+                if tx.is_closed() {
+                    // The writer stopped (it reports why, or its task was cancelled): a
+                    // followed source would otherwise keep this thread polling forever.
+                    return Ok(());
+                }
+                !batch.is_empty()
+            }
             ReadOutcome::Eof => {
                 if !batch.is_empty() {
                     // A send error means the writer stopped; it reports why.

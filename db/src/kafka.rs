@@ -16,12 +16,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::source::{Acknowledger, LineSource, ReadOutcome, SourceKind};
+
+/// How far before the resume offset a source starts fetching (the records before it are
+/// skipped): a restart re-reads at most this many messages.
+const SEEK_REWIND: u64 = 4096;
 
 /// Where to read from.
 #[derive(Debug, Clone)]
@@ -88,11 +93,27 @@ pub enum KafkaSourceError {
     },
 }
 
+/// A client context that keeps librdkafka's chatter (it repeats a connection error many times
+/// a second) at debug level: failures surface as errors of the calls that hit them.
+pub struct Quiet;
+
+impl ClientContext for Quiet {
+    fn log(&self, _level: RDKafkaLogLevel, fac: &str, message: &str) {
+        tracing::debug!(facility = fac, "librdkafka: {message}");
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(error = %error, "librdkafka: {reason}");
+    }
+}
+
+impl ConsumerContext for Quiet {}
+
 /// Partition 0 of a topic, read by a consumer of `group` with offsets stored in Postgres.
 pub struct KafkaSource {
     name: String,
     config: KafkaConfig,
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<Quiet>,
     /// The next offset to read.
     position: u64,
     /// The position Postgres holds (set by the ingester after each commit).
@@ -100,13 +121,15 @@ pub struct KafkaSource {
     /// The last position committed to the consumer group.
     group_committed: u64,
     last_group_commit: Instant,
+    /// Offsets skipped by the broker (see `read_line`).
+    gaps: u64,
 }
 
 impl KafkaSource {
     /// Connects, checks the topic has one partition; reading starts at [`LineSource::seek`].
     pub fn open(config: KafkaConfig) -> Result<Self, KafkaSourceError> {
         let client_err = |source| KafkaSourceError::Client { brokers: config.brokers.clone(), source };
-        let consumer: BaseConsumer = ClientConfig::new()
+        let consumer: BaseConsumer<Quiet> = ClientConfig::new()
             .set("bootstrap.servers", &config.brokers)
             .set("group.id", &config.group)
             .set("enable.auto.commit", "false")
@@ -116,7 +139,8 @@ impl KafkaSource {
             // silent jump.
             .set("auto.offset.reset", "error")
             .set("socket.timeout.ms", config.connect_timeout.as_millis().max(1000).to_string())
-            .create()
+            .set("allow.auto.create.topics", "false")
+            .create_with_context(Quiet)
             .map_err(client_err)?;
         let metadata = consumer.fetch_metadata(Some(&config.topic), config.connect_timeout).map_err(client_err)?;
         let topic = metadata.topics().iter().find(|t| t.name() == config.topic);
@@ -138,6 +162,7 @@ impl KafkaSource {
             acked: Arc::new(AtomicU64::new(0)),
             group_committed: 0,
             last_group_commit: Instant::now(),
+            gaps: 0,
         })
     }
 
@@ -186,8 +211,35 @@ impl LineSource for KafkaSource {
     }
 
     fn seek(&mut self, position: u64) -> io::Result<()> {
+        let (low, high) = self
+            .consumer
+            .fetch_watermarks(&self.config.topic, 0, self.config.connect_timeout)
+            .map_err(|e| io::Error::other(format!("kafka topic {}: reading its offsets: {e}", self.config.topic)))?;
+        let (low, high) = (low.max(0) as u64, high.max(0) as u64);
+        if position > high {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "kafka topic {} ends at offset {high} but {position} messages were ingested from it: was it recreated? (ingest it under another name or remove its row from ingest_sources)",
+                    self.config.topic
+                ),
+            ));
+        }
+        if position < low {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "kafka topic {} starts at offset {low}: messages {position}..{low} were deleted (retention) before they were ingested",
+                    self.config.topic
+                ),
+            ));
+        }
+        // Fetch from a little earlier and skip what is already in: a broker may answer a fetch
+        // from the middle of a record batch with the batches that start after it (tansu 0.6
+        // does), which would skip the rest of that batch.
+        let from = position.saturating_sub(SEEK_REWIND).max(low);
         let mut list = TopicPartitionList::new();
-        list.add_partition_offset(&self.config.topic, 0, Offset::Offset(position as i64)).map_err(io::Error::other)?;
+        list.add_partition_offset(&self.config.topic, 0, Offset::Offset(from as i64)).map_err(io::Error::other)?;
         self.consumer.assign(&list).map_err(io::Error::other)?;
         self.position = position;
         self.acked.store(position, Ordering::Release);
@@ -200,24 +252,38 @@ impl LineSource for KafkaSource {
         if self.last_group_commit.elapsed() >= Duration::from_secs(1) {
             self.commit_group(CommitMode::Async);
         }
-        match self.consumer.poll(self.config.idle_after) {
-            None => Ok(ReadOutcome::Idle),
-            Some(Ok(message)) => {
-                let offset = message.offset();
-                if offset < self.position as i64 {
-                    // Delivered again after a rebalance or a retry: already read.
-                    return Ok(ReadOutcome::Idle);
-                }
-                let payload = message.payload().unwrap_or_default();
-                let line = payload.strip_suffix(b"\n").unwrap_or(payload);
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                buf.extend_from_slice(line);
-                self.position = offset as u64 + 1;
-                Ok(ReadOutcome::Line { end: self.position })
+        loop {
+            let message = match self.consumer.poll(self.config.idle_after) {
+                None => return Ok(ReadOutcome::Idle),
+                Some(Ok(message)) => message,
+                Some(Err(KafkaError::PartitionEOF(_))) if !self.config.follow => return Ok(ReadOutcome::Eof),
+                Some(Err(KafkaError::PartitionEOF(_))) => return Ok(ReadOutcome::Idle),
+                Some(Err(e)) => return Err(io::Error::other(format!("kafka topic {}: {e}", self.config.topic))),
+            };
+            let offset = message.offset().max(0) as u64;
+            if offset < self.position {
+                // Before the resume point (see `seek`): already ingested.
+                continue;
             }
-            Some(Err(KafkaError::PartitionEOF(_))) if !self.config.follow => Ok(ReadOutcome::Eof),
-            Some(Err(KafkaError::PartitionEOF(_))) => Ok(ReadOutcome::Idle),
-            Some(Err(e)) => Err(io::Error::other(format!("kafka topic {}: {e}", self.config.topic))),
+            if offset > self.position {
+                // Offsets of a plain topic are contiguous; a gap is compaction, transaction
+                // markers or a broker that skipped records. Say so: those lines are not here.
+                self.gaps += offset - self.position;
+                tracing::warn!(
+                    topic = %self.config.topic,
+                    expected = self.position,
+                    got = offset,
+                    total_gaps = self.gaps,
+                    "kafka offsets jumped: {} offsets without a message",
+                    offset - self.position
+                );
+            }
+            let payload = message.payload().unwrap_or_default();
+            let line = payload.strip_suffix(b"\n").unwrap_or(payload);
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            buf.extend_from_slice(line);
+            self.position = offset + 1;
+            return Ok(ReadOutcome::Line { end: self.position });
         }
     }
 

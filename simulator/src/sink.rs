@@ -82,6 +82,17 @@ pub enum SinkError {
         #[source]
         source: KafkaError,
     },
+    /// The topic is missing (the simulator does not create topics: their partition count is a
+    /// decision, and the ingester reads single-partition topics).
+    #[error(
+        "kafka {brokers}: topic {topic:?} does not exist; create it with one partition (e.g. `tansu topic create {topic} --partitions 1`)"
+    )]
+    NoTopic {
+        /// The brokers.
+        brokers: String,
+        /// The topic.
+        topic: String,
+    },
     /// Writing failed (disk full, closed pipe, …).
     #[error("writing the log: {0}")]
     Write(#[source] std::io::Error),
@@ -104,7 +115,17 @@ struct Deliveries {
     failed: Arc<AtomicU64>,
 }
 
-impl ClientContext for Deliveries {}
+impl ClientContext for Deliveries {
+    // librdkafka repeats connection errors many times a second; they surface as a failed
+    // start or as undelivered lines instead.
+    fn log(&self, _level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        tracing::debug!(facility = fac, "librdkafka: {message}");
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(error = %error, "librdkafka: {reason}");
+    }
+}
 
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
@@ -144,13 +165,25 @@ impl Sink {
             Output::Stdout => Target::Write(Box::new(std::io::BufWriter::with_capacity(1 << 16, std::io::stdout()))),
             Output::Kafka { brokers, topic } => {
                 let failed = Arc::new(AtomicU64::new(0));
-                let producer = ClientConfig::new()
+                let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
                     .set("bootstrap.servers", brokers)
+                    .set("allow.auto.create.topics", "false")
                     .set("linger.ms", "5")
                     .set("queue.buffering.max.messages", "1000000")
                     .set("message.timeout.ms", "30000")
                     .create_with_context(Deliveries { failed: failed.clone() })
                     .map_err(|source| SinkError::Kafka { brokers: brokers.clone(), source })?;
+                let metadata = producer
+                    .client()
+                    .fetch_metadata(Some(topic), Duration::from_secs(10))
+                    .map_err(|source| SinkError::Kafka { brokers: brokers.clone(), source })?;
+                if !metadata
+                    .topics()
+                    .iter()
+                    .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+                {
+                    return Err(SinkError::NoTopic { brokers: brokers.clone(), topic: topic.clone() });
+                }
                 Target::Kafka { producer, topic: topic.clone(), failed }
             }
             Output::None => Target::Discard,

@@ -92,6 +92,16 @@ impl Stack {
         Self { db, edge }
     }
 
+    /// A stack on a database the caller loaded (e.g. with a held-out future), with a private
+    /// copy of the embedded store.
+    #[allow(dead_code)] // used by the simulator's tests
+    pub async fn with_db(db: TestDb) -> Self {
+        let source = embedded_store().await;
+        let edge = tempfile::tempdir().expect("tempdir");
+        copy_dir(source, edge.path());
+        Self { db, edge }
+    }
+
     /// Another private copy of the embedded store (an engine directory belongs to one process).
     pub async fn edge_copy(&self) -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("tempdir");
