@@ -17,17 +17,27 @@
 SIMULATE=""
 KAFKA=0
 SERVE=1
-case "${1:-}" in
-  --no-serve) SERVE=0 ;;
-  --simulate)
-    SIMULATE="${2:?--simulate needs a rate in requests per second}"
-    [ "${3:-}" = --kafka ] && KAFKA=1
-    # The simulation needs a database without the users' futures: a state directory of its own.
-    here="$(cd "$(dirname "$0")/.." && pwd)"
-    export LAZYREC_ASSETS_DIR="${LAZYREC_ASSETS_DIR:-${LAZYREC_STATE_DIR:-$here/.state}/assets}"
-    export LAZYREC_STATE_DIR="${LAZYREC_SIM_STATE_DIR:-$here/.state/simulate}"
-    ;;
-esac
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  case "${args[$i]}" in
+    --no-serve) SERVE=0 ;;
+    --kafka) KAFKA=1 ;;
+    --simulate)
+      i=$((i + 1))
+      SIMULATE="${args[$i]:-}"
+      [[ "$SIMULATE" =~ ^[0-9]+(\.[0-9]+)?$ ]] || { echo "error: --simulate needs a rate in requests per second" >&2; exit 2; }
+      ;;
+    stop) ;;
+    --all) ;;
+    *) echo "error: unknown argument ${args[$i]} (see the top of ci/up.sh)" >&2; exit 2 ;;
+  esac
+done
+if [ -n "$SIMULATE" ]; then
+  # The simulation needs a database without the users' futures: a state directory of its own.
+  here="$(cd "$(dirname "$0")/.." && pwd)"
+  export LAZYREC_ASSETS_DIR="${LAZYREC_ASSETS_DIR:-${LAZYREC_STATE_DIR:-$here/.state}/assets}"
+  export LAZYREC_STATE_DIR="${LAZYREC_SIM_STATE_DIR:-$here/.state/simulate}"
+fi
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/stack.sh"
 

@@ -72,7 +72,7 @@ fn group_offset(brokers: &str) -> Option<i64> {
     let committed = consumer.committed_offsets(list, Duration::from_secs(5)).ok()?;
     match committed.find_partition(TOPIC, 0)?.offset() {
         Offset::Offset(n) => Some(n),
-        _ => None,
+        Offset::Beginning | Offset::End | Offset::Stored | Offset::Invalid | Offset::OffsetTail(_) => None,
     }
 }
 
