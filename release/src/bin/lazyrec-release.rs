@@ -1,0 +1,176 @@
+//! `lazyrec-release`: the release controller. This first part evaluates a running experiment.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use release::decision::{self, Criteria, Decision};
+use release::online::{self, Window};
+
+/// The release controller. `evaluate` judges a running experiment (nightly against main) from
+/// recommendations_history and the ingested watches: conversion with an always-valid sequential
+/// test (mSPRT), a sample-ratio-mismatch check, failure and p99-latency guardrails, and prints
+/// promote, abort (with the failed criterion) or continue. Exit code 0 for promote, 3 for
+/// continue, 4 for abort, 2 on bad input.
+#[derive(Parser, Debug)]
+#[command(name = "lazyrec-release", version)]
+struct Cli {
+    /// Postgres URL (else the private cluster under the state directory).
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+    /// Where the private cluster lives.
+    #[arg(long, env = "LAZYREC_STATE_DIR", default_value = ".state", global = true)]
+    state_dir: std::path::PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Judge a running experiment.
+    Evaluate(EvaluateArgs),
+}
+
+#[derive(Args, Debug)]
+struct EvaluateArgs {
+    /// The experiment (salt) of the load balancer's routing.
+    #[arg(long)]
+    experiment: String,
+    /// The configured nightly share.
+    #[arg(long, default_value_t = 0.2)]
+    share: f64,
+    /// Conversion window in seconds: a watch this long after a response still counts.
+    #[arg(long, default_value_t = 600)]
+    window_s: u64,
+    /// The always-valid p-value of the previous look (1 at the first).
+    #[arg(long, default_value_t = 1.0)]
+    previous_p: f64,
+    /// Test level.
+    #[arg(long, default_value_t = Criteria::default().alpha)]
+    alpha: f64,
+    /// mSPRT mixing scale (conversion points as a fraction).
+    #[arg(long, default_value_t = Criteria::default().tau)]
+    tau: f64,
+    /// Non-inferiority margin (fraction).
+    #[arg(long, default_value_t = Criteria::default().margin)]
+    margin: f64,
+    /// Responses per variant before a conversion decision.
+    #[arg(long, default_value_t = Criteria::default().min_responses)]
+    min_responses: u64,
+    /// Seconds before a conversion decision.
+    #[arg(long, default_value_t = Criteria::default().min_duration.as_secs())]
+    min_duration_s: u64,
+    /// Longest experiment, seconds.
+    #[arg(long, default_value_t = Criteria::default().max_duration.as_secs())]
+    max_duration_s: u64,
+    /// Largest tolerated failure-rate increase (fraction).
+    #[arg(long, default_value_t = Criteria::default().max_failure_increase)]
+    max_failure_increase: f64,
+    /// Largest tolerated p99 increase, ms.
+    #[arg(long, default_value_t = Criteria::default().max_p99_increase_ms)]
+    max_p99_increase_ms: f64,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct BadInput(String);
+
+async fn evaluate(cli: &Cli, args: &EvaluateArgs) -> anyhow::Result<std::process::ExitCode> {
+    for (name, p) in [("share", args.share), ("alpha", args.alpha), ("previous-p", args.previous_p)] {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(BadInput(format!("--{name} must be in (0, 1], got {p}")).into());
+        }
+    }
+    let url = db::resolve_database_url(cli.database_url.as_deref(), &cli.state_dir)?;
+    let pool = db::connect_pool(&url, 2).await.with_context(|| format!("connecting to {}", db::redact(&url)))?;
+    let started: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT min(ts) FROM recommendations_history WHERE experiment = $1")
+            .bind(&args.experiment)
+            .fetch_one(&pool)
+            .await
+            .context("finding the experiment's start")?;
+    let Some(started) = started else {
+        return Err(BadInput(format!("no responses recorded under experiment {:?}", args.experiment)).into());
+    };
+    let now = chrono::Utc::now();
+    let window = Window {
+        experiment: args.experiment.clone(),
+        since: started,
+        until: now,
+        conversion_window: chrono::Duration::seconds(args.window_s as i64),
+    };
+    let (main, nightly) = online::measure(&pool, &window).await.context("measuring the experiment")?;
+    let criteria = Criteria {
+        alpha: args.alpha,
+        tau: args.tau,
+        margin: args.margin,
+        min_responses: args.min_responses,
+        min_duration: Duration::from_secs(args.min_duration_s),
+        max_duration: Duration::from_secs(args.max_duration_s),
+        max_failure_increase: args.max_failure_increase,
+        max_p99_increase_ms: args.max_p99_increase_ms,
+        ..Criteria::default()
+    };
+    let elapsed = (now - started).to_std().unwrap_or_default();
+    let e = decision::decide(main, nightly, args.share, elapsed, args.previous_p, &criteria);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+    } else {
+        for v in [&e.main, &e.nightly] {
+            println!(
+                "{:<8} requests {:>7}  users {:>6}  conversion {:>6.2} % ({} / {})  failures {:.2} %  p50 {:.1} ms  p99 {:.1} ms",
+                v.variant,
+                v.requests,
+                v.users,
+                100.0 * v.conversion.rate(),
+                v.conversion.hits,
+                v.conversion.n,
+                100.0 * v.failure_rate(),
+                v.p50_ms,
+                v.p99_ms
+            );
+        }
+        println!(
+            "split: {:.2} % of users on nightly (SRM χ² {:.2}, p {:.3})",
+            100.0 * e.srm.observed_share,
+            e.srm.chi2,
+            e.srm.p
+        );
+        match &e.decision {
+            Decision::Promote { reason } => println!("PROMOTE: {reason}"),
+            Decision::Abort { criterion, reason } => println!("ABORT ({criterion:?}): {reason}"),
+            Decision::Continue { reason } => println!("CONTINUE: {reason}"),
+        }
+    }
+    Ok(match e.decision {
+        Decision::Promote { .. } => std::process::ExitCode::SUCCESS,
+        Decision::Continue { .. } => std::process::ExitCode::from(3),
+        Decision::Abort { .. } => std::process::ExitCode::from(4),
+    })
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Command::Evaluate(args) => evaluate(&cli, args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.is::<BadInput>() { std::process::ExitCode::from(2) } else { std::process::ExitCode::FAILURE }
+        }
+    }
+}
