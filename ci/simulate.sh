@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # The conversion experiment: is the simulator's conversion signal real? The same population and
 # seed run against popularity-v1 as main, then against neighbours-v2 (the default) as main, on
-# the same data (the simulated state: default dataset, latest 20 % of each user held out; nothing
-# is ingested during the runs, so both see the same database). Prints both reports and the
-# difference of conversion with its 95 % interval.
+# the same data (default dataset, latest 20 % of each user held out, in a state directory of its
+# own, .state/experiment, where nothing is ever ingested: both runs — and every later run — see
+# the same database; `ci/up.sh --simulate` ingests into .state/simulate, which would consume the
+# futures). Prints both reports and the difference of conversion with its 95 % interval.
 #   ci/simulate.sh compare [REQUESTS] [RATE]      (default 6000 requests at 200/s)
 source "$(dirname "$0")/lib.sh"
 [ "${1:-}" = compare ] || { echo "usage: ci/simulate.sh compare [REQUESTS] [RATE]" >&2; exit 2; }
 REQUESTS="${2:-6000}"
 RATE="${3:-200}"
+export LAZYREC_SIM_STATE_DIR="${LAZYREC_EXPERIMENT_STATE_DIR:-$ROOT/.state/experiment}"
 "$ROOT/ci/up.sh" --simulate "$RATE" --no-serve >/dev/null
-export LAZYREC_STATE_DIR="${LAZYREC_SIM_STATE_DIR:-$ROOT/.state/simulate}"
+export LAZYREC_STATE_DIR="$LAZYREC_SIM_STATE_DIR"
 source "$ROOT/ci/stack.sh"
 eval "export $("$BIN/lazyrec-db" up)"
 OUT="$LAZYREC_STATE_DIR/experiment"
