@@ -7,6 +7,8 @@
 //! | `PUT /admin/share` | `{"share": f}` | set the nightly share |
 //! | `POST /admin/experiment` | `{"experiment"?: name, "share"?: f}` | start an experiment: a new salt (given or random) |
 //! | `DELETE /admin/experiment` | | stop it: share 0, everyone on main |
+//! | `POST /admin/promote` | `{"release_id"?: n}` | nightly becomes main: main ← nightly's backends and release, nightly emptied, share 0 (the old main's backends leave the table; their servers keep running for a rollback) |
+//! | `PUT /admin/main` | `{"backends": [url…], "release_id"?: n}` | set the main backends (a rollback) |
 //! | `POST /admin/backends/drain` | `{"url": url}` | stop sending requests to a backend (still health-checked) |
 //! | `POST /admin/backends/enable` | `{"url": url}` | take requests again |
 //!
@@ -45,6 +47,8 @@ pub fn router(lb: Arc<Lb>, token: String) -> Router {
         .route("/admin/nightly", put(set_nightly))
         .route("/admin/share", put(set_share))
         .route("/admin/experiment", post(start_experiment).delete(stop_experiment))
+        .route("/admin/promote", post(promote))
+        .route("/admin/main", put(set_main))
         .route("/admin/backends/drain", post(drain))
         .route("/admin/backends/enable", post(enable))
         .layer(middleware::from_fn_with_state(admin.clone(), authorize))
@@ -182,6 +186,66 @@ async fn set_nightly(
             }
             spec.nightly = body.backends.iter().map(|u| u.trim_end_matches('/').to_string()).collect();
             spec.nightly_release_id = body.release_id;
+            Ok(())
+        })
+        .await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PromoteBody {
+    release_id: Option<i64>,
+}
+
+/// Nightly becomes main in one routing swap. Its backends keep their health state (the table
+/// reuses backend objects by URL), so requests go on without a gap; requests in flight on the
+/// old main finish there.
+async fn promote(State(admin): State<Arc<Admin>>, body: Option<axum::Json<PromoteBody>>) -> Response {
+    let body = body.map(|b| b.0).unwrap_or_default();
+    admin
+        .apply("promote", |spec| {
+            if spec.nightly.is_empty() {
+                return Err("no nightly to promote".into());
+            }
+            let routing = admin.lb.routing.load();
+            let healthy = routing.nightly.iter().any(|b| b.enabled() && b.healthy());
+            if !healthy {
+                return Err("no enabled, healthy nightly backend: refusing to promote".into());
+            }
+            spec.main = std::mem::take(&mut spec.nightly);
+            spec.main_release_id = body.release_id.or(spec.nightly_release_id);
+            spec.nightly_release_id = None;
+            spec.share = 0.0;
+            Ok(())
+        })
+        .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MainBody {
+    backends: Vec<String>,
+    release_id: Option<i64>,
+}
+
+async fn set_main(
+    State(admin): State<Arc<Admin>>,
+    body: Result<axum::Json<MainBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let axum::Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => return bad(e.body_text()),
+    };
+    admin
+        .apply("set_main", |spec| {
+            if body.backends.is_empty() {
+                return Err("main needs at least one backend".into());
+            }
+            for url in &body.backends {
+                check_backend_url(url)?;
+            }
+            spec.main = body.backends.iter().map(|u| u.trim_end_matches('/').to_string()).collect();
+            spec.main_release_id = body.release_id;
             Ok(())
         })
         .await

@@ -108,3 +108,110 @@ async fn admin_calls_need_the_token_and_changes_apply_at_once_are_recorded_and_s
     open.shutdown().await.expect("shutdown");
     fleet.shutdown().await;
 }
+
+/// Promotion and rollback under load: no request fails or falls back while the routing swaps,
+/// after `promote` every request is answered by the former nightly (as main, share 0), and
+/// `PUT /admin/main` puts the old main back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promote_and_rollback_under_load_fail_no_request() {
+    let fleet = Fleet::new().await;
+    let state = tempfile::tempdir().expect("state");
+    let lb = loadbalancer::start(fleet.lb_config(state.path())).await.expect("lb");
+    let admin = format!("http://{}", lb.admin_addr.expect("admin enabled"));
+    let base = format!("http://{}", lb.http_addr);
+    let client = Client::new();
+    let auth = format!("Bearer {TOKEN}");
+    let (main_url, nightly_url) = (fleet.main_url(), fleet.nightly_url());
+
+    // Load: four clients, users 1..=400 round robin, until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = tokio::task::JoinSet::new();
+    for k in 0..4u64 {
+        let (client, base, stop) = (client.clone(), base.clone(), stop.clone());
+        load.spawn(async move {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            let mut user = 1 + k;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match client.try_request("GET", &format!("{base}/recommend/{user}"), &[], None).await {
+                    Ok(r) if r.status == 200 && r.header("x-variant") != "fallback" => ok += 1,
+                    Ok(r) => failed.push(format!("{} {}", r.status, r.header("x-variant"))),
+                    Err(e) => failed.push(e),
+                }
+                user = if user > 396 { 1 + k } else { user + 4 };
+            }
+            (ok, failed)
+        });
+    }
+    let call = |method: &'static str, path: &'static str, body: Option<String>| {
+        let (client, admin, auth) = (client.clone(), admin.clone(), auth.clone());
+        async move {
+            client
+                .try_request(method, &format!("{admin}{path}"), &[("authorization", &auth)], body.as_deref())
+                .await
+                .expect("admin call")
+        }
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let promoted = call("POST", "/admin/promote", Some(r#"{"release_id": 7}"#.to_string())).await;
+    assert_eq!(promoted.status, 200, "{}", promoted.body);
+    let v: serde_json::Value = serde_json::from_str(&promoted.body).expect("json");
+    assert_eq!((v["share"].as_f64(), v["main_release_id"].as_i64()), (Some(0.0), Some(7)), "{v}");
+    assert_eq!(v["main"][0]["url"], nightly_url.as_str());
+    assert!(v["nightly"].as_array().is_some_and(|n| n.is_empty()), "{v}");
+    let after_promote = chrono::Utc::now();
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    // A second promote has no nightly: refused, nothing changes.
+    assert_eq!(call("POST", "/admin/promote", None).await.status, 400);
+    // The swap happens before the admin call answers (it health-checks after swapping).
+    let before_rollback = chrono::Utc::now();
+    let rollback =
+        call("PUT", "/admin/main", Some(format!(r#"{{"backends": ["{main_url}"], "release_id": 6}}"#))).await;
+    assert_eq!(rollback.status, 200, "{}", rollback.body);
+    let after_rollback = chrono::Utc::now();
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    while let Some(joined) = load.join_next().await {
+        let (o, f) = joined.expect("load task");
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(ok > 300, "load ran: {ok} answers");
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed or fell back: {:?}",
+        failed.len(),
+        ok + failed.len() as u64,
+        &failed[..failed.len().min(5)]
+    );
+    println!("promote + rollback under load: {ok} requests, 0 failed");
+
+    lb.shutdown().await.expect("shutdown");
+    // Who answered, from the response log: between promote and rollback only the former
+    // nightly (as main); after the rollback only the old main.
+    let backends = |from: chrono::DateTime<chrono::Utc>, to: chrono::DateTime<chrono::Utc>| {
+        let pool = fleet.stack.db.pool.clone();
+        async move {
+            sqlx::query_as::<_, (String, String, i64)>(
+                "SELECT coalesce(backend, ''), served_variant, count(*) FROM recommendations_history
+                 WHERE ts > $1 + interval '200 milliseconds' AND ts < $2 GROUP BY 1, 2 ORDER BY 1, 2",
+            )
+            .bind(from)
+            .bind(to)
+            .fetch_all(&pool)
+            .await
+            .expect("history")
+        }
+    };
+    let promoted_rows = backends(after_promote, before_rollback).await;
+    assert!(
+        !promoted_rows.is_empty() && promoted_rows.iter().all(|(b, v, _)| *b == nightly_url && v == "main"),
+        "{promoted_rows:?}"
+    );
+    let rolled_back = backends(after_rollback, chrono::Utc::now()).await;
+    assert!(
+        !rolled_back.is_empty() && rolled_back.iter().all(|(b, v, _)| *b == main_url && v == "main"),
+        "{rolled_back:?}"
+    );
+    fleet.shutdown().await;
+}
