@@ -5,6 +5,7 @@
 //! The release lifecycle (start, promote, abort, rollback) and the
 //! GitLab pipeline come next.
 
+pub mod controller;
 pub mod decision;
 pub mod online;
 pub mod stats;

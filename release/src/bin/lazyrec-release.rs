@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use release::decision::{self, Criteria, Decision};
 use release::online::{self, Window};
+use release::{controller, store};
 
 /// The release controller. `evaluate` judges a running experiment (nightly against main) from
 /// recommendations_history and the ingested watches: conversion with an always-valid sequential
@@ -27,8 +28,83 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Record a release, run the offline gate, route the nightly share to its deployed backends.
+    Start(StartArgs),
     /// Judge a running experiment.
     Evaluate(EvaluateArgs),
+    /// Make a deployed release's nightly main.
+    Promote {
+        /// The release id.
+        release: i64,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Stop a release's experiment (share 0, nightly emptied).
+    Abort {
+        /// The release id.
+        release: i64,
+        /// Why (recorded).
+        #[arg(long, default_value = "aborted by hand")]
+        reason: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Put an earlier (promoted) release back on main.
+    Rollback {
+        /// The release to go back to.
+        #[arg(long)]
+        to: i64,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Releases, newest first, with state and decision.
+    List,
+}
+
+#[derive(Args, Debug)]
+struct AdminArgs {
+    /// The load balancer's admin API.
+    #[arg(long, env = "LAZYREC_LB_ADMIN_URL", default_value = "http://127.0.0.1:8084")]
+    admin_url: String,
+    /// Its bearer token.
+    #[arg(long, env = "LAZYREC_LB_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: String,
+}
+
+#[derive(Args, Debug)]
+struct StartArgs {
+    /// `release-recommender-nightly-<version>`.
+    #[arg(long)]
+    tag: String,
+    /// The nightly's strategy (a registry name).
+    #[arg(long)]
+    strategy: String,
+    /// Its parameters (JSON object).
+    #[arg(long, default_value = "{}")]
+    params: String,
+    /// The model on main, the gate's reference (`name[:json]`).
+    #[arg(long)]
+    reference: String,
+    /// The nightly's backend URLs (repeatable), deployed by the pipeline's deploy step.
+    #[arg(long = "nightly", required = true)]
+    nightly: Vec<String>,
+    /// The nightly share.
+    #[arg(long, default_value_t = 0.2)]
+    share: f64,
+    /// Gate metric.
+    #[arg(long, default_value = "ndcg@20")]
+    gate_metric: String,
+    /// Gate tolerance (relative).
+    #[arg(long, default_value_t = 0.02)]
+    tolerance: f64,
+    /// The commit.
+    #[arg(long, env = "CI_COMMIT_SHA")]
+    git_sha: Option<String>,
+    /// The pipeline.
+    #[arg(long, env = "CI_PIPELINE_ID")]
+    pipeline_id: Option<String>,
+    #[command(flatten)]
+    admin: AdminArgs,
 }
 
 #[derive(Args, Debug)]
@@ -84,8 +160,7 @@ async fn evaluate(cli: &Cli, args: &EvaluateArgs) -> anyhow::Result<std::process
             return Err(BadInput(format!("--{name} must be in (0, 1], got {p}")).into());
         }
     }
-    let url = db::resolve_database_url(cli.database_url.as_deref(), &cli.state_dir)?;
-    let pool = db::connect_pool(&url, 2).await.with_context(|| format!("connecting to {}", db::redact(&url)))?;
+    let pool = pool(cli).await?;
     let started: Option<chrono::DateTime<chrono::Utc>> =
         sqlx::query_scalar("SELECT min(ts) FROM recommendations_history WHERE experiment = $1")
             .bind(&args.experiment)
@@ -152,6 +227,67 @@ async fn evaluate(cli: &Cli, args: &EvaluateArgs) -> anyhow::Result<std::process
     })
 }
 
+async fn pool(cli: &Cli) -> anyhow::Result<sqlx::PgPool> {
+    let url = db::resolve_database_url(cli.database_url.as_deref(), &cli.state_dir)?;
+    db::connect_pool(&url, 2).await.with_context(|| format!("connecting to {}", db::redact(&url)))
+}
+
+fn admin_client(a: &AdminArgs) -> controller::Admin {
+    controller::Admin::new(&a.admin_url, &a.admin_token)
+}
+
+async fn start(cli: &Cli, args: &StartArgs) -> anyhow::Result<std::process::ExitCode> {
+    let params: serde_json::Value =
+        serde_json::from_str(&args.params).map_err(|e| BadInput(format!("--params is not JSON: {e}")))?;
+    let reference: eval::models::ModelSpec = args.reference.parse().map_err(BadInput)?;
+    let metric: eval::GateMetric = args.gate_metric.parse().map_err(|e: String| BadInput(e))?;
+    let version = args
+        .tag
+        .strip_prefix("release-recommender-nightly-")
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| BadInput(format!("tag {:?} is not release-recommender-nightly-<version>", args.tag)))?;
+    let pool = pool(cli).await?;
+    let model_version = format!("{}@{}+{}", args.strategy, args.params, args.git_sha.as_deref().unwrap_or("unknown"));
+    let release = store::NewRelease {
+        tag: args.tag.clone(),
+        version: version.to_string(),
+        git_sha: args.git_sha.clone(),
+        pipeline_id: args.pipeline_id.clone(),
+        strategy: args.strategy.clone(),
+        params,
+        model_version,
+        embedding_version: None,
+        data_watermark: sqlx::query_scalar("SELECT last_event_id FROM ingest_watermark").fetch_one(&pool).await.ok(),
+        experiment_salt: args.tag.clone(),
+        share: args.share,
+    };
+    let s = controller::Start {
+        release,
+        reference,
+        metric,
+        tolerance: args.tolerance,
+        backends: args.nightly.clone(),
+        ready_within: Duration::from_secs(120),
+    };
+    let (id, state) = controller::start(&pool, &admin_client(&args.admin), &s).await?;
+    println!("release {id}: {}", state.as_str());
+    Ok(if state == store::State::Rejected { std::process::ExitCode::from(4) } else { std::process::ExitCode::SUCCESS })
+}
+
+async fn list(cli: &Cli) -> anyhow::Result<std::process::ExitCode> {
+    let pool = pool(cli).await?;
+    type Row = (i64, Option<String>, String, String, Option<String>, chrono::DateTime<chrono::Utc>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT release_id, tag, state, model_version, decision_reason, created_at FROM releases ORDER BY release_id DESC",
+    )
+    .fetch_all(&pool)
+    .await?;
+    for (id, tag, state, model, reason, at) in rows {
+        println!("{id:>4}  {:<40} {state:<12} {model}  {at}  {}", tag.unwrap_or_default(), reason.unwrap_or_default());
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
@@ -164,6 +300,26 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match &cli.command {
             Command::Evaluate(args) => evaluate(&cli, args).await,
+            Command::Start(args) => start(&cli, args).await,
+            Command::Promote { release, admin } => {
+                let pool = pool(&cli).await?;
+                controller::promote(&pool, &admin_client(admin), *release, "promoted by hand").await?;
+                println!("release {release} promoted");
+                Ok(std::process::ExitCode::SUCCESS)
+            }
+            Command::Abort { release, reason, admin } => {
+                let pool = pool(&cli).await?;
+                controller::abort(&pool, &admin_client(admin), *release, reason).await?;
+                println!("release {release} aborted");
+                Ok(std::process::ExitCode::SUCCESS)
+            }
+            Command::Rollback { to, admin } => {
+                let pool = pool(&cli).await?;
+                controller::rollback(&pool, &admin_client(admin), *to, Duration::from_secs(60)).await?;
+                println!("main is release {to} again");
+                Ok(std::process::ExitCode::SUCCESS)
+            }
+            Command::List => list(&cli).await,
         }
     });
     match result {

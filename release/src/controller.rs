@@ -1,0 +1,303 @@
+//! The release lifecycle over the load balancer's admin API and Postgres: `start` (record, offline
+//! gate, nightly in, experiment on), `promote`, `abort`, `rollback`. Every move goes through
+//! [`crate::store`] (allowed transitions only, one event each).
+
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use sqlx::PgPool;
+
+use crate::store::{self, NewRelease, State, StoreError};
+
+/// Controller failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// A release record could not be read or moved.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The database failed.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// The load balancer's admin API refused or failed.
+    #[error("load balancer admin {call}: {why}")]
+    Admin {
+        /// Which call.
+        call: String,
+        /// Its answer.
+        why: String,
+    },
+    /// A backend never became ready.
+    #[error("{0} did not answer /ready with 200 within {1:?}")]
+    NotReady(String, Duration),
+    /// The offline gate could not run.
+    #[error("offline gate: {0}")]
+    Gate(String),
+    /// Bad input.
+    #[error("{0}")]
+    Input(String),
+}
+
+/// The load balancer's admin API.
+#[derive(Clone)]
+pub struct Admin {
+    http: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+    token: String,
+}
+
+impl Admin {
+    /// `base` = `http://host:8084`.
+    pub fn new(base: &str, token: &str) -> Self {
+        Self {
+            http: Client::builder(TokioExecutor::new()).build_http(),
+            base: base.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+        }
+    }
+
+    /// One call; the state document on success.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, ControlError> {
+        let err = |why: String| ControlError::Admin { call: format!("{method} {path}"), why };
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("authorization", format!("Bearer {}", self.token))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default())))
+            .map_err(|e| err(e.to_string()))?;
+        let response = tokio::time::timeout(Duration::from_secs(30), self.http.request(request))
+            .await
+            .map_err(|_| err("no answer within 30 s".into()))?
+            .map_err(|e| err(e.to_string()))?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await.map_err(|e| err(e.to_string()))?.to_bytes();
+        let text = String::from_utf8_lossy(&bytes).trim().to_string();
+        if !status.is_success() {
+            return Err(err(format!("{status}: {text}")));
+        }
+        serde_json::from_str(&text).map_err(|e| err(format!("not JSON ({e}): {text}")))
+    }
+}
+
+/// Waits until every URL answers `GET /ready` with 200.
+pub async fn wait_ready(urls: &[String], within: Duration) -> Result<(), ControlError> {
+    let http: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let deadline = Instant::now() + within;
+    for url in urls {
+        loop {
+            let uri: hyper::Uri = format!("{}/ready", url.trim_end_matches('/'))
+                .parse()
+                .map_err(|e| ControlError::Input(format!("backend {url}: {e}")))?;
+            let ok = matches!(
+                tokio::time::timeout(Duration::from_secs(2), http.get(uri)).await,
+                Ok(Ok(r)) if r.status() == 200
+            );
+            if ok {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(ControlError::NotReady(url.clone(), within));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
+/// The offline gate's verdict with the evaluation behind it.
+#[derive(Debug, Clone)]
+pub struct GateResult {
+    /// Whether the candidate may be deployed.
+    pub pass: bool,
+    /// One line.
+    pub reason: String,
+    /// The evaluation (`lazyrec-eval`'s JSON), for `offline_metrics`.
+    pub report: serde_json::Value,
+}
+
+/// Evaluates `candidate` against `reference` on the data in Postgres (per-user temporal split,
+/// behaviour vectors from the training part; no content vectors) and applies the gate.
+pub async fn offline_gate(
+    pool: &PgPool,
+    candidate: &eval::models::ModelSpec,
+    reference: &eval::models::ModelSpec,
+    metric: &eval::GateMetric,
+    tolerance: f64,
+) -> Result<GateResult, ControlError> {
+    let (rows, _watermark) = eval::source::postgres_rows(pool).await?;
+    let (candidate, reference) = (candidate.clone(), reference.clone());
+    let metric_k = metric.k;
+    let metric = metric.clone();
+    tokio::task::spawn_blocking(move || {
+        let data = eval::dataset::Dataset::from_rows(
+            "postgres",
+            &rows,
+            eval::dataset::Split::Temporal { holdout: 0.2, min_items: 10 },
+        );
+        let specs = [reference.clone(), candidate.clone()];
+        let report = eval::evaluate(&data, &specs, &[metric_k], &eval::models::Context::default(), |_| {});
+        let verdict =
+            eval::gate(&report, &candidate.label, &reference.label, &metric, tolerance).map_err(ControlError::Gate)?;
+        Ok(GateResult {
+            pass: verdict.pass,
+            reason: verdict.reason,
+            report: serde_json::to_value(&report).unwrap_or_default(),
+        })
+    })
+    .await
+    .map_err(|e| ControlError::Gate(format!("the evaluation task failed: {e}")))?
+}
+
+/// What `start` needs.
+#[derive(Debug, Clone)]
+pub struct Start {
+    /// The release.
+    pub release: NewRelease,
+    /// The model currently on main (the gate's reference).
+    pub reference: eval::models::ModelSpec,
+    /// The gate metric and tolerance.
+    pub metric: eval::GateMetric,
+    /// Relative tolerance of the gate.
+    pub tolerance: f64,
+    /// The nightly's backends (deployed by the pipeline's deploy step).
+    pub backends: Vec<String>,
+    /// How long to wait for them.
+    pub ready_within: Duration,
+}
+
+/// Records the release, runs the gate (a failure ends it as `rejected`), waits for the nightly's
+/// backends and routes the configured share to them under a new experiment named after the
+/// release's salt. Returns the release id and its state.
+pub async fn start(pool: &PgPool, admin: &Admin, s: &Start) -> Result<(i64, State), ControlError> {
+    if s.backends.is_empty() {
+        return Err(ControlError::Input("a nightly needs at least one backend URL".into()));
+    }
+    let written = match s.release.params.as_object() {
+        Some(p) if !p.is_empty() => format!("{}:{}", s.release.strategy, s.release.params),
+        _ => s.release.strategy.clone(),
+    };
+    let candidate: eval::models::ModelSpec = written.parse().map_err(|e: String| ControlError::Input(e))?;
+    let id = store::create(pool, &s.release).await?;
+    let gate = offline_gate(pool, &candidate, &s.reference, &s.metric, s.tolerance).await?;
+    sqlx::query("UPDATE releases SET offline_metrics = $2 WHERE release_id = $1")
+        .bind(id)
+        .bind(&gate.report)
+        .execute(pool)
+        .await?;
+    let details = serde_json::json!({"gate": gate.reason, "reference": s.reference.label});
+    if !gate.pass {
+        store::transition(pool, id, State::Rejected, &gate.reason, details).await?;
+        return Ok((id, State::Rejected));
+    }
+    store::transition(pool, id, State::Gated, &gate.reason, details).await?;
+    wait_ready(&s.backends, s.ready_within).await?;
+    admin
+        .call(
+            "PUT",
+            "/admin/nightly",
+            Some(serde_json::json!({"backends": s.backends, "share": 0.0, "release_id": id})),
+        )
+        .await?;
+    let state = admin
+        .call(
+            "POST",
+            "/admin/experiment",
+            Some(serde_json::json!({"experiment": s.release.experiment_salt, "share": s.release.share})),
+        )
+        .await?;
+    store::transition(
+        pool,
+        id,
+        State::Deployed,
+        "nightly ready; experiment started",
+        serde_json::json!({"backends": s.backends, "experiment": s.release.experiment_salt, "share": s.release.share, "lb": state}),
+    )
+    .await?;
+    Ok((id, State::Deployed))
+}
+
+/// The nightly of release `id` becomes main (one routing swap; the old main's servers keep
+/// running for a rollback).
+pub async fn promote(pool: &PgPool, admin: &Admin, id: i64, reason: &str) -> Result<(), ControlError> {
+    let state = store::state(pool, id).await?;
+    if state != State::Deployed {
+        return Err(StoreError::Transition { id, from: state.as_str().into(), to: "promoted" }.into());
+    }
+    let before = admin.call("GET", "/admin/state", None).await?;
+    let after = admin.call("POST", "/admin/promote", Some(serde_json::json!({"release_id": id}))).await?;
+    store::transition(pool, id, State::Promoted, reason, serde_json::json!({"lb_before": before, "lb_after": after}))
+        .await?;
+    Ok(())
+}
+
+/// Stops release `id`'s experiment: share 0, the nightly emptied.
+pub async fn abort(pool: &PgPool, admin: &Admin, id: i64, reason: &str) -> Result<(), ControlError> {
+    let state = store::state(pool, id).await?;
+    if !matches!(state, State::Deployed | State::Gated) {
+        return Err(StoreError::Transition { id, from: state.as_str().into(), to: "aborted" }.into());
+    }
+    let after = admin.call("PUT", "/admin/nightly", Some(serde_json::json!({"backends": [], "share": 0.0}))).await?;
+    store::transition(pool, id, State::Aborted, reason, serde_json::json!({"lb_after": after})).await?;
+    Ok(())
+}
+
+/// The backends release `id` was deployed on (from its `state.deployed` event).
+pub async fn deployed_backends(pool: &PgPool, id: i64) -> Result<Vec<String>, ControlError> {
+    let details: Option<serde_json::Value> = sqlx::query_scalar(
+        "SELECT details FROM release_events WHERE release_id = $1 AND step = 'state.deployed' ORDER BY id DESC LIMIT 1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    let backends: Vec<String> =
+        details.and_then(|d| serde_json::from_value(d["details"]["backends"].clone()).ok()).unwrap_or_default();
+    if backends.is_empty() {
+        return Err(ControlError::Input(format!("release {id} was never deployed: nothing to roll back to")));
+    }
+    Ok(backends)
+}
+
+/// Puts release `to` back on main (it must have been promoted once; its backends must answer
+/// `/ready`). The release on main now becomes `rolled_back`.
+pub async fn rollback(pool: &PgPool, admin: &Admin, to: i64, ready_within: Duration) -> Result<(), ControlError> {
+    let target = store::state(pool, to).await?;
+    if !matches!(target, State::Promoted | State::RolledBack) {
+        return Err(ControlError::Input(format!(
+            "release {to} is {}: only a release that was promoted can be rolled back to",
+            target.as_str()
+        )));
+    }
+    let backends = deployed_backends(pool, to).await?;
+    wait_ready(&backends, ready_within).await?;
+    let before = admin.call("GET", "/admin/state", None).await?;
+    let current = before["main_release_id"].as_i64();
+    if current == Some(to) {
+        return Err(ControlError::Input(format!("release {to} is main already")));
+    }
+    let after =
+        admin.call("PUT", "/admin/main", Some(serde_json::json!({"backends": backends, "release_id": to}))).await?;
+    let details = serde_json::json!({"lb_before": before, "lb_after": after});
+    if let Some(current) = current {
+        store::transition(pool, current, State::RolledBack, &format!("rollback to release {to}"), details.clone())
+            .await?;
+    }
+    if target == State::RolledBack {
+        store::transition(pool, to, State::Promoted, "rolled back to", details).await?;
+    } else {
+        sqlx::query("INSERT INTO release_events (release_id, step, details) VALUES ($1, 'rollback.target', $2)")
+            .bind(to)
+            .bind(details)
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! The release lifecycle against the real stack (two servers with real embeddings, the load
+//! balancer's admin API, Postgres with the default dataset): start → gate → deploy → promote,
+//! a release rejected by the gate, an abort, a rollback and a rollback back.
+
+#[allow(dead_code)]
+#[path = "../../../server/tests/it/helpers.rs"]
+mod helpers;
+
+#[allow(dead_code)]
+#[path = "../../../loadbalancer/tests/it/fleet.rs"]
+mod fleet;
+
+use std::time::Duration;
+
+use release::controller::{self, Admin, Start};
+use release::store::{self, NewRelease, State};
+
+fn new_release(tag: &str, strategy: &str) -> NewRelease {
+    NewRelease {
+        tag: tag.into(),
+        version: tag.rsplit('-').next().unwrap_or_default().into(),
+        git_sha: Some("test".into()),
+        pipeline_id: None,
+        strategy: strategy.into(),
+        params: serde_json::json!({}),
+        model_version: format!("{strategy}@test"),
+        embedding_version: None,
+        data_watermark: None,
+        experiment_salt: tag.into(),
+        share: 0.2,
+    }
+}
+
+fn start_args(tag: &str, strategy: &str, reference: &str, backend: &str) -> Start {
+    Start {
+        release: new_release(tag, strategy),
+        reference: reference.parse().expect("reference"),
+        metric: "ndcg@20".parse().expect("metric"),
+        tolerance: 0.02,
+        backends: vec![backend.to_string()],
+        ready_within: Duration::from_secs(30),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gate_deploy_promote_reject_abort_and_rollback() {
+    let fleet = fleet::Fleet::new().await;
+    let state_dir = tempfile::tempdir().expect("state");
+    let mut config = fleet.lb_config(state_dir.path());
+    config.nightly = Vec::new();
+    let lb = loadbalancer::start(config).await.expect("lb");
+    let admin = Admin::new(&format!("http://{}", lb.admin_addr.expect("admin")), fleet::TOKEN);
+    let pool = &fleet.stack.db.pool;
+    let (main_url, nightly_url) = (fleet.main_url(), fleet.nightly_url());
+    let lb_state = || async { admin.call("GET", "/admin/state", None).await.expect("state") };
+
+    // A better model: gated, deployed as nightly under its own experiment, then promoted.
+    let (r1, state) = controller::start(
+        pool,
+        &admin,
+        &start_args("release-recommender-nightly-1", "neighbours-v2", "popularity-v1", &nightly_url),
+    )
+    .await
+    .expect("start 1");
+    assert_eq!(state, State::Deployed);
+    let s = lb_state().await;
+    assert_eq!(
+        (s["experiment"].as_str(), s["share"].as_f64()),
+        (Some("release-recommender-nightly-1"), Some(0.2)),
+        "{s}"
+    );
+    assert_eq!(
+        (s["nightly"][0]["url"].as_str(), s["nightly_release_id"].as_i64()),
+        (Some(nightly_url.as_str()), Some(r1))
+    );
+    let offline: Option<serde_json::Value> =
+        sqlx::query_scalar("SELECT offline_metrics FROM releases WHERE release_id = $1")
+            .bind(r1)
+            .fetch_one(pool)
+            .await
+            .expect("row");
+    assert!(
+        offline.is_some_and(|o| o["models"].as_array().is_some_and(|m| m.len() == 2)),
+        "the gate's numbers are recorded"
+    );
+    controller::promote(pool, &admin, r1, "test").await.expect("promote");
+    let s = lb_state().await;
+    assert_eq!(
+        (s["main"][0]["url"].as_str(), s["main_release_id"].as_i64(), s["share"].as_f64()),
+        (Some(nightly_url.as_str()), Some(r1), Some(0.0))
+    );
+
+    // A worse model: rejected by the gate before anything is deployed.
+    let (r2, state) = controller::start(
+        pool,
+        &admin,
+        &start_args("release-recommender-nightly-2", "popularity-v1", "neighbours-v2", &main_url),
+    )
+    .await
+    .expect("start 2");
+    assert_eq!(state, State::Rejected);
+    let reason: Option<String> = sqlx::query_scalar("SELECT decision_reason FROM releases WHERE release_id = $1")
+        .bind(r2)
+        .fetch_one(pool)
+        .await
+        .expect("row");
+    assert!(reason.as_deref().is_some_and(|r| r.contains("FAILED")), "{reason:?}");
+    assert!(lb_state().await["nightly"].as_array().is_some_and(|n| n.is_empty()), "nothing deployed");
+
+    // Deployed, then aborted: share 0, nightly emptied; an aborted release cannot be promoted.
+    let (r3, _) = controller::start(
+        pool,
+        &admin,
+        &start_args("release-recommender-nightly-3", "neighbours-v2", "popularity-v1", &main_url),
+    )
+    .await
+    .expect("start 3");
+    controller::abort(pool, &admin, r3, "test abort").await.expect("abort");
+    let s = lb_state().await;
+    assert!(s["nightly"].as_array().is_some_and(|n| n.is_empty()) && s["share"].as_f64() == Some(0.0), "{s}");
+    assert!(controller::promote(pool, &admin, r3, "no").await.is_err());
+    assert_eq!(store::state(pool, r3).await.expect("state"), State::Aborted);
+
+    // Promote another release, roll back to the first, and back again.
+    let (r4, _) = controller::start(
+        pool,
+        &admin,
+        &start_args("release-recommender-nightly-4", "neighbours-v2", "popularity-v1", &main_url),
+    )
+    .await
+    .expect("start 4");
+    controller::promote(pool, &admin, r4, "test").await.expect("promote 4");
+    assert_eq!(lb_state().await["main"][0]["url"].as_str(), Some(main_url.as_str()));
+    controller::rollback(pool, &admin, r1, Duration::from_secs(10)).await.expect("rollback to 1");
+    let s = lb_state().await;
+    assert_eq!((s["main"][0]["url"].as_str(), s["main_release_id"].as_i64()), (Some(nightly_url.as_str()), Some(r1)));
+    assert_eq!(store::state(pool, r4).await.expect("state"), State::RolledBack);
+    controller::rollback(pool, &admin, r4, Duration::from_secs(10)).await.expect("rollback to 4");
+    assert_eq!(lb_state().await["main_release_id"].as_i64(), Some(r4));
+    assert_eq!(
+        (store::state(pool, r1).await.expect("state"), store::state(pool, r4).await.expect("state")),
+        (State::RolledBack, State::Promoted)
+    );
+    assert!(controller::rollback(pool, &admin, r2, Duration::from_secs(1)).await.is_err(), "never promoted");
+    let steps: Vec<String> = sqlx::query_scalar("SELECT step FROM release_events WHERE release_id = $1 ORDER BY id")
+        .bind(r1)
+        .fetch_all(pool)
+        .await
+        .expect("events");
+    assert_eq!(
+        steps,
+        ["created", "state.gated", "state.deployed", "state.promoted", "rollback.target", "state.rolled_back"]
+    );
+
+    lb.shutdown().await.expect("lb shutdown");
+    fleet.shutdown().await;
+}
