@@ -11,6 +11,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use sqlx::PgPool;
 
+use crate::notify::Notifier;
 use crate::store::{self, NewRelease, State, StoreError};
 
 /// Controller failures.
@@ -177,7 +178,7 @@ pub struct Start {
 /// Records the release, runs the gate (a failure ends it as `rejected`), waits for the nightly's
 /// backends and routes the configured share to them under a new experiment named after the
 /// release's salt. Returns the release id and its state.
-pub async fn start(pool: &PgPool, admin: &Admin, s: &Start) -> Result<(i64, State), ControlError> {
+pub async fn start(pool: &PgPool, admin: &Admin, notify: &Notifier, s: &Start) -> Result<(i64, State), ControlError> {
     if s.backends.is_empty() {
         return Err(ControlError::Input("a nightly needs at least one backend URL".into()));
     }
@@ -196,6 +197,12 @@ pub async fn start(pool: &PgPool, admin: &Admin, s: &Start) -> Result<(i64, Stat
     let details = serde_json::json!({"gate": gate.reason, "reference": s.reference.label});
     if !gate.pass {
         store::transition(pool, id, State::Rejected, &gate.reason, details).await?;
+        notify
+            .send(
+                &format!("release {} ({id}) rejected by the offline gate: {}", s.release.tag, gate.reason),
+                serde_json::json!({"id": id, "tag": s.release.tag, "state": "rejected"}),
+            )
+            .await;
         return Ok((id, State::Rejected));
     }
     store::transition(pool, id, State::Gated, &gate.reason, details).await?;
@@ -222,12 +229,29 @@ pub async fn start(pool: &PgPool, admin: &Admin, s: &Start) -> Result<(i64, Stat
         serde_json::json!({"backends": s.backends, "experiment": s.release.experiment_salt, "share": s.release.share, "lb": state}),
     )
     .await?;
+    notify
+        .send(
+            &format!(
+                "release {} ({id}) deployed as nightly for {:.0} % of users: {}",
+                s.release.tag,
+                100.0 * s.release.share,
+                gate.reason
+            ),
+            serde_json::json!({"id": id, "tag": s.release.tag, "state": "deployed"}),
+        )
+        .await;
     Ok((id, State::Deployed))
 }
 
 /// The nightly of release `id` becomes main (one routing swap; the old main's servers keep
 /// running for a rollback).
-pub async fn promote(pool: &PgPool, admin: &Admin, id: i64, reason: &str) -> Result<(), ControlError> {
+pub async fn promote(
+    pool: &PgPool,
+    admin: &Admin,
+    notify: &Notifier,
+    id: i64,
+    reason: &str,
+) -> Result<(), ControlError> {
     let state = store::state(pool, id).await?;
     if state != State::Deployed {
         return Err(StoreError::Transition { id, from: state.as_str().into(), to: "promoted" }.into());
@@ -236,17 +260,21 @@ pub async fn promote(pool: &PgPool, admin: &Admin, id: i64, reason: &str) -> Res
     let after = admin.call("POST", "/admin/promote", Some(serde_json::json!({"release_id": id}))).await?;
     store::transition(pool, id, State::Promoted, reason, serde_json::json!({"lb_before": before, "lb_after": after}))
         .await?;
+    notify
+        .send(&format!("release {id} promoted to main: {reason}"), serde_json::json!({"id": id, "state": "promoted"}))
+        .await;
     Ok(())
 }
 
 /// Stops release `id`'s experiment: share 0, the nightly emptied.
-pub async fn abort(pool: &PgPool, admin: &Admin, id: i64, reason: &str) -> Result<(), ControlError> {
+pub async fn abort(pool: &PgPool, admin: &Admin, notify: &Notifier, id: i64, reason: &str) -> Result<(), ControlError> {
     let state = store::state(pool, id).await?;
     if !matches!(state, State::Deployed | State::Gated) {
         return Err(StoreError::Transition { id, from: state.as_str().into(), to: "aborted" }.into());
     }
     let after = admin.call("PUT", "/admin/nightly", Some(serde_json::json!({"backends": [], "share": 0.0}))).await?;
     store::transition(pool, id, State::Aborted, reason, serde_json::json!({"lb_after": after})).await?;
+    notify.send(&format!("release {id} aborted: {reason}"), serde_json::json!({"id": id, "state": "aborted"})).await;
     Ok(())
 }
 
@@ -268,7 +296,13 @@ pub async fn deployed_backends(pool: &PgPool, id: i64) -> Result<Vec<String>, Co
 
 /// Puts release `to` back on main (it must have been promoted once; its backends must answer
 /// `/ready`). The release on main now becomes `rolled_back`.
-pub async fn rollback(pool: &PgPool, admin: &Admin, to: i64, ready_within: Duration) -> Result<(), ControlError> {
+pub async fn rollback(
+    pool: &PgPool,
+    admin: &Admin,
+    notify: &Notifier,
+    to: i64,
+    ready_within: Duration,
+) -> Result<(), ControlError> {
     let target = store::state(pool, to).await?;
     if !matches!(target, State::Promoted | State::RolledBack) {
         return Err(ControlError::Input(format!(
@@ -299,5 +333,14 @@ pub async fn rollback(pool: &PgPool, admin: &Admin, to: i64, ready_within: Durat
             .execute(pool)
             .await?;
     }
+    notify
+        .send(
+            &format!(
+                "main rolled back to release {to} (was {})",
+                current.map(|c| c.to_string()).unwrap_or("unrecorded".into())
+            ),
+            serde_json::json!({"id": to, "state": "promoted", "replaced": current}),
+        )
+        .await;
     Ok(())
 }

@@ -7,6 +7,7 @@
 
 pub mod controller;
 pub mod decision;
+pub mod notify;
 pub mod online;
 pub mod stats;
 pub mod store;

@@ -22,6 +22,9 @@ struct Cli {
     /// Where the private cluster lives.
     #[arg(long, env = "LAZYREC_STATE_DIR", default_value = ".state", global = true)]
     state_dir: std::path::PathBuf,
+    /// Webhook for notifications (Slack-compatible JSON); none when unset.
+    #[arg(long, env = "LAZYREC_RELEASE_WEBHOOK", global = true)]
+    webhook: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -72,6 +75,16 @@ struct AdminArgs {
 }
 
 #[derive(Args, Debug)]
+struct OptionalAdmin {
+    /// The load balancer's admin API (for --act).
+    #[arg(long, env = "LAZYREC_LB_ADMIN_URL", default_value = "http://127.0.0.1:8084")]
+    admin_url: String,
+    /// Its bearer token (for --act).
+    #[arg(long, env = "LAZYREC_LB_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+#[derive(Args, Debug)]
 struct StartArgs {
     /// `release-recommender-nightly-<version>`.
     #[arg(long)]
@@ -109,9 +122,18 @@ struct StartArgs {
 
 #[derive(Args, Debug)]
 struct EvaluateArgs {
-    /// The experiment (salt) of the load balancer's routing.
+    /// The experiment (salt) of the load balancer's routing (or give --release).
+    #[arg(long, required_unless_present = "release")]
+    experiment: Option<String>,
+    /// Evaluate this release's experiment (its salt and share), record the numbers on it
+    /// (`online_metrics` and an `evaluate` event) and carry the previous look's p-value on.
     #[arg(long)]
-    experiment: String,
+    release: Option<i64>,
+    /// With --release: carry out the decision (promote or abort) through the admin API.
+    #[arg(long, requires = "release")]
+    act: bool,
+    #[command(flatten)]
+    admin: OptionalAdmin,
     /// The configured nightly share.
     #[arg(long, default_value_t = 0.2)]
     share: f64,
@@ -161,18 +183,38 @@ async fn evaluate(cli: &Cli, args: &EvaluateArgs) -> anyhow::Result<std::process
         }
     }
     let pool = pool(cli).await?;
+    let (experiment, share, previous_p) = match args.release {
+        Some(id) => {
+            let row: Option<(Option<String>, Option<f64>)> =
+                sqlx::query_as("SELECT experiment_salt, share FROM releases WHERE release_id = $1")
+                    .bind(id)
+                    .fetch_optional(&pool)
+                    .await?;
+            let (salt, share) = row.ok_or_else(|| BadInput(format!("no release {id}")))?;
+            let previous: Option<f64> = sqlx::query_scalar(
+                "SELECT (details->'comparison'->>'p_always_valid')::float8 FROM release_events
+                 WHERE release_id = $1 AND step = 'evaluate' ORDER BY id DESC LIMIT 1",
+            )
+            .bind(id)
+            .fetch_optional(&pool)
+            .await?
+            .flatten();
+            (salt.unwrap_or_default(), share.unwrap_or(args.share), previous.unwrap_or(1.0).min(args.previous_p))
+        }
+        None => (args.experiment.clone().unwrap_or_default(), args.share, args.previous_p),
+    };
     let started: Option<chrono::DateTime<chrono::Utc>> =
         sqlx::query_scalar("SELECT min(ts) FROM recommendations_history WHERE experiment = $1")
-            .bind(&args.experiment)
+            .bind(&experiment)
             .fetch_one(&pool)
             .await
             .context("finding the experiment's start")?;
     let Some(started) = started else {
-        return Err(BadInput(format!("no responses recorded under experiment {:?}", args.experiment)).into());
+        return Err(BadInput(format!("no responses recorded under experiment {experiment:?}")).into());
     };
     let now = chrono::Utc::now();
     let window = Window {
-        experiment: args.experiment.clone(),
+        experiment: experiment.clone(),
         since: started,
         until: now,
         conversion_window: chrono::Duration::seconds(args.window_s as i64),
@@ -190,7 +232,21 @@ async fn evaluate(cli: &Cli, args: &EvaluateArgs) -> anyhow::Result<std::process
         ..Criteria::default()
     };
     let elapsed = (now - started).to_std().unwrap_or_default();
-    let e = decision::decide(main, nightly, args.share, elapsed, args.previous_p, &criteria);
+    let e = decision::decide(main, nightly, share, elapsed, previous_p, &criteria);
+    if let Some(id) = args.release {
+        store::record_online(&pool, id, &serde_json::to_value(&e)?).await?;
+        if args.act {
+            let token = args.admin.admin_token.clone().ok_or_else(|| BadInput("--act needs --admin-token".into()))?;
+            let admin = controller::Admin::new(&args.admin.admin_url, &token);
+            match &e.decision {
+                Decision::Promote { reason } => controller::promote(&pool, &admin, &notifier(cli), id, reason).await?,
+                Decision::Abort { criterion, reason } => {
+                    controller::abort(&pool, &admin, &notifier(cli), id, &format!("{criterion:?}: {reason}")).await?
+                }
+                Decision::Continue { .. } => {}
+            }
+        }
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&e)?);
     } else {
@@ -232,6 +288,10 @@ async fn pool(cli: &Cli) -> anyhow::Result<sqlx::PgPool> {
     db::connect_pool(&url, 2).await.with_context(|| format!("connecting to {}", db::redact(&url)))
 }
 
+fn notifier(cli: &Cli) -> release::notify::Notifier {
+    release::notify::Notifier::new(cli.webhook.clone())
+}
+
 fn admin_client(a: &AdminArgs) -> controller::Admin {
     controller::Admin::new(&a.admin_url, &a.admin_token)
 }
@@ -269,7 +329,7 @@ async fn start(cli: &Cli, args: &StartArgs) -> anyhow::Result<std::process::Exit
         backends: args.nightly.clone(),
         ready_within: Duration::from_secs(120),
     };
-    let (id, state) = controller::start(&pool, &admin_client(&args.admin), &s).await?;
+    let (id, state) = controller::start(&pool, &admin_client(&args.admin), &notifier(cli), &s).await?;
     println!("release {id}: {}", state.as_str());
     Ok(if state == store::State::Rejected { std::process::ExitCode::from(4) } else { std::process::ExitCode::SUCCESS })
 }
@@ -303,19 +363,20 @@ fn main() -> std::process::ExitCode {
             Command::Start(args) => start(&cli, args).await,
             Command::Promote { release, admin } => {
                 let pool = pool(&cli).await?;
-                controller::promote(&pool, &admin_client(admin), *release, "promoted by hand").await?;
+                controller::promote(&pool, &admin_client(admin), &notifier(&cli), *release, "promoted by hand").await?;
                 println!("release {release} promoted");
                 Ok(std::process::ExitCode::SUCCESS)
             }
             Command::Abort { release, reason, admin } => {
                 let pool = pool(&cli).await?;
-                controller::abort(&pool, &admin_client(admin), *release, reason).await?;
+                controller::abort(&pool, &admin_client(admin), &notifier(&cli), *release, reason).await?;
                 println!("release {release} aborted");
                 Ok(std::process::ExitCode::SUCCESS)
             }
             Command::Rollback { to, admin } => {
                 let pool = pool(&cli).await?;
-                controller::rollback(&pool, &admin_client(admin), *to, Duration::from_secs(60)).await?;
+                controller::rollback(&pool, &admin_client(admin), &notifier(&cli), *to, Duration::from_secs(60))
+                    .await?;
                 println!("main is release {to} again");
                 Ok(std::process::ExitCode::SUCCESS)
             }

@@ -13,6 +13,7 @@ mod fleet;
 use std::time::Duration;
 
 use release::controller::{self, Admin, Start};
+use release::notify::Notifier;
 use release::store::{self, NewRelease, State};
 
 fn new_release(tag: &str, strategy: &str) -> NewRelease {
@@ -52,12 +53,16 @@ async fn gate_deploy_promote_reject_abort_and_rollback() {
     let admin = Admin::new(&format!("http://{}", lb.admin_addr.expect("admin")), fleet::TOKEN);
     let pool = &fleet.stack.db.pool;
     let (main_url, nightly_url) = (fleet.main_url(), fleet.nightly_url());
+    // A local webhook receiver (the only fake: the edge where Slack would be).
+    let (hook, received) = webhook_receiver().await;
+    let notify = Notifier::new(Some(hook));
     let lb_state = || async { admin.call("GET", "/admin/state", None).await.expect("state") };
 
     // A better model: gated, deployed as nightly under its own experiment, then promoted.
     let (r1, state) = controller::start(
         pool,
         &admin,
+        &notify,
         &start_args("release-recommender-nightly-1", "neighbours-v2", "popularity-v1", &nightly_url),
     )
     .await
@@ -83,7 +88,7 @@ async fn gate_deploy_promote_reject_abort_and_rollback() {
         offline.is_some_and(|o| o["models"].as_array().is_some_and(|m| m.len() == 2)),
         "the gate's numbers are recorded"
     );
-    controller::promote(pool, &admin, r1, "test").await.expect("promote");
+    controller::promote(pool, &admin, &notify, r1, "test").await.expect("promote");
     let s = lb_state().await;
     assert_eq!(
         (s["main"][0]["url"].as_str(), s["main_release_id"].as_i64(), s["share"].as_f64()),
@@ -94,6 +99,7 @@ async fn gate_deploy_promote_reject_abort_and_rollback() {
     let (r2, state) = controller::start(
         pool,
         &admin,
+        &notify,
         &start_args("release-recommender-nightly-2", "popularity-v1", "neighbours-v2", &main_url),
     )
     .await
@@ -111,37 +117,39 @@ async fn gate_deploy_promote_reject_abort_and_rollback() {
     let (r3, _) = controller::start(
         pool,
         &admin,
+        &notify,
         &start_args("release-recommender-nightly-3", "neighbours-v2", "popularity-v1", &main_url),
     )
     .await
     .expect("start 3");
-    controller::abort(pool, &admin, r3, "test abort").await.expect("abort");
+    controller::abort(pool, &admin, &notify, r3, "test abort").await.expect("abort");
     let s = lb_state().await;
     assert!(s["nightly"].as_array().is_some_and(|n| n.is_empty()) && s["share"].as_f64() == Some(0.0), "{s}");
-    assert!(controller::promote(pool, &admin, r3, "no").await.is_err());
+    assert!(controller::promote(pool, &admin, &notify, r3, "no").await.is_err());
     assert_eq!(store::state(pool, r3).await.expect("state"), State::Aborted);
 
     // Promote another release, roll back to the first, and back again.
     let (r4, _) = controller::start(
         pool,
         &admin,
+        &notify,
         &start_args("release-recommender-nightly-4", "neighbours-v2", "popularity-v1", &main_url),
     )
     .await
     .expect("start 4");
-    controller::promote(pool, &admin, r4, "test").await.expect("promote 4");
+    controller::promote(pool, &admin, &notify, r4, "test").await.expect("promote 4");
     assert_eq!(lb_state().await["main"][0]["url"].as_str(), Some(main_url.as_str()));
-    controller::rollback(pool, &admin, r1, Duration::from_secs(10)).await.expect("rollback to 1");
+    controller::rollback(pool, &admin, &notify, r1, Duration::from_secs(10)).await.expect("rollback to 1");
     let s = lb_state().await;
     assert_eq!((s["main"][0]["url"].as_str(), s["main_release_id"].as_i64()), (Some(nightly_url.as_str()), Some(r1)));
     assert_eq!(store::state(pool, r4).await.expect("state"), State::RolledBack);
-    controller::rollback(pool, &admin, r4, Duration::from_secs(10)).await.expect("rollback to 4");
+    controller::rollback(pool, &admin, &notify, r4, Duration::from_secs(10)).await.expect("rollback to 4");
     assert_eq!(lb_state().await["main_release_id"].as_i64(), Some(r4));
     assert_eq!(
         (store::state(pool, r1).await.expect("state"), store::state(pool, r4).await.expect("state")),
         (State::RolledBack, State::Promoted)
     );
-    assert!(controller::rollback(pool, &admin, r2, Duration::from_secs(1)).await.is_err(), "never promoted");
+    assert!(controller::rollback(pool, &admin, &notify, r2, Duration::from_secs(1)).await.is_err(), "never promoted");
     let steps: Vec<String> = sqlx::query_scalar("SELECT step FROM release_events WHERE release_id = $1 ORDER BY id")
         .bind(r1)
         .fetch_all(pool)
@@ -152,6 +160,37 @@ async fn gate_deploy_promote_reject_abort_and_rollback() {
         ["created", "state.gated", "state.deployed", "state.promoted", "rollback.target", "state.rolled_back"]
     );
 
+    let texts = received.lock().expect("lock").clone();
+    for expected in [
+        "rejected by the offline gate",
+        "deployed as nightly",
+        "promoted to main",
+        "aborted: test abort",
+        "rolled back to release",
+    ] {
+        assert!(texts.iter().any(|t| t.contains(expected)), "no notification saying {expected:?}: {texts:?}");
+    }
     lb.shutdown().await.expect("lb shutdown");
     fleet.shutdown().await;
+}
+
+/// Collects the `text` of every JSON body posted to it.
+async fn webhook_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let received: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let store = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let store = store.clone();
+            async move {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                store.lock().expect("lock").push(v["text"].as_str().unwrap_or_default().to_string());
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/hook"), received)
 }
