@@ -126,26 +126,34 @@ pub struct GateResult {
 }
 
 /// Evaluates `candidate` against `reference` on the data in Postgres (per-user temporal split,
-/// behaviour vectors from the training part; no content vectors) and applies the gate.
+/// behaviour vectors from the training part; content vectors from `store`'s live collection
+/// when given) and applies the gate.
 pub async fn offline_gate(
     pool: &PgPool,
+    store: Option<&dyn vectorstore::VectorStore>,
     candidate: &eval::models::ModelSpec,
     reference: &eval::models::ModelSpec,
     metric: &eval::GateMetric,
     tolerance: f64,
 ) -> Result<GateResult, ControlError> {
     let (rows, _watermark) = eval::source::postgres_rows(pool).await?;
+    let data = eval::dataset::Dataset::from_rows(
+        "postgres",
+        &rows,
+        eval::dataset::Split::Temporal { holdout: 0.2, min_items: 10 },
+    );
+    let mut context = eval::models::Context::default();
+    if let Some(store) = store {
+        let vectors = eval::source::content_vectors(store, &data.items)
+            .await
+            .map_err(|e| ControlError::Gate(format!("reading content vectors from {}: {e}", store.describe())))?;
+        context.content = vectors.map(|(_collection, v)| v);
+    }
     let (candidate, reference) = (candidate.clone(), reference.clone());
-    let metric_k = metric.k;
     let metric = metric.clone();
     tokio::task::spawn_blocking(move || {
-        let data = eval::dataset::Dataset::from_rows(
-            "postgres",
-            &rows,
-            eval::dataset::Split::Temporal { holdout: 0.2, min_items: 10 },
-        );
         let specs = [reference.clone(), candidate.clone()];
-        let report = eval::evaluate(&data, &specs, &[metric_k], &eval::models::Context::default(), |_| {});
+        let report = eval::evaluate(&data, &specs, &[metric.k], &context, |_| {});
         let verdict =
             eval::gate(&report, &candidate.label, &reference.label, &metric, tolerance).map_err(ControlError::Gate)?;
         Ok(GateResult {
@@ -159,7 +167,7 @@ pub async fn offline_gate(
 }
 
 /// What `start` needs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Start {
     /// The release.
     pub release: NewRelease,
@@ -173,6 +181,8 @@ pub struct Start {
     pub backends: Vec<String>,
     /// How long to wait for them.
     pub ready_within: Duration,
+    /// Where the gate reads content vectors (strategies that need them cannot be gated without).
+    pub store: Option<std::sync::Arc<dyn vectorstore::VectorStore>>,
 }
 
 /// Records the release, runs the gate (a failure ends it as `rejected`), waits for the nightly's
@@ -188,7 +198,7 @@ pub async fn start(pool: &PgPool, admin: &Admin, notify: &Notifier, s: &Start) -
     };
     let candidate: eval::models::ModelSpec = written.parse().map_err(|e: String| ControlError::Input(e))?;
     let id = store::create(pool, &s.release).await?;
-    let gate = offline_gate(pool, &candidate, &s.reference, &s.metric, s.tolerance).await?;
+    let gate = offline_gate(pool, s.store.as_deref(), &candidate, &s.reference, &s.metric, s.tolerance).await?;
     sqlx::query("UPDATE releases SET offline_metrics = $2 WHERE release_id = $1")
         .bind(id)
         .bind(&gate.report)

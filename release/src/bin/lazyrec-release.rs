@@ -116,6 +116,13 @@ struct StartArgs {
     /// The pipeline.
     #[arg(long, env = "CI_PIPELINE_ID")]
     pipeline_id: Option<String>,
+    /// Content vectors for the gate from this qdrant-edge directory (default:
+    /// <state-dir>/qdrant-edge when it exists).
+    #[arg(long, env = "LAZYREC_EDGE_DIR")]
+    edge_dir: Option<std::path::PathBuf>,
+    /// Content vectors for the gate from a Qdrant server.
+    #[arg(long, env = "QDRANT_URL")]
+    qdrant_url: Option<String>,
     #[command(flatten)]
     admin: AdminArgs,
 }
@@ -328,6 +335,23 @@ async fn start(cli: &Cli, args: &StartArgs) -> anyhow::Result<std::process::Exit
         tolerance: args.tolerance,
         backends: args.nightly.clone(),
         ready_within: Duration::from_secs(120),
+        store: {
+            let dir = args.edge_dir.clone().or_else(|| Some(cli.state_dir.join("qdrant-edge")).filter(|d| d.exists()));
+            if args.qdrant_url.is_some() || dir.is_some() {
+                Some(
+                    vectorstore::open(
+                        args.qdrant_url.as_deref(),
+                        None,
+                        Duration::from_secs(30),
+                        dir.as_deref(),
+                        std::path::Path::new("."),
+                    )
+                    .context("opening the vector store for the gate")?,
+                )
+            } else {
+                None
+            }
+        },
     };
     let (id, state) = controller::start(&pool, &admin_client(&args.admin), &notifier(cli), &s).await?;
     println!("release {id}: {}", state.as_str());

@@ -40,6 +40,7 @@ fn start_args(tag: &str, strategy: &str, reference: &str, backend: &str) -> Star
         tolerance: 0.02,
         backends: vec![backend.to_string()],
         ready_within: Duration::from_secs(30),
+        store: None,
     }
 }
 

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# A release on the local stack with simulated users, end to end without GitLab: main runs
+# neighbours-v1, a nightly server neighbours-v2; `lazyrec-release start` gates it and routes 20 %
+# of users to it; the simulator drives traffic through :8082 while the ingester follows its log;
+# `lazyrec-release evaluate --release ID --act` looks every LOOK seconds until it promotes or
+# aborts. State in .state/simulate (the held-out load of `ci/up.sh --simulate`).
+#   ci/release-demo.sh [RATE] [LOOK_SECONDS]        (default 150 req/s, a look every 20 s)
+RATE="${1:-150}"
+LOOK="${2:-20}"
+source "$(dirname "$0")/lib.sh"
+export LAZYREC_SIM_STATE_DIR="${LAZYREC_SIM_STATE_DIR:-$ROOT/.state/simulate}"
+"$ROOT/ci/up.sh" --simulate "$RATE" --no-serve >/dev/null
+export LAZYREC_STATE_DIR="$LAZYREC_SIM_STATE_DIR"
+source "$ROOT/ci/stack.sh"
+cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" -p release --bin lazyrec-release
+eval "export $("$BIN/lazyrec-db" up)"
+trap 'stop_stack' EXIT
+stop_stack
+prepare_stack
+LAZYREC_SERVER_MODEL__STRATEGY=neighbours-v1 start_server main 8080 50051
+LAZYREC_SERVER_MODEL__STRATEGY=neighbours-v2 start_server nightly 8081 50052
+# The load balancer starts with main only; the release routes the nightly share.
+LAZYREC_LB_ADMIN_TOKEN="$(cat "$RUN/admin-token")" "$BIN/lazyrec-lb" --main http://127.0.0.1:8080 \
+  --http-addr 0.0.0.0:8082 --grpc-addr 127.0.0.1:8083 --admin-addr 127.0.0.1:8084 >>"$RUN/loadbalancer.log" 2>&1 &
+echo $! > "$RUN/loadbalancer.pid"
+wait_ready 8080 8081 8082
+: >> "$RUN/simulated.log"
+start_ingester "$RUN/simulated.log"
+export LAZYREC_LB_ADMIN_TOKEN="$(cat "$RUN/admin-token")"
+TAG="release-recommender-nightly-demo$(date +%s)"
+say "start $TAG: neighbours-v2 against main's neighbours-v1"
+out="$("$BIN/lazyrec-release" start --tag "$TAG" --strategy neighbours-v2 --reference neighbours-v1 \
+  --nightly http://127.0.0.1:8081)" || { echo "$out"; exit 1; }
+echo "$out"
+ID="$(echo "$out" | sed -n 's/^release \([0-9]*\): .*/\1/p')"
+start_simulator "$RATE" "file:$RUN/simulated.log"
+for look in $(seq 1 30); do
+  sleep "$LOOK"
+  say "look $look"
+  set +e
+  "$BIN/lazyrec-release" evaluate --release "$ID" --act --window-s 30 --min-duration-s 60 --min-responses 500
+  code=$?
+  set -e
+  [ "$code" = 3 ] || break
+done
+"$BIN/lazyrec-release" list | head -3
+psql "$DATABASE_URL" -Atc "SELECT id, step, left(details::text, 160) FROM release_events WHERE release_id = $ID ORDER BY id"
