@@ -1,6 +1,6 @@
 //! The decision at one look: promote, abort (with the criterion that failed) or continue.
 //!
-//! In order: a broken split (SRM) aborts; then the guardrails (failure rate, p99 latency) abort;
+//! In order: a broken split (SRM) aborts; then the guardrails (p99 latency, failure rate) abort;
 //! nothing is decided before the minimum sample and duration; then the always-valid confidence
 //! sequence on conversion decides — entirely below zero: abort (the nightly is worse); above
 //! `-margin`: promote (the nightly is not worse than main by more than the margin); at the
@@ -136,24 +136,8 @@ pub fn decide(
                 srm.p
             ),
         }
-    } else if guardable && nightly.failure_rate() - main.failure_rate() > criteria.max_failure_increase {
-        Decision::Abort {
-            criterion: Criterion::Failures,
-            reason: format!(
-                "nightly failures {:.2} % vs main {:.2} % (limit +{:.2} points)",
-                pct(nightly.failure_rate()),
-                pct(main.failure_rate()),
-                pct(criteria.max_failure_increase)
-            ),
-        }
-    } else if guardable && nightly.p99_ms - main.p99_ms > criteria.max_p99_increase_ms {
-        Decision::Abort {
-            criterion: Criterion::Latency,
-            reason: format!(
-                "nightly p99 {:.1} ms vs main {:.1} ms (limit +{:.0} ms)",
-                nightly.p99_ms, main.p99_ms, criteria.max_p99_increase_ms
-            ),
-        }
+    } else if let Some((criterion, reason)) = guardrails(&main, &nightly, criteria).filter(|_| guardable) {
+        Decision::Abort { criterion, reason }
     } else if main.conversion.n < criteria.min_responses
         || nightly.conversion.n < criteria.min_responses
         || elapsed < criteria.min_duration
@@ -195,6 +179,35 @@ pub fn decide(
         }
     };
     Evaluation { main, nightly, comparison, srm, elapsed_s: elapsed.as_secs_f64(), decision }
+}
+
+/// The guardrails that trip, latency first (a slow nightly also fails over, and its cause is
+/// the latency), then failures; the reason names every one that tripped.
+fn guardrails(main: &VariantNumbers, nightly: &VariantNumbers, criteria: &Criteria) -> Option<(Criterion, String)> {
+    let pct = |x: f64| 100.0 * x;
+    let mut tripped: Vec<(Criterion, String)> = Vec::new();
+    if nightly.p99_ms - main.p99_ms > criteria.max_p99_increase_ms {
+        tripped.push((
+            Criterion::Latency,
+            format!(
+                "nightly p99 {:.1} ms vs main {:.1} ms (limit +{:.0} ms)",
+                nightly.p99_ms, main.p99_ms, criteria.max_p99_increase_ms
+            ),
+        ));
+    }
+    if nightly.failure_rate() - main.failure_rate() > criteria.max_failure_increase {
+        tripped.push((
+            Criterion::Failures,
+            format!(
+                "nightly failures {:.2} % vs main {:.2} % (limit +{:.2} points)",
+                pct(nightly.failure_rate()),
+                pct(main.failure_rate()),
+                pct(criteria.max_failure_increase)
+            ),
+        ));
+    }
+    let first = tripped.first()?.0;
+    Some((first, tripped.into_iter().map(|(_, r)| r).collect::<Vec<_>>().join("; also ")))
 }
 
 #[cfg(test)]

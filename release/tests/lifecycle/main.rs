@@ -12,6 +12,8 @@ mod fleet;
 
 use std::time::Duration;
 
+mod faults;
+
 use release::controller::{self, Admin, Start};
 use release::notify::Notifier;
 use release::store::{self, NewRelease, State};
