@@ -30,6 +30,13 @@ setup() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
   fi
+  # librdkafka (the Kafka client) is built from the rdkafka crate's sources with make and a C
+  # compiler.
+  if ! command -v make >/dev/null || ! command -v cc >/dev/null; then
+    say "installing make and gcc from apt (to build librdkafka)"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq make gcc >/dev/null
+  fi
   if ! command -v python3 >/dev/null || ! python3 -m pip --version >/dev/null 2>&1; then
     say "installing python3-pip from apt"
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq

@@ -22,6 +22,29 @@ pub fn main_with_threads(
     threads: Option<usize>,
     run: impl std::future::Future<Output = anyhow::Result<()>>,
 ) -> std::process::ExitCode {
+    main_with_code(default_filter, threads, async { run.await.map(|()| std::process::ExitCode::SUCCESS) })
+}
+
+/// An error in what the user gave (a flag, a file): [`main_with_code`] exits 2 for it, 1 for
+/// any other failure.
+#[derive(Debug)]
+pub struct BadInput(pub String);
+
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadInput {}
+
+/// [`main_with_threads`] for a command whose success has several exit codes (e.g. a gate or a
+/// decision); an error exits 2 when it is a [`BadInput`], else 1, always as one line.
+pub fn main_with_code(
+    default_filter: &str,
+    threads: Option<usize>,
+    run: impl std::future::Future<Output = anyhow::Result<std::process::ExitCode>>,
+) -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -46,12 +69,28 @@ pub fn main_with_threads(
         }
     };
     match runtime.block_on(run) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            if e.is::<BadInput>() { std::process::ExitCode::from(2) } else { std::process::ExitCode::FAILURE }
         }
     }
+}
+
+/// An error and its causes on one line (`outer: inner: …`): client libraries such as hyper
+/// print only the outermost layer ("client error (Connect)") and keep the reason in `source()`.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM: the signal a service stops gracefully on.
@@ -75,5 +114,26 @@ pub async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
         if rx.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_error_chain_keeps_every_cause_once() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("client error (Connect)")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Outer(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused"));
+        assert_eq!(super::error_chain(&e), "client error (Connect): connection refused");
     }
 }

@@ -153,6 +153,11 @@ impl Admin {
     }
 }
 
+/// Checked backend URLs, without trailing slashes.
+fn backend_urls(urls: &[String]) -> Result<Vec<String>, String> {
+    urls.iter().map(|u| check_backend_url(u).map(|()| u.trim_end_matches('/').to_string())).collect()
+}
+
 fn check_share(share: f64) -> Result<(), String> {
     if (0.0..=1.0).contains(&share) { Ok(()) } else { Err(format!("share {share} must be within 0..=1")) }
 }
@@ -175,16 +180,14 @@ async fn set_nightly(
     };
     admin
         .apply("set_nightly", |spec| {
-            for url in &body.backends {
-                check_backend_url(url)?;
-            }
+            let backends = backend_urls(&body.backends)?;
             if let Some(share) = body.share {
                 check_share(share)?;
                 spec.share = share;
             } else if spec.nightly.is_empty() && spec.share == 0.0 {
                 spec.share = 0.2;
             }
-            spec.nightly = body.backends.iter().map(|u| u.trim_end_matches('/').to_string()).collect();
+            spec.nightly = backends;
             spec.nightly_release_id = body.release_id;
             Ok(())
         })
@@ -241,10 +244,7 @@ async fn set_main(
             if body.backends.is_empty() {
                 return Err("main needs at least one backend".into());
             }
-            for url in &body.backends {
-                check_backend_url(url)?;
-            }
-            spec.main = body.backends.iter().map(|u| u.trim_end_matches('/').to_string()).collect();
+            spec.main = backend_urls(&body.backends)?;
             spec.main_release_id = body.release_id;
             Ok(())
         })

@@ -78,9 +78,9 @@ impl Admin {
         let response = tokio::time::timeout(Duration::from_secs(30), self.http.request(request))
             .await
             .map_err(|_| err("no answer within 30 s".into()))?
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(lifecycle::error_chain(&e)))?;
         let status = response.status();
-        let bytes = response.into_body().collect().await.map_err(|e| err(e.to_string()))?.to_bytes();
+        let bytes = response.into_body().collect().await.map_err(|e| err(lifecycle::error_chain(&e)))?.to_bytes();
         let text = String::from_utf8_lossy(&bytes).trim().to_string();
         if !status.is_success() {
             return Err(err(format!("{status}: {text}")));

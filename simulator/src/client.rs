@@ -78,10 +78,10 @@ impl Client {
         let uri = format!("{}/recommend/{user}", self.base);
         let request = async {
             let uri: hyper::Uri = uri.parse().map_err(|e: hyper::http::uri::InvalidUri| e.to_string())?;
-            let response = self.http.get(uri).await.map_err(|e| e.to_string())?;
+            let response = self.http.get(uri).await.map_err(|e| lifecycle::error_chain(&e))?;
             let status = response.status().as_u16();
             let variant = response.headers().get(headers::VARIANT).and_then(|v| v.to_str().ok()).map(str::to_string);
-            let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+            let body = response.into_body().collect().await.map_err(|e| lifecycle::error_chain(&e))?.to_bytes();
             Ok::<_, String>((status, variant, body))
         };
         let outcome = match tokio::time::timeout(self.timeout, request).await {

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use lifecycle::BadInput;
 use release::decision::{self, Criteria, Decision};
 use release::online::{self, Window};
 use release::{controller, store};
@@ -179,10 +180,6 @@ struct EvaluateArgs {
     json: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct BadInput(String);
-
 async fn evaluate(cli: &Cli, args: &EvaluateArgs) -> anyhow::Result<std::process::ExitCode> {
     for (name, p) in [("share", args.share), ("alpha", args.alpha), ("previous-p", args.previous_p)] {
         if !(p > 0.0 && p <= 1.0) {
@@ -314,7 +311,10 @@ async fn start(cli: &Cli, args: &StartArgs) -> anyhow::Result<std::process::Exit
         .filter(|v| !v.is_empty())
         .ok_or_else(|| BadInput(format!("tag {:?} is not release-recommender-nightly-<version>", args.tag)))?;
     let pool = pool(cli).await?;
-    let model_version = format!("{}@{}+{}", args.strategy, args.params, args.git_sha.as_deref().unwrap_or("unknown"));
+    // The version a server of this build reports for the model (X-Model-Version).
+    let spec = server::strategy::ModelSpec { strategy: args.strategy.clone(), params: params.clone() };
+    let strategy = server::strategy::build(&spec).map_err(|e| BadInput(e.to_string()))?;
+    let model_version = server::strategy::model_version(strategy.as_ref());
     let release = store::NewRelease {
         tag: args.tag.clone(),
         version: version.to_string(),
@@ -374,14 +374,7 @@ async fn list(cli: &Cli) -> anyhow::Result<std::process::ExitCode> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: starting the runtime: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let result = runtime.block_on(async {
+    lifecycle::main_with_code("warn", Some(2), async {
         match &cli.command {
             Command::Evaluate(args) => evaluate(&cli, args).await,
             Command::Start(args) => start(&cli, args).await,
@@ -406,12 +399,5 @@ fn main() -> std::process::ExitCode {
             }
             Command::List => list(&cli).await,
         }
-    });
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            if e.is::<BadInput>() { std::process::ExitCode::from(2) } else { std::process::ExitCode::FAILURE }
-        }
-    }
+    })
 }

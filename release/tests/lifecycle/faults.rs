@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
-use release::controller::{self, Admin};
+use release::controller;
 use release::decision::{self, Criteria, Criterion, Decision};
 use release::notify::Notifier;
 use release::online::{self, Window};
 
-use crate::fleet::{self, Client, Fleet};
+use crate::fleet::Client;
 
 #[derive(Clone, Copy)]
 enum Fault {
@@ -62,12 +62,7 @@ async fn fault_proxy(upstream: String, fault: Fault) -> String {
 }
 
 async fn bad_nightly_is_aborted(fault: Fault, tag: &str, want: Criterion) {
-    let fleet = Fleet::new().await;
-    let state_dir = tempfile::tempdir().expect("state");
-    let mut config = fleet.lb_config(state_dir.path());
-    config.nightly = Vec::new();
-    let lb = loadbalancer::start(config).await.expect("lb");
-    let admin = Admin::new(&format!("http://{}", lb.admin_addr.expect("admin")), fleet::TOKEN);
+    let (fleet, lb, admin, _state_dir) = crate::stack().await;
     let pool = &fleet.stack.db.pool;
     let proxy = fault_proxy(fleet.nightly_url(), fault).await;
     let notify = Notifier::new(None);

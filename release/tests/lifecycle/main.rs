@@ -46,14 +46,21 @@ fn start_args(tag: &str, strategy: &str, reference: &str, backend: &str) -> Star
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gate_deploy_promote_reject_abort_and_rollback() {
+/// Two servers, a load balancer with main only (a release routes the nightly), its admin client
+/// (keep the state directory until the load balancer stops).
+async fn stack() -> (fleet::Fleet, loadbalancer::RunningLb, Admin, tempfile::TempDir) {
     let fleet = fleet::Fleet::new().await;
     let state_dir = tempfile::tempdir().expect("state");
     let mut config = fleet.lb_config(state_dir.path());
     config.nightly = Vec::new();
     let lb = loadbalancer::start(config).await.expect("lb");
     let admin = Admin::new(&format!("http://{}", lb.admin_addr.expect("admin")), fleet::TOKEN);
+    (fleet, lb, admin, state_dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gate_deploy_promote_reject_abort_and_rollback() {
+    let (fleet, lb, admin, _state_dir) = stack().await;
     let pool = &fleet.stack.db.pool;
     let (main_url, nightly_url) = (fleet.main_url(), fleet.nightly_url());
     // A local webhook receiver (the only fake: the edge where Slack would be).

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use lifecycle::BadInput;
 use simulator::population::{self, PopulationSpec};
 use simulator::report::{self, Report};
 use simulator::run::{self, Config, Limit};
@@ -185,11 +186,6 @@ impl Common {
     }
 }
 
-/// Bad input (exit 2) as opposed to a failed run (exit 1).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct BadInput(String);
-
 async fn execute(
     config: Config,
     population: Vec<population::SimUser>,
@@ -303,33 +299,5 @@ async fn run_cli(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber_init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: starting the runtime: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match runtime.block_on(run_cli(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is::<BadInput>() => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn tracing_subscriber_init() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    lifecycle::main_with_code("warn", None, async { run_cli(cli).await.map(|()| ExitCode::SUCCESS) })
 }
