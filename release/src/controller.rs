@@ -34,6 +34,24 @@ pub enum ControlError {
     /// A backend never became ready.
     #[error("{0} did not answer /ready with 200 within {1:?}")]
     NotReady(String, Duration),
+    /// A backend serves another model than the release's.
+    #[error("{url} serves model {serves:?}, the release is {want:?}")]
+    WrongModel {
+        /// The backend.
+        url: String,
+        /// What it reports (`X-Model-Version` of `/ready`).
+        serves: String,
+        /// The release's model version.
+        want: String,
+    },
+    /// Deploying a release's servers failed.
+    #[error("deploying release {id}: {why}")]
+    Deploy {
+        /// The release.
+        id: i64,
+        /// What the deploy step said.
+        why: String,
+    },
     /// The offline gate could not run.
     #[error("offline gate: {0}")]
     Gate(String),
@@ -89,21 +107,37 @@ impl Admin {
     }
 }
 
-/// Waits until every URL answers `GET /ready` with 200.
-pub async fn wait_ready(urls: &[String], within: Duration) -> Result<(), ControlError> {
+/// What a backend's `GET /ready` said: ready or not, and the model version it serves.
+async fn probe(http: &Client<HttpConnector, Full<Bytes>>, url: &str) -> Result<Option<String>, ControlError> {
+    let uri: hyper::Uri = format!("{}/ready", url.trim_end_matches('/'))
+        .parse()
+        .map_err(|e| ControlError::Input(format!("backend {url}: {e}")))?;
+    Ok(match tokio::time::timeout(Duration::from_secs(2), http.get(uri)).await {
+        Ok(Ok(r)) if r.status() == 200 => Some(
+            r.headers()
+                .get(proto::contract::headers::MODEL_VERSION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
+        ),
+        _ => None,
+    })
+}
+
+/// Waits until every URL answers `GET /ready` with 200; with `model`, each must also serve that
+/// model version (a deploy step that started the wrong model is caught before any user sees it).
+pub async fn wait_ready(urls: &[String], within: Duration, model: Option<&str>) -> Result<(), ControlError> {
     let http: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let deadline = Instant::now() + within;
     for url in urls {
         loop {
-            let uri: hyper::Uri = format!("{}/ready", url.trim_end_matches('/'))
-                .parse()
-                .map_err(|e| ControlError::Input(format!("backend {url}: {e}")))?;
-            let ok = matches!(
-                tokio::time::timeout(Duration::from_secs(2), http.get(uri)).await,
-                Ok(Ok(r)) if r.status() == 200
-            );
-            if ok {
-                break;
+            if let Some(serves) = probe(&http, url).await? {
+                match model {
+                    Some(want) if serves != want => {
+                        return Err(ControlError::WrongModel { url: url.clone(), serves, want: want.to_string() });
+                    }
+                    _ => break,
+                }
             }
             if Instant::now() >= deadline {
                 return Err(ControlError::NotReady(url.clone(), within));
@@ -198,7 +232,21 @@ pub async fn start(pool: &PgPool, admin: &Admin, notify: &Notifier, s: &Start) -
     };
     let candidate: eval::models::ModelSpec = written.parse().map_err(|e: String| ControlError::Input(e))?;
     let id = store::create(pool, &s.release).await?;
-    let gate = offline_gate(pool, s.store.as_deref(), &candidate, &s.reference, &s.metric, s.tolerance).await?;
+    let gate = match offline_gate(pool, s.store.as_deref(), &candidate, &s.reference, &s.metric, s.tolerance).await {
+        Ok(gate) => gate,
+        Err(e) => {
+            // A gate that cannot run is a gate that did not pass: the release ends, recorded.
+            let reason = format!("the offline gate could not run: {e}");
+            store::transition(pool, id, State::Rejected, &reason, serde_json::json!({"error": e.to_string()})).await?;
+            notify
+                .send(
+                    &format!("release {} ({id}) rejected: {reason}", s.release.tag),
+                    serde_json::json!({"id": id, "tag": s.release.tag, "state": "rejected"}),
+                )
+                .await;
+            return Err(e);
+        }
+    };
     sqlx::query("UPDATE releases SET offline_metrics = $2 WHERE release_id = $1")
         .bind(id)
         .bind(&gate.report)
@@ -216,7 +264,17 @@ pub async fn start(pool: &PgPool, admin: &Admin, notify: &Notifier, s: &Start) -
         return Ok((id, State::Rejected));
     }
     store::transition(pool, id, State::Gated, &gate.reason, details).await?;
-    wait_ready(&s.backends, s.ready_within).await?;
+    if let Err(e) = wait_ready(&s.backends, s.ready_within, Some(&s.release.model_version)).await {
+        store::transition(pool, id, State::Aborted, &e.to_string(), serde_json::json!({"backends": s.backends}))
+            .await?;
+        notify
+            .send(
+                &format!("release {} ({id}) aborted before any traffic: {e}", s.release.tag),
+                serde_json::json!({"id": id, "tag": s.release.tag, "state": "aborted"}),
+            )
+            .await;
+        return Err(e);
+    }
     admin
         .call(
             "PUT",
@@ -288,29 +346,137 @@ pub async fn abort(pool: &PgPool, admin: &Admin, notify: &Notifier, id: i64, rea
     Ok(())
 }
 
-/// The backends release `id` was deployed on (from its `state.deployed` event).
+/// The backends release `id` was last deployed on (its `state.deployed` event, or a rollback
+/// that redeployed it).
 pub async fn deployed_backends(pool: &PgPool, id: i64) -> Result<Vec<String>, ControlError> {
-    let details: Option<serde_json::Value> = sqlx::query_scalar(
-        "SELECT details FROM release_events WHERE release_id = $1 AND step = 'state.deployed' ORDER BY id DESC LIMIT 1",
+    let backends: Option<serde_json::Value> = sqlx::query_scalar(
+        "SELECT b FROM (
+           SELECT id, COALESCE(details->'details'->'backends', details->'backends') AS b FROM release_events
+           WHERE release_id = $1 AND step IN ('state.deployed', 'rollback.target', 'state.promoted')
+         ) e WHERE b IS NOT NULL ORDER BY id DESC LIMIT 1",
     )
     .bind(id)
     .fetch_optional(pool)
     .await?;
-    let backends: Vec<String> =
-        details.and_then(|d| serde_json::from_value(d["details"]["backends"].clone()).ok()).unwrap_or_default();
+    let backends: Vec<String> = backends.and_then(|b| serde_json::from_value(b).ok()).unwrap_or_default();
     if backends.is_empty() {
         return Err(ControlError::Input(format!("release {id} was never deployed: nothing to roll back to")));
     }
     Ok(backends)
 }
 
-/// Puts release `to` back on main (it must have been promoted once; its backends must answer
-/// `/ready`). The release on main now becomes `rolled_back`.
+/// What a deploy step gets: the release to (re)start servers for.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Deployment {
+    /// The release.
+    pub release_id: i64,
+    /// Its tag.
+    pub tag: String,
+    /// Its strategy and parameters.
+    pub strategy: String,
+    /// Parameters (JSON object).
+    pub params: serde_json::Value,
+    /// The model version its servers must report.
+    pub model_version: String,
+}
+
+/// Starts servers for a release and returns their base URLs once started (the controller waits
+/// for `/ready` and checks the model version). The command-line controller runs a command
+/// (`--deploy-command`, e.g. `ci/deploy-nightly.sh` or a systemd/Kubernetes script).
+#[async_trait::async_trait]
+pub trait Deploy: Send + Sync {
+    /// Deploys `d`; the URLs of its backends.
+    async fn deploy(&self, d: &Deployment) -> Result<Vec<String>, String>;
+}
+
+/// A deploy step that runs `command STRATEGY TAG` (environment: `LAZYREC_RELEASE_ID`,
+/// `LAZYREC_RELEASE_PARAMS`, `LAZYREC_MODEL_VERSION`, `DEPLOY_ROLE`); it prints the backends'
+/// URLs, one per line, on stdout.
+pub struct CommandDeploy {
+    /// The command (run by `sh -c`, so it may carry arguments).
+    pub command: String,
+    /// `nightly` or `rollback` (the local deploy script picks a free slot either way).
+    pub role: String,
+}
+
+#[async_trait::async_trait]
+impl Deploy for CommandDeploy {
+    async fn deploy(&self, d: &Deployment) -> Result<Vec<String>, String> {
+        let output = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{} \"$0\" \"$1\"", self.command))
+            .arg(&d.strategy)
+            .arg(&d.tag)
+            .env("LAZYREC_RELEASE_ID", d.release_id.to_string())
+            .env("LAZYREC_RELEASE_PARAMS", d.params.to_string())
+            .env("LAZYREC_MODEL_VERSION", &d.model_version)
+            .env("DEPLOY_ROLE", &self.role)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .await
+            .map_err(|e| format!("running {:?}: {e}", self.command))?;
+        if !output.status.success() {
+            return Err(format!("{:?} exited with {}", self.command, output.status));
+        }
+        let urls: Vec<String> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("http://") || l.starts_with("https://"))
+            .map(String::from)
+            .collect();
+        if urls.is_empty() {
+            return Err(format!("{:?} printed no backend URL", self.command));
+        }
+        Ok(urls)
+    }
+}
+
+/// The backends that serve release `id` now: its recorded ones when they answer `/ready` with
+/// its model version, else freshly deployed from its record by `deploy` (an error without one).
+async fn serving_backends(
+    pool: &PgPool,
+    id: i64,
+    deploy: Option<&dyn Deploy>,
+    ready_within: Duration,
+) -> Result<(Vec<String>, Option<Vec<String>>), ControlError> {
+    type Record = (Option<String>, String, serde_json::Value, String);
+    let (tag, strategy, params, model_version): Record =
+        sqlx::query_as("SELECT tag, strategy, params, model_version FROM releases WHERE release_id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+    let recorded = deployed_backends(pool, id).await.unwrap_or_default();
+    let gone = if recorded.is_empty() {
+        "no backends recorded".to_string()
+    } else {
+        match wait_ready(&recorded, Duration::from_secs(2), Some(&model_version)).await {
+            Ok(()) => return Ok((recorded, None)),
+            Err(e) => e.to_string(),
+        }
+    };
+    let Some(deploy) = deploy else {
+        return Err(ControlError::Deploy {
+            id,
+            why: format!("its servers are gone ({gone}) and no deploy step was given"),
+        });
+    };
+    tracing::info!(release = id, %gone, "redeploying the release from its record");
+    let d = Deployment { release_id: id, tag: tag.unwrap_or_default(), strategy, params, model_version };
+    let urls = deploy.deploy(&d).await.map_err(|why| ControlError::Deploy { id, why })?;
+    wait_ready(&urls, ready_within, Some(&d.model_version)).await?;
+    Ok((urls, Some(recorded)))
+}
+
+/// Puts release `to` back on main (it must have been promoted once). Its recorded backends are
+/// used when they still serve its model; otherwise `deploy` starts new ones from its record
+/// (strategy, parameters; checked by model version). The release on main becomes `rolled_back`.
 pub async fn rollback(
     pool: &PgPool,
     admin: &Admin,
     notify: &Notifier,
     to: i64,
+    deploy: Option<&dyn Deploy>,
     ready_within: Duration,
 ) -> Result<(), ControlError> {
     let target = store::state(pool, to).await?;
@@ -320,16 +486,17 @@ pub async fn rollback(
             target.as_str()
         )));
     }
-    let backends = deployed_backends(pool, to).await?;
-    wait_ready(&backends, ready_within).await?;
     let before = admin.call("GET", "/admin/state", None).await?;
     let current = before["main_release_id"].as_i64();
     if current == Some(to) {
         return Err(ControlError::Input(format!("release {to} is main already")));
     }
+    let (backends, redeployed_over) = serving_backends(pool, to, deploy, ready_within).await?;
     let after =
         admin.call("PUT", "/admin/main", Some(serde_json::json!({"backends": backends, "release_id": to}))).await?;
-    let details = serde_json::json!({"lb_before": before, "lb_after": after});
+    let details = serde_json::json!({
+        "lb_before": before, "lb_after": after, "backends": backends, "redeployed_over": redeployed_over,
+    });
     if let Some(current) = current {
         store::transition(pool, current, State::RolledBack, &format!("rollback to release {to}"), details.clone())
             .await?;
@@ -346,8 +513,9 @@ pub async fn rollback(
     notify
         .send(
             &format!(
-                "main rolled back to release {to} (was {})",
-                current.map(|c| c.to_string()).unwrap_or("unrecorded".into())
+                "main rolled back to release {to} (was {}){}",
+                current.map(|c| c.to_string()).unwrap_or("unrecorded".into()),
+                if redeployed_over.is_some() { ", its servers redeployed from its record" } else { "" }
             ),
             serde_json::json!({"id": to, "state": "promoted", "replaced": current}),
         )

@@ -1,6 +1,6 @@
 //! The decision at one look: promote, abort (with the criterion that failed) or continue.
 //!
-//! In order: a broken split (SRM) aborts; then the guardrails (p99 latency, failure rate) abort;
+//! In order: users who changed variant (broken stickiness) or a broken split (SRM) abort; then the guardrails (p99 latency, failure rate) abort;
 //! nothing is decided before the minimum sample and duration; then the always-valid confidence
 //! sequence on conversion decides — entirely below zero: abort (the nightly is worse); above
 //! `-margin`: promote (the nightly is not worse than main by more than the margin); at the
@@ -59,6 +59,8 @@ impl Default for Criteria {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Criterion {
+    /// Users changed variant during the experiment (stickiness broke).
+    Assignment,
     /// The split is not the configured one.
     SampleRatio,
     /// The nightly fails (errors, fail-overs) more than allowed.
@@ -105,16 +107,22 @@ pub struct Evaluation {
     pub comparison: Comparison,
     /// The split check (distinct users).
     pub srm: Srm,
+    /// Users whose assigned variant changed during the experiment (must be 0).
+    #[serde(default)]
+    pub switched_users: u64,
     /// How long the experiment has run.
     pub elapsed_s: f64,
     /// The decision.
     pub decision: Decision,
 }
 
-/// Judges one look. `previous_p` is the always-valid p-value of the previous look (1.0 first).
+/// Judges one look. `previous_p` is the always-valid p-value of the previous look (1.0 first);
+/// `switched_users` counts users whose assigned variant changed ([`crate::online::switched_users`]).
+#[allow(clippy::too_many_arguments)]
 pub fn decide(
     main: VariantNumbers,
     nightly: VariantNumbers,
+    switched_users: u64,
     expected_share: f64,
     elapsed: Duration,
     previous_p: f64,
@@ -125,7 +133,12 @@ pub fn decide(
     let guardable =
         main.requests >= criteria.min_guardrail_responses && nightly.requests >= criteria.min_guardrail_responses;
     let pct = |x: f64| 100.0 * x;
-    let decision = if guardable && srm.mismatch {
+    let decision = if switched_users > 0 {
+        Decision::Abort {
+            criterion: Criterion::Assignment,
+            reason: format!("{switched_users} users changed variant during the experiment: the comparison is void"),
+        }
+    } else if guardable && srm.mismatch {
         Decision::Abort {
             criterion: Criterion::SampleRatio,
             reason: format!(
@@ -178,7 +191,7 @@ pub fn decide(
             Decision::Continue { reason: summary }
         }
     };
-    Evaluation { main, nightly, comparison, srm, elapsed_s: elapsed.as_secs_f64(), decision }
+    Evaluation { main, nightly, comparison, srm, switched_users, elapsed_s: elapsed.as_secs_f64(), decision }
 }
 
 /// The guardrails that trip, latency first (a slow nightly also fails over, and its cause is
@@ -251,18 +264,28 @@ mod tests {
             (variant("nightly", 2_000, 10_000, 1_000, 10, 22.0), "continue"),
         ];
         for (nightly, want) in cases {
-            let e = decide(main(), nightly, 0.2, hour, 1.0, &c);
+            let e = decide(main(), nightly, 0, 0.2, hour, 1.0, &c);
             assert_eq!(outcome(&e), want, "{:?}", e.decision);
         }
         // Equal models: not decided early, inconclusive at the maximum duration.
         let equal = variant("nightly", 2_000, 1_000, 100, 1, 22.0);
-        let early = decide(variant("main", 8_000, 4_000, 400, 4, 20.0), equal.clone(), 0.2, hour, 1.0, &c);
+        let early = decide(variant("main", 8_000, 4_000, 400, 4, 20.0), equal.clone(), 0, 0.2, hour, 1.0, &c);
         assert_eq!(outcome(&early), "continue");
-        let late = decide(variant("main", 8_000, 4_000, 400, 4, 20.0), equal, 0.2, 3 * hour, 1.0, &c);
+        let late = decide(variant("main", 8_000, 4_000, 400, 4, 20.0), equal, 0, 0.2, 3 * hour, 1.0, &c);
         assert_eq!(outcome(&late), "abort:Inconclusive");
         // Too little data or time: no conversion decision.
-        let young =
-            decide(main(), variant("nightly", 2_000, 10_000, 1_500, 10, 22.0), 0.2, Duration::from_secs(60), 1.0, &c);
+        let young = decide(
+            main(),
+            variant("nightly", 2_000, 10_000, 1_500, 10, 22.0),
+            0,
+            0.2,
+            Duration::from_secs(60),
+            1.0,
+            &c,
+        );
         assert_eq!(outcome(&young), "continue");
+        // A user who saw both variants voids the comparison, whatever the numbers.
+        let switched = decide(main(), variant("nightly", 2_000, 10_000, 1_500, 10, 22.0), 1, 0.2, hour, 1.0, &c);
+        assert_eq!(outcome(&switched), "abort:Assignment");
     }
 }

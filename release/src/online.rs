@@ -121,3 +121,22 @@ pub async fn measure(pool: &PgPool, window: &Window) -> Result<(VariantNumbers, 
     }
     Ok((main, nightly))
 }
+
+/// Users of the experiment whose assigned variant changed within `window` (stickiness says 0:
+/// a user who saw both models makes the comparison meaningless).
+pub async fn switched_users(pool: &PgPool, window: &Window) -> Result<u64, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (
+           SELECT user_id FROM recommendations_history
+           WHERE experiment = $1 AND ts >= $2 AND ts < $3
+             AND assigned_variant IN ('main', 'nightly') AND user_id IS NOT NULL
+           GROUP BY user_id HAVING count(DISTINCT assigned_variant) > 1
+         ) s",
+    )
+    .bind(&window.experiment)
+    .bind(window.since)
+    .bind(window.until)
+    .fetch_one(pool)
+    .await?;
+    Ok(n as u64)
+}

@@ -66,3 +66,101 @@ async fn a_release_moves_only_along_allowed_transitions_and_every_move_is_an_eve
     assert!(store::transition(&db.pool, rejected, State::Gated, "again", serde_json::json!({})).await.is_err());
     assert!(matches!(store::state(&db.pool, 999).await, Err(StoreError::NotFound(_))));
 }
+
+/// The value of the sample `name{labels}` in exposition `text` (labels as written, sorted).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+}
+
+#[tokio::test]
+async fn the_exporter_reports_states_the_latest_look_and_decisions_from_the_records() {
+    use release::decision::{Criteria, decide};
+    use release::online::VariantNumbers;
+    use release::stats::Counts;
+    let db = TestDb::new().await;
+    let numbers = |variant: &str, users, n, hits| VariantNumbers {
+        variant: variant.into(),
+        requests: n,
+        users,
+        conversion: Counts { hits, n },
+        errors: 0,
+        failed_over: 0,
+        degraded: 0,
+        p50_ms: 5.0,
+        p99_ms: 40.0,
+    };
+    // A running nightly with two looks, an aborted one, a rejected one.
+    let running = store::create(&db.pool, &release("release-recommender-nightly-7")).await.expect("create");
+    store::transition(&db.pool, running, State::Gated, "gate", serde_json::json!({})).await.expect("gate");
+    store::transition(&db.pool, running, State::Deployed, "ready", serde_json::json!({})).await.expect("deploy");
+    let c = Criteria::default();
+    let early = decide(
+        numbers("main", 800, 400, 40),
+        numbers("nightly", 200, 100, 12),
+        0,
+        0.2,
+        std::time::Duration::from_secs(60),
+        1.0,
+        &c,
+    );
+    store::record_online(&db.pool, running, &serde_json::to_value(&early).expect("json")).await.expect("look 1");
+    let late = decide(
+        numbers("main", 8_000, 40_000, 4_000),
+        numbers("nightly", 2_000, 10_000, 1_100),
+        0,
+        0.2,
+        std::time::Duration::from_secs(3_600),
+        1.0,
+        &c,
+    );
+    store::record_online(&db.pool, running, &serde_json::to_value(&late).expect("json")).await.expect("look 2");
+    let aborted = store::create(&db.pool, &release("release-recommender-nightly-8")).await.expect("create");
+    store::transition(&db.pool, aborted, State::Gated, "gate", serde_json::json!({})).await.expect("gate");
+    store::transition(&db.pool, aborted, State::Aborted, "latency", serde_json::json!({})).await.expect("abort");
+    let rejected = store::create(&db.pool, &release("release-recommender-nightly-9")).await.expect("create");
+    store::transition(&db.pool, rejected, State::Rejected, "worse", serde_json::json!({})).await.expect("reject");
+
+    let text = release::metrics::render(&db.pool).await.expect("render");
+    let r = running.to_string();
+    assert_eq!(
+        sample(&text, &format!("lazyrec_release_conversion{{release_id=\"{r}\",variant=\"nightly\"}}")),
+        Some(0.11)
+    );
+    assert_eq!(sample(&text, &format!("lazyrec_release_conversion{{release_id=\"{r}\",variant=\"main\"}}")), Some(0.1));
+    assert_eq!(
+        sample(&text, &format!("lazyrec_release_responses{{release_id=\"{r}\",variant=\"nightly\"}}")),
+        Some(10_000.0)
+    );
+    let diff =
+        sample(&text, &format!("lazyrec_release_conversion_difference{{bound=\"estimate\",release_id=\"{r}\"}}"));
+    assert!(diff.is_some_and(|d| (d - 0.01).abs() < 1e-9), "{diff:?}\n{text}");
+    let p = sample(&text, &format!("lazyrec_release_p_value{{release_id=\"{r}\",test=\"always_valid\"}}"));
+    assert_eq!(p, Some(late.comparison.p_always_valid), "the latest look's");
+    let age = sample(
+        &text,
+        &format!("lazyrec_release_nightly_age_seconds{{release_id=\"{r}\",tag=\"release-recommender-nightly-7\"}}"),
+    );
+    assert!(age.is_some_and(|a| (0.0..60.0).contains(&a)), "{age:?}");
+    for (series, want) in [
+        ("lazyrec_releases{state=\"deployed\"}", 1.0),
+        ("lazyrec_releases{state=\"aborted\"}", 1.0),
+        ("lazyrec_releases{state=\"rejected\"}", 1.0),
+        ("lazyrec_releases{state=\"promoted\"}", 0.0),
+        ("lazyrec_release_decisions_total{outcome=\"aborted\"}", 1.0),
+        ("lazyrec_release_decisions_total{outcome=\"rejected\"}", 1.0),
+        ("lazyrec_release_decisions_total{outcome=\"promoted\"}", 0.0),
+    ] {
+        assert_eq!(sample(&text, series), Some(want), "{series}\n{text}");
+    }
+    for outcome in ["promote", "abort", "continue"] {
+        let looks = [&early, &late]
+            .iter()
+            .filter(|e| serde_json::to_value(&e.decision).expect("json")["outcome"] == outcome)
+            .count();
+        let series = format!("lazyrec_release_looks_total{{outcome=\"{outcome}\"}}");
+        assert_eq!(sample(&text, &series), Some(looks as f64), "{series}");
+    }
+    assert!(text.contains(&format!(
+        "lazyrec_release_info{{model_version=\"neighbours-v2@0000+abc123\",release_id=\"{r}\",tag=\"release-recommender-nightly-7\",state=\"deployed\"}} 1"
+    )), "{text}");
+}

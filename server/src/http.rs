@@ -77,10 +77,13 @@ async fn recommend(
     response
 }
 
+/// Readiness; the model version rides along so a deployer can check what it deployed.
 async fn ready(State(core): State<Arc<Core>>) -> Response {
+    let mut h = HeaderMap::new();
+    set_header(&mut h, headers::MODEL_VERSION, core.model_version());
     match core.readiness() {
-        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
+        Ok(()) => (StatusCode::OK, h, "ready\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, h, format!("not ready: {why}\n")).into_response(),
     }
 }
 

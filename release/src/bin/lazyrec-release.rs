@@ -1,4 +1,5 @@
-//! `lazyrec-release`: the release controller. This first part evaluates a running experiment.
+//! `lazyrec-release`: the release controller (start, evaluate, promote, abort, rollback, list,
+//! exporter).
 
 use std::time::Duration;
 
@@ -53,16 +54,28 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Put an earlier (promoted) release back on main.
+    /// Put an earlier (promoted) release back on main; its servers are redeployed from its
+    /// record (strategy, parameters, checked by model version) when they are gone.
     Rollback {
         /// The release to go back to.
         #[arg(long)]
         to: i64,
+        /// The deploy step for a release whose servers are gone: run as `COMMAND STRATEGY TAG`
+        /// with LAZYREC_RELEASE_PARAMS and DEPLOY_ROLE=rollback; prints the backend URLs.
+        #[arg(long, env = "DEPLOY_COMMAND")]
+        deploy_command: Option<String>,
         #[command(flatten)]
         admin: AdminArgs,
     },
     /// Releases, newest first, with state and decision.
     List,
+    /// Serve Prometheus metrics of the releases (state, latest look's numbers, decisions), read
+    /// from Postgres at each scrape.
+    Exporter {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:9187")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -224,6 +237,7 @@ async fn evaluate(cli: &Cli, args: &EvaluateArgs) -> anyhow::Result<std::process
         conversion_window: chrono::Duration::seconds(args.window_s as i64),
     };
     let (main, nightly) = online::measure(&pool, &window).await.context("measuring the experiment")?;
+    let switched = online::switched_users(&pool, &window).await.context("checking the assignment")?;
     let criteria = Criteria {
         alpha: args.alpha,
         tau: args.tau,
@@ -236,7 +250,7 @@ async fn evaluate(cli: &Cli, args: &EvaluateArgs) -> anyhow::Result<std::process
         ..Criteria::default()
     };
     let elapsed = (now - started).to_std().unwrap_or_default();
-    let e = decision::decide(main, nightly, share, elapsed, previous_p, &criteria);
+    let e = decision::decide(main, nightly, switched, share, elapsed, previous_p, &criteria);
     if let Some(id) = args.release {
         store::record_online(&pool, id, &serde_json::to_value(&e)?).await?;
         if args.act {
@@ -269,10 +283,11 @@ async fn evaluate(cli: &Cli, args: &EvaluateArgs) -> anyhow::Result<std::process
             );
         }
         println!(
-            "split: {:.2} % of users on nightly (SRM χ² {:.2}, p {:.3})",
+            "split: {:.2} % of users on nightly (SRM χ² {:.2}, p {:.3}); {} users changed variant",
             100.0 * e.srm.observed_share,
             e.srm.chi2,
-            e.srm.p
+            e.srm.p,
+            e.switched_users
         );
         match &e.decision {
             Decision::Promote { reason } => println!("PROMOTE: {reason}"),
@@ -390,14 +405,34 @@ fn main() -> std::process::ExitCode {
                 println!("release {release} aborted");
                 Ok(std::process::ExitCode::SUCCESS)
             }
-            Command::Rollback { to, admin } => {
+            Command::Rollback { to, deploy_command, admin } => {
                 let pool = pool(&cli).await?;
-                controller::rollback(&pool, &admin_client(admin), &notifier(&cli), *to, Duration::from_secs(60))
-                    .await?;
+                let deploy = deploy_command
+                    .clone()
+                    .map(|command| controller::CommandDeploy { command, role: "rollback".into() });
+                let deploy = deploy.as_ref().map(|d| d as &dyn controller::Deploy);
+                controller::rollback(
+                    &pool,
+                    &admin_client(admin),
+                    &notifier(&cli),
+                    *to,
+                    deploy,
+                    Duration::from_secs(120),
+                )
+                .await?;
                 println!("main is release {to} again");
                 Ok(std::process::ExitCode::SUCCESS)
             }
             Command::List => list(&cli).await,
+            Command::Exporter { listen } => {
+                let pool = pool(&cli).await?;
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .map_err(|e| BadInput(format!("cannot listen on {listen}: {e}")))?;
+                tracing::info!(%listen, "serving release metrics");
+                release::metrics::serve(pool, listener, lifecycle::shutdown_signal()).await?;
+                Ok(std::process::ExitCode::SUCCESS)
+            }
         }
     })
 }

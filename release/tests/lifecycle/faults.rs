@@ -104,7 +104,7 @@ async fn bad_nightly_is_aborted(fault: Fault, tag: &str, want: Criterion) {
             conversion_window: chrono::Duration::zero(),
         };
         let (main, nightly) = online::measure(pool, &window).await.expect("measure");
-        let e = decision::decide(main, nightly, 0.3, Duration::from_secs(30), 1.0, &criteria);
+        let e = decision::decide(main, nightly, 0, 0.3, Duration::from_secs(30), 1.0, &criteria);
         if matches!(e.decision, Decision::Abort { .. }) || std::time::Instant::now() > deadline {
             break e;
         }

@@ -1,0 +1,200 @@
+//! Prometheus metrics of releases, read from Postgres at every scrape (`lazyrec-release
+//! exporter`). The controller is a command run by the pipeline, not a daemon, and the release
+//! records are the truth, so the exporter derives every number from them: a restarted exporter
+//! loses nothing and two exporters agree.
+//!
+//! - `lazyrec_release_info{release_id,tag,model_version,state}` 1 — the 50 newest releases
+//! - `lazyrec_releases{state}` — releases per state
+//! - `lazyrec_release_decisions_total{outcome}` — promoted / aborted / rejected / rolled_back moves
+//! - `lazyrec_release_looks_total{outcome}` — evaluations by decision (promote / abort / continue)
+//! - `lazyrec_release_nightly_age_seconds{release_id,tag}` — how long a deployed nightly has run
+//! - from the latest look of each of those releases: `lazyrec_release_conversion{release_id,variant}`,
+//!   `lazyrec_release_responses{release_id,variant}`, `lazyrec_release_p99_ms{release_id,variant}`,
+//!   `lazyrec_release_conversion_difference{release_id,bound="estimate"|"low"|"high"}` (nightly −
+//!   main with its always-valid confidence sequence), `lazyrec_release_p_value{release_id,test}`
+//!   (`always_valid`, `fixed`, `srm`), `lazyrec_release_switched_users{release_id}`.
+
+use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use sqlx::PgPool;
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<GaugeVec, prometheus::Error> {
+    let g = GaugeVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+/// Failures of a scrape.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The database failed.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// A metric could not be registered (a programming error).
+    #[error("metrics: {0}")]
+    Prometheus(#[from] prometheus::Error),
+}
+
+type InfoRow = (i64, Option<String>, String, String, Option<f64>, Option<serde_json::Value>);
+
+/// The exposition text of the release metrics now.
+pub async fn render(pool: &PgPool) -> Result<String, MetricsError> {
+    let registry = Registry::new();
+    let info = IntGaugeVec::new(
+        Opts::new("lazyrec_release_info", "The newest releases (1), with their state."),
+        &["release_id", "tag", "model_version", "state"],
+    )?;
+    registry.register(Box::new(info.clone()))?;
+    let per_state = IntGaugeVec::new(Opts::new("lazyrec_releases", "Releases per state."), &["state"])?;
+    registry.register(Box::new(per_state.clone()))?;
+    let decisions = IntCounterVec::new(
+        Opts::new(
+            "lazyrec_release_decisions_total",
+            "Release state moves that decide: promoted, aborted, rejected, rolled_back.",
+        ),
+        &["outcome"],
+    )?;
+    registry.register(Box::new(decisions.clone()))?;
+    let looks = IntCounterVec::new(
+        Opts::new("lazyrec_release_looks_total", "Online evaluations by their decision."),
+        &["outcome"],
+    )?;
+    registry.register(Box::new(looks.clone()))?;
+    let age = gauge(
+        &registry,
+        "lazyrec_release_nightly_age_seconds",
+        "Seconds since a release still deployed as nightly was deployed.",
+        &["release_id", "tag"],
+    )?;
+    let conversion =
+        gauge(&registry, "lazyrec_release_conversion", "Conversion at the latest look.", &["release_id", "variant"])?;
+    let responses = gauge(
+        &registry,
+        "lazyrec_release_responses",
+        "Responses with a closed conversion window at the latest look.",
+        &["release_id", "variant"],
+    )?;
+    let p99 =
+        gauge(&registry, "lazyrec_release_p99_ms", "p99 latency at the latest look.", &["release_id", "variant"])?;
+    let difference = gauge(
+        &registry,
+        "lazyrec_release_conversion_difference",
+        "Nightly − main conversion at the latest look, with the always-valid confidence sequence.",
+        &["release_id", "bound"],
+    )?;
+    let p_value = gauge(
+        &registry,
+        "lazyrec_release_p_value",
+        "p-values at the latest look: always_valid (mSPRT), fixed (z), srm (split).",
+        &["release_id", "test"],
+    )?;
+    let switched = gauge(
+        &registry,
+        "lazyrec_release_switched_users",
+        "Users whose variant changed during the experiment (must be 0).",
+        &["release_id"],
+    )?;
+
+    let rows: Vec<InfoRow> = sqlx::query_as(
+        "SELECT r.release_id, r.tag, r.model_version, r.state,
+                CASE WHEN r.state = 'deployed' THEN extract(epoch FROM now() - (
+                  SELECT max(at) FROM release_events e WHERE e.release_id = r.release_id AND e.step = 'state.deployed'
+                ))::float8 END,
+                r.online_metrics
+         FROM releases r ORDER BY r.release_id DESC LIMIT 50",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (id, tag, model, state, deployed_for, online) in rows {
+        let (id, tag) = (id.to_string(), tag.unwrap_or_default());
+        info.with_label_values(&[&id, &tag, &model, &state]).set(1);
+        if let Some(seconds) = deployed_for {
+            age.with_label_values(&[&id, &tag]).set(seconds);
+        }
+        let Some(o) = online else { continue };
+        for variant in ["main", "nightly"] {
+            let v = &o[variant];
+            let (hits, n) = (v["conversion"]["hits"].as_f64(), v["conversion"]["n"].as_f64());
+            if let (Some(hits), Some(n)) = (hits, n) {
+                conversion.with_label_values(&[&id, variant]).set(if n > 0.0 { hits / n } else { 0.0 });
+                responses.with_label_values(&[&id, variant]).set(n);
+            }
+            if let Some(ms) = v["p99_ms"].as_f64() {
+                p99.with_label_values(&[&id, variant]).set(ms);
+            }
+        }
+        let c = &o["comparison"];
+        for (bound, key) in [("estimate", "diff"), ("low", "cs_low"), ("high", "cs_high")] {
+            if let Some(x) = c[key].as_f64() {
+                difference.with_label_values(&[&id, bound]).set(x);
+            }
+        }
+        for (test, x) in [
+            ("always_valid", c["p_always_valid"].as_f64()),
+            ("fixed", c["p_fixed"].as_f64()),
+            ("srm", o["srm"]["p"].as_f64()),
+        ] {
+            if let Some(x) = x {
+                p_value.with_label_values(&[&id, test]).set(x);
+            }
+        }
+        if let Some(n) = o["switched_users"].as_f64() {
+            switched.with_label_values(&[&id]).set(n);
+        }
+    }
+    let states: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state, count(*) FROM releases GROUP BY state").fetch_all(pool).await?;
+    for state in ["created", "gated", "rejected", "deployed", "promoted", "aborted", "rolled_back"] {
+        per_state.with_label_values(&[state]).set(states.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n));
+    }
+    let moves: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT substr(step, 7), count(*) FROM release_events
+         WHERE step IN ('state.promoted', 'state.aborted', 'state.rejected', 'state.rolled_back') GROUP BY step",
+    )
+    .fetch_all(pool)
+    .await?;
+    for outcome in ["promoted", "aborted", "rejected", "rolled_back"] {
+        let n = moves.iter().find(|(s, _)| s == outcome).map_or(0, |(_, n)| *n);
+        decisions.with_label_values(&[outcome]).inc_by(n as u64);
+    }
+    let outcomes: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT details->'decision'->>'outcome', count(*) FROM release_events
+         WHERE step = 'evaluate' AND details->'decision'->>'outcome' IS NOT NULL GROUP BY 1",
+    )
+    .fetch_all(pool)
+    .await?;
+    for outcome in ["promote", "abort", "continue"] {
+        let n = outcomes.iter().find(|(s, _)| s == outcome).map_or(0, |(_, n)| *n);
+        looks.with_label_values(&[outcome]).inc_by(n as u64);
+    }
+    let mut buf = Vec::new();
+    TextEncoder::new().encode(&registry.gather(), &mut buf)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves; a failed scrape answers 503
+/// with the reason (Prometheus then records `up` = 0 for it).
+pub async fn serve(
+    pool: PgPool,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::response::IntoResponse;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(|axum::extract::State(pool): axum::extract::State<PgPool>| async move {
+                match render(&pool).await {
+                    Ok(text) => {
+                        ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "scrape failed");
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response()
+                    }
+                }
+            }),
+        )
+        .route("/health", axum::routing::get(|| async { "ok" }))
+        .with_state(pool);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
