@@ -161,6 +161,6 @@ async fn the_exporter_reports_states_the_latest_look_and_decisions_from_the_reco
         assert_eq!(sample(&text, &series), Some(looks as f64), "{series}");
     }
     assert!(text.contains(&format!(
-        "lazyrec_release_info{{model_version=\"neighbours-v2@0000+abc123\",release_id=\"{r}\",tag=\"release-recommender-nightly-7\",state=\"deployed\"}} 1"
+        "lazyrec_release_info{{model_version=\"neighbours-v2@0000+abc123\",release_id=\"{r}\",state=\"deployed\",tag=\"release-recommender-nightly-7\"}} 1"
     )), "{text}");
 }
