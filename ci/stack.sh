@@ -1,6 +1,8 @@
 # The local stack's processes, shared by ci/up.sh and ci/soak.sh (sourced after lib.sh):
 #   main server    HTTP :8080  gRPC :50051   (its own copy of the qdrant-edge store)
 #   nightly server HTTP :8081  gRPC :50052   (its own copy)
+#   release slots  HTTP :8085/:8086 gRPC :50055/:50056 (ci/deploy.sh: nightlies and rollbacks)
+#   release metrics :9187 (lazyrec-release exporter, when a release script runs it)
 #   load balancer  HTTP :8082  gRPC :8083  admin :8084 (token in $RUN/admin-token)
 # shellcheck shell=bash
 RUN="$LAZYREC_STATE_DIR/run"
@@ -15,7 +17,7 @@ alive() {
 # Stops the named processes (default: all, the simulator first) gracefully, waiting up to 30 s
 # each.
 stop_stack() {
-  [ $# -gt 0 ] || set -- simulator ingester loadbalancer nightly main kafka
+  [ $# -gt 0 ] || set -- simulator exporter ingester loadbalancer nightly slot-8085 slot-8086 main kafka
   local stopped=0 name pid
   for name in "$@"; do
     if [ -f "$RUN/$name.pid" ] && alive "$(cat "$RUN/$name.pid")"; then

@@ -200,48 +200,54 @@ pub async fn offline_gate(
     .map_err(|e| ControlError::Gate(format!("the evaluation task failed: {e}")))?
 }
 
-/// What `start` needs.
+/// What the gate step needs: the release and the reference to beat.
 #[derive(Clone)]
-pub struct Start {
+pub struct GateStep {
     /// The release.
     pub release: NewRelease,
     /// The model currently on main (the gate's reference).
     pub reference: eval::models::ModelSpec,
-    /// The gate metric and tolerance.
+    /// The gate metric.
     pub metric: eval::GateMetric,
     /// Relative tolerance of the gate.
     pub tolerance: f64,
-    /// The nightly's backends (deployed by the pipeline's deploy step).
-    pub backends: Vec<String>,
-    /// How long to wait for them.
-    pub ready_within: Duration,
     /// Where the gate reads content vectors (strategies that need them cannot be gated without).
     pub store: Option<std::sync::Arc<dyn vectorstore::VectorStore>>,
 }
 
-/// Records the release, runs the gate (a failure ends it as `rejected`), waits for the nightly's
-/// backends and routes the configured share to them under a new experiment named after the
-/// release's salt. Returns the release id and its state.
-pub async fn start(pool: &PgPool, admin: &Admin, notify: &Notifier, s: &Start) -> Result<(i64, State), ControlError> {
-    if s.backends.is_empty() {
-        return Err(ControlError::Input("a nightly needs at least one backend URL".into()));
-    }
-    let written = match s.release.params.as_object() {
-        Some(p) if !p.is_empty() => format!("{}:{}", s.release.strategy, s.release.params),
-        _ => s.release.strategy.clone(),
+/// What `start` needs: the gate step, then the nightly's backends (deployed by the pipeline's
+/// deploy step).
+#[derive(Clone)]
+pub struct Start {
+    /// The release and its gate.
+    pub gate: GateStep,
+    /// The nightly's backends.
+    pub backends: Vec<String>,
+    /// How long to wait for them.
+    pub ready_within: Duration,
+}
+
+/// Records the release and runs the offline gate: `gated`, or `rejected` (also when the gate
+/// cannot run: the error is returned after the release is recorded as rejected). Nothing is
+/// deployed or routed. Returns the release id and its state.
+pub async fn gate(pool: &PgPool, notify: &Notifier, g: &GateStep) -> Result<(i64, State), ControlError> {
+    let written = match g.release.params.as_object() {
+        Some(p) if !p.is_empty() => format!("{}:{}", g.release.strategy, g.release.params),
+        _ => g.release.strategy.clone(),
     };
     let candidate: eval::models::ModelSpec = written.parse().map_err(|e: String| ControlError::Input(e))?;
-    let id = store::create(pool, &s.release).await?;
-    let gate = match offline_gate(pool, s.store.as_deref(), &candidate, &s.reference, &s.metric, s.tolerance).await {
-        Ok(gate) => gate,
+    let id = store::create(pool, &g.release).await?;
+    let tag = &g.release.tag;
+    let verdict = match offline_gate(pool, g.store.as_deref(), &candidate, &g.reference, &g.metric, g.tolerance).await {
+        Ok(verdict) => verdict,
         Err(e) => {
             // A gate that cannot run is a gate that did not pass: the release ends, recorded.
             let reason = format!("the offline gate could not run: {e}");
             store::transition(pool, id, State::Rejected, &reason, serde_json::json!({"error": e.to_string()})).await?;
             notify
                 .send(
-                    &format!("release {} ({id}) rejected: {reason}", s.release.tag),
-                    serde_json::json!({"id": id, "tag": s.release.tag, "state": "rejected"}),
+                    &format!("release {tag} ({id}) rejected: {reason}"),
+                    serde_json::json!({"id": id, "tag": tag, "state": "rejected"}),
                 )
                 .await;
             return Err(e);
@@ -249,65 +255,92 @@ pub async fn start(pool: &PgPool, admin: &Admin, notify: &Notifier, s: &Start) -
     };
     sqlx::query("UPDATE releases SET offline_metrics = $2 WHERE release_id = $1")
         .bind(id)
-        .bind(&gate.report)
+        .bind(&verdict.report)
         .execute(pool)
         .await?;
-    let details = serde_json::json!({"gate": gate.reason, "reference": s.reference.label});
-    if !gate.pass {
-        store::transition(pool, id, State::Rejected, &gate.reason, details).await?;
+    let details = serde_json::json!({"gate": verdict.reason, "reference": g.reference.label});
+    if !verdict.pass {
+        store::transition(pool, id, State::Rejected, &verdict.reason, details).await?;
         notify
             .send(
-                &format!("release {} ({id}) rejected by the offline gate: {}", s.release.tag, gate.reason),
-                serde_json::json!({"id": id, "tag": s.release.tag, "state": "rejected"}),
+                &format!("release {tag} ({id}) rejected by the offline gate: {}", verdict.reason),
+                serde_json::json!({"id": id, "tag": tag, "state": "rejected"}),
             )
             .await;
         return Ok((id, State::Rejected));
     }
-    store::transition(pool, id, State::Gated, &gate.reason, details).await?;
-    if let Err(e) = wait_ready(&s.backends, s.ready_within, Some(&s.release.model_version)).await {
-        store::transition(pool, id, State::Aborted, &e.to_string(), serde_json::json!({"backends": s.backends}))
+    store::transition(pool, id, State::Gated, &verdict.reason, details).await?;
+    Ok((id, State::Gated))
+}
+
+/// Routes a gated release's experiment to its deployed backends: waits until they are ready and
+/// serve the release's model version (else the release is aborted before any user sees it),
+/// points the load balancer's nightly at them and starts the experiment (salt and share from
+/// the release record).
+pub async fn route(
+    pool: &PgPool,
+    admin: &Admin,
+    notify: &Notifier,
+    id: i64,
+    backends: &[String],
+    ready_within: Duration,
+) -> Result<(), ControlError> {
+    if backends.is_empty() {
+        return Err(ControlError::Input("a nightly needs at least one backend URL".into()));
+    }
+    let state = store::state(pool, id).await?;
+    if state != State::Gated {
+        return Err(StoreError::Transition { id, from: state.as_str().into(), to: "deployed" }.into());
+    }
+    let (tag, model_version, salt, share): (Option<String>, String, Option<String>, Option<f64>) =
+        sqlx::query_as("SELECT tag, model_version, experiment_salt, share FROM releases WHERE release_id = $1")
+            .bind(id)
+            .fetch_one(pool)
             .await?;
+    let tag = tag.unwrap_or_default();
+    let (salt, share) = (salt.unwrap_or_else(|| tag.clone()), share.unwrap_or(0.2));
+    if let Err(e) = wait_ready(backends, ready_within, Some(&model_version)).await {
+        store::transition(pool, id, State::Aborted, &e.to_string(), serde_json::json!({"backends": backends})).await?;
         notify
             .send(
-                &format!("release {} ({id}) aborted before any traffic: {e}", s.release.tag),
-                serde_json::json!({"id": id, "tag": s.release.tag, "state": "aborted"}),
+                &format!("release {tag} ({id}) aborted before any traffic: {e}"),
+                serde_json::json!({"id": id, "tag": tag, "state": "aborted"}),
             )
             .await;
         return Err(e);
     }
     admin
-        .call(
-            "PUT",
-            "/admin/nightly",
-            Some(serde_json::json!({"backends": s.backends, "share": 0.0, "release_id": id})),
-        )
+        .call("PUT", "/admin/nightly", Some(serde_json::json!({"backends": backends, "share": 0.0, "release_id": id})))
         .await?;
-    let state = admin
-        .call(
-            "POST",
-            "/admin/experiment",
-            Some(serde_json::json!({"experiment": s.release.experiment_salt, "share": s.release.share})),
-        )
-        .await?;
+    let lb =
+        admin.call("POST", "/admin/experiment", Some(serde_json::json!({"experiment": salt, "share": share}))).await?;
     store::transition(
         pool,
         id,
         State::Deployed,
         "nightly ready; experiment started",
-        serde_json::json!({"backends": s.backends, "experiment": s.release.experiment_salt, "share": s.release.share, "lb": state}),
+        serde_json::json!({"backends": backends, "experiment": salt, "share": share, "lb": lb}),
     )
     .await?;
     notify
         .send(
-            &format!(
-                "release {} ({id}) deployed as nightly for {:.0} % of users: {}",
-                s.release.tag,
-                100.0 * s.release.share,
-                gate.reason
-            ),
-            serde_json::json!({"id": id, "tag": s.release.tag, "state": "deployed"}),
+            &format!("release {tag} ({id}) deployed as nightly for {:.0} % of users", 100.0 * share),
+            serde_json::json!({"id": id, "tag": tag, "state": "deployed"}),
         )
         .await;
+    Ok(())
+}
+
+/// [`gate`], then (when it passed) [`route`]. Returns the release id and its state.
+pub async fn start(pool: &PgPool, admin: &Admin, notify: &Notifier, s: &Start) -> Result<(i64, State), ControlError> {
+    if s.backends.is_empty() {
+        return Err(ControlError::Input("a nightly needs at least one backend URL".into()));
+    }
+    let (id, state) = gate(pool, notify, &s.gate).await?;
+    if state != State::Gated {
+        return Ok((id, state));
+    }
+    route(pool, admin, notify, id, &s.backends, s.ready_within).await?;
     Ok((id, State::Deployed))
 }
 
@@ -382,7 +415,7 @@ pub struct Deployment {
 
 /// Starts servers for a release and returns their base URLs once started (the controller waits
 /// for `/ready` and checks the model version). The command-line controller runs a command
-/// (`--deploy-command`, e.g. `ci/deploy-nightly.sh` or a systemd/Kubernetes script).
+/// (`--deploy-command`, e.g. `ci/deploy.sh` or a systemd/Kubernetes script).
 #[async_trait::async_trait]
 pub trait Deploy: Send + Sync {
     /// Deploys `d`; the URLs of its backends.

@@ -33,8 +33,29 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Record a release, run the offline gate, route the nightly share to its deployed backends.
+    /// Record a release, run the offline gate, route the nightly share to its deployed backends
+    /// (`gate` then `route`). Exit 4 when the gate rejects it.
     Start(StartArgs),
+    /// Record a release and run the offline gate only (the pipeline's first step): prints
+    /// `release ID: gated` or `release ID: rejected` (exit 4).
+    Gate(GateArgs),
+    /// Route a gated release's experiment to its deployed nightly backends (after checking they
+    /// are ready and serve its model version).
+    Route {
+        /// The release id (from `gate`).
+        #[arg(long)]
+        release: i64,
+        /// The nightly's backend URLs (repeatable).
+        #[arg(long = "nightly", required = true)]
+        nightly: Vec<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Post a message to the webhook (e.g. a pipeline that failed outside the controller).
+    Notify {
+        /// The text.
+        text: String,
+    },
     /// Judge a running experiment.
     Evaluate(EvaluateArgs),
     /// Make a deployed release's nightly main.
@@ -99,7 +120,7 @@ struct OptionalAdmin {
 }
 
 #[derive(Args, Debug)]
-struct StartArgs {
+struct GateArgs {
     /// `release-recommender-nightly-<version>`.
     #[arg(long)]
     tag: String,
@@ -112,16 +133,13 @@ struct StartArgs {
     /// The model on main, the gate's reference (`name[:json]`).
     #[arg(long)]
     reference: String,
-    /// The nightly's backend URLs (repeatable), deployed by the pipeline's deploy step.
-    #[arg(long = "nightly", required = true)]
-    nightly: Vec<String>,
     /// The nightly share.
     #[arg(long, default_value_t = 0.2)]
     share: f64,
     /// Gate metric.
     #[arg(long, default_value = "ndcg@20")]
     gate_metric: String,
-    /// Gate tolerance (relative).
+    /// Gate tolerance (relative: the candidate passes at ≥ (1 − tolerance) × the reference).
     #[arg(long, default_value_t = 0.02)]
     tolerance: f64,
     /// The commit.
@@ -137,6 +155,15 @@ struct StartArgs {
     /// Content vectors for the gate from a Qdrant server.
     #[arg(long, env = "QDRANT_URL")]
     qdrant_url: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct StartArgs {
+    #[command(flatten)]
+    gate: GateArgs,
+    /// The nightly's backend URLs (repeatable), deployed by the pipeline's deploy step.
+    #[arg(long = "nightly", required = true)]
+    nightly: Vec<String>,
     #[command(flatten)]
     admin: AdminArgs,
 }
@@ -315,17 +342,19 @@ fn admin_client(a: &AdminArgs) -> controller::Admin {
     controller::Admin::new(&a.admin_url, &a.admin_token)
 }
 
-async fn start(cli: &Cli, args: &StartArgs) -> anyhow::Result<std::process::ExitCode> {
+async fn gate_step(cli: &Cli, pool: &sqlx::PgPool, args: &GateArgs) -> anyhow::Result<controller::GateStep> {
     let params: serde_json::Value =
         serde_json::from_str(&args.params).map_err(|e| BadInput(format!("--params is not JSON: {e}")))?;
     let reference: eval::models::ModelSpec = args.reference.parse().map_err(BadInput)?;
     let metric: eval::GateMetric = args.gate_metric.parse().map_err(|e: String| BadInput(e))?;
+    if !(args.share > 0.0 && args.share < 1.0) {
+        return Err(BadInput(format!("--share must be in (0, 1), got {}", args.share)).into());
+    }
     let version = args
         .tag
         .strip_prefix("release-recommender-nightly-")
         .filter(|v| !v.is_empty())
         .ok_or_else(|| BadInput(format!("tag {:?} is not release-recommender-nightly-<version>", args.tag)))?;
-    let pool = pool(cli).await?;
     // The version a server of this build reports for the model (X-Model-Version).
     let spec = server::strategy::ModelSpec { strategy: args.strategy.clone(), params: params.clone() };
     let strategy = server::strategy::build(&spec).map_err(|e| BadInput(e.to_string()))?;
@@ -339,38 +368,49 @@ async fn start(cli: &Cli, args: &StartArgs) -> anyhow::Result<std::process::Exit
         params,
         model_version,
         embedding_version: None,
-        data_watermark: sqlx::query_scalar("SELECT last_event_id FROM ingest_watermark").fetch_one(&pool).await.ok(),
+        data_watermark: sqlx::query_scalar("SELECT last_event_id FROM ingest_watermark").fetch_one(pool).await.ok(),
         experiment_salt: args.tag.clone(),
         share: args.share,
     };
+    let dir = args.edge_dir.clone().or_else(|| Some(cli.state_dir.join("qdrant-edge")).filter(|d| d.exists()));
+    let store = if args.qdrant_url.is_some() || dir.is_some() {
+        Some(
+            vectorstore::open(
+                args.qdrant_url.as_deref(),
+                None,
+                Duration::from_secs(30),
+                dir.as_deref(),
+                std::path::Path::new("."),
+            )
+            .context("opening the vector store for the gate")?,
+        )
+    } else {
+        None
+    };
+    Ok(controller::GateStep { release, reference, metric, tolerance: args.tolerance, store })
+}
+
+fn state_code(id: i64, state: store::State) -> std::process::ExitCode {
+    println!("release {id}: {}", state.as_str());
+    if state == store::State::Rejected { std::process::ExitCode::from(4) } else { std::process::ExitCode::SUCCESS }
+}
+
+async fn start(cli: &Cli, args: &StartArgs) -> anyhow::Result<std::process::ExitCode> {
+    let pool = pool(cli).await?;
     let s = controller::Start {
-        release,
-        reference,
-        metric,
-        tolerance: args.tolerance,
+        gate: gate_step(cli, &pool, &args.gate).await?,
         backends: args.nightly.clone(),
         ready_within: Duration::from_secs(120),
-        store: {
-            let dir = args.edge_dir.clone().or_else(|| Some(cli.state_dir.join("qdrant-edge")).filter(|d| d.exists()));
-            if args.qdrant_url.is_some() || dir.is_some() {
-                Some(
-                    vectorstore::open(
-                        args.qdrant_url.as_deref(),
-                        None,
-                        Duration::from_secs(30),
-                        dir.as_deref(),
-                        std::path::Path::new("."),
-                    )
-                    .context("opening the vector store for the gate")?,
-                )
-            } else {
-                None
-            }
-        },
     };
     let (id, state) = controller::start(&pool, &admin_client(&args.admin), &notifier(cli), &s).await?;
-    println!("release {id}: {}", state.as_str());
-    Ok(if state == store::State::Rejected { std::process::ExitCode::from(4) } else { std::process::ExitCode::SUCCESS })
+    Ok(state_code(id, state))
+}
+
+async fn gate(cli: &Cli, args: &GateArgs) -> anyhow::Result<std::process::ExitCode> {
+    let pool = pool(cli).await?;
+    let g = gate_step(cli, &pool, args).await?;
+    let (id, state) = controller::gate(&pool, &notifier(cli), &g).await?;
+    Ok(state_code(id, state))
 }
 
 async fn list(cli: &Cli) -> anyhow::Result<std::process::ExitCode> {
@@ -393,6 +433,27 @@ fn main() -> std::process::ExitCode {
         match &cli.command {
             Command::Evaluate(args) => evaluate(&cli, args).await,
             Command::Start(args) => start(&cli, args).await,
+            Command::Gate(args) => gate(&cli, args).await,
+            Command::Route { release, nightly, admin } => {
+                let pool = pool(&cli).await?;
+                controller::route(
+                    &pool,
+                    &admin_client(admin),
+                    &notifier(&cli),
+                    *release,
+                    nightly,
+                    Duration::from_secs(120),
+                )
+                .await?;
+                println!("release {release}: deployed");
+                Ok(std::process::ExitCode::SUCCESS)
+            }
+            Command::Notify { text } => {
+                if !notifier(&cli).send(text, serde_json::json!({})).await {
+                    eprintln!("not sent (no webhook, or it failed: see the log)");
+                }
+                Ok(std::process::ExitCode::SUCCESS)
+            }
             Command::Promote { release, admin } => {
                 let pool = pool(&cli).await?;
                 controller::promote(&pool, &admin_client(admin), &notifier(&cli), *release, "promoted by hand").await?;

@@ -67,7 +67,7 @@ async fn bad_nightly_is_aborted(fault: Fault, tag: &str, want: Criterion) {
     let proxy = fault_proxy(fleet.nightly_url(), fault).await;
     let notify = Notifier::new(None);
     let mut start = crate::start_args(tag, "neighbours-v2", "popularity-v1", &proxy);
-    start.release.share = 0.3;
+    start.gate.release.share = 0.3;
     let (id, _) = controller::start(pool, &admin, &notify, &start).await.expect("start");
     let started = chrono::Utc::now() - chrono::Duration::seconds(1);
 

@@ -42,13 +42,15 @@ fn model_version(strategy: &str) -> String {
 
 fn start_args(tag: &str, strategy: &str, reference: &str, backend: &str) -> Start {
     Start {
-        release: new_release(tag, strategy),
-        reference: reference.parse().expect("reference"),
-        metric: "ndcg@20".parse().expect("metric"),
-        tolerance: 0.02,
+        gate: controller::GateStep {
+            release: new_release(tag, strategy),
+            reference: reference.parse().expect("reference"),
+            metric: "ndcg@20".parse().expect("metric"),
+            tolerance: 0.02,
+            store: None,
+        },
         backends: vec![backend.to_string()],
         ready_within: Duration::from_secs(30),
-        store: None,
     }
 }
 
