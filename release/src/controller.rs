@@ -225,6 +225,8 @@ pub struct Start {
     pub backends: Vec<String>,
     /// How long to wait for them.
     pub ready_within: Duration,
+    /// The warm-up before routing.
+    pub warmup: Warmup,
 }
 
 /// Records the release and runs the offline gate: `gated`, or `rejected` (also when the gate
@@ -273,10 +275,72 @@ pub async fn gate(pool: &PgPool, notify: &Notifier, g: &GateStep) -> Result<(i64
     Ok((id, State::Gated))
 }
 
+/// How many recent users' requests warm a nightly before it is routed, and how many at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Warmup {
+    /// Distinct users, most recently served first (0: no warm-up).
+    pub users: i64,
+    /// Requests in flight per backend.
+    pub concurrency: usize,
+}
+
+impl Default for Warmup {
+    fn default() -> Self {
+        Self { users: 1_000, concurrency: 8 }
+    }
+}
+
+/// Replays the most recently served users' requests on each backend directly (not through the
+/// load balancer: nothing is logged as history) so the nightly's caches hold what main's hold
+/// and the latency guardrail compares models, not a cold cache with a warm one. Returns the
+/// requests sent, those that failed, and the seconds it took.
+pub async fn warm(pool: &PgPool, backends: &[String], w: Warmup) -> Result<(u64, u64, f64), ControlError> {
+    use futures_util::StreamExt as _;
+    if w.users <= 0 {
+        return Ok((0, 0, 0.0));
+    }
+    let users: Vec<i64> = sqlx::query_scalar(
+        "SELECT user_id FROM recommendations_history WHERE user_id IS NOT NULL AND ts > now() - interval '1 day'
+         GROUP BY user_id ORDER BY max(ts) DESC LIMIT $1",
+    )
+    .bind(w.users)
+    .fetch_all(pool)
+    .await?;
+    let http: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut failed = 0u64;
+    for base in backends {
+        let base = base.trim_end_matches('/');
+        let outcomes: Vec<bool> = futures_util::stream::iter(users.iter().copied())
+            .map(|user| {
+                let http = http.clone();
+                let uri = format!("{base}/recommend/{user}");
+                async move {
+                    let Ok(uri) = uri.parse::<hyper::Uri>() else { return false };
+                    let request = hyper::Request::get(uri)
+                        .header(proto::contract::headers::REQUEST_ID, format!("warmup-{user}"))
+                        .body(Full::new(Bytes::new()));
+                    let Ok(request) = request else { return false };
+                    matches!(
+                        tokio::time::timeout(Duration::from_secs(5), http.request(request)).await,
+                        Ok(Ok(r)) if r.status() == 200
+                    )
+                }
+            })
+            .buffer_unordered(w.concurrency.max(1))
+            .collect()
+            .await;
+        sent += outcomes.len() as u64;
+        failed += outcomes.iter().filter(|ok| !**ok).count() as u64;
+    }
+    Ok((sent, failed, started.elapsed().as_secs_f64()))
+}
+
 /// Routes a gated release's experiment to its deployed backends: waits until they are ready and
 /// serve the release's model version (else the release is aborted before any user sees it),
-/// points the load balancer's nightly at them and starts the experiment (salt and share from
-/// the release record).
+/// warms them ([`warm`]), points the load balancer's nightly at them and starts the experiment
+/// (salt and share from the release record).
 pub async fn route(
     pool: &PgPool,
     admin: &Admin,
@@ -284,6 +348,7 @@ pub async fn route(
     id: i64,
     backends: &[String],
     ready_within: Duration,
+    warmup: Warmup,
 ) -> Result<(), ControlError> {
     if backends.is_empty() {
         return Err(ControlError::Input("a nightly needs at least one backend URL".into()));
@@ -309,6 +374,8 @@ pub async fn route(
             .await;
         return Err(e);
     }
+    let (warmed, warm_failed, warm_s) = warm(pool, backends, warmup).await?;
+    tracing::info!(release = id, warmed, warm_failed, warm_s, "nightly warmed with recent users' requests");
     admin
         .call("PUT", "/admin/nightly", Some(serde_json::json!({"backends": backends, "share": 0.0, "release_id": id})))
         .await?;
@@ -319,7 +386,10 @@ pub async fn route(
         id,
         State::Deployed,
         "nightly ready; experiment started",
-        serde_json::json!({"backends": backends, "experiment": salt, "share": share, "lb": lb}),
+        serde_json::json!({
+            "backends": backends, "experiment": salt, "share": share, "lb": lb,
+            "warmup": {"requests": warmed, "failed": warm_failed, "seconds": warm_s},
+        }),
     )
     .await?;
     notify
@@ -340,7 +410,7 @@ pub async fn start(pool: &PgPool, admin: &Admin, notify: &Notifier, s: &Start) -
     if state != State::Gated {
         return Ok((id, state));
     }
-    route(pool, admin, notify, id, &s.backends, s.ready_within).await?;
+    route(pool, admin, notify, id, &s.backends, s.ready_within, s.warmup).await?;
     Ok((id, State::Deployed))
 }
 

@@ -49,6 +49,8 @@ enum Command {
         #[arg(long = "nightly", required = true)]
         nightly: Vec<String>,
         #[command(flatten)]
+        warmup: WarmupArgs,
+        #[command(flatten)]
         admin: AdminArgs,
     },
     /// Post a message to the webhook (e.g. a pipeline that failed outside the controller).
@@ -165,7 +167,26 @@ struct StartArgs {
     #[arg(long = "nightly", required = true)]
     nightly: Vec<String>,
     #[command(flatten)]
+    warmup: WarmupArgs,
+    #[command(flatten)]
     admin: AdminArgs,
+}
+
+#[derive(Args, Debug, Clone, Copy)]
+struct WarmupArgs {
+    /// Before routing, replay this many recently served users' requests on each nightly backend
+    /// (directly, not logged) so its caches are as warm as main's; 0 skips it.
+    #[arg(long, default_value_t = controller::Warmup::default().users)]
+    warm_users: i64,
+    /// Warm-up requests in flight per backend.
+    #[arg(long, default_value_t = controller::Warmup::default().concurrency)]
+    warm_concurrency: usize,
+}
+
+impl From<WarmupArgs> for controller::Warmup {
+    fn from(a: WarmupArgs) -> Self {
+        Self { users: a.warm_users, concurrency: a.warm_concurrency }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -401,6 +422,7 @@ async fn start(cli: &Cli, args: &StartArgs) -> anyhow::Result<std::process::Exit
         gate: gate_step(cli, &pool, &args.gate).await?,
         backends: args.nightly.clone(),
         ready_within: Duration::from_secs(120),
+        warmup: args.warmup.into(),
     };
     let (id, state) = controller::start(&pool, &admin_client(&args.admin), &notifier(cli), &s).await?;
     Ok(state_code(id, state))
@@ -434,17 +456,11 @@ fn main() -> std::process::ExitCode {
             Command::Evaluate(args) => evaluate(&cli, args).await,
             Command::Start(args) => start(&cli, args).await,
             Command::Gate(args) => gate(&cli, args).await,
-            Command::Route { release, nightly, admin } => {
+            Command::Route { release, nightly, warmup, admin } => {
                 let pool = pool(&cli).await?;
-                controller::route(
-                    &pool,
-                    &admin_client(admin),
-                    &notifier(&cli),
-                    *release,
-                    nightly,
-                    Duration::from_secs(120),
-                )
-                .await?;
+                let a = admin_client(admin);
+                let timeout = Duration::from_secs(120);
+                controller::route(&pool, &a, &notifier(&cli), *release, nightly, timeout, (*warmup).into()).await?;
                 println!("release {release}: deployed");
                 Ok(std::process::ExitCode::SUCCESS)
             }

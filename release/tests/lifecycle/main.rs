@@ -51,6 +51,7 @@ fn start_args(tag: &str, strategy: &str, reference: &str, backend: &str) -> Star
         },
         backends: vec![backend.to_string()],
         ready_within: Duration::from_secs(30),
+        warmup: controller::Warmup::default(),
     }
 }
 
