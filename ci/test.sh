@@ -34,6 +34,8 @@ forbid simulator db sqlx server loadbalancer vectorstore
 # The release controller drives the stack through Postgres and the admin API (the gate scores
 # the registry's strategies with the evaluator, never with the embedding model).
 forbid release embedder fastembed ort
+# Provenance replays with the server's strategies and the vector store, never the embedding model.
+forbid provenance embedder fastembed ort
 # The rule itself must be able to fail: embedder does depend on ort.
 [ -n "$(cargo tree -p embedder -e normal -i ort 2>/dev/null)" ] || { echo "error: the crate-graph check is broken" >&2; exit 1; }
 say "cargo test"

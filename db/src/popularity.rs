@@ -87,6 +87,14 @@ pub async fn refresh(pool: &PgPool, params: PopularityParams) -> Result<Populari
     .execute(&mut *tx)
     .await?
     .rows_affected() as i64;
+    // Kept per run: answers record the run they used, and a replay reads its list.
+    sqlx::query(
+        "INSERT INTO popularity_run_movies (run_id, rank, movie_id, watch_users)
+         SELECT run_id, rank, movie_id, watch_users FROM popularity WHERE run_id = $1",
+    )
+    .bind(run_id)
+    .execute(&mut *tx)
+    .await?;
     sqlx::query("UPDATE popularity_runs SET movies = $2 WHERE run_id = $1")
         .bind(run_id)
         .bind(movies as i32)
@@ -105,22 +113,37 @@ pub async fn top(pool: &PgPool, limit: i64) -> Result<Vec<String>, sqlx::Error> 
 /// the first popularity run the table is empty; TMDB popularity from the catalog stands in (with
 /// the current watermark).
 pub async fn current(pool: &PgPool, limit: i64) -> Result<(Vec<String>, i64), sqlx::Error> {
-    let (movies, _, watermark) = current_with_users(pool, limit).await?;
-    Ok((movies, watermark))
+    let list = current_with_users(pool, limit).await?;
+    Ok((list.movies, list.watermark))
 }
 
-/// [`current`] with each movie's distinct users in the window (`watch_users`), aligned with the
-/// movies; empty when there is no popularity run yet (the catalog fallback has no counts).
-pub async fn current_with_users(pool: &PgPool, limit: i64) -> Result<(Vec<String>, Vec<u64>, i64), sqlx::Error> {
-    let rows: Vec<(String, i64, i64)> =
-        sqlx::query_as("SELECT movie_id, watch_users, watermark FROM popularity ORDER BY rank, movie_id LIMIT $1")
-            .bind(limit)
-            .fetch_all(pool)
-            .await?;
-    if let Some((_, _, watermark)) = rows.first() {
-        let watermark = *watermark;
+/// The popularity list a server serves, with where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CurrentList {
+    /// Movie ids, best first.
+    pub movies: Vec<String>,
+    /// Distinct users per movie in the run's window, aligned with `movies`; empty for the
+    /// catalog fallback.
+    pub users: Vec<u64>,
+    /// The ingest watermark the run saw (the current one for the catalog fallback).
+    pub watermark: i64,
+    /// The run (`popularity_runs.run_id`); 0 for the catalog fallback before any run.
+    pub run_id: i64,
+}
+
+/// [`current`] with each movie's distinct users in the window (`watch_users`) and the run id, read
+/// in one statement (so the list and its run id agree).
+pub async fn current_with_users(pool: &PgPool, limit: i64) -> Result<CurrentList, sqlx::Error> {
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT movie_id, watch_users, watermark, run_id FROM popularity ORDER BY rank, movie_id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    if let Some((_, _, watermark, run_id)) = rows.first() {
+        let (watermark, run_id) = (*watermark, *run_id);
         let users = rows.iter().map(|r| r.1.max(0) as u64).collect();
-        return Ok((rows.into_iter().map(|r| r.0).collect(), users, watermark));
+        return Ok(CurrentList { movies: rows.into_iter().map(|r| r.0).collect(), users, watermark, run_id });
     }
     let movies: Vec<String> = sqlx::query_scalar(
         "SELECT movie_id FROM movies ORDER BY popularity DESC NULLS LAST, vote_count DESC NULLS LAST, movie_id LIMIT $1",
@@ -130,5 +153,5 @@ pub async fn current_with_users(pool: &PgPool, limit: i64) -> Result<(Vec<String
     .await?;
     let watermark: i64 =
         sqlx::query_scalar("SELECT last_event_id FROM ingest_watermark").fetch_optional(pool).await?.unwrap_or(0);
-    Ok((movies, Vec::new(), watermark))
+    Ok(CurrentList { movies, users: Vec::new(), watermark, run_id: 0 })
 }

@@ -433,6 +433,10 @@ impl Lb {
                 Outcome::Unavailable => "unavailable",
             })),
             client_request_id: client_id.map(Cow::Owned),
+            data_versions: match &handled.outcome {
+                Outcome::Answered { answer, .. } => answer.data_versions.as_deref().map(Cow::Borrowed),
+                _ => None,
+            },
         };
         let row =
             self.row(&handled, ts, started, Some(user_id), Some(&routing.experiment), release_id, Some(bucket), inputs);
@@ -463,6 +467,7 @@ impl Lb {
             data_watermark: fallback.watermark,
             kind: Kind::Fallback,
             degraded: Some(reason.into()),
+            data_versions: None,
         })
     }
 
@@ -478,6 +483,7 @@ impl Lb {
             limit: None,
             kind: None,
             client_request_id: client_id.map(Cow::Owned),
+            data_versions: None,
         };
         let row = self.row(&handled, Utc::now(), started, None, None, None, None, inputs);
         self.history.record(&row).await;

@@ -91,6 +91,10 @@ pub struct Inputs<'a> {
     /// The client's own request id, when it sent one.
     #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
     pub client_request_id: Option<Cow<'a, str>>,
+    /// What the backend's answer was computed from beyond the watermark (its
+    /// `x-data-versions`: `popularity=<run>[;collection=<name>]`).
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    pub data_versions: Option<Cow<'a, str>>,
 }
 
 /// The request path's side of the log.

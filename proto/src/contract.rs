@@ -32,6 +32,8 @@ pub mod headers {
     pub const DEGRADED: &str = "x-degraded";
     /// personal, cold_start, degraded, fallback.
     pub const KIND: &str = "x-recommendation-kind";
+    /// What the answer was computed from beyond the watermark: `popularity=<run>[;collection=<name>]`.
+    pub const DATA_VERSIONS: &str = "x-data-versions";
 }
 
 /// The longest request id kept, in bytes.
@@ -204,6 +206,9 @@ pub struct Answer {
     pub kind: Kind,
     /// Why the answer is degraded (None otherwise).
     pub degraded: Option<String>,
+    /// The popularity run and vector collection the answer read (`popularity=<run>[;collection=<name>]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_versions: Option<String>,
 }
 
 /// An answer (or its headers) that does not follow the contract.
@@ -263,6 +268,9 @@ impl Answer {
         if let Some(reason) = &self.degraded {
             set_header(h, headers::DEGRADED, reason);
         }
+        if let Some(versions) = &self.data_versions {
+            set_header(h, headers::DATA_VERSIONS, versions);
+        }
     }
 
     /// Decodes a text answer (the ids line) and its headers, as [`Answer::write_headers`] wrote
@@ -291,6 +299,10 @@ impl Answer {
             kind: header(h, headers::KIND)?.parse()?,
             degraded: match h.get(headers::DEGRADED) {
                 Some(_) => Some(header(h, headers::DEGRADED)?.to_string()),
+                None => None,
+            },
+            data_versions: match h.get(headers::DATA_VERSIONS) {
+                Some(_) => Some(header(h, headers::DATA_VERSIONS)?.to_string()),
                 None => None,
             },
         })
@@ -470,6 +482,7 @@ mod tests {
             data_watermark: 42,
             kind: Kind::Degraded,
             degraded: Some("vector store deadline".into()),
+            data_versions: Some("popularity=3;collection=movies_x".into()),
         };
         let mut h = HeaderMap::new();
         answer.write_headers(&mut h);

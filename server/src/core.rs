@@ -42,6 +42,10 @@ pub struct Answer {
     pub kind: Kind,
     /// Why it degraded.
     pub degraded: Option<String>,
+    /// What it was computed from beyond the watermark: `popularity=<run>` and, when neighbour
+    /// lists were read, `;collection=<name>` (recorded in the history row's inputs; replay
+    /// reads the same).
+    pub data_versions: String,
 }
 
 /// Why a stage failed (and so why the answer degraded): the metric label and the reason sent
@@ -101,7 +105,8 @@ pub struct Core {
     strategy: Arc<dyn Strategy>,
     model_version: String,
     collection: RwLock<Option<Arc<str>>>,
-    popularity: RwLock<Arc<Popularity>>,
+    /// The popularity list served and its run id (0: the catalog fallback).
+    popularity: RwLock<(Arc<Popularity>, i64)>,
     /// The popularity run the loaded list came from (-1: none yet / TMDB stand-in).
     popularity_run: AtomicI64,
     watermark: AtomicI64,
@@ -186,7 +191,7 @@ impl Core {
             strategy,
             model_version,
             collection: RwLock::new(pinned),
-            popularity: RwLock::new(Arc::new(Popularity::default())),
+            popularity: RwLock::new((Arc::new(Popularity::default()), 0)),
             popularity_run: AtomicI64::new(-1),
             watermark: AtomicI64::new(0),
             postgres_ok: AtomicBool::new(false),
@@ -219,6 +224,24 @@ impl Core {
         &self.pool
     }
 
+    /// Records the served model in `models` (model version → strategy and parameters), once per
+    /// version; a failure is logged (Postgres may be down at start) and tried again at the next
+    /// start.
+    pub async fn register_model(&self) {
+        let (name, params) = (self.strategy.name(), self.strategy.params());
+        let version = self.model_version.clone();
+        match self
+            .query(self.config.deadlines.request(), None, |pool| async move {
+                data::register_model(&pool, &version, name, &params).await
+            })
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "recording the model in `models` failed"),
+            Err(_) => tracing::warn!("recording the model in `models` timed out"),
+        }
+    }
+
     /// Ready = Postgres answered, the store has the collection, a popularity list is loaded.
     pub fn readiness(&self) -> Result<(), String> {
         let mut missing = Vec::new();
@@ -235,6 +258,10 @@ impl Core {
     }
 
     fn popularity(&self) -> Arc<Popularity> {
+        self.popularity_with_run().0
+    }
+
+    fn popularity_with_run(&self) -> (Arc<Popularity>, i64) {
         self.popularity.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -260,8 +287,8 @@ impl Core {
                     };
                 if self.popularity().movies.is_empty() || run != self.popularity_run.load(Ordering::Relaxed) {
                     match self.query(deadline, None, |pool| async move { data::popularity(&pool, 1_000).await }).await {
-                        Ok(Ok(p)) if !p.movies.is_empty() => {
-                            *self.popularity.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(p);
+                        Ok(Ok((p, list_run))) if !p.movies.is_empty() => {
+                            *self.popularity.write().unwrap_or_else(|p| p.into_inner()) = (Arc::new(p), list_run);
                             self.popularity_run.store(run, Ordering::Relaxed);
                         }
                         Ok(Ok(_)) => {}
@@ -349,6 +376,7 @@ impl Core {
             data_watermark: answer.watermark,
             kind: answer.kind,
             degraded: answer.degraded,
+            data_versions: Some(answer.data_versions),
         }
     }
 
@@ -365,18 +393,19 @@ impl Core {
             Ok(h) => h,
             Err(e) => return self.degraded(e, None, limit),
         };
-        let popularity = self.popularity();
+        let (popularity, run) = self.popularity_with_run();
         if history.watched.is_empty() {
             return Answer {
                 items: popularity.top_excluding(&Default::default(), limit),
                 watermark: history.watermark,
                 kind: Kind::ColdStart,
                 degraded: None,
+                data_versions: format!("popularity={run}"),
             };
         }
         let plan = self.strategy.plan(&history);
-        let neighbours = if plan.seeds.is_empty() {
-            Neighbours::default()
+        let (neighbours, collection) = if plan.seeds.is_empty() {
+            (Neighbours::default(), None)
         } else {
             let started = Instant::now();
             let within = self.config.deadlines.vector();
@@ -384,7 +413,7 @@ impl Core {
                 tokio::time::timeout(within, self.neighbour_lists(&history, &plan, Admit::Within(within))).await;
             self.metrics.stage.with_label_values(&["vector_store"]).observe(started.elapsed().as_secs_f64());
             match result {
-                Ok(Ok(lists)) => lists,
+                Ok(Ok((lists, collection))) => (lists, collection),
                 Ok(Err(e)) => return self.degraded(e, Some(&history), limit),
                 Err(_) => {
                     return self.degraded(StageError::VectorStoreTimeout, Some(&history), limit);
@@ -394,7 +423,11 @@ impl Core {
         let started = Instant::now();
         let items = self.strategy.rank(&history, &neighbours, &popularity, limit);
         self.metrics.stage.with_label_values(&["rerank"]).observe(started.elapsed().as_secs_f64());
-        Answer { items, watermark: history.watermark, kind: Kind::Personal, degraded: None }
+        let data_versions = match collection {
+            Some(c) => format!("popularity={run};collection={c}"),
+            None => format!("popularity={run}"),
+        };
+        Answer { items, watermark: history.watermark, kind: Kind::Personal, degraded: None, data_versions }
     }
 
     fn degraded(&self, e: StageError, history: Option<&History>, limit: usize) -> Answer {
@@ -405,8 +438,10 @@ impl Core {
             tracing::warn!(reason = %e, others_since_last_line = others, "degraded answer: popularity list");
         }
         let exclude = history.map(History::seen).unwrap_or_default();
+        let (popularity, run) = self.popularity_with_run();
         Answer {
-            items: self.popularity().top_excluding(&exclude, limit),
+            items: popularity.top_excluding(&exclude, limit),
+            data_versions: format!("popularity={run}"),
             watermark: history.map(|h| h.watermark).unwrap_or_else(|| self.watermark()),
             kind: Kind::Degraded,
             degraded: Some(e.to_string()),
@@ -475,7 +510,13 @@ impl Core {
         }
     }
 
-    async fn neighbour_lists(&self, history: &History, plan: &Plan, admit: Admit) -> Result<Neighbours, StageError> {
+    /// The plan's neighbour lists and the collection they came from.
+    async fn neighbour_lists(
+        &self,
+        history: &History,
+        plan: &Plan,
+        admit: Admit,
+    ) -> Result<(Neighbours, Option<Arc<str>>), StageError> {
         let Some(collection) = self.collection() else {
             return Err(StageError::NoCollection);
         };
@@ -495,7 +536,7 @@ impl Core {
                 Space::Behaviour => out.behaviour = lists,
             }
         }
-        Ok(out)
+        Ok((out, Some(collection)))
     }
 
     async fn neighbour_list(

@@ -48,11 +48,32 @@ pub async fn popularity_run(pool: &PgPool) -> Result<Option<i64>, sqlx::Error> {
     sqlx::query_scalar("SELECT max(run_id) FROM popularity_runs").fetch_one(pool).await
 }
 
-/// The current popularity list (top `limit`) with user counts; see
-/// [`db::popularity::current_with_users`].
-pub async fn popularity(pool: &PgPool, limit: i64) -> Result<Popularity, sqlx::Error> {
-    let (movies, users, watermark) = db::popularity::current_with_users(pool, limit).await?;
-    Ok(Popularity { movies, watermark, users })
+/// The current popularity list (top `limit`) with user counts and its run id (0: the catalog
+/// fallback); see [`db::popularity::current_with_users`].
+pub async fn popularity(pool: &PgPool, limit: i64) -> Result<(Popularity, i64), sqlx::Error> {
+    let list = db::popularity::current_with_users(pool, limit).await?;
+    Ok((Popularity { movies: list.movies, watermark: list.watermark, users: list.users }, list.run_id))
+}
+
+/// The model a server serves, recorded once (`models`: model version → strategy and parameters)
+/// so a past answer's model version names a buildable model.
+pub async fn register_model(
+    pool: &PgPool,
+    model_version: &str,
+    strategy: &str,
+    params: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO models (model_version, strategy, params, git_sha) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (model_version) DO NOTHING",
+    )
+    .bind(model_version)
+    .bind(strategy)
+    .bind(params)
+    .bind(crate::strategy::GIT_SHA)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// The committed ingest watermark.

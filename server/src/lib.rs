@@ -112,6 +112,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let refresh = Duration::from_millis(config.caches.refresh_ms);
     let core = Arc::new(Core::new(config, pool, store, metrics)?);
     core.refresh().await;
+    core.register_model().await;
     // Before the listeners answer: the first request must not pay for a cold engine.
     core.warm(Duration::from_secs(10)).await;
     let (stop, stop_rx) = watch::channel(false);

@@ -30,6 +30,7 @@ fn row(i: usize) -> Row<'static> {
             limit: Some(20),
             kind: Some("personal".into()),
             client_request_id: None,
+            data_versions: None,
         }),
         bucket: Some(3),
     }

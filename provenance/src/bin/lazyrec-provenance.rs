@@ -1,0 +1,181 @@
+//! `lazyrec-provenance`: what made a past recommendation, and a replay that recomputes it.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use lifecycle::BadInput;
+use provenance::replay::{self, Outcome, Replayer, SearchParams, Tally};
+
+/// For any past recommendation (a request id of `recommendations_history`): `show` names the
+/// model (strategy, parameters), the code (git sha, release, pipeline) and the data (watermark,
+/// popularity run, vector collection, source ranges) that made it; `replay` recomputes it with
+/// that model on that data and compares (exit 0 identical, 1 different, 3 not reproducible).
+#[derive(Parser, Debug)]
+#[command(name = "lazyrec-provenance", version)]
+struct Cli {
+    /// Postgres URL (else the private cluster under the state directory).
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+    /// Where the private cluster and the default qdrant-edge store live.
+    #[arg(long, env = "LAZYREC_STATE_DIR", default_value = ".state", global = true)]
+    state_dir: std::path::PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The model, code and data behind one answer.
+    Show {
+        /// The request id.
+        request_id: String,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recompute one answer (REQUEST_ID) or a sample (--sample N) and compare.
+    Replay(ReplayArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ReplayArgs {
+    /// The request id (or give --sample).
+    #[arg(required_unless_present = "sample")]
+    request_id: Option<String>,
+    /// Replay N random rows and print the share identical.
+    #[arg(long, conflicts_with = "request_id")]
+    sample: Option<i64>,
+    /// With --sample: only rows at or after this time (RFC 3339).
+    #[arg(long, requires = "sample")]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// With --sample: the sample's seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// The vectors from this qdrant-edge directory (default <state-dir>/qdrant-edge).
+    #[arg(long, env = "LAZYREC_EDGE_DIR")]
+    edge_dir: Option<std::path::PathBuf>,
+    /// The vectors from a Qdrant server.
+    #[arg(long, env = "QDRANT_URL")]
+    qdrant_url: Option<String>,
+    /// The serving servers' `store.exact_search`.
+    #[arg(long)]
+    exact_search: bool,
+    /// The serving servers' `store.search_ef` (default: the server's default).
+    #[arg(long)]
+    search_ef: Option<usize>,
+    /// JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+async fn pool(cli: &Cli) -> anyhow::Result<sqlx::PgPool> {
+    let url = db::resolve_database_url(cli.database_url.as_deref(), &cli.state_dir)?;
+    db::connect_pool(&url, 2).await.with_context(|| format!("connecting to {}", db::redact(&url)))
+}
+
+async fn show(cli: &Cli, request_id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let pool = pool(cli).await?;
+    let p = provenance::show::provenance(&pool, request_id)
+        .await?
+        .ok_or_else(|| BadInput(format!("no recommendation with request id {request_id:?}")))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&p)?);
+    } else {
+        print!("{}", p.render());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn replay_cmd(cli: &Cli, a: &ReplayArgs) -> anyhow::Result<ExitCode> {
+    let pool = pool(cli).await?;
+    let store = vectorstore::open(
+        a.qdrant_url.as_deref(),
+        None,
+        Duration::from_secs(30),
+        a.edge_dir.as_deref(),
+        &cli.state_dir,
+    )
+    .context("opening the vector store")?;
+    let defaults = SearchParams::default();
+    let search = SearchParams { exact: a.exact_search || defaults.exact, ef: a.search_ef.or(defaults.ef) };
+    let mut replayer = Replayer::new(pool.clone(), store, search);
+    if let Some(id) = &a.request_id {
+        let (recorded, outcome) = match replayer.replay(id).await {
+            Err(replay::ReplayError::NotFound(id)) => {
+                return Err(BadInput(format!("no recommendation with request id {id:?}")).into());
+            }
+            other => other?,
+        };
+        if a.json {
+            println!("{}", serde_json::json!({"recorded": recorded, "replay": outcome}));
+        } else {
+            println!("recorded {}", recorded.movie_ids.join(","));
+            match &outcome {
+                Outcome::Identical => println!("replayed identical"),
+                Outcome::Different { replayed } => {
+                    println!("replayed {}", replayed.join(","));
+                    println!("DIFFERENT");
+                }
+                Outcome::NotReproducible { why } => println!("NOT REPRODUCIBLE: {why}"),
+            }
+        }
+        return Ok(match outcome {
+            Outcome::Identical => ExitCode::SUCCESS,
+            Outcome::Different { .. } => ExitCode::from(1),
+            Outcome::NotReproducible { .. } => ExitCode::from(3),
+        });
+    }
+    let n = a.sample.unwrap_or(0);
+    if n <= 0 {
+        return Err(BadInput(format!("--sample must be positive, got {n}")).into());
+    }
+    let ids = replay::sample(&pool, n, a.since, a.seed).await?;
+    let bar = indicatif::ProgressBar::new(ids.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} rows {per_sec} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    let mut tally = Tally::default();
+    for id in &ids {
+        let (recorded, outcome) = replayer.replay(id).await?;
+        tally.add(&recorded, &outcome);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let rate = tally.rows as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"tally": tally, "identical_share": tally.identical_share(), "rows_per_s": rate})
+        );
+    } else {
+        println!(
+            "{} rows: {} identical, {} different, {} not reproducible → {:.2} % of the replayable identical ({rate:.0} rows/s)",
+            tally.rows,
+            tally.identical,
+            tally.different,
+            tally.not_reproducible.values().sum::<u64>(),
+            100.0 * tally.identical_share()
+        );
+        for (why, count) in &tally.not_reproducible {
+            println!("  not reproducible ({count}): {why}");
+        }
+        for (id, recorded, replayed) in &tally.first_differences {
+            println!("  {id}\n    recorded {}\n    replayed {}", recorded.join(","), replayed.join(","));
+        }
+    }
+    Ok(if tally.different == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    lifecycle::main_with_code("warn", Some(2), async {
+        match &cli.command {
+            Command::Show { request_id, json } => show(&cli, request_id, *json).await,
+            Command::Replay(a) => replay_cmd(&cli, a).await,
+        }
+    })
+}

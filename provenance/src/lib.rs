@@ -1,0 +1,6 @@
+//! Provenance of past recommendations: what made an answer ([`show`]: SQL over the history row,
+//! its model, release, popularity run, vector collection and data sources) and the proof
+//! ([`replay`]: recompute it with that model on that data and compare).
+
+pub mod replay;
+pub mod show;
