@@ -32,7 +32,8 @@ pub mod headers {
     pub const DEGRADED: &str = "x-degraded";
     /// personal, cold_start, degraded, fallback.
     pub const KIND: &str = "x-recommendation-kind";
-    /// What the answer was computed from beyond the watermark: `popularity=<run>[;collection=<name>]`.
+    /// What the answer was computed from beyond the watermark: `popularity=<run>[;collection=<name>]`
+    /// (degraded answers: `popularity=<run>;exclude=history|none`).
     pub const DATA_VERSIONS: &str = "x-data-versions";
 }
 

@@ -117,18 +117,30 @@ fn not_reproducible(why: impl Into<String>) -> Outcome {
     Outcome::NotReproducible { why: why.into() }
 }
 
-/// `popularity=<run>[;collection=<name>]` → (run, collection).
-pub fn parse_versions(versions: &str) -> (Option<i64>, Option<String>) {
-    let mut run = None;
-    let mut collection = None;
+/// What `inputs.data_versions` says: `popularity=<run>[;collection=<name>][;exclude=history|none]`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DataVersions {
+    /// The popularity run.
+    pub run: Option<i64>,
+    /// The vector collection.
+    pub collection: Option<String>,
+    /// Degraded answers: whether the popularity list was cut by the user's history.
+    pub exclude_history: Option<bool>,
+}
+
+/// Parses `inputs.data_versions`.
+pub fn parse_versions(versions: &str) -> DataVersions {
+    let mut v = DataVersions::default();
     for part in versions.split(';') {
         match part.split_once('=') {
-            Some(("popularity", v)) => run = v.parse().ok(),
-            Some(("collection", v)) if !v.is_empty() => collection = Some(v.to_string()),
+            Some(("popularity", x)) => v.run = x.parse().ok(),
+            Some(("collection", x)) if !x.is_empty() => v.collection = Some(x.to_string()),
+            Some(("exclude", "history")) => v.exclude_history = Some(true),
+            Some(("exclude", "none")) => v.exclude_history = Some(false),
             _ => {}
         }
     }
-    (run, collection)
+    v
 }
 
 /// The `<strategy>@<params hash>` part of a model version (the code's git sha may differ).
@@ -206,9 +218,6 @@ impl Replayer {
         if r.served_variant == "fallback" {
             return Ok(not_reproducible("the load balancer's fallback list answered, not a model"));
         }
-        if r.degraded {
-            return Ok(not_reproducible("a degraded answer: it depends on which stage ran out of time"));
-        }
         let (Some(user_id), Some(watermark), Some(model_version)) = (r.user_id, r.data_watermark, &r.model_version)
         else {
             return Ok(not_reproducible("the row has no user, watermark or model version"));
@@ -216,7 +225,10 @@ impl Replayer {
         let Some(versions) = &r.data_versions else {
             return Ok(not_reproducible("recorded before answers named their popularity run and collection"));
         };
-        let (run, collection) = parse_versions(versions);
+        let DataVersions { run, collection, exclude_history } = parse_versions(versions);
+        if r.degraded && exclude_history.is_none() {
+            return Ok(not_reproducible("a degraded answer recorded without which list it cut"));
+        }
         let strategy = match self.strategy(model_version).await? {
             Ok(s) => s,
             Err(why) => return Ok(not_reproducible(why)),
@@ -233,7 +245,12 @@ impl Replayer {
         };
         let limit = r.limit.unwrap_or(20).max(0) as usize;
         let history = self.history_as_of(user_id, watermark).await?;
-        let items = if history.watched.is_empty() {
+        let items = if let Some(cut) = exclude_history {
+            // A degraded answer: the popularity list minus what the user had seen (when the
+            // history stage had answered), whatever the model.
+            let exclude = if cut { history.seen() } else { Default::default() };
+            popularity.top_excluding(&exclude, limit)
+        } else if history.watched.is_empty() {
             popularity.top_excluding(&Default::default(), limit)
         } else {
             let plan = strategy.plan(&history);
@@ -466,9 +483,11 @@ mod tests {
 
     #[test]
     fn data_versions_parse_and_model_versions_compare_without_the_code_sha() {
-        assert_eq!(parse_versions("popularity=12;collection=movies_x"), (Some(12), Some("movies_x".into())));
-        assert_eq!(parse_versions("popularity=3"), (Some(3), None));
-        assert_eq!(parse_versions("garbage"), (None, None));
+        let v = parse_versions("popularity=12;collection=movies_x");
+        assert_eq!((v.run, v.collection.as_deref(), v.exclude_history), (Some(12), Some("movies_x"), None));
+        assert_eq!(parse_versions("popularity=3;exclude=history").exclude_history, Some(true));
+        assert_eq!(parse_versions("popularity=3;exclude=none").exclude_history, Some(false));
+        assert_eq!(parse_versions("garbage"), DataVersions::default());
         assert_eq!(model_part("neighbours-v2@c93bdb1c+773ff4642c0f"), "neighbours-v2@c93bdb1c");
     }
 }

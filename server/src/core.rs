@@ -439,9 +439,11 @@ impl Core {
         }
         let exclude = history.map(History::seen).unwrap_or_default();
         let (popularity, run) = self.popularity_with_run();
+        // Which list was cut (the user's history was read or not) makes the answer replayable.
+        let cut = if history.is_some() { "history" } else { "none" };
         Answer {
             items: popularity.top_excluding(&exclude, limit),
-            data_versions: format!("popularity={run}"),
+            data_versions: format!("popularity={run};exclude={cut}"),
             watermark: history.map(|h| h.watermark).unwrap_or_else(|| self.watermark()),
             kind: Kind::Degraded,
             degraded: Some(e.to_string()),
