@@ -435,7 +435,7 @@ impl Lb {
             client_request_id: client_id.map(Cow::Owned),
             data_versions: match &handled.outcome {
                 Outcome::Answered { answer, .. } => answer.data_versions.as_deref().map(Cow::Borrowed),
-                _ => None,
+                Outcome::Refused { .. } | Outcome::Fallback(_) | Outcome::BadRequest(_) | Outcome::Unavailable => None,
             },
         };
         let row =
