@@ -2,7 +2,9 @@
 //!
 //! * **Full**: the target collection is named after (model, template, catalog snapshot). It is
 //!   filled batch by batch, indexed, counted, and only then made live; the previous live
-//!   collection is kept (for rollback) and older ones are dropped. A killed run leaves a
+//!   collection is kept (for rollback), and so is every collection a past answer read
+//!   (`recommendations_history.inputs.data_versions`: replay searches it, state `retained`);
+//!   older ones are dropped. A killed run leaves a
 //!   collection that is not live; the next run fills it again (vectors come from the cache).
 //! * **Incremental**: only movies whose text hash differs from the live collection's payload
 //!   are embedded and upserted; movies gone from the catalog are deleted.
@@ -286,22 +288,37 @@ impl Embedder<'_> {
         let previous = self.store.live().await?;
         self.store.set_live(name).await?;
         report.switched = true;
+        // Collections past answers read stay (a replay searches them): never dropped here.
+        let referenced: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT substring(inputs->>'data_versions' FROM 'collection=([^;]+)') FROM recommendations_history
+             WHERE inputs->>'data_versions' LIKE '%collection=%'",
+        )
+        .fetch_all(self.pool)
+        .await
+        .map_err(db("finding the collections history refers to"))?;
         sqlx::query(
-            "UPDATE embedding_collections SET state = CASE WHEN name = $1 THEN 'live' WHEN name = $2 THEN 'previous' ELSE 'dropped' END,
+            "UPDATE embedding_collections SET state = CASE WHEN name = $1 THEN 'live' WHEN name = $2 THEN 'previous'
+                                                       WHEN name = ANY($5) THEN 'retained' ELSE 'dropped' END,
                live_at = CASE WHEN name = $1 THEN now() ELSE live_at END, points = CASE WHEN name = $1 THEN $3 ELSE points END,
                updated_at = now()
-             WHERE store = $4 AND (name = $1 OR state IN ('live', 'previous'))",
+             WHERE store = $4 AND (name = $1 OR state IN ('live', 'previous', 'retained'))",
         )
         .bind(name)
         .bind(previous.as_deref().unwrap_or(""))
         .bind(found as i32)
         .bind(self.store.describe())
+        .bind(&referenced)
         .execute(self.pool)
         .await
         .map_err(db("recording the switch"))?;
-        // Keep the live and the previous collection; drop older ones and abandoned partial builds.
+        // Keep the live and the previous collection and those history refers to; drop older
+        // ones and abandoned partial builds.
         for other in self.store.collections().await? {
-            if other != name && Some(&other) != previous.as_ref() && other.starts_with("movies_") {
+            if other != name
+                && Some(&other) != previous.as_ref()
+                && !referenced.contains(&other)
+                && other.starts_with("movies_")
+            {
                 self.store.drop_collection(&other).await?;
             }
         }

@@ -94,6 +94,33 @@ async fn the_default_catalog_embeds_searchably_franchises_cluster_and_updates_in
     let mut expected = vec![live.clone(), rebuilt.collection.clone()];
     expected.sort();
     assert_eq!(kept, expected, "the previous collection is kept for rollback");
+
+    // A collection a past answer read is never dropped: `live`, now two behind, stays.
+    sqlx::query(
+        "INSERT INTO recommendations_history (request_id, ts, served_variant, status, latency_us, inputs)
+         VALUES ('r-1', now(), 'main', 200, 1, $1)",
+    )
+    .bind(serde_json::json!({"protocol": "http", "data_versions": format!("popularity=1;collection={live}")}))
+    .execute(&db.pool)
+    .await
+    .expect("history row");
+    sqlx::query("UPDATE movies SET overview = 'Another overview.' WHERE ml_movie_id = 1")
+        .execute(&db.pool)
+        .await
+        .expect("edit");
+    let third = embedder.run(Mode::Full).await.expect("full a third time");
+    assert!(third.switched && third.collection != rebuilt.collection);
+    let mut kept = store.collections().await.expect("list");
+    kept.sort();
+    let mut expected = vec![live.clone(), rebuilt.collection.clone(), third.collection.clone()];
+    expected.sort();
+    assert_eq!(kept, expected, "the one history refers to is retained");
+    let state: String = sqlx::query_scalar("SELECT state FROM embedding_collections WHERE name = $1")
+        .bind(&live)
+        .fetch_one(&db.pool)
+        .await
+        .expect("state");
+    assert_eq!(state, "retained");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
