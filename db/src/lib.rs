@@ -13,6 +13,7 @@ pub mod kafka;
 pub mod parse;
 pub mod pgcluster;
 pub mod popularity;
+pub mod provenance;
 pub mod source;
 pub mod synth;
 pub mod testing;

@@ -19,7 +19,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -51,6 +51,7 @@ pub fn router(lb: Arc<Lb>, token: String) -> Router {
         .route("/admin/main", put(set_main))
         .route("/admin/backends/drain", post(drain))
         .route("/admin/backends/enable", post(enable))
+        .route("/admin/provenance/{request_id}", get(provenance))
         .layer(middleware::from_fn_with_state(admin.clone(), authorize))
         .with_state(admin)
 }
@@ -113,6 +114,17 @@ pub fn state_json(lb: &Lb) -> serde_json::Value {
 
 async fn state(State(admin): State<Arc<Admin>>) -> Response {
     axum::Json(state_json(&admin.lb)).into_response()
+}
+
+/// What made a past answer (the `lazyrec-provenance show` document).
+async fn provenance(State(admin): State<Arc<Admin>>, Path(request_id): Path<String>) -> Response {
+    match db::provenance::provenance(&admin.lb.pool, &request_id).await {
+        Ok(Some(p)) => axum::Json(p).into_response(),
+        Ok(None) => {
+            (StatusCode::NOT_FOUND, format!("no recommendation with request id {request_id:?}\n")).into_response()
+        }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}\n")).into_response(),
+    }
 }
 
 impl Admin {

@@ -3,4 +3,6 @@
 //! ([`replay`]: recompute it with that model on that data and compare).
 
 pub mod replay;
-pub mod show;
+
+/// What made an answer, by SQL (shared with the load balancer's admin API).
+pub use db::provenance as show;

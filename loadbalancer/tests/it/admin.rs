@@ -97,6 +97,31 @@ async fn admin_calls_need_the_token_and_changes_apply_at_once_are_recorded_and_s
     assert_eq!(lb.lb.routing.load().experiment, "test-release-2");
     let r = client.get(&format!("http://{}/recommend/{moved}", lb.http_addr)).await;
     assert_eq!(r.header("x-variant"), expected.as_str());
+
+    // What made an answer: the provenance document (token required like every admin call).
+    let admin = format!("http://{}", lb.admin_addr.expect("admin enabled"));
+    let answered = client.get(&format!("http://{}/recommend/7", lb.http_addr)).await;
+    let id = answered.header("x-request-id").to_string();
+    let mut found = None;
+    for _ in 0..100 {
+        let r = client
+            .try_request("GET", &format!("{admin}/admin/provenance/{id}"), &[("authorization", &auth)], None)
+            .await
+            .expect("provenance");
+        if r.status == 200 {
+            found = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 404, "{}", r.body);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let doc: serde_json::Value = serde_json::from_str(&found.expect("shipped within 10 s").body).expect("json");
+    assert_eq!(doc["model_version"].as_str(), Some(answered.header("x-model-version")), "{doc}");
+    assert_eq!((doc["strategy"].as_str(), doc["user_id"].as_i64()), (Some("neighbours-v2"), Some(7)), "{doc}");
+    assert!(doc["popularity_run"].as_i64().is_some() && doc["data_watermark"].as_i64().is_some(), "{doc}");
+    let anonymous =
+        client.try_request("GET", &format!("{admin}/admin/provenance/{id}"), &[], None).await.expect("call");
+    assert_eq!(anonymous.status, 401);
     lb.shutdown().await.expect("shutdown");
 
     // No token configured → no admin API at all.

@@ -1,6 +1,7 @@
 //! A past answer's provenance, from the `recommendation_provenance` view and
 //! `recommendation_data_sources(request_id)` (migration 0003): routing, model and code, release,
-//! data.
+//! data. Here (not in the provenance crate) so the load balancer's admin API serves the same
+//! document as `lazyrec-provenance show`.
 
 use serde::Serialize;
 use sqlx::PgPool;
