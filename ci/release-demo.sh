@@ -21,10 +21,7 @@ LAZYREC_SERVER_MODEL__STRATEGY=neighbours-v1 start_server main 8080 50051
 LAZYREC_SERVER_MODEL__STRATEGY=neighbours-v2 start_server nightly 8081 50052
 # The load balancer starts with main only; the release routes the nightly share (an earlier run's
 # routing file would override that: removed).
-rm -f "$LAZYREC_STATE_DIR/loadbalancer/journal/routing.json"
-LAZYREC_LB_ADMIN_TOKEN="$(cat "$RUN/admin-token")" "$BIN/lazyrec-lb" --main http://127.0.0.1:8080 \
-  --http-addr 0.0.0.0:8082 --grpc-addr 127.0.0.1:8083 --admin-addr 127.0.0.1:8084 >>"$RUN/loadbalancer.log" 2>&1 &
-echo $! > "$RUN/loadbalancer.pid"
+start_lb main-only
 wait_ready 8080 8081 8082
 : >> "$RUN/simulated.log"
 start_ingester "$RUN/simulated.log"

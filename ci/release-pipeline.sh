@@ -44,10 +44,7 @@ echo $! > "$RUN/webhook.pid"
 LAZYREC_SERVER_MODEL__STRATEGY=neighbours-v1 start_server main 8080 50051
 # The load balancer starts with main only; releases route the nightly share. A routing file left
 # by an earlier run on this state (admin changes survive restarts) would override that: removed.
-rm -f "$LAZYREC_STATE_DIR/loadbalancer/journal/routing.json"
-LAZYREC_LB_ADMIN_TOKEN="$(cat "$RUN/admin-token")" "$BIN/lazyrec-lb" --main http://127.0.0.1:8080 \
-  --http-addr 0.0.0.0:8082 --grpc-addr 127.0.0.1:8083 --admin-addr 127.0.0.1:8084 >>"$RUN/loadbalancer.log" 2>&1 &
-echo $! > "$RUN/loadbalancer.pid"
+start_lb main-only
 wait_ready 8080 8082
 "$BIN/lazyrec-release" exporter --listen 127.0.0.1:9187 >>"$RUN/exporter.log" 2>&1 &
 echo $! > "$RUN/exporter.pid"

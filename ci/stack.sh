@@ -53,9 +53,16 @@ start_server() { # variant http-port grpc-port
   echo $! > "$RUN/$1.pid"
 }
 
+# The load balancer; `start_lb main-only`: no nightly (a release routes it) and the configured
+# routing (the routing file an earlier run's admin changes left is removed: it would win).
 start_lb() {
+  local nightly=(--nightly http://127.0.0.1:8081)
+  if [ "${1:-}" = main-only ]; then
+    nightly=()
+    rm -f "$LAZYREC_STATE_DIR/loadbalancer/journal/routing.json"
+  fi
   LAZYREC_LB_ADMIN_TOKEN="$(cat "$RUN/admin-token")" \
-    "$BIN/lazyrec-lb" --main http://127.0.0.1:8080 --nightly http://127.0.0.1:8081 \
+    "$BIN/lazyrec-lb" --main http://127.0.0.1:8080 "${nightly[@]}" \
     --http-addr 0.0.0.0:8082 --grpc-addr 127.0.0.1:8083 --admin-addr 127.0.0.1:8084 \
     >>"$RUN/loadbalancer.log" 2>&1 &
   echo $! > "$RUN/loadbalancer.pid"

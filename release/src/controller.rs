@@ -450,8 +450,8 @@ pub async fn abort(pool: &PgPool, admin: &Admin, notify: &Notifier, id: i64, rea
 }
 
 /// The backends release `id` was last deployed on (its `state.deployed` event, or a rollback
-/// that redeployed it).
-pub async fn deployed_backends(pool: &PgPool, id: i64) -> Result<Vec<String>, ControlError> {
+/// that redeployed it); empty when it never was.
+pub async fn deployed_backends(pool: &PgPool, id: i64) -> Result<Vec<String>, sqlx::Error> {
     let backends: Option<serde_json::Value> = sqlx::query_scalar(
         "SELECT b FROM (
            SELECT id, COALESCE(details->'details'->'backends', details->'backends') AS b FROM release_events
@@ -461,11 +461,7 @@ pub async fn deployed_backends(pool: &PgPool, id: i64) -> Result<Vec<String>, Co
     .bind(id)
     .fetch_optional(pool)
     .await?;
-    let backends: Vec<String> = backends.and_then(|b| serde_json::from_value(b).ok()).unwrap_or_default();
-    if backends.is_empty() {
-        return Err(ControlError::Input(format!("release {id} was never deployed: nothing to roll back to")));
-    }
-    Ok(backends)
+    Ok(backends.and_then(|b| serde_json::from_value(b).ok()).unwrap_or_default())
 }
 
 /// What a deploy step gets: the release to (re)start servers for.
@@ -549,9 +545,9 @@ async fn serving_backends(
             .fetch_optional(pool)
             .await?
             .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
-    let recorded = deployed_backends(pool, id).await.unwrap_or_default();
+    let recorded = deployed_backends(pool, id).await?;
     let gone = if recorded.is_empty() {
-        "no backends recorded".to_string()
+        "it was never deployed: no backends recorded".to_string()
     } else {
         match wait_ready(&recorded, Duration::from_secs(2), Some(&model_version)).await {
             Ok(()) => return Ok((recorded, None)),
