@@ -107,8 +107,6 @@ pub struct Core {
     collection: RwLock<Option<Arc<str>>>,
     /// The popularity list served and its run id (0: the catalog fallback).
     popularity: RwLock<(Arc<Popularity>, i64)>,
-    /// The popularity run the loaded list came from (-1: none yet / TMDB stand-in).
-    popularity_run: AtomicI64,
     watermark: AtomicI64,
     postgres_ok: AtomicBool,
     store_ok: AtomicBool,
@@ -192,7 +190,6 @@ impl Core {
             model_version,
             collection: RwLock::new(pinned),
             popularity: RwLock::new((Arc::new(Popularity::default()), 0)),
-            popularity_run: AtomicI64::new(-1),
             watermark: AtomicI64::new(0),
             postgres_ok: AtomicBool::new(false),
             store_ok: AtomicBool::new(false),
@@ -280,16 +277,16 @@ impl Core {
                 self.postgres_ok.store(true, Ordering::Relaxed);
                 // The list changes only when a popularity run lands: compare run ids (one tiny
                 // query) instead of re-reading the list on every tick while events stream in.
+                let (loaded, loaded_run) = self.popularity_with_run();
                 let run =
                     match self.query(deadline, None, |pool| async move { data::popularity_run(&pool).await }).await {
-                        Ok(Ok(run)) => run.unwrap_or(-1),
-                        _ => self.popularity_run.load(Ordering::Relaxed),
+                        Ok(Ok(run)) => run.unwrap_or(0),
+                        _ => loaded_run,
                     };
-                if self.popularity().movies.is_empty() || run != self.popularity_run.load(Ordering::Relaxed) {
+                if loaded.movies.is_empty() || run != loaded_run {
                     match self.query(deadline, None, |pool| async move { data::popularity(&pool, 1_000).await }).await {
                         Ok(Ok((p, list_run))) if !p.movies.is_empty() => {
                             *self.popularity.write().unwrap_or_else(|p| p.into_inner()) = (Arc::new(p), list_run);
-                            self.popularity_run.store(run, Ordering::Relaxed);
                         }
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => tracing::warn!(error = %e, "reading the popularity list failed"),
