@@ -14,6 +14,7 @@ pub mod parse;
 pub mod pgcluster;
 pub mod popularity;
 pub mod provenance;
+pub mod retention;
 pub mod source;
 pub mod synth;
 pub mod testing;

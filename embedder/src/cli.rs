@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::model::{Model, ModelPaths};
-use crate::pipeline::{Embedder, Mode};
+use crate::pipeline::Embedder;
 use vectorstore::point_id;
 use vectorstore::{Hnsw, SearchFilter, Space, VectorStore};
 
@@ -142,11 +142,11 @@ impl ModelArgs {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Embed new and changed movies into the live collection (or, with --full, build a new collection and switch to it).
+    /// Make the current catalog's collection live: when the catalog changed since the live
+    /// collection was built, build a new collection (only new and changed movies go through the
+    /// model, the rest come from the vector cache) and switch to it when complete. A live
+    /// collection is never modified: past answers name it and a replay searches it.
     Embed {
-        /// Re-embed everything into a new collection, switched to atomically when complete.
-        #[arg(long)]
-        full: bool,
         /// Never draw a progress bar.
         #[arg(long)]
         no_progress: bool,
@@ -216,19 +216,15 @@ pub async fn run() -> Result<()> {
             let pool = connect().await?;
             // Content runs keep the live behaviour vectors; `behaviour` computes new ones and
             // builds a collection with them.
-            let (mode, behaviour) = match &cli.command {
+            let behaviour = match &cli.command {
                 Command::Behaviour { params, .. } => {
                     let params: behaviour::Params =
                         serde_json::from_str(params).map_err(|e| anyhow::anyhow!("--params: {e}"))?;
                     let run = crate::behaviour::compute(&pool, &params).await?;
                     println!("{}", run.render());
-                    (Mode::Full, Some(run.vectors))
+                    Some(run.vectors)
                 }
-                Command::Embed { full: true, .. } => (Mode::Full, None),
-                Command::Embed { full: false, .. }
-                | Command::Status
-                | Command::Similar { .. }
-                | Command::Query { .. } => (Mode::Incremental, None),
+                Command::Embed { .. } | Command::Status | Command::Similar { .. } | Command::Query { .. } => None,
             };
             let mut model = cli.model.load(&cli.state_dir).await?;
             let mut embedder = Embedder {
@@ -240,7 +236,7 @@ pub async fn run() -> Result<()> {
                 hnsw,
                 behaviour,
             };
-            let report = embedder.run(mode).await?;
+            let report = embedder.run().await?;
             println!("{}", report.render());
         }
         Command::Status => {

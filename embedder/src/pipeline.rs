@@ -1,22 +1,25 @@
-//! Catalog → texts → vectors → store, full or incremental, resumable.
+//! Catalog → texts → vectors → store, resumable; a live collection is never modified.
 //!
-//! * **Full**: the target collection is named after (model, template, catalog snapshot). It is
-//!   filled batch by batch, indexed, counted, and only then made live; the previous live
-//!   collection is kept (for rollback), and so is every collection a past answer read
-//!   (`recommendations_history.inputs.data_versions`: replay searches it, state `retained`);
-//!   older ones are dropped. A killed run leaves a
-//!   collection that is not live; the next run fills it again (vectors come from the cache).
-//! * **Incremental**: only movies whose text hash differs from the live collection's payload
-//!   are embedded and upserted; movies gone from the catalog are deleted.
+//! A run computes the collection name for (model, template, HNSW graph, behaviour version,
+//! catalog snapshot). When that collection is already live there is nothing to do. Otherwise it
+//! is filled batch by batch (only new and changed texts go through the model: vectors are cached
+//! in Postgres by (model, text hash)), indexed, counted, and only then made live. So a
+//! collection name pins its vectors: a past answer records the name it searched
+//! (`recommendations_history.inputs.data_versions`) and a replay searches the same points.
 //!
-//! Vectors are cached in Postgres by (model, text hash), so a text is never embedded twice.
+//! After a switch the previous live collection is kept (for rollback), and so is every
+//! collection history refers to (state `retained`, until `lazyrec-provenance prune` drops
+//! what only pruned history referred to); older ones are dropped. A killed run leaves a
+//! collection that is not live; the next run fills it again (vectors come from the cache).
+//! A collection that was live before (e.g. the catalog went back to an earlier snapshot) is
+//! switched to as it is, never rewritten.
 //!
 //! A collection may also hold **behaviour vectors** (the `behaviour` named vector, from
-//! [`crate::behaviour`]): a run given new ones builds a new collection (full) and switches to it;
-//! a run given none keeps the live collection's (an incremental run leaves them in place and
-//! carries them over to re-embedded movies; a full run copies them). The collection name is
-//! `movies_<model>_<template>_<hnsw>_<behaviour>_<catalog>`, so content model, template, HNSW
-//! graph parameters and behaviour version all force a new collection when they change.
+//! [`crate::behaviour`]): a run given new ones builds a new collection with them; a run given
+//! none carries the live collection's over (movies new to the catalog get none until the next
+//! behaviour run). The collection name is `movies_<model>_<template>_<hnsw>_<behaviour>_<catalog>`,
+//! so content model, template, HNSW graph parameters and behaviour version all force a new
+//! collection when they change.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -52,15 +55,6 @@ pub fn behaviour_version(collection: &str) -> Option<&str> {
     let _catalog = parts.next()?;
     let tag = parts.next()?.strip_prefix('b')?;
     (tag != "0" && !tag.is_empty()).then_some(tag)
-}
-
-/// What to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Build a new collection for the current catalog and switch to it.
-    Full,
-    /// Update the live collection in place (falls back to full when nothing is live).
-    Incremental,
 }
 
 /// Failures of an embed run.
@@ -113,10 +107,12 @@ pub struct EmbedReport {
     pub embedded: u64,
     /// Vectors taken from the cache.
     pub cached: u64,
-    /// Points upserted.
+    /// Points written.
     pub upserted: u64,
-    /// Points deleted (movies gone from the catalog).
-    pub deleted: u64,
+    /// Movies new or changed since the previously live collection (all of them without one).
+    pub changed: u64,
+    /// Movies of the previously live collection gone from the catalog.
+    pub gone: u64,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -125,15 +121,16 @@ impl EmbedReport {
     /// One line for humans.
     pub fn render(&self) -> String {
         format!(
-            "{}: {} movies, {} embedded ({:.0}/s), {} from cache, {} upserted, {} deleted{} in {:.1}s",
+            "{}: {} movies ({} new or changed, {} gone), {} embedded ({:.0}/s), {} from cache, {} written{} in {:.1}s",
             self.collection,
             self.movies,
+            self.changed,
+            self.gone,
             self.embedded,
             self.embedded as f64 / self.elapsed.as_secs_f64().max(1e-9),
             self.cached,
             self.upserted,
-            self.deleted,
-            if self.switched { ", now live" } else { "" },
+            if self.switched { ", now live" } else { ", already live" },
             self.elapsed.as_secs_f64()
         )
     }
@@ -182,8 +179,13 @@ pub fn collection_name(
         h.update([b'\n']);
     }
     let catalog = hex::encode(&h.finalize()[..4]);
+    format!("{}{}_{}_{catalog}", content_family(model_id), hnsw.tag(), behaviour_tag(behaviour))
+}
+
+/// The start of the names of collections whose content vectors this model and template made.
+fn content_family(model_id: &str) -> String {
     let model: String = model_id.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
-    format!("movies_{model}_{TEMPLATE_VERSION}_{}_{}_{catalog}", hnsw.tag(), behaviour_tag(behaviour))
+    format!("movies_{model}_{TEMPLATE_VERSION}_")
 }
 
 /// The embedder: a model, a store and the database.
@@ -206,8 +208,9 @@ pub struct Embedder<'a> {
 }
 
 impl Embedder<'_> {
-    /// Runs `mode` and returns what happened.
-    pub async fn run(&mut self, mode: Mode) -> Result<EmbedReport, EmbedError> {
+    /// Makes the collection for the current catalog live (building it if needed) and returns
+    /// what happened.
+    pub async fn run(&mut self) -> Result<EmbedReport, EmbedError> {
         let started = Instant::now();
         let items = load_catalog(self.pool).await?;
         let live = self.store.live().await?;
@@ -222,22 +225,34 @@ impl Embedder<'_> {
             self.behaviour.as_ref().map(|b| b.version.as_str()),
             items.iter().map(|i| (i.fields.movie_id.clone(), i.hash.clone())),
         );
-        // Incremental updates only go into a collection of this model and template: vectors of
-        // two models must never mix. Anything else is rebuilt in full.
-        let family = name.rsplit_once('_').map(|(prefix, _)| format!("{prefix}_")).unwrap_or_default();
-        let mut report = match (mode, live) {
-            (Mode::Incremental, Some(live)) if live.starts_with(&family) => self.incremental(&live, &items).await?,
-            (Mode::Full, Some(live)) if live == name => {
-                // The live collection already is this catalog: nothing to rebuild.
-                let mut r = self.incremental(&live, &items).await?;
-                r.collection = live;
-                r
+        let mut report = if live.as_deref() == Some(name.as_str()) {
+            EmbedReport { collection: name, ..EmbedReport::default() }
+        } else {
+            let mut report = self.build(&name, &items).await?;
+            if let Some(live) = &live {
+                (report.changed, report.gone) = self.changes_since(live, &items).await?;
+            } else {
+                report.changed = items.len() as u64;
             }
-            (Mode::Full | Mode::Incremental, _) => self.full(&name, &items).await?,
+            report
         };
         report.movies = items.len() as u64;
         report.elapsed = started.elapsed();
         Ok(report)
+    }
+
+    /// Movies new or changed, and movies gone, against collection `before` (by text hash). A
+    /// collection of another model or template counts every movie as changed.
+    async fn changes_since(&self, before: &str, items: &[Item]) -> Result<(u64, u64), EmbedError> {
+        let stored: HashMap<u64, String> = if before.starts_with(&content_family(self.model.id())) {
+            self.store.digests(before).await?.into_iter().map(|d| (d.id, d.text_hash)).collect()
+        } else {
+            HashMap::new()
+        };
+        let changed = items.iter().filter(|i| stored.get(&i.id) != Some(&i.hash)).count() as u64;
+        let current: std::collections::HashSet<u64> = items.iter().map(|i| i.id).collect();
+        let gone = stored.keys().filter(|id| !current.contains(id)).count() as u64;
+        Ok((changed, gone))
     }
 
     /// The behaviour vectors of the live collection (to keep them through this run).
@@ -259,43 +274,59 @@ impl Embedder<'_> {
         Ok((!by_movie.is_empty()).then(|| BehaviourVectors { version: version.to_string(), dim, by_movie }))
     }
 
-    async fn full(&mut self, name: &str, items: &[Item]) -> Result<EmbedReport, EmbedError> {
-        let dim = self.model.dim();
-        sqlx::query(
-            "INSERT INTO embedding_collections (name, store, model, template, catalog_hash, dim) VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (name) DO UPDATE SET updated_at = now()",
+    /// Fills collection `name` (unless it was live before: then it is complete and is not
+    /// rewritten) and switches to it.
+    async fn build(&mut self, name: &str, items: &[Item]) -> Result<EmbedReport, EmbedError> {
+        let mut report = EmbedReport { collection: name.to_string(), ..EmbedReport::default() };
+        let expected = items.len() as u64;
+        let was_live: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM embedding_collections WHERE name = $1 AND live_at IS NOT NULL AND state <> 'dropped')",
         )
         .bind(name)
-        .bind(self.store.describe())
-        .bind(self.model.id())
-        .bind(TEMPLATE_VERSION)
-        .bind(name.rsplit('_').next().unwrap_or_default())
-        .bind(dim as i32)
-        .execute(self.pool)
+        .fetch_one(self.pool)
         .await
-        .map_err(db("recording the collection"))?;
-        let spec =
-            CollectionSpec { content_dim: dim, behaviour_dim: self.behaviour.as_ref().map(|b| b.dim), hnsw: self.hnsw };
-        self.store.create_collection(name, &spec).await?;
-        let mut report = EmbedReport { collection: name.to_string(), ..EmbedReport::default() };
-        let todo: Vec<&Item> = items.iter().collect();
-        self.embed_and_upsert(name, &todo, &mut report).await?;
-        self.store.finish_bulk_load(name).await?;
-        let found = self.store.count(name).await?;
-        if found != items.len() as u64 {
-            return Err(EmbedError::Incomplete { name: name.into(), found, expected: items.len() as u64 });
+        .map_err(db("reading the collection history"))?;
+        let reusable = was_live
+            && self.store.collections().await?.iter().any(|c| c == name)
+            && self.store.count(name).await? == expected;
+        if !reusable {
+            let dim = self.model.dim();
+            sqlx::query(
+                "INSERT INTO embedding_collections (name, store, model, template, catalog_hash, dim) VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (name) DO UPDATE SET updated_at = now()",
+            )
+            .bind(name)
+            .bind(self.store.describe())
+            .bind(self.model.id())
+            .bind(TEMPLATE_VERSION)
+            .bind(name.rsplit('_').next().unwrap_or_default())
+            .bind(dim as i32)
+            .execute(self.pool)
+            .await
+            .map_err(db("recording the collection"))?;
+            let spec = CollectionSpec {
+                content_dim: dim,
+                behaviour_dim: self.behaviour.as_ref().map(|b| b.dim),
+                hnsw: self.hnsw,
+            };
+            self.store.create_collection(name, &spec).await?;
+            let todo: Vec<&Item> = items.iter().collect();
+            self.embed_and_upsert(name, &todo, &mut report).await?;
+            self.store.finish_bulk_load(name).await?;
+            let found = self.store.count(name).await?;
+            if found != expected {
+                return Err(EmbedError::Incomplete { name: name.into(), found, expected });
+            }
         }
         let previous = self.store.live().await?;
         self.store.set_live(name).await?;
         report.switched = true;
         // Collections past answers read stay (a replay searches them): never dropped here.
-        let referenced: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT substring(inputs->>'data_versions' FROM 'collection=([^;]+)') FROM recommendations_history
-             WHERE inputs->>'data_versions' LIKE '%collection=%'",
-        )
-        .fetch_all(self.pool)
-        .await
-        .map_err(db("finding the collections history refers to"))?;
+        let stored: Vec<String> =
+            self.store.collections().await?.into_iter().filter(|c| c.starts_with("movies_")).collect();
+        let referenced = db::retention::referenced_collections(self.pool, &stored, None)
+            .await
+            .map_err(db("finding the collections history refers to"))?;
         sqlx::query(
             "UPDATE embedding_collections SET state = CASE WHEN name = $1 THEN 'live' WHEN name = $2 THEN 'previous'
                                                        WHEN name = ANY($5) THEN 'retained' ELSE 'dropped' END,
@@ -305,7 +336,7 @@ impl Embedder<'_> {
         )
         .bind(name)
         .bind(previous.as_deref().unwrap_or(""))
-        .bind(found as i32)
+        .bind(expected as i32)
         .bind(self.store.describe())
         .bind(&referenced)
         .execute(self.pool)
@@ -313,37 +344,10 @@ impl Embedder<'_> {
         .map_err(db("recording the switch"))?;
         // Keep the live and the previous collection and those history refers to; drop older
         // ones and abandoned partial builds.
-        for other in self.store.collections().await? {
-            if other != name
-                && Some(&other) != previous.as_ref()
-                && !referenced.contains(&other)
-                && other.starts_with("movies_")
-            {
+        for other in stored {
+            if other != name && Some(&other) != previous.as_ref() && !referenced.contains(&other) {
                 self.store.drop_collection(&other).await?;
             }
-        }
-        Ok(report)
-    }
-
-    async fn incremental(&mut self, live: &str, items: &[Item]) -> Result<EmbedReport, EmbedError> {
-        let stored: HashMap<u64, String> =
-            self.store.digests(live).await?.into_iter().map(|d| (d.id, d.text_hash)).collect();
-        let todo: Vec<&Item> = items.iter().filter(|i| stored.get(&i.id) != Some(&i.hash)).collect();
-        let mut report = EmbedReport { collection: live.to_string(), ..EmbedReport::default() };
-        self.embed_and_upsert(live, &todo, &mut report).await?;
-        let current: std::collections::HashSet<u64> = items.iter().map(|i| i.id).collect();
-        let gone: Vec<u64> = stored.keys().filter(|id| !current.contains(id)).copied().collect();
-        if !gone.is_empty() {
-            report.deleted = gone.len() as u64;
-            self.store.delete(live, gone).await?;
-        }
-        if report.upserted > 0 || report.deleted > 0 {
-            sqlx::query("UPDATE embedding_collections SET points = $2, updated_at = now() WHERE name = $1")
-                .bind(live)
-                .bind(items.len() as i32)
-                .execute(self.pool)
-                .await
-                .map_err(db("recording the update"))?;
         }
         Ok(report)
     }

@@ -1,8 +1,10 @@
 //! Replay against the real stack (two servers with real embeddings, the load balancer logging
 //! history, Postgres with the default dataset): every answer replays identically — also after
 //! further ingest moved the watermark (re-watches and re-ratings of the same users), after a new
-//! popularity run, and after main changed model — and a row whose inputs are gone is reported as
-//! not reproducible, never as a match.
+//! popularity run, after main changed model, and after a new vector collection (built by the
+//! real embedder for a changed catalog) went live: 1,000 answers in all — and a row whose inputs
+//! are gone is reported as not reproducible, never as a match. Pruning old history keeps what
+//! the remaining answers need.
 
 #[allow(dead_code)]
 #[path = "../../server/tests/it/helpers.rs"]
@@ -19,6 +21,7 @@ use db::parse::{DEFAULT_MAX_USER_ID, ParseConfig};
 use db::source::StreamSource;
 use provenance::replay::{Outcome, Replayer, SearchParams, Tally};
 use sqlx::Connection as _;
+use vectorstore::VectorStore as _;
 
 /// Requests `/recommend/<user>` through the load balancer for each user; the request ids.
 async fn ask(base: &str, users: impl IntoIterator<Item = i64>) -> Vec<String> {
@@ -70,7 +73,7 @@ async fn ingest(url: &str, name: &str, lines: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn past_answers_replay_identically_after_ingest_a_new_popularity_run_and_a_model_change() {
+async fn past_answers_replay_identically_after_ingest_a_popularity_run_a_model_change_and_a_new_collection() {
     let fleet = fleet::Fleet::new().await;
     let pool = fleet.stack.db.pool.clone();
     let state_dir = tempfile::tempdir().expect("state");
@@ -162,9 +165,123 @@ async fn past_answers_replay_identically_after_ingest_a_new_popularity_run_and_a
             .await
             .expect("models");
     assert!(models.iter().any(|m| m.starts_with("popularity-v1@")), "{models:?}");
-    let all = [first.clone(), second, third].concat();
-    let tally = replay_all(&mut replayer, &all).await;
+    let so_far = [first.clone(), second.clone(), third.clone()].concat();
+    let tally = replay_all(&mut replayer, &so_far).await;
     println!("after the model change: {tally:?}");
+    assert_eq!((tally.identical, tally.different), (so_far.len() as u64, 0), "{tally:?}");
+
+    // 4. A new vector collection goes live. The catalog changes (the overviews of the 300
+    // most-rated movies rotate among them); the real embedder builds a new collection for it in
+    // the master store (only the changed texts go through the model, the rest come from the
+    // vector cache, seeded here from the live collection) and switches to it, keeping the old
+    // one; main and nightly move to a server with the new collection (a deploy). Old answers
+    // replay against the collection they read, new ones against the new one.
+    let master = fleet.stack.edge_copy().await;
+    let catalog = helpers::embedded_catalog_db().await;
+    let (old_collection, report) = {
+        let store = vectorstore::edge::EdgeStore::open(master.path()).expect("master store");
+        let old = store.live().await.expect("live").expect("a live collection");
+        let mut model = helpers::embedding_model().await;
+        let digests = store.digests(&old).await.expect("digests");
+        let hash: std::collections::HashMap<u64, String> =
+            digests.iter().map(|d| (d.id, d.text_hash.clone())).collect();
+        let ids: Vec<u64> = digests.iter().map(|d| d.id).collect();
+        for (id, vector) in store.vectors(&old, vectorstore::Space::Content, &ids).await.expect("vectors") {
+            sqlx::query("INSERT INTO embedding_cache (model, text_hash, vector) VALUES ($1, $2, $3)")
+                .bind(model.id())
+                .bind(&hash[&id])
+                .bind(&vector)
+                .execute(&catalog.pool)
+                .await
+                .expect("seed the cache");
+        }
+        sqlx::query(
+            "WITH top AS (SELECT movie_id, overview, row_number() OVER (ORDER BY movie_id) AS i, count(*) OVER () AS n
+                          FROM movies WHERE movie_id IN (SELECT movie_id FROM ratings GROUP BY movie_id
+                                                         ORDER BY count(*) DESC, movie_id LIMIT 300))
+             UPDATE movies m SET overview = b.overview FROM top a JOIN top b ON b.i = a.i % a.n + 1
+             WHERE m.movie_id = a.movie_id",
+        )
+        .execute(&catalog.pool)
+        .await
+        .expect("rotate overviews");
+        let report = embedder::pipeline::Embedder {
+            pool: &catalog.pool,
+            store: &store,
+            model: &mut model,
+            progress: false,
+            chunk: 512,
+            hnsw: Default::default(),
+            behaviour: None,
+        }
+        .run()
+        .await
+        .expect("embed the changed catalog");
+        println!("new collection: {}", report.render());
+        (old, report)
+    };
+    assert!(report.switched && report.collection != old_collection, "{report:?}");
+    assert!(report.changed >= 250 && report.embedded == report.changed, "{report:?}");
+    let deployed = tempfile::tempdir().expect("deployed store");
+    helpers::copy_dir(master.path(), deployed.path());
+    let mut config = fleet.stack.config();
+    config.store.edge_dir = Some(deployed.path().to_path_buf());
+    config.state_dir = deployed.path().to_path_buf();
+    let renewed = server::start(config).await.expect("server with the new collection");
+    let renewed_url = format!("http://{}", renewed.http_addr);
+    helpers::wait_ready(&renewed_url).await;
+    for role in ["main", "nightly"] {
+        let reply = admin
+            .try_request(
+                "PUT",
+                &format!("{admin_url}/admin/{role}"),
+                &[("authorization", &format!("Bearer {}", fleet::TOKEN))],
+                Some(&serde_json::json!({"backends": [renewed_url]}).to_string()),
+            )
+            .await
+            .expect("admin");
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let cut = chrono::Utc::now();
+    let fourth = ask(&base, users.iter().copied()).await;
+    shipped(&pool, &fourth).await;
+    let read: Vec<(Option<String>, i64)> = sqlx::query_as(
+        "SELECT collection, count(*) FROM recommendation_provenance WHERE request_id = ANY($1) GROUP BY 1 ORDER BY 1",
+    )
+    .bind(&fourth)
+    .fetch_all(&pool)
+    .await
+    .expect("collections read");
+    println!("collections the fourth round read: {read:?}");
+    assert!(read.iter().all(|(c, _)| c.as_deref() != Some(old_collection.as_str())), "{read:?}");
+    assert!(read.iter().any(|(c, n)| c.as_deref() == Some(report.collection.as_str()) && *n >= 200), "{read:?}");
+    let moved: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM recommendations_history a JOIN recommendations_history b ON a.user_id = b.user_id
+         WHERE a.request_id = ANY($1) AND b.request_id = ANY($2) AND a.movie_ids <> b.movie_ids",
+    )
+    .bind(&second)
+    .bind(&fourth)
+    .fetch_one(&pool)
+    .await
+    .expect("moved");
+    println!("answers changed by the new collection alone (same data, same model): {moved}");
+    assert!(moved > 20, "the new collection changed answers ({moved})");
+    // The store without the new collection cannot replay the new answers: reported, never a match.
+    let (_, outcome) = replayer.replay(&fourth[0]).await.expect("replay");
+    assert!(matches!(&outcome, Outcome::NotReproducible { why } if why.contains("is gone")), "{outcome:?}");
+    let mut replayer = Replayer::new(
+        pool.clone(),
+        vectorstore::open(None, None, Duration::from_secs(30), Some(master.path()), master.path()).expect("store"),
+        SearchParams::default(),
+    );
+    let all = [first.clone(), second.clone(), third, fourth.clone()].concat();
+    let started = std::time::Instant::now();
+    let tally = replay_all(&mut replayer, &all).await;
+    println!(
+        "after the new collection went live: {tally:?} ({:.0} rows/s)",
+        all.len() as f64 / started.elapsed().as_secs_f64()
+    );
+    assert_eq!(all.len(), 1_000);
     assert_eq!((tally.identical, tally.different), (all.len() as u64, 0), "{tally:?}");
 
     // The SQL answer for one row: model, code, data.
@@ -206,6 +323,24 @@ async fn past_answers_replay_identically_after_ingest_a_new_popularity_run_and_a
     let (_, outcome) = no_vectors.replay(&personal).await.expect("replay");
     assert!(matches!(&outcome, Outcome::NotReproducible { why } if why.contains("is gone")), "{outcome:?}");
 
+    // 5. Prune everything answered before the fourth round: 750 rows go; what the fourth round
+    // read stays, and its answers still replay identically; a pruned id is no longer known.
+    let pruned = provenance::prune::prune(
+        &pool,
+        &vectorstore::edge::EdgeStore::open(empty.path()).expect("store"),
+        cut,
+        false,
+        |_| {},
+    )
+    .await
+    .expect("prune");
+    print!("{}", pruned.render());
+    assert_eq!(pruned.history_rows, 750, "{pruned:?}");
+    let tally = replay_all(&mut replayer, &fourth).await;
+    assert_eq!((tally.identical, tally.different), (fourth.len() as u64, 0), "{tally:?}");
+    assert!(matches!(replayer.replay(&first[1]).await, Err(provenance::replay::ReplayError::NotFound(_))));
+
+    renewed.shutdown().await.expect("renewed server");
     popular.shutdown().await.expect("popularity server");
     lb.shutdown().await.expect("lb shutdown");
     fleet.shutdown().await;

@@ -1,8 +1,8 @@
 //! Behaviour vectors: computed from the interactions in Postgres, stored next to the content
-//! vectors as the `behaviour` named vector, kept through incremental and full content runs.
+//! vectors as the `behaviour` named vector, carried over when a content run builds a new collection.
 
 use db::testing::TestDb;
-use embedder::pipeline::{Embedder, Mode, behaviour_version};
+use embedder::pipeline::{Embedder, behaviour_version};
 use vectorstore::edge::EdgeStore;
 use vectorstore::{SearchFilter, Space, VectorStore, point_id};
 
@@ -47,7 +47,7 @@ async fn behaviour_vectors_live_next_to_content_and_survive_content_runs() {
         hnsw: Default::default(),
         behaviour: Some(run.vectors),
     };
-    let built = embedder.run(Mode::Full).await.expect("build");
+    let built = embedder.run().await.expect("build");
     let live = store.live().await.expect("live").expect("a live collection");
     assert_eq!(live, built.collection);
     assert_eq!(behaviour_version(&live), Some(version.as_str()), "{live}");
@@ -75,22 +75,18 @@ async fn behaviour_vectors_live_next_to_content_and_survive_content_runs() {
     println!("{hits:?}");
     assert!(family >= 4, "{genres:?}");
 
-    // A content edit: the incremental run updates the live collection in place and the edited
-    // movie keeps its behaviour vector.
+    // A content edit: a new collection that carries the live behaviour vectors (and their
+    // version) over, the edited movie's included; the live one is not touched.
     sqlx::query("UPDATE movies SET overview = 'A brand new overview.' WHERE movie_id = 'toy+story+2+1999'")
         .execute(&db.pool)
         .await
         .expect("edit");
     embedder.behaviour = None;
-    let one = embedder.run(Mode::Incremental).await.expect("incremental");
-    assert_eq!((one.embedded, one.upserted, one.collection.as_str()), (1, 1, live.as_str()));
-    assert_eq!(store.vectors(&live, Space::Behaviour, &[toy]).await.expect("toy").len(), 1, "kept");
-
-    // A full content rebuild keeps the live behaviour vectors (and their version).
-    embedder.behaviour = None;
-    let rebuilt = embedder.run(Mode::Full).await.expect("full");
+    let rebuilt = embedder.run().await.expect("content run");
     assert!(rebuilt.switched && rebuilt.collection != live, "{rebuilt:?}");
+    assert_eq!((rebuilt.changed, rebuilt.embedded), (1, 1), "{rebuilt:?}");
     assert_eq!(behaviour_version(&rebuilt.collection), Some(version.as_str()));
+    assert_eq!(store.vectors(&rebuilt.collection, Space::Behaviour, &[toy]).await.expect("toy").len(), 1, "kept");
     let carried = store.vectors(&rebuilt.collection, Space::Behaviour, &ids).await.expect("vectors").len();
     assert_eq!(carried, catalog.len());
 }

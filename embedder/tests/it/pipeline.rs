@@ -1,9 +1,10 @@
-//! Full and incremental embedding of a real catalog, retrieval sanity, crash safety.
+//! Embedding a real catalog (a changed catalog is a new collection, live ones are never
+//! modified), retrieval sanity, crash safety.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use embedder::pipeline::{Embedder, Mode};
+use embedder::pipeline::Embedder;
 use embedder::text::{MovieFields, movie_text, text_hash};
 use vectorstore::edge::EdgeStore;
 use vectorstore::point_id;
@@ -34,7 +35,7 @@ async fn neighbours(store: &EdgeStore, collection: &str, movie_id: &str, k: usiz
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[allow(clippy::await_holding_lock)] // the model lock serialises model use across tests, on purpose
-async fn the_default_catalog_embeds_searchably_franchises_cluster_and_updates_incrementally() {
+async fn the_default_catalog_embeds_searchably_franchises_cluster_and_a_changed_catalog_is_a_new_collection() {
     // 2,000 movies of the default catalog (embedding all 9,742 takes ~6 min on 2 cores) plus the
     // franchises checked below.
     const FRANCHISES: [i32; 9] = [1, 3114, 78499, 4993, 5952, 7153, 4896, 5816, 8368];
@@ -54,7 +55,7 @@ async fn the_default_catalog_embeds_searchably_franchises_cluster_and_updates_in
         behaviour: None,
     };
 
-    let full = embedder.run(Mode::Full).await.expect("full embed");
+    let full = embedder.run().await.expect("full embed");
     println!("full embed: {}", full.render());
     assert!(full.switched && full.movies == total && full.embedded == total && full.upserted == total, "{full:?}");
     assert!(total > 2_000);
@@ -76,19 +77,25 @@ async fn the_default_catalog_embeds_searchably_franchises_cluster_and_updates_in
         assert!(found >= 1, "no franchise sibling among the 10 nearest to {movie}: {near:?}");
     }
 
-    let nothing = embedder.run(Mode::Incremental).await.expect("incremental");
-    assert_eq!((nothing.embedded, nothing.upserted, nothing.deleted, nothing.switched), (0, 0, 0, false));
+    let nothing = embedder.run().await.expect("no-op");
+    assert_eq!((nothing.embedded, nothing.upserted, nothing.switched), (0, 0, false), "{nothing:?}");
+    assert_eq!(nothing.collection, live);
 
+    // One movie edited: a new collection (the live one is never modified), one text through
+    // the model, the rest from the cache; the previous collection is kept for rollback, with
+    // its old vector.
+    let toy_story = vectorstore::point_id(&movie_id_of(&db.pool, 1).await);
+    let before = store.vectors(&live, Space::Content, &[toy_story]).await.expect("vector");
     sqlx::query("UPDATE movies SET overview = 'A brand new overview.' WHERE ml_movie_id = 1")
         .execute(&db.pool)
         .await
         .expect("edit");
-    let one = embedder.run(Mode::Incremental).await.expect("incremental");
-    assert_eq!((one.embedded, one.upserted, one.collection.as_str()), (1, 1, live.as_str()));
-
-    let rebuilt = embedder.run(Mode::Full).await.expect("full again");
+    let rebuilt = embedder.run().await.expect("changed catalog");
+    println!("one movie changed: {}", rebuilt.render());
     assert!(rebuilt.switched && rebuilt.collection != live, "a changed catalog is a new collection");
-    assert_eq!((rebuilt.embedded, rebuilt.cached), (0, total), "every vector comes from the cache");
+    assert_eq!((rebuilt.changed, rebuilt.gone, rebuilt.embedded, rebuilt.cached), (1, 0, 1, total - 1));
+    assert_eq!(store.vectors(&live, Space::Content, &[toy_story]).await.expect("vector"), before, "untouched");
+    assert_ne!(store.vectors(&rebuilt.collection, Space::Content, &[toy_story]).await.expect("vector"), before);
     let mut kept = store.collections().await.expect("list");
     kept.sort();
     let mut expected = vec![live.clone(), rebuilt.collection.clone()];
@@ -108,7 +115,7 @@ async fn the_default_catalog_embeds_searchably_franchises_cluster_and_updates_in
         .execute(&db.pool)
         .await
         .expect("edit");
-    let third = embedder.run(Mode::Full).await.expect("full a third time");
+    let third = embedder.run().await.expect("a third catalog");
     assert!(third.switched && third.collection != rebuilt.collection);
     let mut kept = store.collections().await.expect("list");
     kept.sort();
@@ -121,6 +128,29 @@ async fn the_default_catalog_embeds_searchably_franchises_cluster_and_updates_in
         .await
         .expect("state");
     assert_eq!(state, "retained");
+
+    // A fourth catalog: the second collection is dropped (neither live, previous nor named by
+    // history). Back to the second catalog: built again in full. Back to the fourth, which is
+    // `previous` and complete: switched to as it is, nothing written.
+    let overview = |text: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query("UPDATE movies SET overview = $1 WHERE ml_movie_id = 1")
+                .bind(text)
+                .execute(&pool)
+                .await
+                .expect("edit");
+        }
+    };
+    overview("A third overview.").await;
+    let fourth = embedder.run().await.expect("a fourth catalog");
+    assert!(!store.collections().await.expect("list").contains(&rebuilt.collection), "dropped");
+    overview("A brand new overview.").await;
+    let again = embedder.run().await.expect("back to the second catalog");
+    assert!(again.switched && again.collection == rebuilt.collection && again.upserted == total, "{again:?}");
+    overview("A third overview.").await;
+    let back = embedder.run().await.expect("back to the fourth catalog");
+    assert!(back.switched && back.collection == fourth.collection && back.upserted == 0, "{back:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,7 +159,7 @@ async fn killing_a_full_embed_and_rerunning_gives_a_complete_consistent_collecti
     let dir = tempfile::tempdir().expect("tempdir");
     let run = || {
         Command::new(bin())
-            .args(["embed", "--full", "--no-progress", "--chunk", "64"])
+            .args(["embed", "--no-progress", "--chunk", "64"])
             .env("DATABASE_URL", &db.url)
             .env("LAZYREC_EDGE_DIR", dir.path())
             .env("LAZYREC_ASSETS_DIR", assets_dir())
@@ -209,7 +239,7 @@ fn a_missing_model_is_one_clear_line_and_a_failure() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[allow(clippy::await_holding_lock)] // the model lock serialises model use across tests, on purpose
-async fn an_incremental_run_with_another_model_builds_a_new_collection_instead_of_mixing_vectors() {
+async fn a_run_with_another_model_builds_a_new_collection_instead_of_mixing_vectors() {
     let db = db_with_movielens(40, &[]).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let store = EdgeStore::open(dir.path()).expect("store");
@@ -224,9 +254,9 @@ async fn an_incremental_run_with_another_model_builds_a_new_collection_instead_o
             hnsw: Default::default(),
             behaviour: None,
         }
-        .run(Mode::Full)
+        .run()
         .await
-        .expect("full")
+        .expect("first model")
     };
     // The same weights truncated differently are another model (another id): no mixing.
     let paths = embedder::model::ModelPaths::in_assets_dir(&assets_dir());
@@ -240,9 +270,9 @@ async fn an_incremental_run_with_another_model_builds_a_new_collection_instead_o
         hnsw: Default::default(),
         behaviour: None,
     }
-    .run(Mode::Incremental)
+    .run()
     .await
-    .expect("incremental");
+    .expect("second model");
     assert!(second.switched && second.collection != first.collection, "{second:?}");
     assert_eq!((second.embedded, second.upserted), (40, 40));
     assert_eq!(store.live().await.expect("live"), Some(second.collection.clone()));

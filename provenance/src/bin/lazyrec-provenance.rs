@@ -11,7 +11,8 @@ use provenance::replay::{self, Outcome, Replayer, SearchParams, Tally};
 /// For any past recommendation (a request id of `recommendations_history`): `show` names the
 /// model (strategy, parameters), the code (git sha, release, pipeline) and the data (watermark,
 /// popularity run, vector collection, source ranges) that made it; `replay` recomputes it with
-/// that model on that data and compares (exit 0 identical, 1 different, 3 not reproducible).
+/// that model on that data and compares (exit 0 identical, 1 different, 3 not reproducible);
+/// `prune` deletes old history with what only it referred to.
 #[derive(Parser, Debug)]
 #[command(name = "lazyrec-provenance", version)]
 struct Cli {
@@ -37,6 +38,50 @@ enum Command {
     },
     /// Recompute one answer (REQUEST_ID) or a sample (--sample N) and compare.
     Replay(ReplayArgs),
+    /// Delete history older than --before together with what only it referred to: popularity
+    /// run lists (never the latest run) and vector collections kept only because history named
+    /// them (`retained`; never the live or previous one). Releases, models and events are kept.
+    /// The cut must be at least an hour ago (answers of the last hour may still be in flight).
+    Prune(PruneArgs),
+}
+
+/// Where the vectors are (as the embedder and servers were given).
+#[derive(clap::Args, Debug)]
+struct StoreArgs {
+    /// The vectors from this qdrant-edge directory (default <state-dir>/qdrant-edge).
+    #[arg(long, env = "LAZYREC_EDGE_DIR")]
+    edge_dir: Option<std::path::PathBuf>,
+    /// The vectors from a Qdrant server.
+    #[arg(long, env = "QDRANT_URL")]
+    qdrant_url: Option<String>,
+}
+
+impl StoreArgs {
+    fn open(&self, state_dir: &std::path::Path) -> anyhow::Result<std::sync::Arc<dyn vectorstore::VectorStore>> {
+        vectorstore::open(
+            self.qdrant_url.as_deref(),
+            None,
+            Duration::from_secs(30),
+            self.edge_dir.as_deref(),
+            state_dir,
+        )
+        .context("opening the vector store")
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct PruneArgs {
+    /// Delete history rows older than this (RFC 3339, e.g. 2026-10-01T00:00:00Z).
+    #[arg(long)]
+    before: chrono::DateTime<chrono::Utc>,
+    /// Print what would be deleted, delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -53,12 +98,8 @@ struct ReplayArgs {
     /// With --sample: the sample's seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// The vectors from this qdrant-edge directory (default <state-dir>/qdrant-edge).
-    #[arg(long, env = "LAZYREC_EDGE_DIR")]
-    edge_dir: Option<std::path::PathBuf>,
-    /// The vectors from a Qdrant server.
-    #[arg(long, env = "QDRANT_URL")]
-    qdrant_url: Option<String>,
+    #[command(flatten)]
+    store: StoreArgs,
     /// The serving servers' `store.exact_search`.
     #[arg(long)]
     exact_search: bool,
@@ -90,14 +131,7 @@ async fn show(cli: &Cli, request_id: &str, json: bool) -> anyhow::Result<ExitCod
 
 async fn replay_cmd(cli: &Cli, a: &ReplayArgs) -> anyhow::Result<ExitCode> {
     let pool = pool(cli).await?;
-    let store = vectorstore::open(
-        a.qdrant_url.as_deref(),
-        None,
-        Duration::from_secs(30),
-        a.edge_dir.as_deref(),
-        &cli.state_dir,
-    )
-    .context("opening the vector store")?;
+    let store = a.store.open(&cli.state_dir)?;
     let defaults = SearchParams::default();
     let search = SearchParams { exact: a.exact_search || defaults.exact, ef: a.search_ef.or(defaults.ef) };
     let mut replayer = Replayer::new(pool.clone(), store, search);
@@ -170,12 +204,44 @@ async fn replay_cmd(cli: &Cli, a: &ReplayArgs) -> anyhow::Result<ExitCode> {
     Ok(if tally.different == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
+/// The youngest cut `prune` accepts: answers of the last hour may still be on their way to
+/// history, and a popularity run or collection replaced within it may still be served.
+const PRUNE_MIN_AGE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+async fn prune_cmd(cli: &Cli, a: &PruneArgs) -> anyhow::Result<ExitCode> {
+    let newest = chrono::Utc::now() - PRUNE_MIN_AGE;
+    if a.before > newest {
+        return Err(BadInput(format!(
+            "--before {} is less than an hour ago; the newest cut allowed now is {}",
+            a.before.to_rfc3339(),
+            newest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ))
+        .into());
+    }
+    let pool = pool(cli).await?;
+    let store = a.store.open(&cli.state_dir)?;
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {pos} history rows deleted {per_sec}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    let report = provenance::prune::prune(&pool, store.as_ref(), a.before, a.dry_run, |n| bar.set_position(n)).await?;
+    bar.finish_and_clear();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    lifecycle::main_with_code("warn", Some(2), async {
+    lifecycle::main_with_code("warn,qdrant_edge=error", Some(2), async {
         match &cli.command {
             Command::Show { request_id, json } => show(&cli, request_id, *json).await,
             Command::Replay(a) => replay_cmd(&cli, a).await,
+            Command::Prune(a) => prune_cmd(&cli, a).await,
         }
     })
 }

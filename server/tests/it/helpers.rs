@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use db::testing::TestDb;
 use embedder::model::{DEFAULT_MAX_TOKENS, Model, ModelPaths};
-use embedder::pipeline::{Embedder, Mode};
+use embedder::pipeline::Embedder;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use server::config::Config;
@@ -29,30 +29,50 @@ async fn load_default(db: &TestDb) {
     db::popularity::refresh(&db.pool, db::popularity::PopularityParams::default()).await.expect("popularity");
 }
 
+/// A fresh database holding exactly the catalog the shared store was embedded from: the
+/// default dataset cut down to the [`EMBEDDED_MOVIES`] most-rated movies.
+pub async fn embedded_catalog_db() -> TestDb {
+    let db = TestDb::new().await;
+    load_default(&db).await;
+    sqlx::query(
+        "DELETE FROM movies WHERE movie_id NOT IN (SELECT movie_id FROM ratings GROUP BY movie_id ORDER BY count(*) DESC, movie_id LIMIT $1)",
+    )
+    .bind(EMBEDDED_MOVIES)
+    .execute(&db.pool)
+    .await
+    .expect("subset");
+    db
+}
+
+/// The real embedding model, as the shared store was embedded with.
+pub async fn embedding_model() -> Model {
+    let paths = ModelPaths::in_assets_dir(&assets_dir());
+    tokio::task::spawn_blocking(move || Model::load(&paths, 2, DEFAULT_MAX_TOKENS))
+        .await
+        .expect("join")
+        .unwrap_or_else(|e| panic!("{e} (install the assets with `python3 ci/assets.py`)"))
+}
+
 /// The directory of the shared, embedded qdrant-edge store (built once per process).
 async fn embedded_store() -> &'static Path {
     static DIR: OnceCell<tempfile::TempDir> = OnceCell::const_new();
     DIR.get_or_init(|| async {
-        let db = TestDb::new().await;
-        load_default(&db).await;
-        sqlx::query(
-            "DELETE FROM movies WHERE movie_id NOT IN (SELECT movie_id FROM ratings GROUP BY movie_id ORDER BY count(*) DESC, movie_id LIMIT $1)",
-        )
-        .bind(EMBEDDED_MOVIES)
-        .execute(&db.pool)
-        .await
-        .expect("subset");
+        let db = embedded_catalog_db().await;
         let dir = tempfile::tempdir().expect("tempdir");
         let store = EdgeStore::open(dir.path()).expect("store");
-        let paths = ModelPaths::in_assets_dir(&assets_dir());
-        let mut model = tokio::task::spawn_blocking(move || Model::load(&paths, 2, DEFAULT_MAX_TOKENS))
-            .await
-            .expect("join")
-            .unwrap_or_else(|e| panic!("{e} (install the assets with `python3 ci/assets.py`)"));
-        let report = Embedder { pool: &db.pool, store: &store, model: &mut model, progress: false, chunk: 512, hnsw: Default::default(), behaviour: None }
-            .run(Mode::Full)
-            .await
-            .expect("embed");
+        let mut model = embedding_model().await;
+        let report = Embedder {
+            pool: &db.pool,
+            store: &store,
+            model: &mut model,
+            progress: false,
+            chunk: 512,
+            hnsw: Default::default(),
+            behaviour: None,
+        }
+        .run()
+        .await
+        .expect("embed");
         println!("test embeddings: {}", report.render());
         dir
     })
@@ -60,7 +80,8 @@ async fn embedded_store() -> &'static Path {
     .path()
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+/// Copies a directory tree (a qdrant-edge store: an engine directory belongs to one process).
+pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for entry in std::fs::read_dir(from).expect("read_dir") {
         let entry = entry.expect("entry");
