@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on embedded defaults: set up what is missing, build, start the private Postgres,
-# load the default dataset (idempotent), embed new or changed movies into qdrant-edge
-# (incremental), compute behaviour vectors once, then run the whole local stack in the foreground:
+# load the default dataset (idempotent), make the catalog's vector collection live in qdrant-edge
+# (built only when the catalog changed; only changed texts are embedded), compute behaviour vectors once, then run the whole local stack in the foreground:
 #   main server    HTTP :8080  gRPC :50051   (its own copy of the qdrant-edge store)
 #   nightly server HTTP :8081  gRPC :50052   (its own copy)
 #   load balancer  HTTP :8082  gRPC :8083  admin :8084 (token in .state/run/admin-token)
@@ -60,7 +60,7 @@ else
   say "loading the default dataset"
   "$BIN/lazyrec-db" load-default
 fi
-say "embedding new or changed movies (incremental; the first run embeds the whole catalog)"
+say "embedding the catalog (a new collection only when it changed; the first run embeds every movie)"
 "$BIN/embedder" embed
 # Behaviour vectors (neighbours-v2, the default model, searches them): computed once here; run
 # `embedder behaviour` again after new interactions (the release pipeline will).

@@ -99,7 +99,9 @@ impl Default for SearchParams {
 /// How many popularity entries a server loads (and so a replay reads).
 const POPULARITY_LIST: i64 = 1_000;
 
-type ListKey = (String, Space, u64);
+/// A neighbour list: (collection, space, movie point, k). A server caches lists without k (it
+/// serves one strategy); a replay serves many, and two strategies may ask for different k.
+type ListKey = (String, Space, u64, usize);
 
 /// Replays rows; keeps what several rows share (strategies, popularity lists, neighbour lists,
 /// the store's collections).
@@ -345,7 +347,7 @@ impl Replayer {
         k: usize,
     ) -> Result<Arc<Vec<Hit>>, ReplayError> {
         let id = point_id(movie_id);
-        let key = (collection.to_string(), space, id);
+        let key = (collection.to_string(), space, id, k);
         if let Some(list) = self.lists.get(&key) {
             return Ok(list.clone());
         }

@@ -138,13 +138,14 @@ async fn past_answers_replay_identically_after_ingest_a_popularity_run_a_model_c
     println!("after ingest and a popularity run: {tally:?}");
     assert_eq!((tally.identical, tally.different), (2 * first.len() as u64, 0), "{tally:?}");
 
-    // 3. Main changes model (a popularity-v1 server, as a promotion or rollback would do).
+    // 3. Main changes model (a neighbours-v1 server, as a promotion or rollback would do: it
+    // asks for another number of neighbours per seed than v2, from the same collection).
     let edge = fleet.stack.edge_copy().await;
     let mut config = fleet.stack.config();
     config.store.edge_dir = Some(edge.path().to_path_buf());
     config.state_dir = edge.path().to_path_buf();
-    config.model = server::strategy::ModelSpec { strategy: "popularity-v1".into(), params: serde_json::json!({}) };
-    let popular = server::start(config).await.expect("popularity server");
+    config.model = server::strategy::ModelSpec { strategy: "neighbours-v1".into(), params: serde_json::json!({}) };
+    let v1 = server::start(config).await.expect("neighbours-v1 server");
     let admin = fleet::Client::new();
     let admin_url = format!("http://{}", lb.admin_addr.expect("admin"));
     let reply = admin
@@ -152,7 +153,7 @@ async fn past_answers_replay_identically_after_ingest_a_popularity_run_a_model_c
             "PUT",
             &format!("{admin_url}/admin/main"),
             &[("authorization", &format!("Bearer {}", fleet::TOKEN))],
-            Some(&serde_json::json!({"backends": [format!("http://{}", popular.http_addr)]}).to_string()),
+            Some(&serde_json::json!({"backends": [format!("http://{}", v1.http_addr)]}).to_string()),
         )
         .await
         .expect("admin");
@@ -164,7 +165,7 @@ async fn past_answers_replay_identically_after_ingest_a_popularity_run_a_model_c
             .fetch_all(&pool)
             .await
             .expect("models");
-    assert!(models.iter().any(|m| m.starts_with("popularity-v1@")), "{models:?}");
+    assert!(models.iter().any(|m| m.starts_with("neighbours-v1@")), "{models:?}");
     let so_far = [first.clone(), second.clone(), third.clone()].concat();
     let tally = replay_all(&mut replayer, &so_far).await;
     println!("after the model change: {tally:?}");
@@ -341,7 +342,7 @@ async fn past_answers_replay_identically_after_ingest_a_popularity_run_a_model_c
     assert!(matches!(replayer.replay(&first[1]).await, Err(provenance::replay::ReplayError::NotFound(_))));
 
     renewed.shutdown().await.expect("renewed server");
-    popular.shutdown().await.expect("popularity server");
+    v1.shutdown().await.expect("neighbours-v1 server");
     lb.shutdown().await.expect("lb shutdown");
     fleet.shutdown().await;
 }
