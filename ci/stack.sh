@@ -2,7 +2,9 @@
 #   main server    HTTP :8080  gRPC :50051   (its own copy of the qdrant-edge store)
 #   nightly server HTTP :8081  gRPC :50052   (its own copy)
 #   release slots  HTTP :8085/:8086 gRPC :50055/:50056 (ci/deploy.sh: nightlies and rollbacks)
-#   release metrics :9187 (lazyrec-release exporter, when a release script runs it)
+#   release metrics :9187 (lazyrec-release exporter, when a release script or monitoring runs it)
+#   monitoring (start_monitoring): Prometheus :9090, Alertmanager :9093, Postgres exporter :9189,
+#   alert webhook receiver :9095 (appends to $RUN/alerts.jsonl); data under $LAZYREC_STATE_DIR
 #   load balancer  HTTP :8082  gRPC :8083  admin :8084 (token in $RUN/admin-token)
 # shellcheck shell=bash
 RUN="$LAZYREC_STATE_DIR/run"
@@ -17,7 +19,8 @@ alive() {
 # Stops the named processes (default: all, the simulator first) gracefully, waiting up to 30 s
 # each.
 stop_stack() {
-  [ $# -gt 0 ] || set -- simulator exporter ingester loadbalancer nightly slot-8085 slot-8086 main kafka
+  [ $# -gt 0 ] || set -- simulator exporter ingester loadbalancer nightly slot-8085 slot-8086 main kafka \
+    prometheus alertmanager pg-exporter alert-webhook
   local stopped=0 name pid
   for name in "$@"; do
     if [ -f "$RUN/$name.pid" ] && alive "$(cat "$RUN/$name.pid")"; then
@@ -94,6 +97,45 @@ start_kafka() {
   done
   echo "error: the broker did not come up (see $RUN/kafka.log)" >&2
   return 1
+}
+
+# Prometheus (monitoring/prometheus.yml: rules in monitoring/alerts.yml), Alertmanager
+# (monitoring/alertmanager.yml → the local webhook receiver), the Postgres exporter and, unless
+# a release script already runs it, the release/online exporter. Stopped by stop_stack.
+start_monitoring() {
+  local config="$RUN/monitoring"
+  mkdir -p "$config" "$LAZYREC_STATE_DIR/prometheus" "$LAZYREC_STATE_DIR/alertmanager"
+  cp "$ROOT/monitoring/prometheus.yml" "$ROOT/monitoring/alerts.yml" "$ROOT/monitoring/alertmanager.yml" "$config/"
+  python3 "$ROOT/ci/webhook-receiver.py" 9095 "$RUN/alerts.jsonl" >>"$RUN/alert-webhook.log" 2>&1 &
+  echo $! > "$RUN/alert-webhook.pid"
+  DATA_SOURCE_NAME="${DATABASE_URL}?sslmode=disable" prometheus-postgres-exporter \
+    --web.listen-address=127.0.0.1:9189 >>"$RUN/pg-exporter.log" 2>&1 &
+  echo $! > "$RUN/pg-exporter.pid"
+  if ! { [ -f "$RUN/exporter.pid" ] && alive "$(cat "$RUN/exporter.pid")"; }; then
+    "$BIN/lazyrec-release" exporter --listen 127.0.0.1:9187 >>"$RUN/exporter.log" 2>&1 &
+    echo $! > "$RUN/exporter.pid"
+  fi
+  prometheus-alertmanager --config.file="$config/alertmanager.yml" \
+    --storage.path="$LAZYREC_STATE_DIR/alertmanager" --web.listen-address=127.0.0.1:9093 \
+    --cluster.listen-address= >>"$RUN/alertmanager.log" 2>&1 &
+  echo $! > "$RUN/alertmanager.pid"
+  prometheus --config.file="$config/prometheus.yml" --storage.tsdb.path="$LAZYREC_STATE_DIR/prometheus" \
+    --web.listen-address=127.0.0.1:9090 --web.enable-lifecycle >>"$RUN/prometheus.log" 2>&1 &
+  echo $! > "$RUN/prometheus.pid"
+  python3 - <<'PY' || return 1
+import time, urllib.request
+deadline = time.time() + 60
+for url in ("http://127.0.0.1:9090/-/ready", "http://127.0.0.1:9093/-/ready"):
+    while True:
+        try:
+            if urllib.request.urlopen(url, timeout=2).status == 200:
+                break
+        except Exception:
+            pass
+        if time.time() > deadline:
+            raise SystemExit(f"not ready within 60 s: {url}")
+        time.sleep(0.2)
+PY
 }
 
 # Waits until every given port answers /ready with 200 (60 s).

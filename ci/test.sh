@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, the crate-graph rules, every test (release build, real
-# Postgres started by the tests themselves, the real embedding model, qdrant-edge).
+# Postgres started by the tests themselves, the real embedding model, qdrant-edge; Prometheus,
+# Alertmanager and the Postgres exporter from apt for the monitoring checks).
 # Lints run separately (ci/lint.sh): clippy re-checks the whole dependency graph, which would
 # double CI's build time on a fresh clone.
 source "$(dirname "$0")/lib.sh"
@@ -38,5 +39,10 @@ forbid release embedder fastembed ort
 forbid provenance embedder fastembed ort
 # The rule itself must be able to fail: embedder does depend on ort.
 [ -n "$(cargo tree -p embedder -e normal -i ort 2>/dev/null)" ] || { echo "error: the crate-graph check is broken" >&2; exit 1; }
+say "monitoring: Prometheus/Alertmanager configuration, alert-rule unit tests (promtool), dashboards"
+promtool check config monitoring/prometheus.yml
+promtool test rules monitoring/alerts.test.yml
+amtool check-config monitoring/alertmanager.yml >/dev/null
+for d in monitoring/dashboards/*.json; do python3 -m json.tool "$d" >/dev/null || { echo "error: $d is not JSON" >&2; exit 1; }; done
 say "cargo test"
 cargo test --release --workspace

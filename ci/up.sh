@@ -14,14 +14,20 @@
 # course log to $RUN/simulated.log (or, with --kafka, to the topic movielog1 of a local tansu
 # broker: ci/install-kafka.sh), and the ingester following it, so new watches reach the servers
 # while it runs. Ctrl-C stops everything; the simulator's report is in $RUN/simulation.{txt,json}.
+# `ci/up.sh --monitoring` (with or without --simulate) also starts Prometheus (:9090), Alertmanager
+# (:9093) routing to a local webhook receiver ($RUN/alerts.jsonl), the Postgres exporter and the
+# release/online exporter, configured from monitoring/; Grafana dashboards are in
+# monitoring/dashboards.
 SIMULATE=""
 KAFKA=0
+MONITORING=0
 SERVE=1
 args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do
   case "${args[$i]}" in
     --no-serve) SERVE=0 ;;
     --kafka) KAFKA=1 ;;
+    --monitoring) MONITORING=1 ;;
     --simulate)
       i=$((i + 1))
       SIMULATE="${args[$i]:-}"
@@ -94,6 +100,10 @@ if [ -n "$SIMULATE" ]; then
   fi
   say "simulating $SIMULATE requests/s through :8082 (log: $RUN/simulator.log; ingester: $RUN/ingester.log)"
 fi
+if [ "$MONITORING" = 1 ]; then
+  start_monitoring || { echo "monitoring did not come up; logs in $RUN" >&2; stop_stack; exit 1; }
+  say "monitoring: Prometheus http://127.0.0.1:9090 (alerts: /alerts), Alertmanager http://127.0.0.1:9093, notifications in $RUN/alerts.jsonl"
+fi
 cat <<MSG
   curl localhost:8082/recommend/1                       # through the load balancer (sticky 80/20)
   curl -H 'accept: application/json' localhost:8082/recommend/1
@@ -106,7 +116,7 @@ MSG
 declare -A reported=()
 while :; do
   running=0
-  for name in main nightly loadbalancer ingester simulator; do
+  for name in main nightly loadbalancer ingester simulator prometheus alertmanager; do
     [ -f "$RUN/$name.pid" ] || continue
     running=1
     if ! alive "$(cat "$RUN/$name.pid")" && [ -z "${reported[$name]:-}" ]; then

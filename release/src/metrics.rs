@@ -13,14 +13,47 @@
 //!   `lazyrec_release_conversion_difference{release_id,bound="estimate"|"low"|"high"}` (nightly −
 //!   main with its always-valid confidence sequence), `lazyrec_release_p_value{release_id,test}`
 //!   (`always_valid`, `fixed`, `srm`), `lazyrec_release_switched_users{release_id}`.
+//!
+//! And what the alert rules need from the same database (monitoring/alerts.yml):
+//! - `lazyrec_ingest_watermark`, `lazyrec_ingest_last_commit_timestamp_seconds`,
+//!   `lazyrec_ingest_source_position{source,kind}` (bytes or offset committed),
+//!   `lazyrec_ingest_source_size_bytes{source}` and `lazyrec_ingest_source_lag_bytes{source}`
+//!   (file sources: the file's size now, and what of it is not ingested yet)
+//! - `lazyrec_online_conversion{variant}` and `lazyrec_online_responses{variant}`: by served
+//!   variant, the 200 answers of the last [`OnlineWindows::online`] (15 min) whose conversion
+//!   window ([`OnlineWindows::conversion`], 10 min as `evaluate`'s default) has closed, and the
+//!   share followed by a first watch of one of their movies (the release controller's
+//!   definition of conversion). One query per scrape over that slice of history (index on `ts`):
+//!   scrape this job every 30 s, not every 5 s.
 
-use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, Gauge, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use sqlx::PgPool;
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<GaugeVec, prometheus::Error> {
     let g = GaugeVec::new(Opts::new(name, help), labels)?;
     registry.register(Box::new(g.clone()))?;
     Ok(g)
+}
+
+fn plain_gauge(registry: &Registry, name: &str, help: &str) -> Result<Gauge, prometheus::Error> {
+    let g = Gauge::with_opts(Opts::new(name, help))?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+/// The slices of history `lazyrec_online_conversion` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OnlineWindows {
+    /// The answers covered: this long, ending one conversion window ago.
+    pub online: chrono::TimeDelta,
+    /// How long after an answer a watch counts as its conversion.
+    pub conversion: chrono::TimeDelta,
+}
+
+impl Default for OnlineWindows {
+    fn default() -> Self {
+        Self { online: chrono::TimeDelta::minutes(15), conversion: chrono::TimeDelta::minutes(10) }
+    }
 }
 
 /// Failures of a scrape.
@@ -36,9 +69,92 @@ pub enum MetricsError {
 
 type InfoRow = (i64, Option<String>, String, String, Option<f64>, Option<serde_json::Value>);
 
-/// The exposition text of the release metrics now.
-pub async fn render(pool: &PgPool) -> Result<String, MetricsError> {
+/// The ingest and online metrics (see the module docs) into `registry`.
+async fn data_metrics(pool: &PgPool, registry: &Registry, windows: &OnlineWindows) -> Result<(), MetricsError> {
+    let watermark = plain_gauge(registry, "lazyrec_ingest_watermark", "The last committed event id.")?;
+    let last_commit = plain_gauge(
+        registry,
+        "lazyrec_ingest_last_commit_timestamp_seconds",
+        "When the ingester last committed a batch (Unix time).",
+    )?;
+    let position = gauge(
+        registry,
+        "lazyrec_ingest_source_position",
+        "Committed position of a source: bytes (files, streams) or offset (Kafka).",
+        &["source", "kind"],
+    )?;
+    let size = gauge(registry, "lazyrec_ingest_source_size_bytes", "A file source's size now.", &["source"])?;
+    let lag = gauge(
+        registry,
+        "lazyrec_ingest_source_lag_bytes",
+        "Bytes of a file source not ingested yet (size − committed position).",
+        &["source"],
+    )?;
+    let conversion = gauge(
+        registry,
+        "lazyrec_online_conversion",
+        "Share of recent 200 answers followed by a first watch of one of their movies, by served variant.",
+        &["variant"],
+    )?;
+    let responses = gauge(
+        registry,
+        "lazyrec_online_responses",
+        "Recent 200 answers whose conversion window closed, by served variant.",
+        &["variant"],
+    )?;
+    let (wm, committed): (i64, Option<f64>) = sqlx::query_as(
+        "SELECT (SELECT last_event_id FROM ingest_watermark),
+                (SELECT extract(epoch FROM max(committed_at))::float8 FROM ingest_batches)",
+    )
+    .fetch_one(pool)
+    .await?;
+    watermark.set(wm as f64);
+    if let Some(t) = committed {
+        last_commit.set(t);
+    }
+    let sources: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT source, kind, position FROM ingest_sources").fetch_all(pool).await?;
+    for (source, kind, at) in sources {
+        position.with_label_values(&[&source, &kind]).set(at as f64);
+        if kind == "file"
+            && let Some(path) = source.strip_prefix("file:")
+            && let Ok(meta) = std::fs::metadata(path)
+        {
+            size.with_label_values(&[&source]).set(meta.len() as f64);
+            lag.with_label_values(&[&source]).set(meta.len().saturating_sub(at.max(0) as u64) as f64);
+        }
+    }
+    let until = chrono::Utc::now() - windows.conversion;
+    let online: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT served_variant, count(*),
+                count(*) FILTER (WHERE EXISTS (
+                  SELECT 1 FROM user_watched w
+                  WHERE w.user_id = h.user_id AND w.movie_id = ANY (h.movie_ids)
+                    AND w.first_ts >= h.ts AND w.first_ts < h.ts + $3 * interval '1 second'))
+         FROM recommendations_history h
+         WHERE h.ts >= $1 AND h.ts < $2 AND h.status = 200 AND h.user_id IS NOT NULL
+           AND h.served_variant IN ('main', 'nightly')
+         GROUP BY served_variant",
+    )
+    .bind(until - windows.online)
+    .bind(until)
+    .bind(windows.conversion.num_milliseconds() as f64 / 1000.0)
+    .fetch_all(pool)
+    .await?;
+    for variant in ["main", "nightly"] {
+        let (n, hits) = online.iter().find(|(v, _, _)| v == variant).map_or((0, 0), |(_, n, h)| (*n, *h));
+        responses.with_label_values(&[variant]).set(n as f64);
+        if n > 0 {
+            conversion.with_label_values(&[variant]).set(hits as f64 / n as f64);
+        }
+    }
+    Ok(())
+}
+
+/// The exposition text of the release, ingest and online metrics now.
+pub async fn render(pool: &PgPool, windows: &OnlineWindows) -> Result<String, MetricsError> {
     let registry = Registry::new();
+    data_metrics(pool, &registry, windows).await?;
     let info = IntGaugeVec::new(
         Opts::new("lazyrec_release_info", "The newest releases (1), with their state."),
         &["release_id", "tag", "model_version", "state"],
@@ -176,14 +292,15 @@ pub async fn render(pool: &PgPool) -> Result<String, MetricsError> {
 pub async fn serve(
     pool: PgPool,
     listener: tokio::net::TcpListener,
+    windows: OnlineWindows,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::response::IntoResponse;
     let app = axum::Router::new()
         .route(
             "/metrics",
-            axum::routing::get(|axum::extract::State(pool): axum::extract::State<PgPool>| async move {
-                match render(&pool).await {
+            axum::routing::get(move |axum::extract::State(pool): axum::extract::State<PgPool>| async move {
+                match render(&pool, &windows).await {
                     Ok(text) => {
                         ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
                     }

@@ -120,7 +120,7 @@ async fn the_exporter_reports_states_the_latest_look_and_decisions_from_the_reco
     let rejected = store::create(&db.pool, &release("release-recommender-nightly-9")).await.expect("create");
     store::transition(&db.pool, rejected, State::Rejected, "worse", serde_json::json!({})).await.expect("reject");
 
-    let text = release::metrics::render(&db.pool).await.expect("render");
+    let text = release::metrics::render(&db.pool, &Default::default()).await.expect("render");
     let r = running.to_string();
     assert_eq!(
         sample(&text, &format!("lazyrec_release_conversion{{release_id=\"{r}\",variant=\"nightly\"}}")),

@@ -92,12 +92,19 @@ enum Command {
     },
     /// Releases, newest first, with state and decision.
     List,
-    /// Serve Prometheus metrics of the releases (state, latest look's numbers, decisions), read
-    /// from Postgres at each scrape.
+    /// Serve Prometheus metrics read from Postgres at each scrape: the releases (state, latest
+    /// look's numbers, decisions), ingest (watermark, source positions, file lag) and online
+    /// conversion by served variant (what monitoring/alerts.yml uses).
     Exporter {
         /// Where to listen.
         #[arg(long, default_value = "127.0.0.1:9187")]
         listen: std::net::SocketAddr,
+        /// Online conversion covers the answers of this many seconds…
+        #[arg(long, default_value_t = 900)]
+        online_window_s: u32,
+        /// …ending this many seconds ago: a watch this long after an answer counts as its conversion.
+        #[arg(long, default_value_t = 600)]
+        conversion_window_s: u32,
     },
 }
 
@@ -501,13 +508,17 @@ fn main() -> std::process::ExitCode {
                 Ok(std::process::ExitCode::SUCCESS)
             }
             Command::List => list(&cli).await,
-            Command::Exporter { listen } => {
+            Command::Exporter { listen, online_window_s, conversion_window_s } => {
                 let pool = pool(&cli).await?;
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await
                     .map_err(|e| BadInput(format!("cannot listen on {listen}: {e}")))?;
                 tracing::info!(%listen, "serving release metrics");
-                release::metrics::serve(pool, listener, lifecycle::shutdown_signal()).await?;
+                let windows = release::metrics::OnlineWindows {
+                    online: chrono::TimeDelta::seconds(i64::from(*online_window_s)),
+                    conversion: chrono::TimeDelta::seconds(i64::from(*conversion_window_s)),
+                };
+                release::metrics::serve(pool, listener, windows, lifecycle::shutdown_signal()).await?;
                 Ok(std::process::ExitCode::SUCCESS)
             }
         }

@@ -179,7 +179,9 @@ async fn the_simulator_closes_the_loop_through_the_load_balancer_and_the_ingeste
     nightly.shutdown().await.expect("nightly shutdown");
 }
 
-fn db_futures(rows: &[db::import::movielens::FutureRating]) -> std::collections::BTreeMap<i64, Vec<FutureItem>> {
+pub(crate) fn db_futures(
+    rows: &[db::import::movielens::FutureRating],
+) -> std::collections::BTreeMap<i64, Vec<FutureItem>> {
     let mut out: std::collections::BTreeMap<i64, Vec<FutureItem>> = Default::default();
     for f in rows {
         out.entry(f.user_id)
