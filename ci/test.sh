@@ -37,6 +37,8 @@ forbid simulator db sqlx server loadbalancer vectorstore
 forbid release embedder fastembed ort
 # Provenance replays with the server's strategies and the vector store, never the embedding model.
 forbid provenance embedder fastembed ort
+# Reports are SQL over what the services logged: no service, store or model inside.
+forbid report server loadbalancer vectorstore embedder fastembed ort
 # The rule itself must be able to fail: embedder does depend on ort.
 [ -n "$(cargo tree -p embedder -e normal -i ort 2>/dev/null)" ] || { echo "error: the crate-graph check is broken" >&2; exit 1; }
 say "monitoring: Prometheus/Alertmanager configuration, alert-rule unit tests (promtool), dashboards"

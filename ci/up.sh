@@ -56,7 +56,8 @@ fi
 setup
 say "building (release)"
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" -p db -p embedder -p server -p loadbalancer \
-  -p simulator --bin lazyrec-db --bin embedder --bin lazyrec-server --bin lazyrec-lb --bin lazyrec-sim
+  -p simulator -p release -p provenance -p report --bin lazyrec-db --bin embedder --bin lazyrec-server \
+  --bin lazyrec-lb --bin lazyrec-sim --bin lazyrec-release --bin lazyrec-provenance --bin lazyrec-report
 say "starting the private Postgres cluster (state in $LAZYREC_STATE_DIR)"
 eval "export $("$BIN/lazyrec-db" up)"
 if [ -n "$SIMULATE" ]; then
