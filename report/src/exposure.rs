@@ -57,6 +57,9 @@ pub struct Exposure {
     pub top: Vec<MovieExposure>,
 }
 
+/// (movie, slots, first watches, organic first watches).
+type MovieRow = (String, i64, i64, i64);
+
 /// Computes the section.
 pub async fn compute(
     pool: &PgPool,
@@ -64,7 +67,7 @@ pub async fn compute(
     window: chrono::TimeDelta,
     top: usize,
 ) -> Result<Exposure, sqlx::Error> {
-    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+    let rows: Vec<MovieRow> = sqlx::query_as(
         "WITH rec AS (
            SELECT m AS movie_id, count(*) AS slots
            FROM recommendations_history h, unnest(h.movie_ids) m
@@ -96,7 +99,7 @@ pub async fn compute(
     let share = |x: u64, total: u64| if total == 0 { 0.0 } else { x as f64 / total as f64 };
     // Catalog movies absent from `rows` were neither recommended nor watched: zeros.
     let zeros = (catalog as usize).saturating_sub(rows.len());
-    let with_zeros = |f: &dyn Fn(&(String, i64, i64, i64)) -> f64| {
+    let with_zeros = |f: &dyn Fn(&MovieRow) -> f64| {
         let mut v: Vec<f64> = rows.iter().map(f).collect();
         v.extend(std::iter::repeat_n(0.0, zeros));
         v
