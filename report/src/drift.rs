@@ -1,5 +1,6 @@
 //! Drift of the inputs between two windows: how long users watch (minutes per user and movie),
-//! how they rate (stars), how many users are new (no answer before the window) and how many
+//! how they rate (stars), how many users are new (no answer, watch or rating before the window:
+//! a history table that starts with the window does not make everyone new) and how many
 //! answers were cold starts. Distributions are compared with the population stability index
 //! (PSI = Σ (c − b) · ln(c / b) over bins; < 0.1 stable, 0.1–0.25 moderate, > 0.25 a shift).
 
@@ -54,7 +55,7 @@ pub struct Drift {
     pub current: Range,
     /// Watch length and ratings.
     pub distributions: Vec<Compared>,
-    /// Users answered in the window with no answer before it: baseline, current.
+    /// Users answered in the window with no answer, watch or rating before it: baseline, current.
     pub new_users: (Share, Share),
     /// Answers that were cold starts (no history): baseline, current.
     pub cold_start_answers: (Share, Share),
@@ -117,8 +118,10 @@ fn distribution(bins: usize, rows: &[(i32, i64, i64)]) -> Distribution {
 async fn users(pool: &PgPool, w: &Range) -> Result<(Share, Share), sqlx::Error> {
     let (users, new, answers, cold): (i64, i64, i64, i64) = sqlx::query_as(
         "SELECT count(DISTINCT h.user_id),
-                count(DISTINCT h.user_id) FILTER (WHERE NOT EXISTS (
-                  SELECT 1 FROM recommendations_history p WHERE p.user_id = h.user_id AND p.ts < $1)),
+                count(DISTINCT h.user_id) FILTER (WHERE
+                  NOT EXISTS (SELECT 1 FROM recommendations_history p WHERE p.user_id = h.user_id AND p.ts < $1)
+                  AND NOT EXISTS (SELECT 1 FROM user_watched w WHERE w.user_id = h.user_id AND w.first_ts < $1)
+                  AND NOT EXISTS (SELECT 1 FROM ratings r WHERE r.user_id = h.user_id AND r.ts < $1)),
                 count(*), count(*) FILTER (WHERE h.inputs->>'kind' = 'cold_start')
          FROM recommendations_history h
          WHERE h.ts >= $1 AND h.ts < $2 AND h.user_id IS NOT NULL AND h.status = 200",
@@ -191,7 +194,7 @@ impl Drift {
             out.push_str(&format!("  baseline% {}\n  current%  {}\n", shares(&d.baseline), shares(&d.current)));
         }
         out.push_str(&format!(
-            "new users (no answer before the window): {} → {}\n",
+            "new users (nothing before the window): {} → {}\n",
             self.new_users.0.render(),
             self.new_users.1.render()
         ));
