@@ -79,7 +79,8 @@ start_ingester() {
 
 start_simulator() { # rate output
   "$BIN/lazyrec-sim" run --futures "$LAZYREC_STATE_DIR/futures.tsv" --rate "$1" --duration 24h \
-    --output "$2" --json "$RUN/simulation.json" --no-progress >"$RUN/simulation.txt" 2>>"$RUN/simulator.log" &
+    --output "$2" --json "$RUN/simulation.json" --no-progress --metrics-listen 127.0.0.1:9191 \
+    >"$RUN/simulation.txt" 2>>"$RUN/simulator.log" &
   echo $! > "$RUN/simulator.pid"
 }
 

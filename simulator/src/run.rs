@@ -54,6 +54,8 @@ pub struct Config {
     pub progress: bool,
     /// Keep the list of actions (for determinism checks; memory grows with the run).
     pub trace: bool,
+    /// Serve Prometheus metrics of the run here while it runs (`lazyrec_sim_*`).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// One step as it happened, without times: what determinism is checked on.
@@ -128,7 +130,7 @@ struct Shared {
     behaviour: Behaviour,
     seed: u64,
     timeout: Duration,
-    tally: Mutex<Tally>,
+    tally: Arc<Mutex<Tally>>,
     lines: LineSender,
     errors: AtomicU64,
     trace: bool,
@@ -170,7 +172,7 @@ pub async fn run(config: Config, population: Vec<SimUser>, stop: watch::Receiver
         behaviour: config.behaviour,
         seed: config.seed,
         timeout: config.timeout,
-        tally: Mutex::new(Tally::default()),
+        tally: Arc::new(Mutex::new(Tally::default())),
         lines: sink.sender(),
         errors: AtomicU64::new(0),
         trace: config.trace,
@@ -178,6 +180,10 @@ pub async fn run(config: Config, population: Vec<SimUser>, stop: watch::Receiver
     let total = match config.limit {
         Limit::Requests(n) => Some(n),
         Limit::Duration(d) => Some((d.as_secs_f64() * config.rate).ceil() as u64),
+    };
+    let metrics = match config.metrics {
+        Some(addr) => Some(serve_metrics(addr, shared.tally.clone()).await?),
+        None => None,
     };
     let bar = progress_bar(config.progress, total);
     let started = Instant::now();
@@ -256,7 +262,10 @@ pub async fn run(config: Config, population: Vec<SimUser>, stop: watch::Receiver
     let elapsed = started.elapsed();
     bar.finish_and_clear();
     let shared = Arc::into_inner(shared).ok_or_else(|| RunError::Config("steps outlived the run".into()))?;
-    let tally = shared.tally.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(server) = metrics {
+        server.abort();
+    }
+    let tally = std::mem::take(&mut *shared.tally.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
     drop(shared.lines);
     let sink_stats = sink.close()?;
     let mut trace = tally.trace;
@@ -294,6 +303,96 @@ pub async fn run(config: Config, population: Vec<SimUser>, stop: watch::Receiver
         interrupted,
     };
     Ok(Finished { report, trace })
+}
+
+/// Serves `GET /metrics` (the run's counts so far) on `addr` until aborted.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    tally: Arc<Mutex<Tally>>,
+) -> Result<tokio::task::JoinHandle<()>, RunError> {
+    use axum::response::IntoResponse;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| RunError::Config(format!("cannot serve metrics on {addr}: {e}")))?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let tally = tally.clone();
+            async move {
+                let text = tally.lock().unwrap_or_else(|p| p.into_inner()).render_metrics();
+                match text {
+                    Ok(text) => {
+                        ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+                    }
+                    Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+                }
+            }
+        }),
+    );
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "the metrics endpoint stopped");
+        }
+    }))
+}
+
+impl Tally {
+    /// The counts so far as Prometheus text.
+    fn render_metrics(&self) -> Result<String, prometheus::Error> {
+        use prometheus::{Encoder, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+        let registry = Registry::new_custom(Some("lazyrec_sim".into()), None)?;
+        let counter = |name: &str, help: &str, value: u64| -> Result<(), prometheus::Error> {
+            let c = IntCounter::new(name, help)?;
+            c.inc_by(value);
+            registry.register(Box::new(c))
+        };
+        let vec = |name: &str, help: &str, label: &str, values: &[(&str, u64)]| -> Result<(), prometheus::Error> {
+            let c = IntCounterVec::new(Opts::new(name, help), &[label])?;
+            for (l, v) in values {
+                c.with_label_values(&[*l]).inc_by(*v);
+            }
+            registry.register(Box::new(c))
+        };
+        counter("requests_total", "Requests sent", self.requests)?;
+        counter("available_total", "Answers with status 200, a valid list, in time", self.available)?;
+        vec(
+            "responses_total",
+            "Requests by result",
+            "result",
+            &[
+                ("status_200", self.status_200),
+                ("status_other", self.status_other),
+                ("timeout", self.timeouts),
+                ("failed", self.failed),
+                ("invalid", self.invalid),
+            ],
+        )?;
+        let variants: Vec<(&str, &VariantCounts)> = self.variants.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let per = |f: fn(&VariantCounts) -> u64| variants.iter().map(|(k, v)| (*k, f(v))).collect::<Vec<_>>();
+        vec("answers_total", "Answers by served variant", "variant", &per(|v| v.answers))?;
+        vec("valid_answers_total", "Valid answers by served variant", "variant", &per(|v| v.valid))?;
+        vec(
+            "conversions_total",
+            "Valid answers the user then watched from, by served variant",
+            "variant",
+            &per(|v| v.converted),
+        )?;
+        counter("organic_watches_total", "Watches not taken from an answer", self.organic)?;
+        vec(
+            "log_lines_total",
+            "Course log lines written, by kind",
+            "kind",
+            &[
+                ("recommendation", self.lines.recommendation),
+                ("watch", self.lines.watch),
+                ("rate", self.lines.rate),
+                ("create_account", self.lines.create_account),
+            ],
+        )?;
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&registry.gather(), &mut buf)?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
 }
 
 fn progress_bar(enabled: bool, total: Option<u64>) -> ProgressBar {

@@ -88,6 +88,10 @@ struct Common {
     /// Never draw a progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Serve Prometheus metrics of the run here while it runs (requests, results, conversions
+    /// by variant, log lines), e.g. 127.0.0.1:9191.
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -182,6 +186,7 @@ impl Common {
             output: self.output.clone(),
             progress: !self.no_progress && std::io::stderr().is_terminal(),
             trace: false,
+            metrics: self.metrics_listen,
         }
     }
 }

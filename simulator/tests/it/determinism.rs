@@ -19,6 +19,7 @@ async fn trace(target: &str, seed: u64, log: &std::path::Path) -> Vec<TraceEntry
         output: Output::File(log.to_path_buf()),
         progress: false,
         trace: true,
+        metrics: None,
     };
     // 200 users for 3,000 requests: every user has many steps, which run concurrently.
     let people = population::synthetic(200, 300, 40, 9);

@@ -137,6 +137,7 @@ async fn simulator_to_kafka_to_postgres_survives_an_ingester_killed_mid_stream()
         output: Output::Kafka { brokers: brokers.clone(), topic: TOPIC.into() },
         progress: false,
         trace: false,
+        metrics: None,
     };
     let people = population::synthetic(500, 500, 30, 7);
     let (_stop, stop_rx) = tokio::sync::watch::channel(false);

@@ -112,6 +112,7 @@ async fn the_simulator_closes_the_loop_through_the_load_balancer_and_the_ingeste
         output: Output::File(log.clone()),
         progress: false,
         trace: true,
+        metrics: None,
     };
     let (_stop, stop_rx) = tokio::sync::watch::channel(false);
     let finished = run::run(config, people, stop_rx).await.expect("simulate");

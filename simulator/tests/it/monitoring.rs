@@ -1,6 +1,7 @@
 //! The monitoring configuration on the real stack with the simulator attached: a real
 //! Prometheus (monitoring/prometheus.yml with this test's ports, monitoring/alerts.yml) scrapes
-//! two servers, the load balancer, the release/ingest/online exporter and the Postgres exporter;
+//! two servers, the load balancer, the release/ingest/online exporter, the Postgres exporter and
+//! the simulator;
 //! a real Alertmanager (monitoring/alertmanager.yml) routes to a webhook receiver (the test).
 //! Every target is up, every Grafana panel's query (monitoring/dashboards/*.json) returns a
 //! series, and stopping a server fires InstanceDown at the webhook.
@@ -192,8 +193,8 @@ async fn prometheus_scrapes_everything_dashboards_have_data_and_instance_down_re
     let exporter = tokio::spawn(release::metrics::serve(stack.db.pool.clone(), listener, windows, async {
         let _stop = stopped.await;
     }));
-    let (pg_exporter_addr, webhook_addr, alertmanager_addr, prometheus_addr) =
-        (free_addr(), free_addr(), free_addr(), free_addr());
+    let (pg_exporter_addr, webhook_addr, alertmanager_addr, prometheus_addr, simulator_addr) =
+        (free_addr(), free_addr(), free_addr(), free_addr(), free_addr());
     let _pg_exporter = spawn(
         "prometheus-postgres-exporter",
         &[format!("--web.listen-address={pg_exporter_addr}")],
@@ -235,6 +236,7 @@ async fn prometheus_scrapes_everything_dashboards_have_data_and_instance_down_re
                 ("\"127.0.0.1:9189\"", &quoted(&pg_exporter_addr)),
                 ("\"127.0.0.1:9090\"", &quoted(&prometheus_addr)),
                 ("\"127.0.0.1:9093\"", &quoted(&alertmanager_addr)),
+                ("\"127.0.0.1:9191\"", &quoted(&simulator_addr)),
             ],
         ),
     )
@@ -274,6 +276,7 @@ async fn prometheus_scrapes_everything_dashboards_have_data_and_instance_down_re
         output: Output::File(log.clone()),
         progress: false,
         trace: false,
+        metrics: Some(simulator_addr.parse().expect("addr")),
     };
     let (stop_sim, stop_rx) = tokio::sync::watch::channel(false);
     let simulation = tokio::spawn(run::run(sim, people, stop_rx));
@@ -289,7 +292,7 @@ async fn prometheus_scrapes_everything_dashboards_have_data_and_instance_down_re
             .filter(|t| t["health"] != "up")
             .map(|t| format!("{} {} ({}: {})", t["labels"]["job"], t["scrapeUrl"], t["health"], t["lastError"]))
             .collect();
-        if targets.len() == 7 && down.is_empty() {
+        if targets.len() == 8 && down.is_empty() {
             println!(
                 "targets: {} up ({:?})",
                 targets.len(),
