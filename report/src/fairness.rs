@@ -52,7 +52,7 @@ pub async fn compute(
     let closed_before = range.until - window;
     let rows: Vec<Row> = sqlx::query_as(
         "WITH top AS (SELECT array_agg(movie_id) AS ids FROM (SELECT movie_id FROM popularity ORDER BY rank LIMIT $4) t),
-         answers AS (
+         answers AS MATERIALIZED (
            SELECT h.user_id, u.age, u.gender, u.occupation,
                   EXISTS (SELECT 1 FROM user_watched w
                           WHERE w.user_id = h.user_id AND w.movie_id = ANY (h.movie_ids)

@@ -86,5 +86,5 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    lifecycle::main_with_code("warn", Some(2), run(cli))
+    lifecycle::main_with_code("warn,sqlx=error", Some(2), run(cli))
 }
