@@ -123,38 +123,32 @@ start_monitoring() {
   prometheus --config.file="$config/prometheus.yml" --storage.tsdb.path="$LAZYREC_STATE_DIR/prometheus" \
     --web.listen-address=127.0.0.1:9090 --web.enable-lifecycle >>"$RUN/prometheus.log" 2>&1 &
   echo $! > "$RUN/prometheus.pid"
-  python3 - <<'PY' || return 1
-import time, urllib.request
-deadline = time.time() + 60
-for url in ("http://127.0.0.1:9090/-/ready", "http://127.0.0.1:9093/-/ready"):
-    while True:
-        try:
-            if urllib.request.urlopen(url, timeout=2).status == 200:
-                break
-        except Exception:
-            pass
-        if time.time() > deadline:
-            raise SystemExit(f"not ready within 60 s: {url}")
-        time.sleep(0.2)
-PY
+  wait_urls http://127.0.0.1:9090/-/ready http://127.0.0.1:9093/-/ready
 }
 
-# Waits until every given port answers /ready with 200 (60 s).
-wait_ready() {
+# Waits until every given URL answers 200 (60 s).
+wait_urls() {
   python3 - "$@" <<'PY'
 import sys, time, urllib.request
-ports = sys.argv[1:]
+urls = sys.argv[1:]
 deadline = time.time() + 60
 while True:
     try:
-        if all(urllib.request.urlopen(f"http://127.0.0.1:{p}/ready", timeout=2).status == 200 for p in ports):
+        if all(urllib.request.urlopen(u, timeout=2).status == 200 for u in urls):
             break
     except Exception:
         pass
     if time.time() > deadline:
-        raise SystemExit(f"not ready within 60 s: ports {ports}")
+        raise SystemExit(f"not ready within 60 s: {urls}")
     time.sleep(0.2)
 PY
+}
+
+# Waits until every given local port answers /ready with 200 (60 s).
+wait_ready() {
+  local urls=() port
+  for port in "$@"; do urls+=("http://127.0.0.1:$port/ready"); done
+  wait_urls "${urls[@]}"
 }
 
 # The admin API.

@@ -60,6 +60,33 @@ async fn replay_all(replayer: &mut Replayer, ids: &[String]) -> Tally {
     tally
 }
 
+/// Answers of the same users that differ between request-id sets `a` and `b`.
+async fn changed_answers(pool: &sqlx::PgPool, a: &[String], b: &[String]) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM recommendations_history a JOIN recommendations_history b ON a.user_id = b.user_id
+         WHERE a.request_id = ANY($1) AND b.request_id = ANY($2) AND a.movie_ids <> b.movie_ids",
+    )
+    .bind(a)
+    .bind(b)
+    .fetch_one(pool)
+    .await
+    .expect("changed answers")
+}
+
+/// Routes `role` (main or nightly) of the load balancer at `admin_url` to `backend`.
+async fn route(admin_url: &str, role: &str, backend: &str) {
+    let reply = fleet::Client::new()
+        .try_request(
+            "PUT",
+            &format!("{admin_url}/admin/{role}"),
+            &[("authorization", &format!("Bearer {}", fleet::TOKEN))],
+            Some(&serde_json::json!({"backends": [backend]}).to_string()),
+        )
+        .await
+        .expect("admin");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
 /// Ingests course log lines through the ordinary ingester.
 async fn ingest(url: &str, name: &str, lines: &str) {
     let conn = sqlx::PgConnection::connect(url).await.expect("connect");
@@ -124,15 +151,7 @@ async fn past_answers_replay_identically_after_ingest_a_popularity_run_a_model_c
     tokio::time::sleep(Duration::from_millis(1_500)).await; // the servers' refresh picks it up
     let second = ask(&base, users.iter().copied()).await;
     shipped(&pool, &second).await;
-    let moved: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM recommendations_history a JOIN recommendations_history b ON a.user_id = b.user_id
-         WHERE a.request_id = ANY($1) AND b.request_id = ANY($2) AND a.movie_ids <> b.movie_ids",
-    )
-    .bind(&first)
-    .bind(&second)
-    .fetch_one(&pool)
-    .await
-    .expect("moved");
+    let moved = changed_answers(&pool, &first, &second).await;
     assert!(moved > 50, "the new events changed many answers ({moved})");
     let tally = replay_all(&mut replayer, &[first.clone(), second.clone()].concat()).await;
     println!("after ingest and a popularity run: {tally:?}");
@@ -146,18 +165,8 @@ async fn past_answers_replay_identically_after_ingest_a_popularity_run_a_model_c
     config.state_dir = edge.path().to_path_buf();
     config.model = server::strategy::ModelSpec { strategy: "neighbours-v1".into(), params: serde_json::json!({}) };
     let v1 = server::start(config).await.expect("neighbours-v1 server");
-    let admin = fleet::Client::new();
     let admin_url = format!("http://{}", lb.admin_addr.expect("admin"));
-    let reply = admin
-        .try_request(
-            "PUT",
-            &format!("{admin_url}/admin/main"),
-            &[("authorization", &format!("Bearer {}", fleet::TOKEN))],
-            Some(&serde_json::json!({"backends": [format!("http://{}", v1.http_addr)]}).to_string()),
-        )
-        .await
-        .expect("admin");
-    assert_eq!(reply.status, 200, "{}", reply.body);
+    route(&admin_url, "main", &format!("http://{}", v1.http_addr)).await;
     let third = ask(&base, users.iter().copied()).await;
     shipped(&pool, &third).await;
     let models: Vec<String> =
@@ -206,18 +215,7 @@ async fn past_answers_replay_identically_after_ingest_a_popularity_run_a_model_c
         .execute(&catalog.pool)
         .await
         .expect("rotate overviews");
-        let report = embedder::pipeline::Embedder {
-            pool: &catalog.pool,
-            store: &store,
-            model: &mut model,
-            progress: false,
-            chunk: 512,
-            hnsw: Default::default(),
-            behaviour: None,
-        }
-        .run()
-        .await
-        .expect("embed the changed catalog");
+        let report = helpers::embed(&catalog.pool, &store, &mut model).await;
         println!("new collection: {}", report.render());
         (old, report)
     };
@@ -232,16 +230,7 @@ async fn past_answers_replay_identically_after_ingest_a_popularity_run_a_model_c
     let renewed_url = format!("http://{}", renewed.http_addr);
     helpers::wait_ready(&renewed_url).await;
     for role in ["main", "nightly"] {
-        let reply = admin
-            .try_request(
-                "PUT",
-                &format!("{admin_url}/admin/{role}"),
-                &[("authorization", &format!("Bearer {}", fleet::TOKEN))],
-                Some(&serde_json::json!({"backends": [renewed_url]}).to_string()),
-            )
-            .await
-            .expect("admin");
-        assert_eq!(reply.status, 200, "{}", reply.body);
+        route(&admin_url, role, &renewed_url).await;
     }
     let cut = chrono::Utc::now();
     let fourth = ask(&base, users.iter().copied()).await;
@@ -256,15 +245,7 @@ async fn past_answers_replay_identically_after_ingest_a_popularity_run_a_model_c
     println!("collections the fourth round read: {read:?}");
     assert!(read.iter().all(|(c, _)| c.as_deref() != Some(old_collection.as_str())), "{read:?}");
     assert!(read.iter().any(|(c, n)| c.as_deref() == Some(report.collection.as_str()) && *n >= 200), "{read:?}");
-    let moved: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM recommendations_history a JOIN recommendations_history b ON a.user_id = b.user_id
-         WHERE a.request_id = ANY($1) AND b.request_id = ANY($2) AND a.movie_ids <> b.movie_ids",
-    )
-    .bind(&second)
-    .bind(&fourth)
-    .fetch_one(&pool)
-    .await
-    .expect("moved");
+    let moved = changed_answers(&pool, &second, &fourth).await;
     println!("answers changed by the new collection alone (same data, same model): {moved}");
     assert!(moved > 20, "the new collection changed answers ({moved})");
     // The store without the new collection cannot replay the new answers: reported, never a match.

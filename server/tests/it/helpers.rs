@@ -53,6 +53,19 @@ pub async fn embedding_model() -> Model {
         .unwrap_or_else(|e| panic!("{e} (install the assets with `python3 ci/assets.py`)"))
 }
 
+/// Makes the catalog of `pool` live in `store` with the test settings (chunks of 512, default
+/// graph, no behaviour vectors).
+pub async fn embed(
+    pool: &sqlx::PgPool,
+    store: &dyn vectorstore::VectorStore,
+    model: &mut Model,
+) -> embedder::pipeline::EmbedReport {
+    Embedder { pool, store, model, progress: false, chunk: 512, hnsw: Default::default(), behaviour: None }
+        .run()
+        .await
+        .expect("embed")
+}
+
 /// The directory of the shared, embedded qdrant-edge store (built once per process).
 async fn embedded_store() -> &'static Path {
     static DIR: OnceCell<tempfile::TempDir> = OnceCell::const_new();
@@ -61,18 +74,7 @@ async fn embedded_store() -> &'static Path {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = EdgeStore::open(dir.path()).expect("store");
         let mut model = embedding_model().await;
-        let report = Embedder {
-            pool: &db.pool,
-            store: &store,
-            model: &mut model,
-            progress: false,
-            chunk: 512,
-            hnsw: Default::default(),
-            behaviour: None,
-        }
-        .run()
-        .await
-        .expect("embed");
+        let report = embed(&db.pool, &store, &mut model).await;
         println!("test embeddings: {}", report.render());
         dir
     })

@@ -35,68 +35,108 @@ where
     }
 }
 
+/// The closed loop's stack: the default dataset with each user's latest 20 % held out, two
+/// servers (real embeddings) behind the load balancer, and the ingester following the
+/// simulator's log file, as `lazyrec-db ingest --follow` would.
+pub(crate) struct ClosedLoop {
+    pub(crate) loaded: db::cli::HeldOutLoad,
+    pub(crate) stack: Stack,
+    pub(crate) main: server::RunningServer,
+    pub(crate) nightly: server::RunningServer,
+    pub(crate) lb: loadbalancer::RunningLb,
+    pub(crate) main_url: String,
+    pub(crate) nightly_url: String,
+    pub(crate) lb_url: String,
+    /// The simulator's log, followed by the ingester.
+    pub(crate) log: std::path::PathBuf,
+    pub(crate) ingester: tokio::task::JoinHandle<Result<db::ingest::IngestReport, db::ingest::IngestError>>,
+    /// Where the log and the load balancer's state live.
+    pub(crate) work: tempfile::TempDir,
+    /// The nightly's copy of the store.
+    pub(crate) nightly_edge: tempfile::TempDir,
+}
+
+impl ClosedLoop {
+    /// Starts it; the servers cache a user's history for `history_ttl_ms` (default when None).
+    pub(crate) async fn start(experiment: &str, history_ttl_ms: Option<u64>) -> Self {
+        let db = TestDb::new().await;
+        let loaded = db::cli::load_movielens_holding_out(
+            &db.pool,
+            &db.url,
+            &db::import::movielens::MovieLensPaths::bundled(),
+            false,
+            0.2,
+        )
+        .await
+        .expect("load with a held-out future");
+        db::popularity::refresh(&db.pool, db::popularity::PopularityParams::default()).await.expect("popularity");
+        let stack = Stack::with_db(db).await;
+        let work = tempfile::tempdir().expect("work dir");
+        let mut main_config = stack.config();
+        if let Some(ttl) = history_ttl_ms {
+            main_config.caches.user_history_ttl_ms = ttl;
+        }
+        let main = server::start(main_config.clone()).await.expect("main");
+        let nightly_edge = stack.edge_copy().await;
+        let mut nightly_config = main_config;
+        nightly_config.variant = Variant::Nightly;
+        nightly_config.store.edge_dir = Some(nightly_edge.path().to_path_buf());
+        nightly_config.state_dir = nightly_edge.path().to_path_buf();
+        let nightly = server::start(nightly_config).await.expect("nightly");
+        let (main_url, nightly_url) = (format!("http://{}", main.http_addr), format!("http://{}", nightly.http_addr));
+        wait_ready(&main_url).await;
+        wait_ready(&nightly_url).await;
+        let lb = loadbalancer::start(loadbalancer::config::Config {
+            http_addr: "127.0.0.1:0".parse().expect("addr"),
+            grpc_addr: "127.0.0.1:0".parse().expect("addr"),
+            admin_addr: "127.0.0.1:0".parse().expect("addr"),
+            main: vec![main_url.clone()],
+            nightly: vec![nightly_url.clone()],
+            experiment: experiment.into(),
+            database_url: Some(stack.db.url.clone()),
+            state_dir: work.path().join("lb"),
+            ..loadbalancer::config::Config::default()
+        })
+        .await
+        .expect("load balancer");
+        let lb_url = format!("http://{}", lb.http_addr);
+        wait_ready(&lb_url).await;
+        let log = work.path().join("simulated.log");
+        std::fs::write(&log, "").expect("create the log");
+        let conn = sqlx::PgConnection::connect(&stack.db.url).await.expect("connect");
+        let source: Box<dyn LineSource> =
+            Box::new(FileSource::open(&log, Some(Duration::from_millis(100))).expect("follow the log"));
+        let opts = IngestOptions {
+            batch_lines: 2_000,
+            parse: ParseConfig { rating_scale: 10, ..ParseConfig::default() },
+            ..IngestOptions::default()
+        };
+        let ingester = tokio::spawn(Ingester::run_once(conn, opts, vec![source]));
+        Self { loaded, stack, main, nightly, lb, main_url, nightly_url, lb_url, log, ingester, work, nightly_edge }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_simulator_closes_the_loop_through_the_load_balancer_and_the_ingester() {
-    let db = TestDb::new().await;
-    let loaded = db::cli::load_movielens_holding_out(
-        &db.pool,
-        &db.url,
-        &db::import::movielens::MovieLensPaths::bundled(),
-        false,
-        0.2,
-    )
-    .await
-    .expect("load with a held-out future");
-    db::popularity::refresh(&db.pool, db::popularity::PopularityParams::default()).await.expect("popularity");
+    // Servers read histories at most 200 ms old, so new watches count at once.
+    let ClosedLoop {
+        loaded,
+        stack,
+        main,
+        nightly,
+        lb,
+        main_url,
+        lb_url,
+        log,
+        ingester,
+        work: _work,
+        nightly_edge: _nightly_edge,
+        ..
+    } = ClosedLoop::start("simulation-1", Some(200)).await;
     let held_out = loaded.futures.len();
     assert!(held_out > 15_000, "about 20 % of 100,836 ratings held out: {held_out}");
-    let in_db: i64 = count(&db.pool, "rating_events").await;
+    let in_db: i64 = count(&stack.db.pool, "rating_events").await;
     assert_eq!(in_db as usize + held_out, 100_836 - loaded.load.unknown_movies as usize);
-    let stack = Stack::with_db(db).await;
-
-    // Servers read histories at most 200 ms old, so new watches count at once.
-    let mut main_config = stack.config();
-    main_config.caches.user_history_ttl_ms = 200;
-    let main = server::start(main_config.clone()).await.expect("main");
-    let nightly_edge = stack.edge_copy().await;
-    let mut nightly_config = main_config;
-    nightly_config.variant = Variant::Nightly;
-    nightly_config.store.edge_dir = Some(nightly_edge.path().to_path_buf());
-    nightly_config.state_dir = nightly_edge.path().to_path_buf();
-    let nightly = server::start(nightly_config).await.expect("nightly");
-    let (main_url, nightly_url) = (format!("http://{}", main.http_addr), format!("http://{}", nightly.http_addr));
-    wait_ready(&main_url).await;
-    wait_ready(&nightly_url).await;
-    let lb_state = tempfile::tempdir().expect("tempdir");
-    let lb = loadbalancer::start(loadbalancer::config::Config {
-        http_addr: "127.0.0.1:0".parse().expect("addr"),
-        grpc_addr: "127.0.0.1:0".parse().expect("addr"),
-        admin_addr: "127.0.0.1:0".parse().expect("addr"),
-        main: vec![main_url.clone()],
-        nightly: vec![nightly_url],
-        experiment: "simulation-1".into(),
-        database_url: Some(stack.db.url.clone()),
-        state_dir: lb_state.path().to_path_buf(),
-        ..loadbalancer::config::Config::default()
-    })
-    .await
-    .expect("load balancer");
-    let lb_url = format!("http://{}", lb.http_addr);
-    wait_ready(&lb_url).await;
-
-    // The ingester follows the simulator's log, as `lazyrec-db ingest --follow` would.
-    let log_dir = tempfile::tempdir().expect("tempdir");
-    let log = log_dir.path().join("simulated.log");
-    std::fs::write(&log, "").expect("create the log");
-    let conn = sqlx::PgConnection::connect(&stack.db.url).await.expect("connect");
-    let source: Box<dyn LineSource> =
-        Box::new(FileSource::open(&log, Some(Duration::from_millis(100))).expect("follow the log"));
-    let opts = IngestOptions {
-        batch_lines: 2_000,
-        parse: ParseConfig { rating_scale: 10, ..ParseConfig::default() },
-        ..IngestOptions::default()
-    };
-    let ingester = tokio::spawn(Ingester::run_once(conn, opts, vec![source]));
 
     let futures = db_futures(&loaded.futures);
     let spec = PopulationSpec { users: None, new_share: 0.05, new_user_base: 900_000, seed: 42 };

@@ -11,18 +11,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use db::ingest::{IngestOptions, Ingester};
-use db::parse::ParseConfig;
-use db::source::{FileSource, LineSource};
-use db::testing::TestDb;
-use server::config::Variant;
 use simulator::population::{self, PopulationSpec};
 use simulator::run::{self, Config, Limit};
 use simulator::sink::Output;
 use simulator::user::Behaviour;
-use sqlx::Connection;
 
-use crate::helpers::{Stack, get, wait_ready};
+use crate::helpers::get;
+use crate::loop_closing::ClosedLoop;
 
 fn monitoring_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../monitoring")
@@ -129,57 +124,21 @@ async fn prometheus_scrapes_everything_dashboards_have_data_and_instance_down_re
             "{program} is not installed (ci/test.sh's setup installs it from apt)"
         );
     }
-    let db = TestDb::new().await;
-    let loaded = db::cli::load_movielens_holding_out(
-        &db.pool,
-        &db.url,
-        &db::import::movielens::MovieLensPaths::bundled(),
-        false,
-        0.2,
-    )
-    .await
-    .expect("load with a held-out future");
-    db::popularity::refresh(&db.pool, db::popularity::PopularityParams::default()).await.expect("popularity");
-    let stack = Stack::with_db(db).await;
-    let work = tempfile::tempdir().expect("work dir");
-
     // The stack: two servers, the load balancer, the ingester following the simulator's log.
-    let main = server::start(stack.config()).await.expect("main");
-    let nightly_edge = stack.edge_copy().await;
-    let mut nightly_config = stack.config();
-    nightly_config.variant = Variant::Nightly;
-    nightly_config.store.edge_dir = Some(nightly_edge.path().to_path_buf());
-    nightly_config.state_dir = nightly_edge.path().to_path_buf();
-    let nightly = server::start(nightly_config).await.expect("nightly");
-    let (main_url, nightly_url) = (format!("http://{}", main.http_addr), format!("http://{}", nightly.http_addr));
-    wait_ready(&main_url).await;
-    wait_ready(&nightly_url).await;
-    let lb = loadbalancer::start(loadbalancer::config::Config {
-        http_addr: "127.0.0.1:0".parse().expect("addr"),
-        grpc_addr: "127.0.0.1:0".parse().expect("addr"),
-        admin_addr: "127.0.0.1:0".parse().expect("addr"),
-        main: vec![main_url.clone()],
-        nightly: vec![nightly_url.clone()],
-        experiment: "monitoring-1".into(),
-        database_url: Some(stack.db.url.clone()),
-        state_dir: work.path().join("lb"),
-        ..loadbalancer::config::Config::default()
-    })
-    .await
-    .expect("load balancer");
-    let lb_url = format!("http://{}", lb.http_addr);
-    wait_ready(&lb_url).await;
-    let log = work.path().join("simulated.log");
-    std::fs::write(&log, "").expect("create the log");
-    let conn = sqlx::PgConnection::connect(&stack.db.url).await.expect("connect");
-    let source: Box<dyn LineSource> =
-        Box::new(FileSource::open(&log, Some(Duration::from_millis(100))).expect("follow the log"));
-    let opts = IngestOptions {
-        batch_lines: 2_000,
-        parse: ParseConfig { rating_scale: 10, ..ParseConfig::default() },
-        ..IngestOptions::default()
-    };
-    let ingester = tokio::spawn(Ingester::run_once(conn, opts, vec![source]));
+    let ClosedLoop {
+        loaded,
+        stack,
+        main,
+        nightly,
+        lb,
+        nightly_url,
+        lb_url,
+        log,
+        ingester,
+        work,
+        nightly_edge: _nightly_edge,
+        ..
+    } = ClosedLoop::start("monitoring-1", None).await;
 
     // The exporters, the webhook receiver, Alertmanager and Prometheus on free ports.
     let exporter_addr = free_addr();
