@@ -10,6 +10,7 @@ pub mod import;
 pub mod ingest;
 pub mod interactions;
 pub mod kafka;
+pub mod models;
 pub mod parse;
 pub mod pgcluster;
 pub mod popularity;

@@ -206,6 +206,32 @@ pub struct Verdict {
     pub reason: String,
 }
 
+/// Why the gate could not judge.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GateError {
+    /// The model is not in the evaluation.
+    #[error("gate: no model {0:?} in this evaluation")]
+    Missing(String),
+    /// The model failed to fit or run.
+    #[error("gate: {model} did not run: {error}")]
+    DidNotRun {
+        /// Its label.
+        model: String,
+        /// Its error.
+        error: String,
+    },
+    /// The metric was not computed.
+    #[error("gate: {model} has no {metric}@{k} (evaluate with --k {k})")]
+    NoMetric {
+        /// Its label.
+        model: String,
+        /// The metric.
+        metric: String,
+        /// At this cut-off.
+        k: usize,
+    },
+}
+
 /// Fails when the candidate is worse than the reference on `metric` by more than `tolerance`
 /// (relative: `candidate < reference × (1 − tolerance)`).
 pub fn gate(
@@ -214,14 +240,16 @@ pub fn gate(
     reference: &str,
     metric: &GateMetric,
     tolerance: f64,
-) -> Result<Verdict, String> {
-    let value = |label: &str| -> Result<f64, String> {
-        let m = report.model(label).ok_or_else(|| format!("gate: no model {label:?} in this evaluation"))?;
+) -> Result<Verdict, GateError> {
+    let value = |label: &str| -> Result<f64, GateError> {
+        let m = report.model(label).ok_or_else(|| GateError::Missing(label.to_string()))?;
         if let Some(e) = &m.error {
-            return Err(format!("gate: {label} did not run: {e}"));
+            return Err(GateError::DidNotRun { model: label.to_string(), error: e.clone() });
         }
-        m.at.get(&metric.k).and_then(|a| a.get(&metric.metric)).ok_or_else(|| {
-            format!("gate: {label} has no {}@{} (evaluate with --k {})", metric.metric, metric.k, metric.k)
+        m.at.get(&metric.k).and_then(|a| a.get(&metric.metric)).ok_or_else(|| GateError::NoMetric {
+            model: label.to_string(),
+            metric: metric.metric.to_string(),
+            k: metric.k,
         })
     };
     let (c, r) = (value(candidate)?, value(reference)?);

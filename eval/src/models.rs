@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use behaviour::ExactIndex;
 use serde::{Deserialize, Serialize};
-use server::strategy::{self, History, Neighbours, Popularity, Strategy, Watched};
+use strategy::{History, Model, Neighbours, POPULARITY_LIST, Popularity, Search, Stage, Watched};
 use vectorstore::Hit;
 
 use crate::dataset::Dataset;
@@ -391,11 +391,12 @@ impl Recommender for Ease {
     }
 }
 
-/// A registered serving strategy, fed the way the server feeds it, with neighbour lists from
-/// exact searches: behaviour vectors factorised from the training part, content vectors from
-/// the vector store (when given).
+/// A registered serving strategy, answered by the server's pipeline ([`Model::answer`]) with
+/// neighbour lists from exact searches: behaviour vectors factorised from the training part,
+/// content vectors from the vector store (when given); the popularity list is the training
+/// part's, as long as a server's.
 pub struct Served {
-    strategy: Arc<dyn Strategy>,
+    model: Model,
     histories: Vec<History>,
     popularity: Popularity,
     content: Vec<Arc<Vec<Hit>>>,
@@ -420,26 +421,31 @@ fn neighbour_lists(vectors: &[Option<Vec<f32>>], dim: usize, limit: usize, names
 
 impl Served {
     fn fit(spec: &ModelSpec, data: &Dataset, context: &Context) -> Result<Self, FitError> {
-        let strategy =
-            strategy::build(&strategy::ModelSpec { strategy: spec.name.clone(), params: spec.params.clone() })
-                .map_err(|e| FitError::Params { model: spec.name.clone(), detail: e.to_string() })?;
-        let plan = strategy.plan(&History::default());
+        let model = Model::build(
+            &strategy::ModelSpec { strategy: spec.name.clone(), params: spec.params.clone() },
+            Search { exact: true, ef: None },
+        )
+        .map_err(|e| FitError::Params { model: spec.name.clone(), detail: e.to_string() })?;
+        let (content_k, behaviour_k) = model.spaces().iter().fold((0, 0), |(c, b), &(space, k)| match space {
+            vectorstore::Space::Content => (k, b),
+            vectorstore::Space::Behaviour => (c, k),
+        });
         // Content is optional for a strategy that also uses behaviour vectors (benchmark files
         // have no titles); one that uses content only cannot run without it.
-        let content = match (&context.content, plan.content) {
+        let content = match (&context.content, content_k) {
             (_, 0) => Vec::new(),
-            (None, _) if plan.behaviour > 0 => Vec::new(),
+            (None, _) if behaviour_k > 0 => Vec::new(),
             (None, _) => return Err(FitError::NoContent(spec.name.clone())),
             (Some(vectors), k) => {
                 let dim = vectors.iter().flatten().map(Vec::len).next().unwrap_or(0);
                 neighbour_lists(vectors, dim, k, &data.items)
             }
         };
-        let behaviour = if plan.behaviour == 0 {
+        let behaviour = if behaviour_k == 0 {
             Vec::new()
         } else {
             let v = behaviour::factorise(data.users.len(), data.items.len(), &data.interactions(), &context.behaviour)?;
-            neighbour_lists(&v.vectors, v.dim, plan.behaviour, &data.items)
+            neighbour_lists(&v.vectors, v.dim, behaviour_k, &data.items)
         };
         let histories = (0..data.users.len())
             .map(|u| data.history(u))
@@ -458,7 +464,8 @@ impl Served {
                 .canonical()
             })
             .collect();
-        let order = data.popularity();
+        let mut order = data.popularity();
+        order.truncate(POPULARITY_LIST);
         let counts = data.item_users();
         let popularity = Popularity {
             movies: order.iter().map(|&i| data.items[i as usize].clone()).collect(),
@@ -466,14 +473,14 @@ impl Served {
             users: order.iter().map(|&i| counts[i as usize] as u64).collect(),
         };
         let index = data.items.iter().enumerate().map(|(i, m)| (m.clone(), i as u32)).collect();
-        Ok(Self { strategy, histories, popularity, content, behaviour, index })
+        Ok(Self { model, histories, popularity, content, behaviour, index })
     }
 }
 
 impl Recommender for Served {
     fn recommend(&self, user: usize, k: usize) -> Vec<u32> {
         let history = &self.histories[user];
-        let plan = self.strategy.plan(history);
+        let plan = self.model.plan(history);
         let pick = |lists: &[Arc<Vec<Hit>>]| -> Vec<Arc<Vec<Hit>>> {
             if lists.is_empty() {
                 return Vec::new();
@@ -486,8 +493,10 @@ impl Recommender for Served {
                 .collect()
         };
         let neighbours = Neighbours { content: pick(&self.content), behaviour: pick(&self.behaviour) };
-        self.strategy
-            .rank(history, &neighbours, &self.popularity, k)
+        let stage = Stage::Ready { history, neighbours: &neighbours, collection: None };
+        self.model
+            .answer(stage, &self.popularity, 0, k)
+            .items
             .into_iter()
             .filter_map(|item| self.index.get(&item.movie_id).copied())
             .collect()

@@ -17,7 +17,7 @@ pub async fn postgres_rows(pool: &PgPool) -> Result<(Vec<Row>, i64), sqlx::Error
         .into_iter()
         .map(|i| Row {
             user: i.user_id.to_string(),
-            rating: server::data::five_star(i.rating, i.scale),
+            rating: strategy::five_star(i.rating, i.scale),
             item: i.movie_id,
             order: i.last_event_id,
         })

@@ -1,20 +1,10 @@
 //! The admin API, on its own port, behind a bearer token (no token configured → not served).
+//! The calls, bodies and the state document are [`proto::admin`]'s types (the table is there).
 //!
-//! | call | body | effect |
-//! |---|---|---|
-//! | `GET /admin/state` | | experiment, share, backends (enabled, healthy, answered), response-log counters |
-//! | `PUT /admin/nightly` | `{"backends": [url…], "share"?: f, "release_id"?: n}` | set the nightly backends (and share) |
-//! | `PUT /admin/share` | `{"share": f}` | set the nightly share |
-//! | `POST /admin/experiment` | `{"experiment"?: name, "share"?: f}` | start an experiment: a new salt (given or random) |
-//! | `DELETE /admin/experiment` | | stop it: share 0, everyone on main |
-//! | `POST /admin/promote` | `{"release_id"?: n}` | nightly becomes main: main ← nightly's backends and release, nightly emptied, share 0 (the old main's backends leave the table; their servers keep running for a rollback) |
-//! | `PUT /admin/main` | `{"backends": [url…], "release_id"?: n}` | set the main backends (a rollback) |
-//! | `POST /admin/backends/drain` | `{"url": url}` | stop sending requests to a backend (still health-checked) |
-//! | `POST /admin/backends/enable` | `{"url": url}` | take requests again |
-//!
-//! Every change applies at once (a new routing table is swapped in), is written to the routing
-//! file (so it survives a restart), logged, and recorded in `release_events`
-//! (`step = 'lb.<action>'`, details: before and after). A 4xx answer carries a one-line reason.
+//! A change is computed on the current routing, **written to the routing file first**, then
+//! swapped in, logged, and recorded in `release_events` (`step = 'lb.<action>'`, details: before
+//! and after). A change that cannot be written is refused with 503 and not applied: an answered
+//! change survives a restart, a refused one moved nothing. A 4xx answer carries a one-line reason.
 
 use std::sync::Arc;
 
@@ -24,7 +14,10 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use serde::Deserialize;
+use proto::admin::{
+    AdminState, BackendRequest, BackendState, Change, ExperimentRequest, HistoryState, MainRequest, NightlyRequest,
+    PromoteRequest, ShareRequest,
+};
 
 use crate::config::check_backend_url;
 use crate::core::Lb;
@@ -79,41 +72,46 @@ fn bad(reason: impl Into<String>) -> Response {
 }
 
 /// The state document.
-pub fn state_json(lb: &Lb) -> serde_json::Value {
+pub fn state_of(lb: &Lb) -> AdminState {
     let routing = lb.routing.load();
     let backends = |list: &[Arc<crate::routing::Backend>]| {
         list.iter()
-            .map(|b| {
-                serde_json::json!({
-                    "url": b.url, "enabled": b.enabled(), "healthy": b.healthy(),
-                    "answered": b.answered.load(std::sync::atomic::Ordering::Relaxed),
-                })
+            .map(|b| BackendState {
+                url: b.url.clone(),
+                enabled: b.enabled(),
+                healthy: b.healthy(),
+                answered: b.answered.load(std::sync::atomic::Ordering::Relaxed),
             })
             .collect::<Vec<_>>()
     };
     let m = &lb.metrics;
-    serde_json::json!({
-        "experiment": routing.experiment,
-        "share": routing.share,
-        "effective_share": routing.effective_share(),
-        "main": backends(&routing.main),
-        "nightly": backends(&routing.nightly),
-        "main_release_id": routing.main_release_id,
-        "nightly_release_id": routing.nightly_release_id,
-        "history": {
-            "pending": lb.history.queued(),
-            "written": m.history_written.get(),
-            "deferred": m.history_deferred.get(),
-            "dropped": m.history_dropped.get(),
-            "journal_bytes": lb.history.journal().pending_bytes(),
-            "fsync": lb.history.journal().policy(),
+    let journal = lb.history.journal();
+    AdminState {
+        experiment: routing.experiment.clone(),
+        share: routing.share,
+        effective_share: routing.effective_share(),
+        main: backends(&routing.main),
+        nightly: backends(&routing.nightly),
+        main_release_id: routing.main_release_id,
+        nightly_release_id: routing.nightly_release_id,
+        history: HistoryState {
+            pending: lb.history.queued() as u64,
+            written: m.history_written.get(),
+            deferred: m.history_deferred.get(),
+            dropped: m.history_dropped.get(),
+            journal_bytes: journal.pending_bytes(),
+            fsync: serde_json::to_value(journal.policy())
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
         },
-        "fallback_movies": lb.fallback.get().movies.len(),
-    })
+        fallback_movies: lb.fallback.get().movies.len(),
+        change: None,
+    }
 }
 
 async fn state(State(admin): State<Arc<Admin>>) -> Response {
-    axum::Json(state_json(&admin.lb)).into_response()
+    axum::Json(state_of(&admin.lb)).into_response()
 }
 
 /// What made a past answer (the `lazyrec-provenance show` document).
@@ -128,7 +126,8 @@ async fn provenance(State(admin): State<Arc<Admin>>, Path(request_id): Path<Stri
 }
 
 impl Admin {
-    /// Applies `change` to the current spec, swaps the new table in, persists and records it.
+    /// Applies `change` to the current spec: persists it (refused, and not applied, when it
+    /// cannot be), swaps the new table in, records it.
     async fn apply(&self, action: &str, change: impl FnOnce(&mut RoutingSpec) -> Result<(), String>) -> Response {
         let _one_at_a_time = self.changes.lock().await;
         let lb = &self.lb;
@@ -138,14 +137,16 @@ impl Admin {
         if let Err(reason) = change(&mut after) {
             return bad(reason);
         }
+        if let Err(e) = routing::save(&lb.config, &after) {
+            let reason = format!("routing not saved, nothing changed: {e:#}");
+            tracing::error!(action, error = %reason, "admin change refused");
+            return (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")).into_response();
+        }
         let table = Routing::build(&after, Some(&current));
         lb.routing.store(Arc::new(table));
+        let applied_at = chrono::Utc::now();
         // New backends get a health check before the answer, so the caller sees their state.
         health::check_all(lb, false).await;
-        let persisted = routing::save(&lb.config, &after);
-        if let Err(e) = &persisted {
-            tracing::error!(error = %e, "admin change applied but not saved: it will not survive a restart");
-        }
         let details = serde_json::json!({"before": before, "after": after});
         let recorded = sqlx::query("INSERT INTO release_events (release_id, step, details) VALUES (NULL, $1, $2)")
             .bind(format!("lb.{action}"))
@@ -157,10 +158,8 @@ impl Admin {
         }
         tracing::info!(action, before = %serde_json::to_string(&before).unwrap_or_default(),
             after = %serde_json::to_string(&after).unwrap_or_default(), "routing changed");
-        let mut body = state_json(lb);
-        body["change"] = serde_json::json!({
-            "action": action, "saved": persisted.is_ok(), "recorded": recorded.is_ok(),
-        });
+        let mut body = state_of(lb);
+        body.change = Some(Change { action: action.to_string(), saved: true, recorded: recorded.is_ok(), applied_at });
         axum::Json(body).into_response()
     }
 }
@@ -174,17 +173,9 @@ fn check_share(share: f64) -> Result<(), String> {
     if (0.0..=1.0).contains(&share) { Ok(()) } else { Err(format!("share {share} must be within 0..=1")) }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NightlyBody {
-    backends: Vec<String>,
-    share: Option<f64>,
-    release_id: Option<i64>,
-}
-
 async fn set_nightly(
     State(admin): State<Arc<Admin>>,
-    body: Result<axum::Json<NightlyBody>, axum::extract::rejection::JsonRejection>,
+    body: Result<axum::Json<NightlyRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let axum::Json(body) = match body {
         Ok(b) => b,
@@ -206,16 +197,10 @@ async fn set_nightly(
         .await
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct PromoteBody {
-    release_id: Option<i64>,
-}
-
 /// Nightly becomes main in one routing swap. Its backends keep their health state (the table
 /// reuses backend objects by URL), so requests go on without a gap; requests in flight on the
 /// old main finish there.
-async fn promote(State(admin): State<Arc<Admin>>, body: Option<axum::Json<PromoteBody>>) -> Response {
+async fn promote(State(admin): State<Arc<Admin>>, body: Option<axum::Json<PromoteRequest>>) -> Response {
     let body = body.map(|b| b.0).unwrap_or_default();
     admin
         .apply("promote", |spec| {
@@ -236,16 +221,9 @@ async fn promote(State(admin): State<Arc<Admin>>, body: Option<axum::Json<Promot
         .await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MainBody {
-    backends: Vec<String>,
-    release_id: Option<i64>,
-}
-
 async fn set_main(
     State(admin): State<Arc<Admin>>,
-    body: Result<axum::Json<MainBody>, axum::extract::rejection::JsonRejection>,
+    body: Result<axum::Json<MainRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let axum::Json(body) = match body {
         Ok(b) => b,
@@ -263,15 +241,9 @@ async fn set_main(
         .await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ShareBody {
-    share: f64,
-}
-
 async fn set_share(
     State(admin): State<Arc<Admin>>,
-    body: Result<axum::Json<ShareBody>, axum::extract::rejection::JsonRejection>,
+    body: Result<axum::Json<ShareRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let axum::Json(body) = match body {
         Ok(b) => b,
@@ -286,14 +258,7 @@ async fn set_share(
         .await
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ExperimentBody {
-    experiment: Option<String>,
-    share: Option<f64>,
-}
-
-async fn start_experiment(State(admin): State<Arc<Admin>>, body: Option<axum::Json<ExperimentBody>>) -> Response {
+async fn start_experiment(State(admin): State<Arc<Admin>>, body: Option<axum::Json<ExperimentRequest>>) -> Response {
     let body = body.map(|b| b.0).unwrap_or_default();
     admin
         .apply("start_experiment", |spec| {
@@ -325,29 +290,23 @@ async fn stop_experiment(State(admin): State<Arc<Admin>>) -> Response {
         .await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BackendBody {
-    url: String,
-}
-
 async fn drain(
     State(admin): State<Arc<Admin>>,
-    body: Result<axum::Json<BackendBody>, axum::extract::rejection::JsonRejection>,
+    body: Result<axum::Json<BackendRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     set_enabled(admin, body, false).await
 }
 
 async fn enable(
     State(admin): State<Arc<Admin>>,
-    body: Result<axum::Json<BackendBody>, axum::extract::rejection::JsonRejection>,
+    body: Result<axum::Json<BackendRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     set_enabled(admin, body, true).await
 }
 
 async fn set_enabled(
     admin: Arc<Admin>,
-    body: Result<axum::Json<BackendBody>, axum::extract::rejection::JsonRejection>,
+    body: Result<axum::Json<BackendRequest>, axum::extract::rejection::JsonRejection>,
     enabled: bool,
 ) -> Response {
     let axum::Json(body) = match body {

@@ -434,7 +434,7 @@ impl Lb {
             })),
             client_request_id: client_id.map(Cow::Owned),
             data_versions: match &handled.outcome {
-                Outcome::Answered { answer, .. } => answer.data_versions.as_deref().map(Cow::Borrowed),
+                Outcome::Answered { answer, .. } => answer.data_versions.as_ref().map(Cow::Borrowed),
                 Outcome::Refused { .. } | Outcome::Fallback(_) | Outcome::BadRequest(_) | Outcome::Unavailable => None,
             },
         };

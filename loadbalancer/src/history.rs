@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use proto::contract::DataVersions;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -92,9 +93,10 @@ pub struct Inputs<'a> {
     #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
     pub client_request_id: Option<Cow<'a, str>>,
     /// What the backend's answer was computed from beyond the watermark (its
-    /// `x-data-versions`: `popularity=<run>[;collection=<name>]`).
-    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
-    pub data_versions: Option<Cow<'a, str>>,
+    /// `x-data-versions`), stored as the object SQL reads (journal lines written before it was
+    /// typed hold the text form; both deserialise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_versions: Option<Cow<'a, DataVersions>>,
 }
 
 /// The request path's side of the log.

@@ -32,8 +32,8 @@ pub mod headers {
     pub const DEGRADED: &str = "x-degraded";
     /// personal, cold_start, degraded, fallback.
     pub const KIND: &str = "x-recommendation-kind";
-    /// What the answer was computed from beyond the watermark: `popularity=<run>[;collection=<name>]`
-    /// (degraded answers: `popularity=<run>;exclude=history|none`).
+    /// What the answer was computed from beyond the watermark: a [`super::DataVersions`] as a
+    /// JSON object (`{"popularity":3,"collection":"movies_…"}`).
     pub const DATA_VERSIONS: &str = "x-data-versions";
 }
 
@@ -168,6 +168,101 @@ impl FromStr for Kind {
     }
 }
 
+/// What an answer was computed from beyond its watermark: the popularity run, the vector
+/// collection, and for a degraded answer which list cut the popularity list. One rendering: a
+/// JSON object, in the `x-data-versions` header, the JSON answer, and the history row's
+/// `inputs.data_versions` (which SQL reads as an object: `inputs #>> '{data_versions,collection}'`).
+///
+/// Rows journaled before this type existed hold the old text form
+/// (`popularity=3;collection=movies_x;exclude=history`); [`DataVersions`] deserialises both.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct DataVersions {
+    /// The popularity run whose list was read (0: the catalog order, before any run).
+    pub popularity: i64,
+    /// The vector collection neighbour lists were read from (none when no list was read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collection: Option<String>,
+    /// Degraded answers only: what cut the popularity list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude: Option<Exclude>,
+}
+
+/// What a degraded answer removed from the popularity list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Exclude {
+    /// The user's history had been read: watched movies were removed.
+    History,
+    /// Nothing was known about the user: the list as it is.
+    None,
+}
+
+impl DataVersions {
+    /// The JSON object (the header value and the stored form).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Reads the JSON object or the old text form.
+    pub fn parse(raw: &str) -> Result<DataVersions, DecodeError> {
+        let bad = || DecodeError::BadValue { field: headers::DATA_VERSIONS, value: raw.to_string() };
+        if raw.trim_start().starts_with('{') {
+            return serde_json::from_str::<Object>(raw).map(DataVersions::from).map_err(|_| bad());
+        }
+        // The text form of answers recorded before this type: `key=value` pairs joined by `;`.
+        let mut v = DataVersions { popularity: -1, ..DataVersions::default() };
+        for part in raw.split(';').filter(|p| !p.is_empty()) {
+            match part.split_once('=') {
+                Some(("popularity", x)) => v.popularity = x.parse().map_err(|_| bad())?,
+                Some(("collection", x)) if !x.is_empty() => v.collection = Some(x.to_string()),
+                Some(("exclude", "history")) => v.exclude = Some(Exclude::History),
+                Some(("exclude", "none")) => v.exclude = Some(Exclude::None),
+                _ => return Err(bad()),
+            }
+        }
+        if v.popularity < 0 { Err(bad()) } else { Ok(v) }
+    }
+}
+
+/// The serde shape of the object (kept apart so [`DataVersions`]' own `Deserialize` can also
+/// take the old text form).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Object {
+    popularity: i64,
+    #[serde(default)]
+    collection: Option<String>,
+    #[serde(default)]
+    exclude: Option<Exclude>,
+}
+
+impl From<Object> for DataVersions {
+    fn from(o: Object) -> Self {
+        DataVersions { popularity: o.popularity, collection: o.collection, exclude: o.exclude }
+    }
+}
+
+impl<'de> Deserialize<'de> for DataVersions {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Object(Object),
+            Text(String),
+        }
+        match Either::deserialize(d)? {
+            Either::Object(o) => Ok(o.into()),
+            Either::Text(t) => DataVersions::parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl fmt::Display for DataVersions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_json())
+    }
+}
+
 /// One recommended movie.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Item {
@@ -207,9 +302,9 @@ pub struct Answer {
     pub kind: Kind,
     /// Why the answer is degraded (None otherwise).
     pub degraded: Option<String>,
-    /// The popularity run and vector collection the answer read (`popularity=<run>[;collection=<name>]`).
+    /// The popularity run and vector collection the answer read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data_versions: Option<String>,
+    pub data_versions: Option<DataVersions>,
 }
 
 /// An answer (or its headers) that does not follow the contract.
@@ -270,7 +365,7 @@ impl Answer {
             set_header(h, headers::DEGRADED, reason);
         }
         if let Some(versions) = &self.data_versions {
-            set_header(h, headers::DATA_VERSIONS, versions);
+            set_header(h, headers::DATA_VERSIONS, &versions.to_json());
         }
     }
 
@@ -303,7 +398,7 @@ impl Answer {
                 None => None,
             },
             data_versions: match h.get(headers::DATA_VERSIONS) {
-                Some(_) => Some(header(h, headers::DATA_VERSIONS)?.to_string()),
+                Some(_) => Some(DataVersions::parse(header(h, headers::DATA_VERSIONS)?)?),
                 None => None,
             },
         })
@@ -483,7 +578,11 @@ mod tests {
             data_watermark: 42,
             kind: Kind::Degraded,
             degraded: Some("vector store deadline".into()),
-            data_versions: Some("popularity=3;collection=movies_x".into()),
+            data_versions: Some(DataVersions {
+                popularity: 3,
+                collection: Some("movies_x".into()),
+                exclude: Some(Exclude::History),
+            }),
         };
         let mut h = HeaderMap::new();
         answer.write_headers(&mut h);
@@ -496,5 +595,24 @@ mod tests {
         assert!(matches!(Answer::from_text(3, &h, b""), Err(DecodeError::BadValue { field: "kind", .. })));
         assert_eq!(popularity_score(0, 10), 1.0);
         assert!((popularity_score(5, 10) - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn data_versions_are_one_json_object_and_the_old_text_form_still_reads() {
+        let v = DataVersions { popularity: 12, collection: Some("movies_x".into()), exclude: None };
+        assert_eq!(v.to_json(), r#"{"popularity":12,"collection":"movies_x"}"#);
+        assert_eq!(DataVersions::parse(&v.to_json()), Ok(v.clone()));
+        assert_eq!(DataVersions::parse("popularity=12;collection=movies_x"), Ok(v.clone()));
+        let degraded = DataVersions { popularity: 3, collection: None, exclude: Some(Exclude::History) };
+        assert_eq!(DataVersions::parse("popularity=3;exclude=history"), Ok(degraded.clone()));
+        assert_eq!(degraded.to_json(), r#"{"popularity":3,"exclude":"history"}"#);
+        // A journaled row of either age deserialises.
+        let old: DataVersions = serde_json::from_str(r#""popularity=3;exclude=none""#).expect("text");
+        assert_eq!(old.exclude, Some(Exclude::None));
+        let new: DataVersions = serde_json::from_str(&degraded.to_json()).expect("object");
+        assert_eq!(new, degraded);
+        for bad in ["garbage", "collection=x", "popularity=x", r#"{"popularity":1,"extra":2}"#, "{"] {
+            assert!(DataVersions::parse(bad).is_err(), "{bad}");
+        }
     }
 }

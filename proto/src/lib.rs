@@ -1,6 +1,7 @@
 //! The one contract between clients, the load balancer and the servers: the gRPC package
 //! `recommender.v1` (generated) and [`contract`] — the answer, its HTTP renderings and headers,
-//! variants and kinds, input validation — shared by both servers' HTTP and gRPC fronts.
+//! variants and kinds, input validation — shared by both servers' HTTP and gRPC fronts — and
+//! [`admin`], the load balancer's admin API (request and state types, the typed client).
 //!
 //! Fields and methods are only ever added; a breaking change is a new package.
 
@@ -13,6 +14,7 @@ pub mod recommender_v1 {
 /// The encoded file descriptor set, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("recommender_v1_descriptor");
 
+pub mod admin;
 pub mod contract;
 
 /// The gRPC router both servers serve: `service`, `grpc.health.v1` (reporting it SERVING) and

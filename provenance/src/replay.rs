@@ -5,8 +5,9 @@
 //! read. The replay rebuilds the user's history **as of the watermark** (events above it are
 //! ignored: the summaries are used where they have not moved since, the event tables where they
 //! have), reads that popularity run's list (`popularity_run_movies`), searches that collection
-//! with the server's search parameters, and ranks with the same strategy — strategies are
-//! append-only, so a newer binary ranks as the one that answered.
+//! with the search parameters recorded with the model (`models.search`), and answers with the
+//! same pipeline ([`strategy::Model::answer`]) — strategies are append-only, so a newer binary
+//! answers as the one that did.
 //!
 //! A row whose inputs are gone or were never recorded is [`Outcome::NotReproducible`], never a
 //! match.
@@ -14,9 +15,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use server::strategy::{self, History, ModelSpec, Neighbours, Popularity, Strategy, Watched};
 use sqlx::PgPool;
-use vectorstore::{Hit, SearchFilter, Space, VectorStore, point_id};
+use strategy::{
+    DataVersions, Exclude, History, Model, ModelSpec, Neighbours, POPULARITY_LIST, Popularity, Search, Stage, Watched,
+    five_star, without_code,
+};
+use vectorstore::{Hit, Space, VectorStore, point_id};
 
 /// Failures of the replay machinery itself (not of a row's reproducibility).
 #[derive(Debug, thiserror::Error)]
@@ -53,8 +57,8 @@ pub struct Recorded {
     pub model_version: Option<String>,
     /// The data watermark of the answer.
     pub data_watermark: Option<i64>,
-    /// `popularity=<run>[;collection=<name>]`.
-    pub data_versions: Option<String>,
+    /// The popularity run and collection the answer read (absent on rows recorded before).
+    pub data_versions: Option<DataVersions>,
     /// Movies asked for.
     pub limit: Option<i64>,
     /// The answer.
@@ -79,37 +83,17 @@ pub enum Outcome {
     },
 }
 
-/// The server's search parameters (they must be the serving servers': `store.exact_search`,
-/// `store.search_ef`).
-#[derive(Debug, Clone, Copy)]
-pub struct SearchParams {
-    /// Exhaustive search.
-    pub exact: bool,
-    /// HNSW breadth.
-    pub ef: Option<usize>,
-}
-
-impl Default for SearchParams {
-    fn default() -> Self {
-        let store = server::config::Config::default().store;
-        Self { exact: store.exact_search, ef: store.search_ef }
-    }
-}
-
-/// How many popularity entries a server loads (and so a replay reads).
-const POPULARITY_LIST: i64 = 1_000;
-
-/// A neighbour list: (collection, space, movie point, k). A server caches lists without k (it
-/// serves one strategy); a replay serves many, and two strategies may ask for different k.
-type ListKey = (String, Space, u64, usize);
+/// A neighbour list: (collection, space, movie point, k, search). A server caches lists without
+/// k or search parameters (it serves one model); a replay serves many, and two models may ask
+/// for different lengths or search differently.
+type ListKey = (String, Space, u64, usize, Search);
 
 /// Replays rows; keeps what several rows share (strategies, popularity lists, neighbour lists,
 /// the store's collections).
 pub struct Replayer {
     pool: PgPool,
     store: Arc<dyn VectorStore>,
-    search: SearchParams,
-    strategies: HashMap<String, Result<Arc<dyn Strategy>, String>>,
+    models: HashMap<String, Result<Model, String>>,
     popularity: HashMap<i64, Option<Arc<Popularity>>>,
     lists: HashMap<ListKey, Arc<Vec<Hit>>>,
     collections: Option<Vec<String>>,
@@ -119,45 +103,13 @@ fn not_reproducible(why: impl Into<String>) -> Outcome {
     Outcome::NotReproducible { why: why.into() }
 }
 
-/// What `inputs.data_versions` says: `popularity=<run>[;collection=<name>][;exclude=history|none]`.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct DataVersions {
-    /// The popularity run.
-    pub run: Option<i64>,
-    /// The vector collection.
-    pub collection: Option<String>,
-    /// Degraded answers: whether the popularity list was cut by the user's history.
-    pub exclude_history: Option<bool>,
-}
-
-/// Parses `inputs.data_versions`.
-pub fn parse_versions(versions: &str) -> DataVersions {
-    let mut v = DataVersions::default();
-    for part in versions.split(';') {
-        match part.split_once('=') {
-            Some(("popularity", x)) => v.run = x.parse().ok(),
-            Some(("collection", x)) if !x.is_empty() => v.collection = Some(x.to_string()),
-            Some(("exclude", "history")) => v.exclude_history = Some(true),
-            Some(("exclude", "none")) => v.exclude_history = Some(false),
-            _ => {}
-        }
-    }
-    v
-}
-
-/// The `<strategy>@<params hash>` part of a model version (the code's git sha may differ).
-fn model_part(version: &str) -> &str {
-    version.split_once('+').map_or(version, |(m, _)| m)
-}
-
 impl Replayer {
     /// A replayer over `pool` and `store`.
-    pub fn new(pool: PgPool, store: Arc<dyn VectorStore>, search: SearchParams) -> Self {
+    pub fn new(pool: PgPool, store: Arc<dyn VectorStore>) -> Self {
         Self {
             pool,
             store,
-            search,
-            strategies: HashMap::new(),
+            models: HashMap::new(),
             popularity: HashMap::new(),
             lists: HashMap::new(),
             collections: None,
@@ -176,13 +128,13 @@ impl Replayer {
             bool,
             Option<String>,
             Option<i64>,
-            Option<String>,
+            Option<serde_json::Value>,
             Option<i64>,
             Vec<String>,
         );
         let row: Option<Row> = sqlx::query_as(
             "SELECT request_id, ts, user_id, status, served_variant, inputs->>'kind', degraded, model_version,
-                    data_watermark, inputs->>'data_versions', (inputs->>'limit')::bigint, movie_ids
+                    data_watermark, inputs->'data_versions', (inputs->>'limit')::bigint, movie_ids
              FROM recommendations_history WHERE request_id = $1",
         )
         .bind(request_id)
@@ -199,7 +151,8 @@ impl Replayer {
             degraded: r.6,
             model_version: r.7,
             data_watermark: r.8,
-            data_versions: r.9,
+            // A value that is not a data-versions object names nothing a replay could read.
+            data_versions: r.9.and_then(|v| serde_json::from_value(v).ok()),
             limit: r.10,
             movie_ids: r.11,
         })
@@ -227,81 +180,82 @@ impl Replayer {
         let Some(versions) = &r.data_versions else {
             return Ok(not_reproducible("recorded before answers named their popularity run and collection"));
         };
-        let DataVersions { run, collection, exclude_history } = parse_versions(versions);
-        if r.degraded && exclude_history.is_none() {
+        if r.degraded && versions.exclude.is_none() {
             return Ok(not_reproducible("a degraded answer recorded without which list it cut"));
         }
-        let strategy = match self.strategy(model_version).await? {
-            Ok(s) => s,
+        let model = match self.model(model_version).await? {
+            Ok(m) => m,
             Err(why) => return Ok(not_reproducible(why)),
         };
-        let popularity = match run {
-            Some(0) => {
-                return Ok(not_reproducible("answered before the first popularity run (catalog order, not kept)"));
-            }
-            Some(run) => match self.popularity(run).await? {
-                Some(p) => p,
-                None => return Ok(not_reproducible(format!("popularity run {run} is gone (pruned)"))),
-            },
-            None => return Ok(not_reproducible(format!("no popularity run in {versions:?}"))),
+        let run = versions.popularity;
+        if run == 0 {
+            return Ok(not_reproducible("answered before the first popularity run (catalog order, not kept)"));
+        }
+        let Some(popularity) = self.popularity(run).await? else {
+            return Ok(not_reproducible(format!("popularity run {run} is gone (pruned)")));
         };
         let limit = r.limit.unwrap_or(20).max(0) as usize;
         let history = self.history_as_of(user_id, watermark).await?;
-        let items = if let Some(cut) = exclude_history {
-            // A degraded answer: the popularity list minus what the user had seen (when the
-            // history stage had answered), whatever the model.
-            let exclude = if cut { history.seen() } else { Default::default() };
-            popularity.top_excluding(&exclude, limit)
-        } else if history.watched.is_empty() {
-            popularity.top_excluding(&Default::default(), limit)
-        } else {
-            let plan = strategy.plan(&history);
-            let mut neighbours = Neighbours::default();
-            if !plan.seeds.is_empty() && plan.spaces().next().is_some() {
-                let Some(collection) = collection else {
-                    return Ok(not_reproducible(format!("no vector collection in {versions:?}")));
-                };
-                if !self.has_collection(&collection).await? {
-                    return Ok(not_reproducible(format!("vector collection {collection} is gone")));
-                }
-                for (space, k) in plan.spaces() {
-                    let mut lists = Vec::with_capacity(plan.seeds.len());
-                    for &i in &plan.seeds {
-                        lists.push(self.neighbour_list(&collection, space, &history.watched[i].movie_id, k).await?);
+        let plan = model.plan(&history);
+        let mut neighbours = Neighbours::default();
+        // A degraded answer read no list; the pipeline gets the stage the server had reached.
+        let stage = match versions.exclude {
+            Some(Exclude::None) => Stage::NoHistory,
+            Some(Exclude::History) => Stage::NoNeighbours(&history),
+            None => {
+                if !plan.seeds.is_empty() && plan.spaces().next().is_some() {
+                    let Some(collection) = &versions.collection else {
+                        return Ok(not_reproducible(format!("no vector collection in {versions}")));
+                    };
+                    if !self.has_collection(collection).await? {
+                        return Ok(not_reproducible(format!("vector collection {collection} is gone")));
                     }
-                    match space {
-                        Space::Content => neighbours.content = lists,
-                        Space::Behaviour => neighbours.behaviour = lists,
+                    for (space, k) in plan.spaces() {
+                        let mut lists = Vec::with_capacity(plan.seeds.len());
+                        for &i in &plan.seeds {
+                            let movie = &history.watched[i].movie_id;
+                            lists.push(self.neighbour_list(collection, space, movie, k, model.search()).await?);
+                        }
+                        match space {
+                            Space::Content => neighbours.content = lists,
+                            Space::Behaviour => neighbours.behaviour = lists,
+                        }
                     }
                 }
+                Stage::Ready { history: &history, neighbours: &neighbours, collection: versions.collection.as_deref() }
             }
-            strategy.rank(&history, &neighbours, &popularity, limit)
         };
-        let replayed: Vec<String> = items.into_iter().map(|i| i.movie_id).collect();
+        let decision = model.answer(stage, &popularity, run, limit);
+        let replayed: Vec<String> = decision.items.into_iter().map(|i| i.movie_id).collect();
         Ok(if replayed == r.movie_ids { Outcome::Identical } else { Outcome::Different { replayed } })
     }
 
-    async fn strategy(&mut self, model_version: &str) -> Result<Result<Arc<dyn Strategy>, String>, ReplayError> {
-        if let Some(s) = self.strategies.get(model_version) {
-            return Ok(s.clone());
+    /// The model recorded under `model_version`, built by this binary (its parameter hash must
+    /// match: strategies are append-only, so the same parameters rank the same way).
+    async fn model(&mut self, model_version: &str) -> Result<Result<Model, String>, ReplayError> {
+        if let Some(m) = self.models.get(model_version) {
+            return Ok(m.clone());
         }
-        let spec: Option<(String, serde_json::Value)> =
-            sqlx::query_as("SELECT strategy, params FROM models WHERE model_version = $1")
-                .bind(model_version)
-                .fetch_optional(&self.pool)
-                .await?;
-        let built = match spec {
+        let built = match db::models::find(&self.pool, model_version).await? {
             None => Err(format!("model {model_version} is not in `models` (served before models were recorded)")),
-            Some((name, params)) => match strategy::build(&ModelSpec { strategy: name.clone(), params }) {
-                Err(e) => Err(format!("model {model_version}: {e}")),
-                Ok(s) if model_part(&strategy::model_version(s.as_ref())) != model_part(model_version) => Err(format!(
-                    "model {model_version}: this build's {name} has another parameter hash ({})",
-                    strategy::model_version(s.as_ref())
-                )),
-                Ok(s) => Ok(s),
-            },
+            Some(recorded) => {
+                let search = match recorded.search.map(serde_json::from_value::<Search>).transpose() {
+                    Ok(search) => search.unwrap_or_default(),
+                    Err(e) => return Ok(Err(format!("model {model_version}: bad search parameters: {e}"))),
+                };
+                let spec = ModelSpec { strategy: recorded.strategy.clone(), params: recorded.params };
+                match Model::build(&spec, search) {
+                    Err(e) => Err(format!("model {model_version}: {e}")),
+                    Ok(m) if without_code(m.version()) != without_code(model_version) => Err(format!(
+                        "model {model_version}: this build's {} has another parameter hash ({})",
+                        recorded.strategy,
+                        m.version()
+                    )),
+                    Ok(m) => Ok(m),
+                }
+            }
         };
-        self.strategies.insert(model_version.to_string(), built.clone());
+        self.models.insert(model_version.to_string(), built.clone());
         Ok(built)
     }
 
@@ -313,7 +267,7 @@ impl Replayer {
             "SELECT movie_id, watch_users FROM popularity_run_movies WHERE run_id = $1 ORDER BY rank, movie_id LIMIT $2",
         )
         .bind(run)
-        .bind(POPULARITY_LIST)
+        .bind(POPULARITY_LIST as i64)
         .fetch_all(&self.pool)
         .await?;
         let watermark: Option<i64> = sqlx::query_scalar("SELECT watermark FROM popularity_runs WHERE run_id = $1")
@@ -345,25 +299,16 @@ impl Replayer {
         space: Space,
         movie_id: &str,
         k: usize,
+        search: Search,
     ) -> Result<Arc<Vec<Hit>>, ReplayError> {
         let id = point_id(movie_id);
-        let key = (collection.to_string(), space, id, k);
+        let key = (collection.to_string(), space, id, k, search);
         if let Some(list) = self.lists.get(&key) {
             return Ok(list.clone());
         }
-        // As the server fetches it (server::core::Core::neighbour_list).
-        let list = match self.store.vectors(collection, space, &[id]).await?.pop() {
-            None => Arc::new(Vec::new()),
-            Some((_, vector)) => {
-                let filter = SearchFilter {
-                    exclude_ids: vec![id],
-                    exact: self.search.exact,
-                    ef: self.search.ef,
-                    ..Default::default()
-                };
-                Arc::new(self.store.search(collection, space, vector, k, &filter).await?)
-            }
-        };
+        let list =
+            vectorstore::neighbours_of(self.store.as_ref(), collection, space, id, k, search.exact, search.ef).await?;
+        let list = Arc::new(list);
         self.lists.insert(key, list.clone());
         Ok(list)
     }
@@ -407,11 +352,7 @@ impl Replayer {
         let watched = rows
             .into_iter()
             .filter_map(|(movie_id, last_event_id, rating, scale)| {
-                Some(Watched {
-                    movie_id,
-                    last_event_id: last_event_id?,
-                    rating: server::data::five_star(rating, scale),
-                })
+                Some(Watched { movie_id, last_event_id: last_event_id?, rating: five_star(rating, scale) })
             })
             .collect();
         Ok(History { watermark, watched }.canonical())
@@ -477,19 +418,4 @@ pub async fn sample(
     .bind(seed.to_string())
     .fetch_all(pool)
     .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn data_versions_parse_and_model_versions_compare_without_the_code_sha() {
-        let v = parse_versions("popularity=12;collection=movies_x");
-        assert_eq!((v.run, v.collection.as_deref(), v.exclude_history), (Some(12), Some("movies_x"), None));
-        assert_eq!(parse_versions("popularity=3;exclude=history").exclude_history, Some(true));
-        assert_eq!(parse_versions("popularity=3;exclude=none").exclude_history, Some(false));
-        assert_eq!(parse_versions("garbage"), DataVersions::default());
-        assert_eq!(model_part("neighbours-v2@c93bdb1c+773ff4642c0f"), "neighbours-v2@c93bdb1c");
-    }
 }

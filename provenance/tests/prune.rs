@@ -10,10 +10,8 @@ use vectorstore::edge::EdgeStore;
 use vectorstore::{CollectionSpec, MoviePoint, VectorStore};
 
 async fn history(pool: &sqlx::PgPool, id: &str, ts: DateTime<Utc>, run: i64, collection: Option<&str>) {
-    let versions = match collection {
-        Some(c) => format!("popularity={run};collection={c}"),
-        None => format!("popularity={run}"),
-    };
+    let versions =
+        proto::contract::DataVersions { popularity: run, collection: collection.map(str::to_string), exclude: None };
     sqlx::query(
         "INSERT INTO recommendations_history (request_id, ts, served_variant, status, latency_us, movie_ids, inputs)
          VALUES ($1, $2, 'main', 200, 1, '{m1}', $3)",

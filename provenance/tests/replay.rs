@@ -1,7 +1,8 @@
 //! Replay against the real stack (two servers with real embeddings, the load balancer logging
 //! history, Postgres with the default dataset): every answer replays identically — also after
 //! further ingest moved the watermark (re-watches and re-ratings of the same users), after a new
-//! popularity run, after main changed model, and after a new vector collection (built by the
+//! popularity run, after main changed model (to a server with a non-default search `ef`,
+//! which the replay reads from the model's record), and after a new vector collection (built by the
 //! real embedder for a changed catalog) went live: 1,000 answers in all — and a row whose inputs
 //! are gone is reported as not reproducible, never as a match. Pruning old history keeps what
 //! the remaining answers need.
@@ -19,7 +20,7 @@ use std::time::Duration;
 use db::ingest::{IngestOptions, Ingester};
 use db::parse::{DEFAULT_MAX_USER_ID, ParseConfig};
 use db::source::StreamSource;
-use provenance::replay::{Outcome, Replayer, SearchParams, Tally};
+use provenance::replay::{Outcome, Replayer, Tally};
 use sqlx::Connection as _;
 use vectorstore::VectorStore as _;
 
@@ -110,7 +111,7 @@ async fn past_answers_replay_identically_after_ingest_a_popularity_run_a_model_c
     let vectors = fleet.stack.edge_copy().await;
     let store =
         vectorstore::open(None, None, Duration::from_secs(30), Some(vectors.path()), vectors.path()).expect("store");
-    let mut replayer = Replayer::new(pool.clone(), store, SearchParams::default());
+    let mut replayer = Replayer::new(pool.clone(), store);
 
     // 1. Known users (personal answers from both variants) and unknown ones (cold start).
     let users: Vec<i64> = (1..=240).chain(900_001..=900_010).collect();
@@ -163,7 +164,10 @@ async fn past_answers_replay_identically_after_ingest_a_popularity_run_a_model_c
     let mut config = fleet.stack.config();
     config.store.edge_dir = Some(edge.path().to_path_buf());
     config.state_dir = edge.path().to_path_buf();
-    config.model = server::strategy::ModelSpec { strategy: "neighbours-v1".into(), params: serde_json::json!({}) };
+    config.model = strategy::ModelSpec { strategy: "neighbours-v1".into(), params: serde_json::json!({}) };
+    // With another search breadth than the default: part of its model, recorded with it, so the
+    // replays below read it from `models` (no flag says it).
+    config.store.search_ef = Some(64);
     let v1 = server::start(config).await.expect("neighbours-v1 server");
     let admin_url = format!("http://{}", lb.admin_addr.expect("admin"));
     route(&admin_url, "main", &format!("http://{}", v1.http_addr)).await;
@@ -175,6 +179,12 @@ async fn past_answers_replay_identically_after_ingest_a_popularity_run_a_model_c
             .await
             .expect("models");
     assert!(models.iter().any(|m| m.starts_with("neighbours-v1@")), "{models:?}");
+    let search: serde_json::Value =
+        sqlx::query_scalar("SELECT search FROM models WHERE model_version LIKE 'neighbours-v1@%'")
+            .fetch_one(&pool)
+            .await
+            .expect("the v1 model's search parameters");
+    assert_eq!(search, serde_json::json!({"exact": false, "ef": 64}));
     let so_far = [first.clone(), second.clone(), third.clone()].concat();
     let tally = replay_all(&mut replayer, &so_far).await;
     println!("after the model change: {tally:?}");
@@ -254,7 +264,6 @@ async fn past_answers_replay_identically_after_ingest_a_popularity_run_a_model_c
     let mut replayer = Replayer::new(
         pool.clone(),
         vectorstore::open(None, None, Duration::from_secs(30), Some(master.path()), master.path()).expect("store"),
-        SearchParams::default(),
     );
     let all = [first.clone(), second.clone(), third, fourth.clone()].concat();
     let started = std::time::Instant::now();
@@ -281,7 +290,6 @@ async fn past_answers_replay_identically_after_ingest_a_popularity_run_a_model_c
     let mut fresh = Replayer::new(
         pool.clone(),
         vectorstore::open(None, None, Duration::from_secs(30), Some(vectors.path()), vectors.path()).expect("store"),
-        SearchParams::default(),
     );
     let (_, outcome) = fresh.replay(&first[0]).await.expect("replay");
     assert!(
@@ -292,7 +300,6 @@ async fn past_answers_replay_identically_after_ingest_a_popularity_run_a_model_c
     let mut no_vectors = Replayer::new(
         pool.clone(),
         vectorstore::open(None, None, Duration::from_secs(30), Some(empty.path()), empty.path()).expect("store"),
-        SearchParams::default(),
     );
     let personal: String = sqlx::query_scalar(
         "SELECT request_id FROM recommendations_history WHERE request_id = ANY($1) AND inputs->>'kind' = 'personal'

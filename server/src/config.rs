@@ -14,7 +14,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::admission::Limits;
-use crate::strategy::{self, ModelSpec};
+use strategy::{Model, ModelSpec, Search};
 
 pub use proto::contract::Variant;
 
@@ -249,10 +249,16 @@ impl Config {
         if self.caches.refresh_ms == 0 {
             problems.push("caches.refresh_ms must be positive".into());
         }
-        if let Err(e) = strategy::build(&self.model) {
+        if let Err(e) = self.model() {
             problems.push(e.to_string());
         }
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
+    }
+
+    /// The served model: the strategy and parameters of `[model]`, searched with `[store]`'s
+    /// search parameters (both are part of the recorded model).
+    pub fn model(&self) -> Result<Model, strategy::StrategyError> {
+        Model::build(&self.model, Search { exact: self.store.exact_search, ef: self.store.search_ef })
     }
 
     /// The Postgres stage's limits as applied (in flight capped at the pool size).

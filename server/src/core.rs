@@ -17,14 +17,14 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use moka::future::Cache;
 use sqlx::PgPool;
+use strategy::{DataVersions, History, Item, Model, Neighbours, Plan, Popularity, Stage};
 use vectorstore::point_id;
-use vectorstore::{Hit, SearchFilter, Space, VectorStore};
+use vectorstore::{Hit, Space, VectorStore};
 
 use crate::admission::{Gate, Permit, Refused};
 use crate::config::Config;
 use crate::data;
 use crate::metrics::Metrics;
-use crate::strategy::{self, History, Item, Neighbours, Plan, Popularity, Strategy};
 
 pub use proto::contract::Kind;
 
@@ -42,10 +42,9 @@ pub struct Answer {
     pub kind: Kind,
     /// Why it degraded.
     pub degraded: Option<String>,
-    /// What it was computed from beyond the watermark: `popularity=<run>` and, when neighbour
-    /// lists were read, `;collection=<name>` (recorded in the history row's inputs; replay
-    /// reads the same).
-    pub data_versions: String,
+    /// What it was computed from beyond the watermark (recorded in the history row's inputs;
+    /// replay reads the same).
+    pub data_versions: DataVersions,
 }
 
 /// Why a stage failed (and so why the answer degraded): the metric label and the reason sent
@@ -102,8 +101,7 @@ pub struct Core {
     pub metrics: Metrics,
     pool: PgPool,
     store: Arc<dyn VectorStore>,
-    strategy: Arc<dyn Strategy>,
-    model_version: String,
+    model: Model,
     collection: RwLock<Option<Arc<str>>>,
     /// The popularity list served and its run id (0: the catalog fallback).
     popularity: RwLock<(Arc<Popularity>, i64)>,
@@ -156,7 +154,7 @@ enum Admit {
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Core")
-            .field("model_version", &self.model_version)
+            .field("model_version", &self.model.version())
             .field("store", &self.store.describe())
             .finish()
     }
@@ -171,8 +169,7 @@ impl Core {
         store: Arc<dyn VectorStore>,
         metrics: Metrics,
     ) -> Result<Self, strategy::StrategyError> {
-        let strategy = strategy::build(&config.model)?;
-        let model_version = strategy::model_version(strategy.as_ref());
+        let model = config.model()?;
         let histories = Cache::builder()
             .max_capacity(config.caches.user_histories)
             .time_to_live(Duration::from_millis(config.caches.user_history_ttl_ms))
@@ -186,8 +183,7 @@ impl Core {
             metrics,
             pool,
             store,
-            strategy,
-            model_version,
+            model,
             collection: RwLock::new(pinned),
             popularity: RwLock::new((Arc::new(Popularity::default()), 0)),
             watermark: AtomicI64::new(0),
@@ -203,7 +199,7 @@ impl Core {
 
     /// `<strategy>@<params hash>+<git sha>`.
     pub fn model_version(&self) -> &str {
-        &self.model_version
+        self.model.version()
     }
 
     /// The variant this instance plays.
@@ -225,12 +221,13 @@ impl Core {
     /// version; a failure is logged (Postgres may be down at start) and tried again at the next
     /// start.
     pub async fn register_model(&self) {
-        let (name, params) = (self.strategy.name(), self.strategy.params());
-        let version = self.model_version.clone();
+        let model = self.model.clone();
         match self
-            .query(self.config.deadlines.request(), None, |pool| async move {
-                data::register_model(&pool, &version, name, &params).await
-            })
+            .query(
+                self.config.deadlines.request(),
+                None,
+                |pool| async move { data::register_model(&pool, &model).await },
+            )
             .await
         {
             Ok(Ok(())) => {}
@@ -284,7 +281,12 @@ impl Core {
                         _ => loaded_run,
                     };
                 if loaded.movies.is_empty() || run != loaded_run {
-                    match self.query(deadline, None, |pool| async move { data::popularity(&pool, 1_000).await }).await {
+                    match self
+                        .query(deadline, None, |pool| async move {
+                            data::popularity(&pool, strategy::POPULARITY_LIST as i64).await
+                        })
+                        .await
+                    {
                         Ok(Ok((p, list_run))) if !p.movies.is_empty() => {
                             *self.popularity.write().unwrap_or_else(|p| p.into_inner()) = (Arc::new(p), list_run);
                         }
@@ -342,7 +344,7 @@ impl Core {
     /// `within`; a strategy that needs no neighbours needs no warming.
     pub async fn warm(&self, within: Duration) {
         let started = Instant::now();
-        let spaces: Vec<(Space, usize)> = self.strategy.plan(&History::default()).spaces().collect();
+        let spaces = self.model.spaces();
         let Some(collection) = self.collection().filter(|_| !spaces.is_empty()) else { return };
         let popularity = self.popularity();
         let lookups = popularity.movies.iter().take(8).flat_map(|m| {
@@ -366,7 +368,7 @@ impl Core {
         proto::contract::Answer {
             user_id,
             items: answer.items,
-            model_version: self.model_version.clone(),
+            model_version: self.model.version().to_string(),
             variant: self.config.variant.into(),
             assigned_variant: None,
             request_id,
@@ -391,16 +393,7 @@ impl Core {
             Err(e) => return self.degraded(e, None, limit),
         };
         let (popularity, run) = self.popularity_with_run();
-        if history.watched.is_empty() {
-            return Answer {
-                items: popularity.top_excluding(&Default::default(), limit),
-                watermark: history.watermark,
-                kind: Kind::ColdStart,
-                degraded: None,
-                data_versions: format!("popularity={run}"),
-            };
-        }
-        let plan = self.strategy.plan(&history);
+        let plan = self.model.plan(&history);
         let (neighbours, collection) = if plan.seeds.is_empty() {
             (Neighbours::default(), None)
         } else {
@@ -410,7 +403,7 @@ impl Core {
                 tokio::time::timeout(within, self.neighbour_lists(&history, &plan, Admit::Within(within))).await;
             self.metrics.stage.with_label_values(&["vector_store"]).observe(started.elapsed().as_secs_f64());
             match result {
-                Ok(Ok((lists, collection))) => (lists, collection),
+                Ok(Ok((lists, collection))) => (lists, Some(collection)),
                 Ok(Err(e)) => return self.degraded(e, Some(&history), limit),
                 Err(_) => {
                     return self.degraded(StageError::VectorStoreTimeout, Some(&history), limit);
@@ -418,13 +411,18 @@ impl Core {
             }
         };
         let started = Instant::now();
-        let items = self.strategy.rank(&history, &neighbours, &popularity, limit);
-        self.metrics.stage.with_label_values(&["rerank"]).observe(started.elapsed().as_secs_f64());
-        let data_versions = match collection {
-            Some(c) => format!("popularity={run};collection={c}"),
-            None => format!("popularity={run}"),
-        };
-        Answer { items, watermark: history.watermark, kind: Kind::Personal, degraded: None, data_versions }
+        let stage = Stage::Ready { history: &history, neighbours: &neighbours, collection: collection.as_deref() };
+        let decision = self.model.answer(stage, &popularity, run, limit);
+        if decision.kind == Kind::Personal {
+            self.metrics.stage.with_label_values(&["rerank"]).observe(started.elapsed().as_secs_f64());
+        }
+        Answer {
+            items: decision.items,
+            watermark: history.watermark,
+            kind: decision.kind,
+            degraded: None,
+            data_versions: decision.data_versions,
+        }
     }
 
     fn degraded(&self, e: StageError, history: Option<&History>, limit: usize) -> Answer {
@@ -434,15 +432,17 @@ impl Core {
         if let Some(others) = self.degraded_log.allow() {
             tracing::warn!(reason = %e, others_since_last_line = others, "degraded answer: popularity list");
         }
-        let exclude = history.map(History::seen).unwrap_or_default();
         let (popularity, run) = self.popularity_with_run();
-        // Which list was cut (the user's history was read or not) makes the answer replayable.
-        let cut = if history.is_some() { "history" } else { "none" };
+        let stage = match history {
+            Some(history) => Stage::NoNeighbours(history),
+            None => Stage::NoHistory,
+        };
+        let decision = self.model.answer(stage, &popularity, run, limit);
         Answer {
-            items: popularity.top_excluding(&exclude, limit),
-            data_versions: format!("popularity={run};exclude={cut}"),
+            items: decision.items,
+            data_versions: decision.data_versions,
             watermark: history.map(|h| h.watermark).unwrap_or_else(|| self.watermark()),
-            kind: Kind::Degraded,
+            kind: decision.kind,
             degraded: Some(e.to_string()),
         }
     }
@@ -515,7 +515,7 @@ impl Core {
         history: &History,
         plan: &Plan,
         admit: Admit,
-    ) -> Result<(Neighbours, Option<Arc<str>>), StageError> {
+    ) -> Result<(Neighbours, Arc<str>), StageError> {
         let Some(collection) = self.collection() else {
             return Err(StageError::NoCollection);
         };
@@ -535,7 +535,7 @@ impl Core {
                 Space::Behaviour => out.behaviour = lists,
             }
         }
-        Ok((out, Some(collection)))
+        Ok((out, collection))
     }
 
     async fn neighbour_list(
@@ -559,7 +559,7 @@ impl Core {
         }
         .map_err(StageError::VectorStoreShed)?;
         let store = self.store.clone();
-        let (exact, ef) = (self.config.store.exact_search, self.config.store.search_ef);
+        let search = self.model.search();
         let cache = self.neighbours.clone();
         // A detached task holding the slot: when the request's deadline passes, the search still
         // finishes and fills the cache, so a cold cache warms up even under pressure.
@@ -567,15 +567,9 @@ impl Core {
             let _permit = permit;
             cache
                 .try_get_with(key, async move {
-                    let Some((_, vector)) = store.vectors(&collection, space, &[id]).await?.pop() else {
-                        // No vector in this space (not embedded yet, or too few viewers for a
-                        // behaviour vector): no neighbours there.
-                        return Ok(Arc::new(Vec::new()));
-                    };
-                    let filter = SearchFilter { exclude_ids: vec![id], exact, ef, ..SearchFilter::default() };
-                    Ok::<_, vectorstore::StoreError>(Arc::new(
-                        store.search(&collection, space, vector, k, &filter).await?,
-                    ))
+                    vectorstore::neighbours_of(store.as_ref(), &collection, space, id, k, search.exact, search.ef)
+                        .await
+                        .map(Arc::new)
                 })
                 .await
         });

@@ -3,7 +3,7 @@
 
 use sqlx::PgPool;
 
-use crate::strategy::{History, Popularity, Watched};
+use strategy::{History, Model, Popularity, Watched, five_star};
 
 /// Watched or rated movies of `user_id` and the ingest watermark, in one snapshot.
 ///
@@ -35,14 +35,6 @@ pub async fn history(pool: &PgPool, user_id: i64) -> Result<History, sqlx::Error
     Ok(History { watermark, watched }.canonical())
 }
 
-/// A stored rating on its scale (5 or 10) as stars out of 5.
-pub fn five_star(rating: Option<i16>, scale: Option<i16>) -> Option<f64> {
-    match (rating, scale) {
-        (Some(r), Some(s)) if s > 0 => Some(f64::from(r) * 5.0 / f64::from(s)),
-        _ => None,
-    }
-}
-
 /// The id of the latest popularity run (None before the first `lazyrec-db popularity`).
 pub async fn popularity_run(pool: &PgPool) -> Result<Option<i64>, sqlx::Error> {
     sqlx::query_scalar("SELECT max(run_id) FROM popularity_runs").fetch_one(pool).await
@@ -55,25 +47,16 @@ pub async fn popularity(pool: &PgPool, limit: i64) -> Result<(Popularity, i64), 
     Ok((Popularity { movies: list.movies, watermark: list.watermark, users: list.users }, list.run_id))
 }
 
-/// The model a server serves, recorded once (`models`: model version → strategy and parameters)
-/// so a past answer's model version names a buildable model.
-pub async fn register_model(
-    pool: &PgPool,
-    model_version: &str,
-    strategy: &str,
-    params: &serde_json::Value,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO models (model_version, strategy, params, git_sha) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (model_version) DO NOTHING",
-    )
-    .bind(model_version)
-    .bind(strategy)
-    .bind(params)
-    .bind(crate::strategy::GIT_SHA)
-    .execute(pool)
-    .await?;
-    Ok(())
+/// The model a server serves, recorded once (`models`: model version → strategy, parameters and
+/// search parameters) so a past answer's model version names a buildable model.
+pub async fn register_model(pool: &PgPool, model: &Model) -> Result<(), sqlx::Error> {
+    let recorded = db::models::RecordedModel {
+        strategy: model.strategy_name().to_string(),
+        params: model.params(),
+        search: Some(serde_json::to_value(model.search()).unwrap_or_default()),
+        git_sha: strategy::GIT_SHA.to_string(),
+    };
+    db::models::register(pool, model.version(), &recorded).await
 }
 
 /// The committed ingest watermark.

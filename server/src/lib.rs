@@ -12,7 +12,6 @@ pub mod data;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
-pub mod strategy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

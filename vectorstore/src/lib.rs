@@ -253,6 +253,26 @@ pub trait VectorStore: Send + Sync {
     async fn set_live(&self, collection: &str) -> Result<(), StoreError>;
 }
 
+/// The neighbour list of a movie: the `k` points nearest to point `id`'s vector in `space`,
+/// itself excluded; empty when the point has no vector there (not embedded yet, or too few
+/// viewers for a behaviour vector). The one way the server and a replay fetch a list, so both
+/// read the same list from the same collection.
+pub async fn neighbours_of(
+    store: &dyn VectorStore,
+    collection: &str,
+    space: Space,
+    id: u64,
+    k: usize,
+    exact: bool,
+    ef: Option<usize>,
+) -> Result<Vec<Hit>, StoreError> {
+    let Some((_, vector)) = store.vectors(collection, space, &[id]).await?.pop() else {
+        return Ok(Vec::new());
+    };
+    let filter = SearchFilter { exclude_ids: vec![id], exact, ef, ..SearchFilter::default() };
+    store.search(collection, space, vector, k, &filter).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

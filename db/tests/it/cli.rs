@@ -46,7 +46,10 @@ fn a_bad_rating_scale_is_a_usage_error() {
 #[test]
 fn up_works_from_a_directory_the_postgres_user_cannot_enter() {
     if !nix::unistd::Uid::effective().is_root() {
-        println!("SKIPPED: needs root (Postgres runs as another OS user only when we are root)");
+        testkit::skip_or_fail(
+            testkit::External::Root,
+            "needs root (Postgres runs as another OS user only when we are root)",
+        );
         return;
     }
     use std::os::unix::fs::PermissionsExt;

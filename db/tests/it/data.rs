@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-/// The shared data directory, or `None` (with a printed reason) when it is absent.
+/// The shared data directory, or `None` when it is absent (a recorded skip, or a failure when
+/// `LAZYREC_REQUIRE` names `shared-data`).
 pub fn shared_data() -> Option<PathBuf> {
     let dir = std::env::var_os("LAZYREC_SHARED_DATA")
         .map(PathBuf::from)
@@ -10,7 +11,8 @@ pub fn shared_data() -> Option<PathBuf> {
     if dir.join("course").is_dir() {
         Some(dir)
     } else {
-        eprintln!("SKIPPED: shared data not found at {} (set LAZYREC_SHARED_DATA)", dir.display());
+        let reason = format!("shared data not found at {} (set LAZYREC_SHARED_DATA)", dir.display());
+        testkit::skip_or_fail(testkit::External::SharedData, &reason);
         None
     }
 }

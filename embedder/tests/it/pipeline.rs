@@ -107,7 +107,7 @@ async fn the_default_catalog_embeds_searchably_franchises_cluster_and_a_changed_
         "INSERT INTO recommendations_history (request_id, ts, served_variant, status, latency_us, inputs)
          VALUES ('r-1', now(), 'main', 200, 1, $1)",
     )
-    .bind(serde_json::json!({"protocol": "http", "data_versions": format!("popularity=1;collection={live}")}))
+    .bind(serde_json::json!({"protocol": "http", "data_versions": {"popularity": 1, "collection": live}}))
     .execute(&db.pool)
     .await
     .expect("history row");

@@ -149,8 +149,9 @@ async fn the_embedded_qdrant_edge_store_behaves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_qdrant_server_store_behaves_the_same() {
     let Ok(url) = std::env::var("QDRANT_URL") else {
-        eprintln!(
-            "SKIPPED: QDRANT_URL is not set, so the qdrant-client store was not exercised (no Qdrant server can be installed here)"
+        testkit::skip_or_fail(
+            testkit::External::Qdrant,
+            "QDRANT_URL is not set, so the qdrant-client store was not exercised",
         );
         return;
     };

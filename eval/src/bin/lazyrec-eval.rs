@@ -301,7 +301,7 @@ async fn run_eval(
     bar.finish_and_clear();
     let verdict = if args.gate {
         let (c, r) = (args.candidate.as_deref().unwrap_or_default(), args.reference.as_deref().unwrap_or_default());
-        Some(eval::gate(&report, c, r, &args.gate_metric, args.tolerance).map_err(anyhow::Error::msg)?)
+        Some(eval::gate(&report, c, r, &args.gate_metric, args.tolerance)?)
     } else {
         None
     };

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use lifecycle::BadInput;
-use provenance::replay::{self, Outcome, Replayer, SearchParams, Tally};
+use provenance::replay::{self, Outcome, Replayer, Tally};
 
 /// For any past recommendation (a request id of `recommendations_history`): `show` names the
 /// model (strategy, parameters), the code (git sha, release, pipeline) and the data (watermark,
@@ -100,12 +100,6 @@ struct ReplayArgs {
     seed: u64,
     #[command(flatten)]
     store: StoreArgs,
-    /// The serving servers' `store.exact_search`.
-    #[arg(long)]
-    exact_search: bool,
-    /// The serving servers' `store.search_ef` (default: the server's default).
-    #[arg(long)]
-    search_ef: Option<usize>,
     /// JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -132,9 +126,8 @@ async fn show(cli: &Cli, request_id: &str, json: bool) -> anyhow::Result<ExitCod
 async fn replay_cmd(cli: &Cli, a: &ReplayArgs) -> anyhow::Result<ExitCode> {
     let pool = pool(cli).await?;
     let store = a.store.open(&cli.state_dir)?;
-    let defaults = SearchParams::default();
-    let search = SearchParams { exact: a.exact_search || defaults.exact, ef: a.search_ef.or(defaults.ef) };
-    let mut replayer = Replayer::new(pool.clone(), store, search);
+    // The search parameters come from each row's model record (`models.search`).
+    let mut replayer = Replayer::new(pool.clone(), store);
     if let Some(id) = &a.request_id {
         let (recorded, outcome) = match replayer.replay(id).await {
             Err(replay::ReplayError::NotFound(id)) => {

@@ -6,15 +6,20 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use lifecycle::BadInput;
+use proto::admin::AdminClient;
 use release::decision::{self, Criteria, Decision};
+use release::exit::Exit;
 use release::online::{self, Window};
-use release::{controller, store};
+use release::{controller, steps, store};
 
 /// The release controller. `evaluate` judges a running experiment (nightly against main) from
 /// recommendations_history and the ingested watches: conversion with an always-valid sequential
 /// test (mSPRT), a sample-ratio-mismatch check, failure and p99-latency guardrails, and prints
 /// promote, abort (with the failed criterion) or continue. Exit code 0 for promote, 3 for
-/// continue, 4 for abort, 2 on bad input.
+/// continue, 4 for abort, 2 on bad input (`exit-codes` prints them for scripts).
+///
+/// Every command that changes the load balancer first reconciles a step a killed controller
+/// left open (`reconcile`); SIGTERM during a step waits for the step to close.
 #[derive(Parser, Debug)]
 #[command(name = "lazyrec-release", version)]
 struct Cli {
@@ -92,6 +97,15 @@ enum Command {
     },
     /// Releases, newest first, with state and decision.
     List,
+    /// Finish or undo a step a killed controller left open (every acting command does this
+    /// first), then compare the records with the load balancer's state: exit 1 when they
+    /// disagree, with one line per disagreement.
+    Reconcile {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Print the exit codes as shell assignments (`eval "$(lazyrec-release exit-codes)"`).
+    ExitCodes,
     /// Serve Prometheus metrics read from Postgres at each scrape: the releases (state, latest
     /// look's numbers, decisions), ingest (watermark, source positions, file lag) and online
     /// conversion by served variant (what monitoring/alerts.yml uses).
@@ -255,7 +269,7 @@ async fn evaluate(cli: &Cli, args: &EvaluateArgs) -> anyhow::Result<std::process
         }
     }
     let pool = pool(cli).await?;
-    let (experiment, share, previous_p) = match args.release {
+    let (experiment, share, previous_p, applied) = match args.release {
         Some(id) => {
             let row: Option<(Option<String>, Option<f64>)> =
                 sqlx::query_as("SELECT experiment_salt, share FROM releases WHERE release_id = $1")
@@ -263,32 +277,37 @@ async fn evaluate(cli: &Cli, args: &EvaluateArgs) -> anyhow::Result<std::process
                     .fetch_optional(&pool)
                     .await?;
             let (salt, share) = row.ok_or_else(|| BadInput(format!("no release {id}")))?;
-            let previous: Option<f64> = sqlx::query_scalar(
-                "SELECT (details->'comparison'->>'p_always_valid')::float8 FROM release_events
-                 WHERE release_id = $1 AND step = 'evaluate' ORDER BY id DESC LIMIT 1",
+            let previous = store::previous_p(&pool, id).await?;
+            let record = store::record(&pool, id).await?;
+            (
+                salt.unwrap_or_default(),
+                share.unwrap_or(args.share),
+                previous.unwrap_or(1.0).min(args.previous_p),
+                (record.experiment_started_at, record.experiment_ended_at),
             )
-            .bind(id)
-            .fetch_optional(&pool)
-            .await?
-            .flatten();
-            (salt.unwrap_or_default(), share.unwrap_or(args.share), previous.unwrap_or(1.0).min(args.previous_p))
         }
-        None => (args.experiment.clone().unwrap_or_default(), args.share, args.previous_p),
+        None => (args.experiment.clone().unwrap_or_default(), args.share, args.previous_p, (None, None)),
     };
-    let started: Option<chrono::DateTime<chrono::Utc>> =
-        sqlx::query_scalar("SELECT min(ts) FROM recommendations_history WHERE experiment = $1")
+    let (applied_start, applied_end) = applied;
+    // The window is the one the load balancer applied (its clock, recorded by route, promote
+    // and abort); without a record, the first response under the experiment until now.
+    let started = match applied_start {
+        Some(t) => Some(t),
+        None => sqlx::query_scalar("SELECT min(ts) FROM recommendations_history WHERE experiment = $1")
             .bind(&experiment)
             .fetch_one(&pool)
             .await
-            .context("finding the experiment's start")?;
+            .context("finding the experiment's start")?,
+    };
     let Some(started) = started else {
         return Err(BadInput(format!("no responses recorded under experiment {experiment:?}")).into());
     };
     let now = chrono::Utc::now();
+    let until = applied_end.map_or(now, |end| end.min(now));
     let window = Window {
         experiment: experiment.clone(),
         since: started,
-        until: now,
+        until,
         conversion_window: chrono::Duration::seconds(args.window_s as i64),
     };
     let (main, nightly) = online::measure(&pool, &window).await.context("measuring the experiment")?;
@@ -304,13 +323,13 @@ async fn evaluate(cli: &Cli, args: &EvaluateArgs) -> anyhow::Result<std::process
         max_p99_increase_ms: args.max_p99_increase_ms,
         ..Criteria::default()
     };
-    let elapsed = (now - started).to_std().unwrap_or_default();
+    let elapsed = (until - started).to_std().unwrap_or_default();
     let e = decision::decide(main, nightly, switched, share, elapsed, previous_p, &criteria);
     if let Some(id) = args.release {
         store::record_online(&pool, id, &serde_json::to_value(&e)?).await?;
         if args.act {
             let token = args.admin.admin_token.clone().ok_or_else(|| BadInput("--act needs --admin-token".into()))?;
-            let admin = controller::Admin::new(&args.admin.admin_url, &token);
+            let admin = AdminClient::new(&args.admin.admin_url, &token);
             match &e.decision {
                 Decision::Promote { reason } => controller::promote(&pool, &admin, &notifier(cli), id, reason).await?,
                 Decision::Abort { criterion, reason } => {
@@ -351,10 +370,11 @@ async fn evaluate(cli: &Cli, args: &EvaluateArgs) -> anyhow::Result<std::process
         }
     }
     Ok(match e.decision {
-        Decision::Promote { .. } => std::process::ExitCode::SUCCESS,
-        Decision::Continue { .. } => std::process::ExitCode::from(3),
-        Decision::Abort { .. } => std::process::ExitCode::from(4),
-    })
+        Decision::Promote { .. } => Exit::Success,
+        Decision::Continue { .. } => Exit::Continue,
+        Decision::Abort { .. } => Exit::Stop,
+    }
+    .code())
 }
 
 async fn pool(cli: &Cli) -> anyhow::Result<sqlx::PgPool> {
@@ -366,8 +386,8 @@ fn notifier(cli: &Cli) -> release::notify::Notifier {
     release::notify::Notifier::new(cli.webhook.clone())
 }
 
-fn admin_client(a: &AdminArgs) -> controller::Admin {
-    controller::Admin::new(&a.admin_url, &a.admin_token)
+fn admin_client(a: &AdminArgs) -> AdminClient {
+    AdminClient::new(&a.admin_url, &a.admin_token)
 }
 
 async fn gate_step(cli: &Cli, pool: &sqlx::PgPool, args: &GateArgs) -> anyhow::Result<controller::GateStep> {
@@ -384,9 +404,10 @@ async fn gate_step(cli: &Cli, pool: &sqlx::PgPool, args: &GateArgs) -> anyhow::R
         .filter(|v| !v.is_empty())
         .ok_or_else(|| BadInput(format!("tag {:?} is not release-recommender-nightly-<version>", args.tag)))?;
     // The version a server of this build reports for the model (X-Model-Version).
-    let spec = server::strategy::ModelSpec { strategy: args.strategy.clone(), params: params.clone() };
-    let strategy = server::strategy::build(&spec).map_err(|e| BadInput(e.to_string()))?;
-    let model_version = server::strategy::model_version(strategy.as_ref());
+    // (Release servers search with the default search parameters.)
+    let spec = strategy::ModelSpec { strategy: args.strategy.clone(), params: params.clone() };
+    let model = strategy::Model::build(&spec, strategy::Search::default()).map_err(|e| BadInput(e.to_string()))?;
+    let model_version = model.version().to_string();
     let release = store::NewRelease {
         tag: args.tag.clone(),
         version: version.to_string(),
@@ -420,7 +441,7 @@ async fn gate_step(cli: &Cli, pool: &sqlx::PgPool, args: &GateArgs) -> anyhow::R
 
 fn state_code(id: i64, state: store::State) -> std::process::ExitCode {
     println!("release {id}: {}", state.as_str());
-    if state == store::State::Rejected { std::process::ExitCode::from(4) } else { std::process::ExitCode::SUCCESS }
+    if state == store::State::Rejected { Exit::Stop.code() } else { Exit::Success.code() }
 }
 
 async fn start(cli: &Cli, args: &StartArgs) -> anyhow::Result<std::process::ExitCode> {
@@ -456,71 +477,122 @@ async fn list(cli: &Cli) -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    lifecycle::main_with_code("warn", Some(2), async {
-        match &cli.command {
-            Command::Evaluate(args) => evaluate(&cli, args).await,
-            Command::Start(args) => start(&cli, args).await,
-            Command::Gate(args) => gate(&cli, args).await,
-            Command::Route { release, nightly, warmup, admin } => {
-                let pool = pool(&cli).await?;
-                let a = admin_client(admin);
-                let timeout = Duration::from_secs(120);
-                controller::route(&pool, &a, &notifier(&cli), *release, nightly, timeout, (*warmup).into()).await?;
-                println!("release {release}: deployed");
-                Ok(std::process::ExitCode::SUCCESS)
-            }
-            Command::Notify { text } => {
-                if !notifier(&cli).send(text, serde_json::json!({})).await {
-                    eprintln!("not sent (no webhook, or it failed: see the log)");
-                }
-                Ok(std::process::ExitCode::SUCCESS)
-            }
-            Command::Promote { release, admin } => {
-                let pool = pool(&cli).await?;
-                controller::promote(&pool, &admin_client(admin), &notifier(&cli), *release, "promoted by hand").await?;
-                println!("release {release} promoted");
-                Ok(std::process::ExitCode::SUCCESS)
-            }
-            Command::Abort { release, reason, admin } => {
-                let pool = pool(&cli).await?;
-                controller::abort(&pool, &admin_client(admin), &notifier(&cli), *release, reason).await?;
-                println!("release {release} aborted");
-                Ok(std::process::ExitCode::SUCCESS)
-            }
-            Command::Rollback { to, deploy_command, admin } => {
-                let pool = pool(&cli).await?;
-                let deploy = deploy_command
-                    .clone()
-                    .map(|command| controller::CommandDeploy { command, role: "rollback".into() });
-                let deploy = deploy.as_ref().map(|d| d as &dyn controller::Deploy);
-                controller::rollback(
-                    &pool,
-                    &admin_client(admin),
-                    &notifier(&cli),
-                    *to,
-                    deploy,
-                    Duration::from_secs(120),
-                )
-                .await?;
-                println!("main is release {to} again");
-                Ok(std::process::ExitCode::SUCCESS)
-            }
-            Command::List => list(&cli).await,
-            Command::Exporter { listen, online_window_s, conversion_window_s } => {
-                let pool = pool(&cli).await?;
-                let listener = tokio::net::TcpListener::bind(listen)
-                    .await
-                    .map_err(|e| BadInput(format!("cannot listen on {listen}: {e}")))?;
-                tracing::info!(%listen, "serving release metrics");
-                let windows = release::metrics::OnlineWindows {
-                    online: chrono::TimeDelta::seconds(i64::from(*online_window_s)),
-                    conversion: chrono::TimeDelta::seconds(i64::from(*conversion_window_s)),
-                };
-                release::metrics::serve(pool, listener, windows, lifecycle::shutdown_signal()).await?;
-                Ok(std::process::ExitCode::SUCCESS)
+/// Runs `command`; SIGTERM or SIGINT ends it at once outside a step, and after the step closes
+/// inside one (so the records and the load balancer agree when it exits).
+async fn shielded(
+    command: impl std::future::Future<Output = anyhow::Result<std::process::ExitCode>>,
+) -> anyhow::Result<std::process::ExitCode> {
+    tokio::pin!(command);
+    tokio::select! {
+        result = &mut command => result,
+        () = lifecycle::shutdown_signal() => {
+            if steps::in_step() {
+                eprintln!("signal received: finishing the current step before exiting");
+                let result = command.await;
+                eprintln!("step closed; exiting on the signal");
+                result.map(|_| std::process::ExitCode::from(143))
+            } else {
+                Err(anyhow::anyhow!("stopped by a signal (no step was open)"))
             }
         }
-    })
+    }
+}
+
+async fn reconcile(cli: &Cli, admin: &AdminArgs) -> anyhow::Result<std::process::ExitCode> {
+    let pool = pool(cli).await?;
+    let admin = admin_client(admin);
+    match steps::reconcile(&pool, &admin).await? {
+        Some(r) => println!("step {} ({}) of release {}: {}", r.step_id, r.action, r.release_id, r.outcome),
+        None => println!("no step was open"),
+    }
+    let lb = admin.state().await?;
+    let problems = steps::disagreements(&pool, &lb).await?;
+    for p in &problems {
+        println!("DISAGREE: {p}");
+    }
+    if problems.is_empty() {
+        println!("the records and the load balancer agree");
+        Ok(Exit::Success.code())
+    } else {
+        Ok(Exit::Failure.code())
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    lifecycle::main_with_code(
+        "warn",
+        Some(2),
+        shielded(async {
+            match &cli.command {
+                Command::Reconcile { admin } => reconcile(&cli, admin).await,
+                Command::ExitCodes => {
+                    print!("{}", Exit::shell());
+                    Ok(Exit::Success.code())
+                }
+                Command::Evaluate(args) => evaluate(&cli, args).await,
+                Command::Start(args) => start(&cli, args).await,
+                Command::Gate(args) => gate(&cli, args).await,
+                Command::Route { release, nightly, warmup, admin } => {
+                    let pool = pool(&cli).await?;
+                    let a = admin_client(admin);
+                    let timeout = Duration::from_secs(120);
+                    controller::route(&pool, &a, &notifier(&cli), *release, nightly, timeout, (*warmup).into()).await?;
+                    println!("release {release}: deployed");
+                    Ok(std::process::ExitCode::SUCCESS)
+                }
+                Command::Notify { text } => {
+                    if !notifier(&cli).send(text, serde_json::json!({})).await {
+                        eprintln!("not sent (no webhook, or it failed: see the log)");
+                    }
+                    Ok(std::process::ExitCode::SUCCESS)
+                }
+                Command::Promote { release, admin } => {
+                    let pool = pool(&cli).await?;
+                    controller::promote(&pool, &admin_client(admin), &notifier(&cli), *release, "promoted by hand")
+                        .await?;
+                    println!("release {release} promoted");
+                    Ok(std::process::ExitCode::SUCCESS)
+                }
+                Command::Abort { release, reason, admin } => {
+                    let pool = pool(&cli).await?;
+                    controller::abort(&pool, &admin_client(admin), &notifier(&cli), *release, reason).await?;
+                    println!("release {release} aborted");
+                    Ok(std::process::ExitCode::SUCCESS)
+                }
+                Command::Rollback { to, deploy_command, admin } => {
+                    let pool = pool(&cli).await?;
+                    let deploy = deploy_command
+                        .clone()
+                        .map(|command| controller::CommandDeploy { command, role: "rollback".into() });
+                    let deploy = deploy.as_ref().map(|d| d as &dyn controller::Deploy);
+                    controller::rollback(
+                        &pool,
+                        &admin_client(admin),
+                        &notifier(&cli),
+                        *to,
+                        deploy,
+                        Duration::from_secs(120),
+                    )
+                    .await?;
+                    println!("main is release {to} again");
+                    Ok(std::process::ExitCode::SUCCESS)
+                }
+                Command::List => list(&cli).await,
+                Command::Exporter { listen, online_window_s, conversion_window_s } => {
+                    let pool = pool(&cli).await?;
+                    let listener = tokio::net::TcpListener::bind(listen)
+                        .await
+                        .map_err(|e| BadInput(format!("cannot listen on {listen}: {e}")))?;
+                    tracing::info!(%listen, "serving release metrics");
+                    let windows = release::metrics::OnlineWindows {
+                        online: chrono::TimeDelta::seconds(i64::from(*online_window_s)),
+                        conversion: chrono::TimeDelta::seconds(i64::from(*conversion_window_s)),
+                    };
+                    release::metrics::serve(pool, listener, windows, lifecycle::shutdown_signal()).await?;
+                    Ok(std::process::ExitCode::SUCCESS)
+                }
+            }
+        }),
+    )
 }

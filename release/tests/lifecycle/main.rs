@@ -14,7 +14,8 @@ use std::time::Duration;
 
 mod faults;
 
-use release::controller::{self, Admin, Start};
+use proto::admin::AdminClient as Admin;
+use release::controller::{self, Start};
 use release::notify::Notifier;
 use release::store::{self, NewRelease, State};
 
@@ -36,8 +37,8 @@ fn new_release(tag: &str, strategy: &str) -> NewRelease {
 
 /// The version a server of this build reports for `strategy` with its default parameters.
 fn model_version(strategy: &str) -> String {
-    let spec = server::strategy::ModelSpec { strategy: strategy.into(), params: serde_json::json!({}) };
-    server::strategy::model_version(server::strategy::build(&spec).expect("strategy").as_ref())
+    let spec = strategy::ModelSpec { strategy: strategy.into(), params: serde_json::json!({}) };
+    strategy::Model::build(&spec, strategy::Search::default()).expect("strategy").version().to_string()
 }
 
 fn start_args(tag: &str, strategy: &str, reference: &str, backend: &str) -> Start {
@@ -75,7 +76,7 @@ async fn gate_deploy_promote_reject_abort_and_rollback() {
     // A local webhook receiver (the only fake: the edge where Slack would be).
     let (hook, received) = webhook_receiver().await;
     let notify = Notifier::new(Some(hook));
-    let lb_state = || async { admin.call("GET", "/admin/state", None).await.expect("state") };
+    let lb_state = || async { serde_json::to_value(admin.state().await.expect("state")).expect("json") };
 
     // A better model: gated, deployed as nightly under its own experiment, then promoted.
     let (r1, state) = controller::start(
@@ -205,13 +206,13 @@ struct InProcess<'a> {
 
 #[async_trait::async_trait]
 impl controller::Deploy for InProcess<'_> {
-    async fn deploy(&self, d: &controller::Deployment) -> Result<Vec<String>, String> {
+    async fn deploy(&self, d: &controller::Deployment) -> Result<Vec<String>, controller::DeployError> {
         let edge = self.stack.edge_copy().await;
         let mut config = self.stack.config();
         config.store.edge_dir = Some(edge.path().to_path_buf());
         config.state_dir = edge.path().to_path_buf();
-        config.model = server::strategy::ModelSpec { strategy: d.strategy.clone(), params: d.params.clone() };
-        let running = server::start(config).await.map_err(|e| e.to_string())?;
+        config.model = strategy::ModelSpec { strategy: d.strategy.clone(), params: d.params.clone() };
+        let running = server::start(config).await.map_err(|e| controller::DeployError::Other(format!("{e:#}")))?;
         let url = format!("http://{}", running.http_addr);
         self.started.lock().await.push((running, edge));
         Ok(vec![url])
@@ -298,7 +299,7 @@ async fn rollback_redeploys_a_release_whose_servers_are_gone_and_main_answers_wi
     deployer.stop_all().await;
     let err = controller::rollback(pool, &admin, &notify, a, None, Duration::from_secs(5)).await.expect_err("gone");
     assert!(err.to_string().contains("servers are gone"), "{err}");
-    assert_eq!(admin.call("GET", "/admin/state", None).await.expect("state")["main_release_id"].as_i64(), Some(b));
+    assert_eq!(admin.state().await.expect("state").main_release_id, Some(b));
 
     // With one, under load: A is redeployed from its record and becomes main; no request fails.
     let base = format!("http://{}", lb.http_addr);
@@ -317,7 +318,7 @@ async fn rollback_redeploys_a_release_whose_servers_are_gone_and_main_answers_wi
     assert_eq!(failed, 0, "no client request fails during the rollbacks");
     assert!(sent > 50, "{sent}");
 
-    let s = admin.call("GET", "/admin/state", None).await.expect("state");
+    let s = serde_json::to_value(admin.state().await.expect("state")).expect("json");
     let main_url = s["main"][0]["url"].as_str().unwrap_or_default().to_string();
     assert_eq!(s["main_release_id"].as_i64(), Some(a), "{s}");
     assert_ne!(main_url, a_url, "a new server, not the stopped one");

@@ -74,9 +74,9 @@ fn resolve(cli: &Cli) -> anyhow::Result<Config> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = resolve(&cli)?;
     if cli.check_config {
-        let strategy = server::strategy::build(&config.model)?;
+        let model = config.model()?;
         println!("{}", config.render());
-        println!("model version: {}", server::strategy::model_version(strategy.as_ref()));
+        println!("model version: {}", model.version());
         println!("configuration OK");
         return Ok(());
     }

@@ -79,7 +79,10 @@ fn group_offset(brokers: &str) -> Option<i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulator_to_kafka_to_postgres_survives_an_ingester_killed_mid_stream() {
     let Some(tansu) = tansu() else {
-        println!("SKIPPED: tansu (a Kafka-protocol broker) is not installed; `ci/install-kafka.sh` installs it");
+        testkit::skip_or_fail(
+            testkit::External::Kafka,
+            "tansu (a Kafka-protocol broker) is not installed; `ci/install-kafka.sh` installs it",
+        );
         return;
     };
     let port = free_port();

@@ -1,17 +1,17 @@
-//! The model: a named strategy with parameters, from an **append-only registry**.
+//! The strategies: named rankers with parameters, from an **append-only registry**.
 //!
 //! A strategy turns (the user's history, neighbour lists of some watched movies, the popularity
 //! list) into a ranked list. Replaying a past recommendation needs the exact strategy that made
-//! it, so a registered strategy is never changed: a new behaviour is a new name (`…-v2`). The
-//! served model version is `<strategy>@<params hash>+<git sha>`.
+//! it, so a registered strategy is never changed: a new behaviour is a new name (`…-v2`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use proto::contract::popularity_score;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use vectorstore::{Hit, Space};
+
+use crate::input::{History, Popularity};
+use proto::contract::Item;
 
 /// A strategy name and its parameters, as written in the config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,7 +24,7 @@ pub struct ModelSpec {
     pub params: serde_json::Value,
 }
 
-fn empty_params() -> serde_json::Value {
+pub(crate) fn empty_params() -> serde_json::Value {
     serde_json::Value::Object(serde_json::Map::new())
 }
 
@@ -33,90 +33,6 @@ impl Default for ModelSpec {
         Self { strategy: NeighboursV2::NAME.into(), params: empty_params() }
     }
 }
-
-/// One watched (or rated) movie of the user.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Watched {
-    /// Course movie id.
-    pub movie_id: String,
-    /// The latest event about it (watch or rating): orders the history by recency.
-    pub last_event_id: i64,
-    /// The latest rating on a 1–5 scale, if any.
-    pub rating: Option<f64>,
-}
-
-/// What the model knows about a user, as of `watermark`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct History {
-    /// The ingest watermark the history was read at.
-    pub watermark: i64,
-    /// Most recent first (ties: movie id).
-    pub watched: Vec<Watched>,
-}
-
-impl History {
-    /// Sorts into the canonical order (most recent first, then movie id).
-    pub fn canonical(mut self) -> Self {
-        self.watched.sort_by(|a, b| b.last_event_id.cmp(&a.last_event_id).then_with(|| a.movie_id.cmp(&b.movie_id)));
-        self
-    }
-
-    /// The watched movie ids.
-    pub fn seen(&self) -> HashSet<&str> {
-        self.watched.iter().map(|w| w.movie_id.as_str()).collect()
-    }
-}
-
-/// The popularity list, best first, with the watermark it was computed at.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Popularity {
-    /// Movie ids, most popular first.
-    pub movies: Vec<String>,
-    /// The watermark of the popularity run.
-    pub watermark: i64,
-    /// Distinct users per movie, aligned with `movies` (empty when unknown).
-    pub users: Vec<u64>,
-}
-
-impl Popularity {
-    /// A score in (0, 1] by rank: `1 / (1 + rank / half_rank)` (1 for the most popular, ½ at
-    /// `half_rank`), 0 when absent.
-    pub fn rank_scores(&self, half_rank: f64) -> HashMap<&str, f64> {
-        self.movies
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (m.as_str(), 1.0 / (1.0 + i as f64 / half_rank.max(1e-9))))
-            .collect()
-    }
-
-    /// `ln(users / users of the most popular)` per movie (≤ 0), and the value for a movie absent
-    /// from the list (half the least popular listed movie's users: the list may be cut at a
-    /// limit); `None` when the counts are unknown.
-    pub fn log_shares(&self) -> Option<(HashMap<&str, f64>, f64)> {
-        let max = *self.users.iter().max()?;
-        let min = *self.users.iter().min()?;
-        if self.users.len() != self.movies.len() || max == 0 {
-            return None;
-        }
-        let share = |u: f64| (u.max(0.5) / max as f64).ln();
-        let listed = self.movies.iter().zip(&self.users).map(|(m, &u)| (m.as_str(), share(u as f64))).collect();
-        Some((listed, share(min as f64 / 2.0)))
-    }
-
-    /// The first `limit` movies not in `exclude`, scored by rank.
-    pub fn top_excluding(&self, exclude: &HashSet<&str>, limit: usize) -> Vec<Item> {
-        let n = self.movies.len();
-        self.movies
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| !exclude.contains(m.as_str()))
-            .take(limit)
-            .map(|(i, m)| Item { movie_id: m.clone(), score: popularity_score(i, n) })
-            .collect()
-    }
-}
-
-pub use proto::contract::Item;
 
 /// What a strategy needs before it can rank: which watched movies are seeds (indexes into
 /// `history.watched`) and how many neighbours of each seed it wants per vector space (0: that
@@ -201,16 +117,6 @@ pub fn build(spec: &ModelSpec) -> Result<Arc<dyn Strategy>, StrategyError> {
         }
         other => Err(StrategyError::Unknown(other.to_string(), REGISTRY.join(", "))),
     }
-}
-
-/// The git sha this binary was built from (`LAZYREC_GIT_SHA` at build time, else `git`).
-pub const GIT_SHA: &str = env!("LAZYREC_GIT_SHA");
-
-/// `<strategy>@<first 8 hex of sha256(resolved params)>+<git sha>`.
-pub fn model_version(strategy: &dyn Strategy) -> String {
-    let params = serde_json::to_vec(&strategy.params()).unwrap_or_default();
-    let hash = hex::encode(&Sha256::digest(&params)[..4]);
-    format!("{}@{hash}+{GIT_SHA}", strategy.name())
 }
 
 /// A one-line error for the first parameter that is not a finite non-negative number.
@@ -556,6 +462,7 @@ impl Strategy for NeighboursV2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::input::Watched;
 
     fn hit(m: &str, score: f32) -> Hit {
         Hit { id: 0, movie_id: m.into(), score }
@@ -571,18 +478,6 @@ mod tests {
         assert!(build(&typo).is_err(), "unknown parameter names are refused");
         let bad = ModelSpec { strategy: NeighboursV1::NAME.into(), params: serde_json::json!({"recency_decay": 0}) };
         assert!(build(&bad).is_err());
-    }
-
-    #[test]
-    fn the_model_version_changes_with_parameters_and_not_with_spelled_out_defaults() {
-        let a = build(&ModelSpec { strategy: NeighboursV1::NAME.into(), params: empty_params() }).expect("a");
-        let b = build(&ModelSpec { strategy: NeighboursV1::NAME.into(), params: serde_json::json!({"max_seeds": 20}) })
-            .expect("b");
-        let c = build(&ModelSpec { strategy: NeighboursV1::NAME.into(), params: serde_json::json!({"max_seeds": 10}) })
-            .expect("c");
-        assert_eq!(model_version(a.as_ref()), model_version(b.as_ref()));
-        assert_ne!(model_version(a.as_ref()), model_version(c.as_ref()));
-        assert!(model_version(a.as_ref()).starts_with("neighbours-v1@"));
     }
 
     #[test]
