@@ -45,11 +45,11 @@ CONF
 "$NGINX" -t -q -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf"
 "$NGINX" -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf"
 trap '"$NGINX" -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf" -s quit 2>/dev/null || true; admin PUT /admin/share "{\"share\": $SHARE}" >/dev/null || true' EXIT
-SHARE="$(admin GET /admin/state | python3 -c 'import json,sys; print(json.load(sys.stdin)["share"])')"
+SHARE="$(lb_state share)"
 admin PUT /admin/share '{"share": 0}' >/dev/null
 say "direct :8080, via our load balancer :8082, via nginx :$NGINX_PORT ($("$NGINX" -v 2>&1 | sed 's/.*: //'))"
 grep -m1 "model name" /proc/cpuinfo | sed 's/.*: /cpu: /'
 "$BIN/load-bench" compare --direct http://127.0.0.1:8080 --via http://127.0.0.1:8082 \
   --peer nginx=http://127.0.0.1:$NGINX_PORT ${EXTRA_PEERS:+$(printf -- '--peer %s ' $EXTRA_PEERS)} --users "$USERS" --rate "$RATE" --seconds "$SECS" \
   --rounds "$ROUNDS" --concurrency "$CONC"
-admin GET /admin/state | python3 -c 'import json,sys; h=json.load(sys.stdin)["history"]; print("load balancer log:", h)'
+echo "load balancer log: $(lb_state history)"

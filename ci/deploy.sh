@@ -22,11 +22,11 @@ STRATEGY="${1:?strategy}"
 TAG="${2:?tag}"
 PARAMS="${LAZYREC_RELEASE_PARAMS:-{\}}"
 mkdir -p "$RUN"
-routed="$(admin GET /admin/state 2>/dev/null || echo '{}')"
 slot=""
 for candidate in 8081:50052:nightly 8085:50055:slot-8085 8086:50056:slot-8086; do
   port="${candidate%%:*}"
-  if ! echo "$routed" | grep -q "\"url\":\"http://127.0.0.1:$port\""; then slot="$candidate"; break; fi
+  # A slot the load balancer routes (as main or nightly) is taken (typed: lazyrec-lb admin routes).
+  if ! lb_routes "http://127.0.0.1:$port"; then slot="$candidate"; break; fi
 done
 [ -n "$slot" ] || { echo "error: no free slot: main and nightly use every one of :8081 :8085 :8086" >&2; exit 1; }
 IFS=: read -r port grpc name <<<"$slot"

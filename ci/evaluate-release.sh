@@ -5,6 +5,8 @@
 #   ci/evaluate-release.sh ID|latest LOOKS EVERY
 source "$(dirname "$0")/lib.sh"
 ID="${1:?release id or latest}"
+# The controller's exit codes (EXIT_SUCCESS, EXIT_CONTINUE, EXIT_STOP, …), from the controller.
+eval "$("$BIN/lazyrec-release" exit-codes)"
 LOOKS="${2:-30}"
 EVERY="${3:-20}"
 if [ "$ID" = latest ]; then
@@ -18,6 +20,6 @@ for look in $(seq 1 "$LOOKS"); do
   "$BIN/lazyrec-release" evaluate --release "$ID" --act ${EVALUATE_ARGS:-}
   code=$?
   set -e
-  [ "$code" = 3 ] || exit "$code"
+  [ "$code" = "$EXIT_CONTINUE" ] || exit "$code"
 done
-exit 3
+exit "$EXIT_CONTINUE"

@@ -151,7 +151,15 @@ wait_ready() {
   wait_urls "${urls[@]}"
 }
 
-# The admin API.
+# The admin API, typed (lazyrec-lb admin): one field of the state, whether a URL is routed.
+lb_state() { # [field]
+  LAZYREC_LB_ADMIN_TOKEN_FILE="$RUN/admin-token" "$BIN/lazyrec-lb" admin state ${1:+--field "$1"}
+}
+lb_routes() { # url
+  LAZYREC_LB_ADMIN_TOKEN_FILE="$RUN/admin-token" "$BIN/lazyrec-lb" admin routes "$1" 2>/dev/null
+}
+
+# The admin API (changes).
 admin() { # method path [json]
   curl -sf -X "$1" -H "authorization: Bearer $(cat "$RUN/admin-token")" -H 'content-type: application/json' \
     ${3:+-d "$3"} "http://127.0.0.1:8084$2"

@@ -32,7 +32,7 @@ forbid lifecycle db sqlx
 forbid behaviour db sqlx vectorstore tokio
 forbid eval embedder fastembed ort server
 # The pipeline is pure: no database, no service around it.
-forbid strategy db sqlx server axum moka
+forbid strategy db sqlx server moka figment
 # The simulator is a client of the course contract: it reaches the stack over HTTP only.
 forbid simulator db sqlx server loadbalancer vectorstore
 # The release controller drives the stack through Postgres and the admin API (the gate scores

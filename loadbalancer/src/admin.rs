@@ -143,8 +143,10 @@ impl Admin {
             return (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")).into_response();
         }
         let table = Routing::build(&after, Some(&current));
-        lb.routing.store(Arc::new(table));
+        // Before the swap: every request stamped before this time was routed by the old table
+        // (the request path stamps its row after taking its routing snapshot).
         let applied_at = chrono::Utc::now();
+        lb.routing.store(Arc::new(table));
         // New backends get a health check before the answer, so the caller sees their state.
         health::check_all(lb, false).await;
         let details = serde_json::json!({"before": before, "after": after});

@@ -317,8 +317,10 @@ impl Lb {
         client_id: Option<String>,
     ) -> Handled {
         let started = Instant::now();
-        let ts = Utc::now();
         let routing = self.routing.load_full();
+        // After the routing snapshot: a row stamped before a change's `applied_at` (taken before
+        // the swap) was routed by the table before the change — experiment windows are exact.
+        let ts = Utc::now();
         let (bucket, assigned) = assign::assign(&routing.experiment, routing.effective_share(), user_id);
         let deadline = started + self.config.deadline();
         let attempt = Duration::from_millis(self.config.attempt_timeout_ms);

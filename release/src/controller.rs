@@ -70,6 +70,26 @@ pub struct Start {
     pub warmup: Warmup,
 }
 
+/// Runs a step's act; when it fails (the admin API refused — nothing moved — or did not answer),
+/// the step is reconciled at once from the load balancer's state, so an error leaves no step
+/// open when the load balancer can be read.
+async fn act<T>(
+    pool: &PgPool,
+    admin: &AdminClient,
+    acting: impl std::future::Future<Output = Result<T, ControlError>>,
+) -> Result<T, ControlError> {
+    match acting.await {
+        Ok(t) => Ok(t),
+        Err(e) => {
+            match steps::reconcile(pool, admin).await {
+                Ok(done) => tracing::warn!(error = %e, reconciled = ?done, "a step's act failed; reconciled"),
+                Err(again) => tracing::error!(error = %e, reconcile = %again, "a step's act failed; it stays open"),
+            }
+            Err(e)
+        }
+    }
+}
+
 fn move_error(id: i64, from: State, to: &'static str) -> ControlError {
     StoreError::Transition { id, from: from.as_str().into(), to }.into()
 }
@@ -119,11 +139,15 @@ pub async fn route(
     let _in_step = InStep::enter();
     let step = store::begin_step(pool, id, &intent).await?;
     fault("route:intent");
-    admin.set_nightly(&NightlyRequest { backends: backends.to_vec(), share: Some(0.0), release_id: Some(id) }).await?;
-    fault("route:nightly");
-    let lb = admin
-        .start_experiment(&ExperimentRequest { experiment: Some(record.experiment.clone()), share: Some(record.share) })
-        .await?;
+    let lb = act(pool, admin, async {
+        admin
+            .set_nightly(&NightlyRequest { backends: backends.to_vec(), share: Some(0.0), release_id: Some(id) })
+            .await?;
+        fault("route:nightly");
+        let experiment = ExperimentRequest { experiment: Some(record.experiment.clone()), share: Some(record.share) };
+        Ok(admin.start_experiment(&experiment).await?)
+    })
+    .await?;
     fault("route:act");
     let details = serde_json::json!({
         "backends": backends, "experiment": record.experiment, "share": record.share, "lb": lb,
@@ -185,8 +209,11 @@ pub async fn promote(
     let _in_step = InStep::enter();
     let step = store::begin_step(pool, id, &Intent::Promote { reason: reason.to_string() }).await?;
     fault("promote:intent");
-    let before = admin.state().await?;
-    let after = admin.promote(&PromoteRequest { release_id: Some(id) }).await?;
+    let (before, after) = act(pool, admin, async {
+        let before = admin.state().await?;
+        Ok((before, admin.promote(&PromoteRequest { release_id: Some(id) }).await?))
+    })
+    .await?;
     fault("promote:act");
     store::close_step(
         pool,
@@ -221,7 +248,8 @@ pub async fn abort(
     let _in_step = InStep::enter();
     let step = store::begin_step(pool, id, &Intent::Abort { reason: reason.to_string() }).await?;
     fault("abort:intent");
-    let after = admin.set_nightly(&NightlyRequest { backends: Vec::new(), share: Some(0.0), release_id: None }).await?;
+    let empty = NightlyRequest { backends: Vec::new(), share: Some(0.0), release_id: None };
+    let after = act(pool, admin, async { Ok(admin.set_nightly(&empty).await?) }).await?;
     fault("abort:act");
     store::close_step(
         pool,
@@ -272,7 +300,8 @@ pub async fn rollback(
     let _in_step = InStep::enter();
     let step = store::begin_step(pool, to, &intent).await?;
     fault("rollback:intent");
-    let after = admin.set_main(&MainRequest { backends: backends.clone(), release_id: Some(to) }).await?;
+    let main = MainRequest { backends: backends.clone(), release_id: Some(to) };
+    let after = act(pool, admin, async { Ok(admin.set_main(&main).await?) }).await?;
     fault("rollback:act");
     let (moves, event) = steps::rollback_moves(to, current, target);
     let details = serde_json::json!({

@@ -12,6 +12,7 @@ mod fleet;
 
 use std::time::Duration;
 
+mod crash;
 mod faults;
 
 use proto::admin::AdminClient as Admin;
