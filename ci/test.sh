@@ -31,6 +31,8 @@ forbid lifecycle db sqlx
 # scores what the server serves without the embedding model.
 forbid behaviour db sqlx vectorstore tokio
 forbid eval embedder fastembed ort server
+# The statistics are pure functions.
+forbid stats db sqlx tokio
 # The pipeline is pure: no database, no service around it.
 forbid strategy db sqlx server moka figment
 # The simulator is a client of the course contract: it reaches the stack over HTTP only.

@@ -3,6 +3,7 @@
 //!
 //! This crate knows nothing of HTTP or gRPC; the server, embedder and load balancer build on it.
 
+pub mod args;
 pub mod cli;
 pub mod copy;
 pub mod event;

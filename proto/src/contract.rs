@@ -513,6 +513,12 @@ pub fn grpc_request_id<'a>(req: &'a RecommendRequest, metadata: &'a tonic::metad
     }
 }
 
+/// The request-id rule (one for every service; see `RecommendRequest.request_id` in the proto):
+/// a response's request id is the id its answer is recorded under. A server adopts a caller's
+/// usable id (it records nothing; behind the load balancer the caller's id is the load
+/// balancer's); the load balancer always assigns its own (its response log is keyed by it) and
+/// records the caller's with [`recorded_request_id`].
+///
 /// A caller's request id usable as ours (echoed in headers and logs): visible ASCII, at most
 /// [`MAX_REQUEST_ID_BYTES`]. Anything else is not used as an id (the caller gets a fresh one).
 pub fn usable_request_id(given: Option<&str>) -> Option<&str> {

@@ -12,16 +12,7 @@ use vectorstore::{CollectionSpec, MoviePoint, VectorStore};
 async fn history(pool: &sqlx::PgPool, id: &str, ts: DateTime<Utc>, run: i64, collection: Option<&str>) {
     let versions =
         proto::contract::DataVersions { popularity: run, collection: collection.map(str::to_string), exclude: None };
-    sqlx::query(
-        "INSERT INTO recommendations_history (request_id, ts, served_variant, status, latency_us, movie_ids, inputs)
-         VALUES ($1, $2, 'main', 200, 1, '{m1}', $3)",
-    )
-    .bind(id)
-    .bind(ts)
-    .bind(serde_json::json!({"kind": "personal", "data_versions": versions}))
-    .execute(pool)
-    .await
-    .expect("history row");
+    testkit::history::HistoryRow::new(id, ts).movies(&["m1"]).kind("personal").data_versions(&versions).insert(pool).await;
 }
 
 async fn popularity_run(pool: &sqlx::PgPool, run: i64, computed_at: DateTime<Utc>) {

@@ -7,13 +7,7 @@
 //! are gone is reported as not reproducible, never as a match. Pruning old history keeps what
 //! the remaining answers need.
 
-#[allow(dead_code)]
-#[path = "../../server/tests/it/helpers.rs"]
-mod helpers;
-
-#[allow(dead_code)]
-#[path = "../../loadbalancer/tests/it/fleet.rs"]
-mod fleet;
+use testkit::{fleet, stack as helpers};
 
 use std::time::Duration;
 

@@ -90,6 +90,11 @@ async fn act<T>(
     }
 }
 
+/// A completed step's close: one release moves to `to`.
+fn moved(id: i64, to: State, reason: &str, details: serde_json::Value) -> Close {
+    Close { moves: vec![Move { id, to, reason: reason.to_string() }], details, ..steps::close("completed") }
+}
+
 fn move_error(id: i64, from: State, to: &'static str) -> ControlError {
     StoreError::Transition { id, from: from.as_str().into(), to }.into()
 }
@@ -153,17 +158,9 @@ pub async fn route(
         "backends": backends, "experiment": record.experiment, "share": record.share, "lb": lb,
         "warmup": {"requests": warmed, "failed": warm_failed, "seconds": warm_s},
     });
-    store::close_step(
-        pool,
-        step,
-        Close {
-            moves: vec![Move { id, to: State::Deployed, reason: "nightly ready; experiment started".into() }],
-            details,
-            experiment_started_at: lb.change.as_ref().map(|c| c.applied_at),
-            ..steps::close("completed")
-        },
-    )
-    .await?;
+    let started = lb.change.as_ref().map(|c| c.applied_at);
+    let close = moved(id, State::Deployed, "nightly ready; experiment started", details);
+    store::close_step(pool, step, Close { experiment_started_at: started, ..close }).await?;
     notify
         .send(
             &format!("release {tag} ({id}) deployed as nightly for {:.0} % of users", 100.0 * record.share),
@@ -215,17 +212,10 @@ pub async fn promote(
     })
     .await?;
     fault("promote:act");
-    store::close_step(
-        pool,
-        step,
-        Close {
-            moves: vec![Move { id, to: State::Promoted, reason: reason.to_string() }],
-            details: serde_json::json!({"lb_before": before, "lb_after": after}),
-            experiment_ended_at: after.change.as_ref().map(|c| c.applied_at),
-            ..steps::close("completed")
-        },
-    )
-    .await?;
+    let details = serde_json::json!({"lb_before": before, "lb_after": after});
+    let ended = after.change.as_ref().map(|c| c.applied_at);
+    store::close_step(pool, step, Close { experiment_ended_at: ended, ..moved(id, State::Promoted, reason, details) })
+        .await?;
     notify
         .send(&format!("release {id} promoted to main: {reason}"), serde_json::json!({"id": id, "state": "promoted"}))
         .await;
@@ -251,17 +241,10 @@ pub async fn abort(
     let empty = NightlyRequest { backends: Vec::new(), share: Some(0.0), release_id: None };
     let after = act(pool, admin, async { Ok(admin.set_nightly(&empty).await?) }).await?;
     fault("abort:act");
-    store::close_step(
-        pool,
-        step,
-        Close {
-            moves: vec![Move { id, to: State::Aborted, reason: reason.to_string() }],
-            details: serde_json::json!({"lb_after": after}),
-            experiment_ended_at: after.change.as_ref().map(|c| c.applied_at),
-            ..steps::close("completed")
-        },
-    )
-    .await?;
+    let ended = after.change.as_ref().map(|c| c.applied_at);
+    let details = serde_json::json!({"lb_after": after});
+    store::close_step(pool, step, Close { experiment_ended_at: ended, ..moved(id, State::Aborted, reason, details) })
+        .await?;
     notify.send(&format!("release {id} aborted: {reason}"), serde_json::json!({"id": id, "state": "aborted"})).await;
     Ok(())
 }

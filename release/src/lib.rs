@@ -16,7 +16,9 @@ pub mod metrics;
 pub mod notify;
 pub mod online;
 pub mod readiness;
-pub mod stats;
 pub mod steps;
 pub mod store;
+
+/// The statistics (the `stats` crate: mSPRT, SRM, Wilson, pooled z).
+pub use ::stats;
 pub mod warmup;

@@ -130,7 +130,7 @@ async fn data_metrics(pool: &PgPool, registry: &Registry, windows: &OnlineWindow
                 count(*) FILTER (WHERE EXISTS (
                   SELECT 1 FROM user_watched w
                   WHERE w.user_id = h.user_id AND w.movie_id = ANY (h.movie_ids)
-                    AND w.first_ts >= h.ts AND w.first_ts < h.ts + $3 * interval '1 second'))
+                    AND watch_converts(h.ts, w.first_ts, $3 * interval '1 second')))
          FROM recommendations_history h
          WHERE h.ts >= $1 AND h.ts < $2 AND h.status = 200 AND h.user_id IS NOT NULL
            AND h.served_variant IN ('main', 'nightly')
@@ -227,35 +227,29 @@ pub async fn render(pool: &PgPool, windows: &OnlineWindows) -> Result<String, Me
             age.with_label_values(&[&id, &tag]).set(seconds);
         }
         let Some(o) = online else { continue };
-        for variant in ["main", "nightly"] {
-            let v = &o[variant];
-            let (hits, n) = (v["conversion"]["hits"].as_f64(), v["conversion"]["n"].as_f64());
-            if let (Some(hits), Some(n)) = (hits, n) {
-                conversion.with_label_values(&[&id, variant]).set(if n > 0.0 { hits / n } else { 0.0 });
-                responses.with_label_values(&[&id, variant]).set(n);
+        // The stored look is a `decision::Evaluation`; a record that does not read is skipped
+        // with a warning (its release's info is still exported).
+        let e: crate::decision::Evaluation = match serde_json::from_value(o) {
+            Ok(e) => e,
+            Err(err) => {
+                tracing::warn!(release = %id, error = %err, "online_metrics is not an evaluation; not exported");
+                continue;
             }
-            if let Some(ms) = v["p99_ms"].as_f64() {
-                p99.with_label_values(&[&id, variant]).set(ms);
-            }
+        };
+        for v in [&e.main, &e.nightly] {
+            let variant = v.variant.as_str();
+            conversion.with_label_values(&[&id, variant]).set(v.conversion.rate());
+            responses.with_label_values(&[&id, variant]).set(v.conversion.n as f64);
+            p99.with_label_values(&[&id, variant]).set(v.p99_ms);
         }
-        let c = &o["comparison"];
-        for (bound, key) in [("estimate", "diff"), ("low", "cs_low"), ("high", "cs_high")] {
-            if let Some(x) = c[key].as_f64() {
-                difference.with_label_values(&[&id, bound]).set(x);
-            }
+        let c = &e.comparison;
+        for (bound, x) in [("estimate", c.diff), ("low", c.cs_low), ("high", c.cs_high)] {
+            difference.with_label_values(&[&id, bound]).set(x);
         }
-        for (test, x) in [
-            ("always_valid", c["p_always_valid"].as_f64()),
-            ("fixed", c["p_fixed"].as_f64()),
-            ("srm", o["srm"]["p"].as_f64()),
-        ] {
-            if let Some(x) = x {
-                p_value.with_label_values(&[&id, test]).set(x);
-            }
+        for (test, x) in [("always_valid", c.p_always_valid), ("fixed", c.p_fixed), ("srm", e.srm.p)] {
+            p_value.with_label_values(&[&id, test]).set(x);
         }
-        if let Some(n) = o["switched_users"].as_f64() {
-            switched.with_label_values(&[&id]).set(n);
-        }
+        switched.with_label_values(&[&id]).set(e.switched_users as f64);
     }
     let states: Vec<(String, i64)> =
         sqlx::query_as("SELECT state, count(*) FROM releases GROUP BY state").fetch_all(pool).await?;

@@ -87,7 +87,7 @@ pub async fn measure(pool: &PgPool, window: &Window) -> Result<(VariantNumbers, 
                 count(*) FILTER (WHERE status = 200 AND EXISTS (
                   SELECT 1 FROM user_watched w
                   WHERE w.user_id = h.user_id AND w.movie_id = ANY (h.movie_ids)
-                    AND w.first_ts >= h.ts AND w.first_ts < h.ts + $4 * interval '1 millisecond')),
+                    AND watch_converts(h.ts, w.first_ts, $4 * interval '1 millisecond'))),
                 count(*) FILTER (WHERE status <> 200),
                 count(*) FILTER (WHERE status = 200 AND served_variant <> assigned_variant),
                 count(*) FILTER (WHERE degraded),

@@ -105,12 +105,22 @@ impl Drop for InStep {
 
 /// The environment variable naming a fault point (`<action>:<boundary>`, e.g. `route:intent`,
 /// `route:nightly`, `promote:act`) at which the controller kills itself with SIGKILL: how the
-/// tests show that every boundary is recoverable.
+/// tests show that every boundary is recoverable. `<point>:sigterm` sends SIGTERM there instead
+/// (the step then closes before the process exits, with code 143).
 pub const FAULT_ENV: &str = "LAZYREC_RELEASE_FAULT";
 
-/// Kills this process (SIGKILL, no clean-up) when [`FAULT_ENV`] names `point`.
+/// Kills this process (SIGKILL, no clean-up) when [`FAULT_ENV`] names `point`; sends it SIGTERM
+/// when it names `<point>:sigterm`.
 pub fn fault(point: &str) {
-    if std::env::var(FAULT_ENV).is_ok_and(|p| p == point) {
+    let asked = std::env::var(FAULT_ENV).unwrap_or_default();
+    if asked.strip_suffix(":sigterm") == Some(point) {
+        eprintln!("fault point {point}: SIGTERM");
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGTERM);
+        // Let the signal reach its handler before the step goes on.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        return;
+    }
+    if asked == point {
         eprintln!("fault point {point}: SIGKILL");
         // SIGKILL cannot be caught: the process ends here, as in a crash.
         let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);

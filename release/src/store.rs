@@ -393,6 +393,31 @@ pub async fn deployed_backends(pool: &PgPool, id: i64) -> Result<Vec<String>, St
     }
 }
 
+/// The ingest watermark now (none before the first ingest): what a new release is gated on.
+pub async fn data_watermark(pool: &PgPool) -> Result<Option<i64>, StoreError> {
+    Ok(sqlx::query_scalar("SELECT last_event_id FROM ingest_watermark").fetch_optional(pool).await?)
+}
+
+/// When the first response under `experiment` was recorded (none yet: `None`).
+pub async fn first_response(pool: &PgPool, experiment: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+    Ok(sqlx::query_scalar("SELECT min(ts) FROM recommendations_history WHERE experiment = $1")
+        .bind(experiment)
+        .fetch_one(pool)
+        .await?)
+}
+
+/// A line of `lazyrec-release list`: id, tag, state, model version, decision reason, created.
+pub type Listed = (i64, Option<String>, String, String, Option<String>, DateTime<Utc>);
+
+/// Every release, newest first.
+pub async fn list(pool: &PgPool) -> Result<Vec<Listed>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT release_id, tag, state, model_version, decision_reason, created_at FROM releases ORDER BY release_id DESC",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
 /// An open step: its id, release and intent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OpenStep {

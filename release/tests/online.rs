@@ -19,21 +19,14 @@ async fn response(
     minute: u32,
     movies: &[&str],
 ) {
-    sqlx::query(
-        "INSERT INTO recommendations_history (request_id, ts, user_id, experiment, assigned_variant, served_variant, status, latency_us, movie_ids)
-         VALUES ($1, $2, $3, 'exp-1', $4, $5, $6, $7, $8)",
-    )
-    .bind(id)
-    .bind(Utc.with_ymd_and_hms(2026, 1, 1, 10, minute, 0).single().expect("time"))
-    .bind(user)
-    .bind(assigned)
-    .bind(served)
-    .bind(status)
-    .bind(1_000 * (i64::from(minute) + 1))
-    .bind(movies.iter().map(|m| m.to_string()).collect::<Vec<_>>())
-    .execute(&db.pool)
-    .await
-    .expect("insert history");
+    testkit::history::HistoryRow::new(id, Utc.with_ymd_and_hms(2026, 1, 1, 10, minute, 0).single().expect("time"))
+        .user(user)
+        .experiment("exp-1", assigned, served)
+        .status(status)
+        .latency_us(1_000 * (i64::from(minute) + 1))
+        .movies(movies)
+        .insert(&db.pool)
+        .await;
 }
 
 #[tokio::test]

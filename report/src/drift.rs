@@ -172,7 +172,7 @@ impl Drift {
     /// Text.
     pub fn render(&self) -> String {
         let mut out = String::from("## Drift of the inputs\n");
-        out.push_str(&format!("baseline {}  →  current {}\n", self.baseline.render(), self.current.render()));
+        out.push_str(&format!("baseline {}  →  current {}\n", crate::render_share(&self.baseline), crate::render_share(&self.current)));
         for d in &self.distributions {
             let verdict = match d.psi {
                 None => "no data in a window".to_string(),
@@ -195,13 +195,13 @@ impl Drift {
         }
         out.push_str(&format!(
             "new users (nothing before the window): {} → {}\n",
-            self.new_users.0.render(),
-            self.new_users.1.render()
+            crate::render_share(&self.new_users.0),
+            crate::render_share(&self.new_users.1)
         ));
         out.push_str(&format!(
             "cold-start answers: {} → {}\n",
-            self.cold_start_answers.0.render(),
-            self.cold_start_answers.1.render()
+            crate::render_share(&self.cold_start_answers.0),
+            crate::render_share(&self.cold_start_answers.1)
         ));
         out
     }

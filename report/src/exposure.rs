@@ -77,7 +77,7 @@ pub async fn compute(
            SELECT w.movie_id,
                   EXISTS (SELECT 1 FROM recommendations_history h
                           WHERE h.user_id = w.user_id AND h.status = 200 AND w.movie_id = ANY (h.movie_ids)
-                            AND h.ts <= w.first_ts AND h.ts > w.first_ts - $3 * interval '1 second') AS recommended
+                            AND watch_converts(h.ts, w.first_ts, $3 * interval '1 second')) AS recommended
            FROM user_watched w WHERE w.first_ts >= $1 AND w.first_ts < $2
          ), per_movie AS (
            SELECT movie_id, count(*) AS watches, count(*) FILTER (WHERE NOT recommended) AS organic

@@ -56,7 +56,7 @@ pub async fn compute(
            SELECT h.user_id, u.age, u.gender, u.occupation,
                   EXISTS (SELECT 1 FROM user_watched w
                           WHERE w.user_id = h.user_id AND w.movie_id = ANY (h.movie_ids)
-                            AND w.first_ts >= h.ts AND w.first_ts < h.ts + $5 * interval '1 second') AS converted,
+                            AND watch_converts(h.ts, w.first_ts, $5 * interval '1 second')) AS converted,
                   (SELECT count(*) FROM unnest(h.movie_ids) m, top WHERE m = ANY (top.ids)) AS popular_slots,
                   cardinality(h.movie_ids) AS slots
            FROM recommendations_history h LEFT JOIN users u USING (user_id)
@@ -122,8 +122,8 @@ impl Fairness {
                 crate::exposure::truncate(&g.group, 26),
                 g.users,
                 g.conversion.n,
-                g.conversion.render(),
-                g.popular_exposure.render()
+                crate::render_share(&g.conversion),
+                crate::render_share(&g.popular_exposure)
             ));
         }
         out

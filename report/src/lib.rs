@@ -58,39 +58,11 @@ pub struct Params {
     pub popular: i64,
 }
 
-/// A share with its Wilson 95 % interval.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Share {
-    /// Successes.
-    pub hits: u64,
-    /// Trials.
-    pub n: u64,
-    /// hits / n (0 without trials).
-    pub rate: f64,
-    /// Lower bound of the Wilson 95 % interval.
-    pub low: f64,
-    /// Upper bound.
-    pub high: f64,
-}
+pub use stats::Share;
 
-impl Share {
-    /// `hits` of `n`, with the Wilson score interval at 95 %.
-    pub fn wilson(hits: u64, n: u64) -> Self {
-        if n == 0 {
-            return Self { hits, n, rate: 0.0, low: 0.0, high: 1.0 };
-        }
-        let z = 1.959_963_984_540_054_f64;
-        let (k, n_f) = (hits as f64, n as f64);
-        let p = k / n_f;
-        let denominator = 1.0 + z * z / n_f;
-        let centre = (p + z * z / (2.0 * n_f)) / denominator;
-        let half = z * (p * (1.0 - p) / n_f + z * z / (4.0 * n_f * n_f)).sqrt() / denominator;
-        Self { hits, n, rate: p, low: (centre - half).max(0.0), high: (centre + half).min(1.0) }
-    }
-
-    fn render(&self) -> String {
-        format!("{:6.2} % [{:.2}, {:.2}]", 100.0 * self.rate, 100.0 * self.low, 100.0 * self.high)
-    }
+/// A share as the tables print it: the rate and its interval, in percent.
+fn render_share(s: &Share) -> String {
+    format!("{:6.2} % [{:.2}, {:.2}]", 100.0 * s.rate, 100.0 * s.low, 100.0 * s.high)
 }
 
 /// The whole report.
@@ -164,14 +136,5 @@ mod tests {
         // A textbook case: 1, 2, 3, 4 → Σ(2i−n−1)x / (nΣx) = (−3·1 −1·2 +1·3 +3·4) / (4·10) = 0.25.
         assert!((gini(&[4.0, 1.0, 3.0, 2.0]) - 0.25).abs() < 1e-12);
         assert_eq!(gini(&[]), 0.0);
-    }
-
-    #[test]
-    fn wilson_interval_matches_a_worked_example() {
-        // 20 of 100, z = 1.96: centre (0.2 + 1.96²/200) / (1 + 1.96²/100) = 0.21110, half-width
-        // 1.96·√(0.2·0.8/100 + 1.96²/40000) / 1.038416 = 0.07773 → [13.34 %, 28.88 %].
-        let s = Share::wilson(20, 100);
-        assert!((s.low - 0.1334).abs() < 5e-4 && (s.high - 0.2888).abs() < 5e-4, "{s:?}");
-        assert_eq!(Share::wilson(0, 0).n, 0);
     }
 }

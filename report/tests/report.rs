@@ -22,18 +22,7 @@ fn line(minutes: i64, user: i64, what: &str) -> String {
 }
 
 async fn answer(pool: &sqlx::PgPool, id: &str, minutes: i64, user: i64, movies: &[&str], kind: &str) {
-    sqlx::query(
-        "INSERT INTO recommendations_history (request_id, ts, user_id, served_variant, status, latency_us, movie_ids, inputs)
-         VALUES ($1, $2, $3, 'main', 200, 1000, $4, $5)",
-    )
-    .bind(id)
-    .bind(t(minutes))
-    .bind(user)
-    .bind(movies.iter().map(|m| m.to_string()).collect::<Vec<_>>())
-    .bind(serde_json::json!({"kind": kind, "protocol": "http"}))
-    .execute(pool)
-    .await
-    .expect("history row");
+    testkit::history::HistoryRow::new(id, t(minutes)).user(user).latency_us(1_000).movies(movies).kind(kind).insert(pool).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,38 +6,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-/// z for a two-sided 95 % interval.
-pub const Z95: f64 = 1.959_963_984_540_054;
-
-/// A share with its Wilson 95 % interval.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Share {
-    /// Successes.
-    pub hits: u64,
-    /// Trials.
-    pub n: u64,
-    /// hits / n (0 when n = 0).
-    pub rate: f64,
-    /// Lower end of the Wilson 95 % interval.
-    pub low: f64,
-    /// Upper end.
-    pub high: f64,
-}
-
-impl Share {
-    /// `hits` out of `n` with its Wilson score interval.
-    pub fn new(hits: u64, n: u64) -> Self {
-        if n == 0 {
-            return Self { hits, n, rate: 0.0, low: 0.0, high: 1.0 };
-        }
-        let (h, nf) = (hits as f64, n as f64);
-        let p = h / nf;
-        let z2 = Z95 * Z95;
-        let centre = (p + z2 / (2.0 * nf)) / (1.0 + z2 / nf);
-        let half = Z95 * (p * (1.0 - p) / nf + z2 / (4.0 * nf * nf)).sqrt() / (1.0 + z2 / nf);
-        Self { hits, n, rate: p, low: (centre - half).max(0.0), high: (centre + half).min(1.0) }
-    }
-}
+pub use stats::{Share, Z95};
 
 /// The difference `a − b` of two shares with a 95 % (Wald, unpooled) interval and the pooled
 /// two-proportion z statistic.
@@ -59,9 +28,8 @@ impl Difference {
         let diff = a.rate - b.rate;
         let (na, nb) = (a.n.max(1) as f64, b.n.max(1) as f64);
         let se = (a.rate * (1.0 - a.rate) / na + b.rate * (1.0 - b.rate) / nb).sqrt();
-        let pooled = (a.hits + b.hits) as f64 / (na + nb);
-        let se0 = (pooled * (1.0 - pooled) * (1.0 / na + 1.0 / nb)).sqrt();
-        let z = if se0 > 0.0 { diff / se0 } else { 0.0 };
+        let counts = |s: &Share| stats::Counts { hits: s.hits, n: s.n };
+        let z = stats::pooled_z(counts(a), counts(b));
         Self { diff, low: diff - Z95 * se, high: diff + Z95 * se, z }
     }
 }
@@ -257,9 +225,9 @@ mod tests {
     #[test]
     fn wilson_interval_matches_a_hand_computed_value() {
         // 10 of 100: Wilson 95 % = [0.0552, 0.1744] (e.g. Newcombe 1998, table I style).
-        let s = Share::new(10, 100);
+        let s = Share::wilson(10, 100);
         assert!((s.low - 0.0552).abs() < 5e-4 && (s.high - 0.1744).abs() < 5e-4, "{s:?}");
-        let d = Difference::between(&Share::new(60, 100), &Share::new(40, 100));
+        let d = Difference::between(&Share::wilson(60, 100), &Share::wilson(40, 100));
         // se = sqrt(.24/100 + .24/100) = 0.06928; 0.2 ± 0.1358; pooled z = 0.2 / sqrt(.25·.02) = 2.828.
         assert!((d.low - 0.0642).abs() < 5e-4 && (d.high - 0.3358).abs() < 5e-4 && (d.z - 2.828).abs() < 1e-3, "{d:?}");
     }

@@ -274,7 +274,7 @@ pub async fn run(config: Config, population: Vec<SimUser>, stop: watch::Receiver
         .variants
         .into_iter()
         .map(|(name, v)| {
-            (name, VariantReport { answers: v.answers, conversion: Share::new(v.converted, v.valid), liked: v.liked })
+            (name, VariantReport { answers: v.answers, conversion: Share::wilson(v.converted, v.valid), liked: v.liked })
         })
         .collect::<std::collections::BTreeMap<_, _>>();
     let (converted, valid) = variants.values().fold((0, 0), |(c, n), v| (c + v.conversion.hits, n + v.conversion.n));
@@ -287,7 +287,7 @@ pub async fn run(config: Config, population: Vec<SimUser>, stop: watch::Receiver
         not_sent,
         requests: tally.requests,
         achieved_rate: tally.requests as f64 / elapsed.as_secs_f64().max(1e-9),
-        availability: Share::new(tally.available, tally.requests),
+        availability: Share::wilson(tally.available, tally.requests),
         status_200: tally.status_200,
         status_other: tally.status_other,
         timeouts: tally.timeouts,
@@ -295,7 +295,7 @@ pub async fn run(config: Config, population: Vec<SimUser>, stop: watch::Receiver
         invalid: tally.invalid,
         latency_ms: Latency::from_micros(tally.latencies_us),
         variants,
-        conversion: Share::new(converted, valid),
+        conversion: Share::wilson(converted, valid),
         organic_watches: tally.organic,
         cold_start: ColdStart { users: new_users, requests: tally.cold_requests, served: tally.cold_served },
         lines: tally.lines,

@@ -1,4 +1,8 @@
-//! Test support shared by every crate's tests (a dev-dependency only).
+//! Test support shared by every crate's tests (a dev-dependency only): the real stacks
+//! ([`stack`]: a fresh database per test with the default dataset, one embedded qdrant-edge
+//! store per process, servers on free ports; [`fleet`]: main + nightly servers, load balancer
+//! configuration, an HTTP client, a cuttable TCP proxy), hand-written history rows
+//! ([`history`]), and the rule for optional externals.
 //!
 //! [`skip_or_fail`] is the one rule for a test whose optional external (a Kafka broker, a Qdrant
 //! server, the course data under `../shared`, root) is missing:
@@ -10,6 +14,10 @@
 //!   test fails with the same reason, so a machine that is meant to have it cannot pass without.
 
 use std::io::Write;
+
+pub mod fleet;
+pub mod history;
+pub mod stack;
 
 /// The externals a test may depend on, as `LAZYREC_REQUIRE` names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -103,14 +103,10 @@ async fn the_default_catalog_embeds_searchably_franchises_cluster_and_a_changed_
     assert_eq!(kept, expected, "the previous collection is kept for rollback");
 
     // A collection a past answer read is never dropped: `live`, now two behind, stays.
-    sqlx::query(
-        "INSERT INTO recommendations_history (request_id, ts, served_variant, status, latency_us, inputs)
-         VALUES ('r-1', now(), 'main', 200, 1, $1)",
-    )
-    .bind(serde_json::json!({"protocol": "http", "data_versions": {"popularity": 1, "collection": live}}))
-    .execute(&db.pool)
-    .await
-    .expect("history row");
+    testkit::history::HistoryRow::new("r-1", chrono::Utc::now())
+        .data_versions(&proto::contract::DataVersions { popularity: 1, collection: Some(live.clone()), exclude: None })
+        .insert(&db.pool)
+        .await;
     sqlx::query("UPDATE movies SET overview = 'Another overview.' WHERE ml_movie_id = 1")
         .execute(&db.pool)
         .await

@@ -120,15 +120,8 @@ enum SplitKind {
     Random,
 }
 
-#[derive(Args, Debug)]
-struct DbArgs {
-    /// Postgres URL (default: the private cluster under the state directory).
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: Option<String>,
-    /// Local state (private Postgres, qdrant-edge data).
-    #[arg(long, env = "LAZYREC_STATE_DIR", default_value = ".state")]
-    state_dir: PathBuf,
-}
+/// The database flags (shared by every command).
+type DbArgs = db::args::DatabaseArgs;
 
 #[derive(Args, Debug)]
 struct FileArgs {
@@ -329,9 +322,7 @@ async fn run_eval(
 }
 
 async fn postgres_rows(db: &DbArgs) -> anyhow::Result<(Vec<Row>, i64)> {
-    let url = db::resolve_database_url(db.database_url.as_deref(), &db.state_dir)?;
-    let pool =
-        db::connect_pool(&url, 2).await.with_context(|| format!("connecting to Postgres at {}", db::redact(&url)))?;
+    let pool = db.pool(2).await?;
     let out = eval::source::postgres_rows(&pool).await.context("reading interactions")?;
     pool.close().await;
     anyhow::ensure!(!out.0.is_empty(), "no interactions in Postgres (load data first: lazyrec-db load-default)");

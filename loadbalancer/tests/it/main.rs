@@ -2,15 +2,12 @@
 //! private Postgres holding the default dataset, real embeddings in qdrant-edge). A fault
 //! injector (a TCP proxy that can be cut) stands in for a crashing backend: the only fake.
 
-#[allow(dead_code)]
-#[path = "../../../server/tests/it/helpers.rs"]
-mod helpers;
+use testkit::{fleet, stack as helpers};
 
 mod admin;
 mod contract;
 mod durability;
 mod faults;
-mod fleet;
 mod journal;
 mod overload;
 mod sticky;

@@ -16,12 +16,8 @@ use provenance::replay::{self, Outcome, Replayer, Tally};
 #[derive(Parser, Debug)]
 #[command(name = "lazyrec-provenance", version)]
 struct Cli {
-    /// Postgres URL (else the private cluster under the state directory).
-    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
-    database_url: Option<String>,
-    /// Where the private cluster and the default qdrant-edge store live.
-    #[arg(long, env = "LAZYREC_STATE_DIR", default_value = ".state", global = true)]
-    state_dir: std::path::PathBuf,
+    #[command(flatten)]
+    db: db::args::DatabaseArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -106,8 +102,7 @@ struct ReplayArgs {
 }
 
 async fn pool(cli: &Cli) -> anyhow::Result<sqlx::PgPool> {
-    let url = db::resolve_database_url(cli.database_url.as_deref(), &cli.state_dir)?;
-    db::connect_pool(&url, 2).await.with_context(|| format!("connecting to {}", db::redact(&url)))
+    cli.db.pool(2).await
 }
 
 async fn show(cli: &Cli, request_id: &str, json: bool) -> anyhow::Result<ExitCode> {
@@ -125,7 +120,7 @@ async fn show(cli: &Cli, request_id: &str, json: bool) -> anyhow::Result<ExitCod
 
 async fn replay_cmd(cli: &Cli, a: &ReplayArgs) -> anyhow::Result<ExitCode> {
     let pool = pool(cli).await?;
-    let store = a.store.open(&cli.state_dir)?;
+    let store = a.store.open(&cli.db.state_dir)?;
     // The search parameters come from each row's model record (`models.search`).
     let mut replayer = Replayer::new(pool.clone(), store);
     if let Some(id) = &a.request_id {
@@ -212,7 +207,7 @@ async fn prune_cmd(cli: &Cli, a: &PruneArgs) -> anyhow::Result<ExitCode> {
         .into());
     }
     let pool = pool(cli).await?;
-    let store = a.store.open(&cli.state_dir)?;
+    let store = a.store.open(&cli.db.state_dir)?;
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} {pos} history rows deleted {per_sec}")

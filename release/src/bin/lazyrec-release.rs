@@ -23,12 +23,8 @@ use release::{controller, steps, store};
 #[derive(Parser, Debug)]
 #[command(name = "lazyrec-release", version)]
 struct Cli {
-    /// Postgres URL (else the private cluster under the state directory).
-    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
-    database_url: Option<String>,
-    /// Where the private cluster lives.
-    #[arg(long, env = "LAZYREC_STATE_DIR", default_value = ".state", global = true)]
-    state_dir: std::path::PathBuf,
+    #[command(flatten)]
+    db: db::args::DatabaseArgs,
     /// Webhook for notifications (Slack-compatible JSON); none when unset.
     #[arg(long, env = "LAZYREC_RELEASE_WEBHOOK", global = true)]
     webhook: Option<String>,
@@ -271,17 +267,14 @@ async fn evaluate(cli: &Cli, args: &EvaluateArgs) -> anyhow::Result<std::process
     let pool = pool(cli).await?;
     let (experiment, share, previous_p, applied) = match args.release {
         Some(id) => {
-            let row: Option<(Option<String>, Option<f64>)> =
-                sqlx::query_as("SELECT experiment_salt, share FROM releases WHERE release_id = $1")
-                    .bind(id)
-                    .fetch_optional(&pool)
-                    .await?;
-            let (salt, share) = row.ok_or_else(|| BadInput(format!("no release {id}")))?;
+            let record = match store::record(&pool, id).await {
+                Err(store::StoreError::NotFound(_)) => return Err(BadInput(format!("no release {id}")).into()),
+                other => other?,
+            };
             let previous = store::previous_p(&pool, id).await?;
-            let record = store::record(&pool, id).await?;
             (
-                salt.unwrap_or_default(),
-                share.unwrap_or(args.share),
+                record.experiment,
+                record.share,
                 previous.unwrap_or(1.0).min(args.previous_p),
                 (record.experiment_started_at, record.experiment_ended_at),
             )
@@ -293,11 +286,7 @@ async fn evaluate(cli: &Cli, args: &EvaluateArgs) -> anyhow::Result<std::process
     // and abort); without a record, the first response under the experiment until now.
     let started = match applied_start {
         Some(t) => Some(t),
-        None => sqlx::query_scalar("SELECT min(ts) FROM recommendations_history WHERE experiment = $1")
-            .bind(&experiment)
-            .fetch_one(&pool)
-            .await
-            .context("finding the experiment's start")?,
+        None => store::first_response(&pool, &experiment).await.context("finding the experiment's start")?,
     };
     let Some(started) = started else {
         return Err(BadInput(format!("no responses recorded under experiment {experiment:?}")).into());
@@ -378,8 +367,7 @@ async fn evaluate(cli: &Cli, args: &EvaluateArgs) -> anyhow::Result<std::process
 }
 
 async fn pool(cli: &Cli) -> anyhow::Result<sqlx::PgPool> {
-    let url = db::resolve_database_url(cli.database_url.as_deref(), &cli.state_dir)?;
-    db::connect_pool(&url, 2).await.with_context(|| format!("connecting to {}", db::redact(&url)))
+    cli.db.pool(2).await
 }
 
 fn notifier(cli: &Cli) -> release::notify::Notifier {
@@ -417,11 +405,11 @@ async fn gate_step(cli: &Cli, pool: &sqlx::PgPool, args: &GateArgs) -> anyhow::R
         params,
         model_version,
         embedding_version: None,
-        data_watermark: sqlx::query_scalar("SELECT last_event_id FROM ingest_watermark").fetch_one(pool).await.ok(),
+        data_watermark: store::data_watermark(pool).await?,
         experiment_salt: args.tag.clone(),
         share: args.share,
     };
-    let dir = args.edge_dir.clone().or_else(|| Some(cli.state_dir.join("qdrant-edge")).filter(|d| d.exists()));
+    let dir = args.edge_dir.clone().or_else(|| Some(cli.db.state_dir.join("qdrant-edge")).filter(|d| d.exists()));
     let store = if args.qdrant_url.is_some() || dir.is_some() {
         Some(
             vectorstore::open(
@@ -465,13 +453,7 @@ async fn gate(cli: &Cli, args: &GateArgs) -> anyhow::Result<std::process::ExitCo
 
 async fn list(cli: &Cli) -> anyhow::Result<std::process::ExitCode> {
     let pool = pool(cli).await?;
-    type Row = (i64, Option<String>, String, String, Option<String>, chrono::DateTime<chrono::Utc>);
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT release_id, tag, state, model_version, decision_reason, created_at FROM releases ORDER BY release_id DESC",
-    )
-    .fetch_all(&pool)
-    .await?;
-    for (id, tag, state, model, reason, at) in rows {
+    for (id, tag, state, model, reason, at) in store::list(&pool).await? {
         println!("{id:>4}  {:<40} {state:<12} {model}  {at}  {}", tag.unwrap_or_default(), reason.unwrap_or_default());
     }
     Ok(std::process::ExitCode::SUCCESS)

@@ -14,13 +14,13 @@ use release::store::{self, State};
 use crate::fleet;
 
 /// Runs the real `lazyrec-release` against the test stack, with a fault point when given.
-struct Controller {
-    database_url: String,
-    admin_url: String,
+pub(crate) struct Controller {
+    pub(crate) database_url: String,
+    pub(crate) admin_url: String,
 }
 
 impl Controller {
-    async fn run(&self, args: &[&str], fault: Option<&str>) -> Output {
+    pub(crate) async fn run(&self, args: &[&str], fault: Option<&str>) -> Output {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_lazyrec-release"));
         command
             .args(args)
@@ -185,6 +185,15 @@ async fn a_controller_killed_at_any_step_boundary_is_reconciled_by_the_next_comm
             assert_eq!(store::state(&pool, current).await.expect("state"), State::Promoted);
         }
     }
+
+    // SIGTERM inside a step: the step closes, then the process exits (143): nothing to reconcile.
+    let id = gated(&pool, "release-recommender-nightly-term").await;
+    run_ok(route(id, spare.clone())).await;
+    let out = ctl.run(&["promote", &id.to_string()], Some("promote:intent:sigterm")).await;
+    assert_eq!(out.status.code(), Some(143), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(store::state(&pool, id).await.expect("state"), State::Promoted, "the step finished");
+    assert!(store::open_step(&pool).await.expect("steps").is_none(), "and closed before the exit");
+    agree("promote:intent:sigterm".into()).await;
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (sent, failed) = traffic.await.expect("traffic");

@@ -10,9 +10,8 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use release::controller;
-use release::decision::{self, Criteria, Criterion, Decision};
+use release::decision::Criterion;
 use release::notify::Notifier;
-use release::online::{self, Window};
 
 use crate::fleet::Client;
 
@@ -69,7 +68,6 @@ async fn bad_nightly_is_aborted(fault: Fault, tag: &str, want: Criterion) {
     let mut start = crate::start_args(tag, "neighbours-v2", "popularity-v1", &proxy);
     start.gate.release.share = 0.3;
     let (id, _) = controller::start(pool, &admin, &notify, &start).await.expect("start");
-    let started = chrono::Utc::now() - chrono::Duration::seconds(1);
 
     // Traffic until each variant has enough responses for the guardrails.
     let base = format!("http://{}", lb.http_addr);
@@ -93,33 +91,63 @@ async fn bad_nightly_is_aborted(fault: Fault, tag: &str, want: Criterion) {
             }
         });
     }
-    let criteria = Criteria::default();
+    // The real controller judges and acts: `lazyrec-release evaluate --release ID --act`, once a
+    // second (each look recorded, the p-value carried between looks), until it exits with the
+    // abort code; the abort itself is its own (state, reason, the nightly emptied).
+    let ctl = crate::crash::Controller {
+        database_url: fleet.stack.db.url.clone(),
+        admin_url: format!("http://{}", lb.admin_addr.expect("admin")),
+    };
+    let codes = String::from_utf8_lossy(&ctl.run(&["exit-codes"], None).await.stdout).to_string();
+    let code_of = |name: &str| -> i32 {
+        codes.lines().find_map(|l| l.strip_prefix(&format!("{name}="))).and_then(|c| c.parse().ok()).expect("code")
+    };
+    let (stop_code, continue_code) = (code_of("EXIT_STOP"), code_of("EXIT_CONTINUE"));
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    let evaluation = loop {
+    let id_arg = id.to_string();
+    let (looks, last) = loop {
         tokio::time::sleep(Duration::from_millis(1_000)).await;
-        let window = Window {
-            experiment: tag.into(),
-            since: started,
-            until: chrono::Utc::now(),
-            conversion_window: chrono::Duration::zero(),
-        };
-        let (main, nightly) = online::measure(pool, &window).await.expect("measure");
-        let e = decision::decide(main, nightly, 0, 0.3, Duration::from_secs(30), 1.0, &criteria);
-        if matches!(e.decision, Decision::Abort { .. }) || std::time::Instant::now() > deadline {
-            break e;
+        let out = ctl.run(&["evaluate", "--release", &id_arg, "--act", "--window-s", "0"], None).await;
+        let code = out.status.code().expect("exited");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(code == stop_code || code == continue_code, "evaluate exited {code}: {text}{}",
+            String::from_utf8_lossy(&out.stderr));
+        let looks: i64 = sqlx::query_scalar("SELECT count(*) FROM release_events WHERE release_id = $1 AND step = 'evaluate'")
+            .bind(id)
+            .fetch_one(pool)
+            .await
+            .expect("looks");
+        if code == stop_code || std::time::Instant::now() > deadline {
+            break (looks, text);
         }
     };
-    let Decision::Abort { criterion, reason } = &evaluation.decision else {
-        panic!("not aborted within 90 s: {:?}", evaluation.decision);
-    };
-    assert_eq!(*criterion, want, "{reason}");
-    controller::abort(pool, &admin, &notify, id, reason).await.expect("abort");
+    let (state, reason): (String, Option<String>) =
+        sqlx::query_as("SELECT state, decision_reason FROM releases WHERE release_id = $1")
+            .bind(id)
+            .fetch_one(pool)
+            .await
+            .expect("release");
+    assert_eq!(state, "aborted", "not aborted within 90 s after {looks} looks: {last}");
+    let reason = reason.unwrap_or_default();
+    let criterion = format!("{want:?}");
+    assert!(reason.starts_with(&criterion), "{reason}");
+    assert!(last.contains("ABORT"), "{last}");
+    assert!(admin.state().await.expect("state").nightly.is_empty(), "the abort emptied the nightly");
+    let carried: Option<f64> = sqlx::query_scalar(
+        "SELECT (details->'comparison'->>'p_always_valid')::float8 FROM release_events
+         WHERE release_id = $1 AND step = 'evaluate' ORDER BY id DESC LIMIT 1",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .expect("last look");
+    assert!(carried.is_some_and(|p| p <= 1.0), "each look records its always-valid p-value");
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     while load.join_next().await.is_some() {}
     let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     println!(
-        "{tag}: aborted by {criterion:?}: {reason}; {sent} client requests through it and the abort, {failed} failed"
+        "{tag}: aborted by `evaluate --act` after {looks} looks: {reason}; {sent} client requests through it and the abort, {failed} failed"
     );
     assert_eq!(failed, 0, "no client request fails: the load balancer fails over or waits");
     assert!(sent > 400);

@@ -2,13 +2,7 @@
 //! balancer's admin API, Postgres with the default dataset): start → gate → deploy → promote,
 //! a release rejected by the gate, an abort, a rollback and a rollback back.
 
-#[allow(dead_code)]
-#[path = "../../../server/tests/it/helpers.rs"]
-mod helpers;
-
-#[allow(dead_code)]
-#[path = "../../../loadbalancer/tests/it/fleet.rs"]
-mod fleet;
+use testkit::{fleet, stack as helpers};
 
 use std::time::Duration;
 

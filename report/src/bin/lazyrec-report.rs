@@ -3,7 +3,6 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use chrono::{DateTime, TimeDelta, Utc};
 use clap::Parser;
 use lifecycle::BadInput;
@@ -17,12 +16,8 @@ use report::{Params, Range, Report};
 #[derive(Parser, Debug)]
 #[command(name = "lazyrec-report", version)]
 struct Cli {
-    /// Postgres URL (else the private cluster under the state directory).
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    database_url: Option<String>,
-    /// Where the private cluster lives.
-    #[arg(long, env = "LAZYREC_STATE_DIR", default_value = ".state")]
-    state_dir: std::path::PathBuf,
+    #[command(flatten)]
+    db: db::args::DatabaseArgs,
     /// From (RFC 3339; default: one hour before --until).
     #[arg(long)]
     since: Option<DateTime<Utc>>,
@@ -65,8 +60,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         _ => (first, second),
     };
-    let url = db::resolve_database_url(cli.database_url.as_deref(), &cli.state_dir)?;
-    let pool = db::connect_pool(&url, 2).await.with_context(|| format!("connecting to {}", db::redact(&url)))?;
+    let pool = cli.db.pool(2).await?;
     let params = Params {
         range,
         baseline: Some(baseline),

@@ -3,4 +3,4 @@
 
 mod api;
 mod degraded;
-mod helpers;
+use testkit::stack as helpers;

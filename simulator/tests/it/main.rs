@@ -4,9 +4,7 @@
 //! installed; SKIPPED with the reason otherwise), and the monitoring configuration (real
 //! Prometheus and Alertmanager) on that stack.
 
-#[allow(dead_code)]
-#[path = "../../../server/tests/it/helpers.rs"]
-mod helpers;
+use testkit::stack as helpers;
 
 mod determinism;
 mod kafka;

@@ -1,4 +1,5 @@
-//! The statistics of an online experiment, pure functions checked against hand-computed values.
+//! The sequential statistics of an online experiment, pure functions checked against
+//! hand-computed values.
 //!
 //! **Why a sequential test.** The release controller looks at a running experiment again and
 //! again (every `evaluate`) and stops as soon as it can decide. A fixed-horizon two-proportion
@@ -88,19 +89,8 @@ pub fn compare(control: Counts, treatment: Counts, alpha: f64, tau: f64, previou
         (1.0, f64::INFINITY)
     };
     let p_always_valid = previous_p.min(1.0 / likelihood_ratio).clamp(0.0, 1.0);
-    let (nc, nt) = (control.n as f64, treatment.n as f64);
-    let (z, p_fixed) = if nc > 0.0 && nt > 0.0 {
-        let pooled = (control.hits + treatment.hits) as f64 / (nc + nt);
-        let se0 = (pooled * (1.0 - pooled) * (1.0 / nc + 1.0 / nt)).sqrt();
-        if se0 > 0.0 {
-            let z = diff / se0;
-            (z, 2.0 * (1.0 - standard_normal().cdf(z.abs())))
-        } else {
-            (0.0, 1.0)
-        }
-    } else {
-        (0.0, 1.0)
-    };
+    let z = crate::pooled_z(treatment, control);
+    let p_fixed = if z == 0.0 { 1.0 } else { 2.0 * (1.0 - standard_normal().cdf(z.abs())) };
     let zq = standard_normal().inverse_cdf(1.0 - alpha / 2.0);
     let se = variance.sqrt();
     Comparison {

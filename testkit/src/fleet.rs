@@ -13,7 +13,7 @@ use server::config::Variant;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use crate::helpers::{Reply, Stack, wait_ready};
+use crate::stack::{Reply, Stack, wait_ready};
 
 /// The admin token of the tests.
 pub const TOKEN: &str = "test-admin-token-0123456789";
