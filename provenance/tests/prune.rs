@@ -12,7 +12,12 @@ use vectorstore::{CollectionSpec, MoviePoint, VectorStore};
 async fn history(pool: &sqlx::PgPool, id: &str, ts: DateTime<Utc>, run: i64, collection: Option<&str>) {
     let versions =
         proto::contract::DataVersions { popularity: run, collection: collection.map(str::to_string), exclude: None };
-    testkit::history::HistoryRow::new(id, ts).movies(&["m1"]).kind("personal").data_versions(&versions).insert(pool).await;
+    testkit::history::HistoryRow::new(id, ts)
+        .movies(&["m1"])
+        .kind("personal")
+        .data_versions(&versions)
+        .insert(pool)
+        .await;
 }
 
 async fn popularity_run(pool: &sqlx::PgPool, run: i64, computed_at: DateTime<Utc>) {

@@ -172,7 +172,7 @@ impl Drift {
     /// Text.
     pub fn render(&self) -> String {
         let mut out = String::from("## Drift of the inputs\n");
-        out.push_str(&format!("baseline {}  →  current {}\n", crate::render_share(&self.baseline), crate::render_share(&self.current)));
+        out.push_str(&format!("baseline {}  →  current {}\n", self.baseline.render(), self.current.render()));
         for d in &self.distributions {
             let verdict = match d.psi {
                 None => "no data in a window".to_string(),

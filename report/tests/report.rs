@@ -22,7 +22,13 @@ fn line(minutes: i64, user: i64, what: &str) -> String {
 }
 
 async fn answer(pool: &sqlx::PgPool, id: &str, minutes: i64, user: i64, movies: &[&str], kind: &str) {
-    testkit::history::HistoryRow::new(id, t(minutes)).user(user).latency_us(1_000).movies(movies).kind(kind).insert(pool).await;
+    testkit::history::HistoryRow::new(id, t(minutes))
+        .user(user)
+        .latency_us(1_000)
+        .movies(movies)
+        .kind(kind)
+        .insert(pool)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -274,7 +274,10 @@ pub async fn run(config: Config, population: Vec<SimUser>, stop: watch::Receiver
         .variants
         .into_iter()
         .map(|(name, v)| {
-            (name, VariantReport { answers: v.answers, conversion: Share::wilson(v.converted, v.valid), liked: v.liked })
+            (
+                name,
+                VariantReport { answers: v.answers, conversion: Share::wilson(v.converted, v.valid), liked: v.liked },
+            )
         })
         .collect::<std::collections::BTreeMap<_, _>>();
     let (converted, valid) = variants.values().fold((0, 0), |(c, n), v| (c + v.conversion.hits, n + v.conversion.n));

@@ -110,13 +110,17 @@ async fn bad_nightly_is_aborted(fault: Fault, tag: &str, want: Criterion) {
         let out = ctl.run(&["evaluate", "--release", &id_arg, "--act", "--window-s", "0"], None).await;
         let code = out.status.code().expect("exited");
         let text = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(code == stop_code || code == continue_code, "evaluate exited {code}: {text}{}",
-            String::from_utf8_lossy(&out.stderr));
-        let looks: i64 = sqlx::query_scalar("SELECT count(*) FROM release_events WHERE release_id = $1 AND step = 'evaluate'")
-            .bind(id)
-            .fetch_one(pool)
-            .await
-            .expect("looks");
+        assert!(
+            code == stop_code || code == continue_code,
+            "evaluate exited {code}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let looks: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM release_events WHERE release_id = $1 AND step = 'evaluate'")
+                .bind(id)
+                .fetch_one(pool)
+                .await
+                .expect("looks");
         if code == stop_code || std::time::Instant::now() > deadline {
             break (looks, text);
         }
