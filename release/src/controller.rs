@@ -95,6 +95,25 @@ fn moved(id: i64, to: State, reason: &str, details: serde_json::Value) -> Close 
     Close { moves: vec![Move { id, to, reason: reason.to_string() }], details, ..steps::close("completed") }
 }
 
+/// Reconciles, checks that release `id` may become `to` from its state, then records `intent`:
+/// the step's id and the guard that keeps SIGTERM waiting until the step closes.
+async fn begin(
+    pool: &PgPool,
+    admin: &AdminClient,
+    id: i64,
+    to: State,
+    intent: Intent,
+) -> Result<(i64, InStep), ControlError> {
+    steps::reconcile(pool, admin).await?;
+    let state = store::state(pool, id).await?;
+    if !state.can_move_to(to) {
+        return Err(move_error(id, state, to.as_str()));
+    }
+    let in_step = InStep::enter();
+    let step = store::begin_step(pool, id, &intent).await?;
+    Ok((step, in_step))
+}
+
 fn move_error(id: i64, from: State, to: &'static str) -> ControlError {
     StoreError::Transition { id, from: from.as_str().into(), to }.into()
 }
@@ -198,13 +217,8 @@ pub async fn promote(
     id: i64,
     reason: &str,
 ) -> Result<(), ControlError> {
-    steps::reconcile(pool, admin).await?;
-    let state = store::state(pool, id).await?;
-    if state != State::Deployed {
-        return Err(move_error(id, state, "promoted"));
-    }
-    let _in_step = InStep::enter();
-    let step = store::begin_step(pool, id, &Intent::Promote { reason: reason.to_string() }).await?;
+    let (step, _in_step) =
+        begin(pool, admin, id, State::Promoted, Intent::Promote { reason: reason.to_string() }).await?;
     fault("promote:intent");
     let (before, after) = act(pool, admin, async {
         let before = admin.state().await?;
@@ -230,13 +244,7 @@ pub async fn abort(
     id: i64,
     reason: &str,
 ) -> Result<(), ControlError> {
-    steps::reconcile(pool, admin).await?;
-    let state = store::state(pool, id).await?;
-    if !matches!(state, State::Deployed | State::Gated) {
-        return Err(move_error(id, state, "aborted"));
-    }
-    let _in_step = InStep::enter();
-    let step = store::begin_step(pool, id, &Intent::Abort { reason: reason.to_string() }).await?;
+    let (step, _in_step) = begin(pool, admin, id, State::Aborted, Intent::Abort { reason: reason.to_string() }).await?;
     fault("abort:intent");
     let empty = NightlyRequest { backends: Vec::new(), share: Some(0.0), release_id: None };
     let after = act(pool, admin, async { Ok(admin.set_nightly(&empty).await?) }).await?;
