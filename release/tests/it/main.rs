@@ -8,6 +8,8 @@ use std::time::Duration;
 
 mod crash;
 mod faults;
+mod looks;
+mod records;
 
 use proto::admin::AdminClient as Admin;
 use release::controller::{self, Start};

@@ -1,0 +1,3 @@
+//! Integration tests of the evaluator on a real Postgres.
+
+mod default_data;

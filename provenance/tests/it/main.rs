@@ -1,0 +1,4 @@
+//! Integration tests of provenance: replay on the real stack, pruning on a real Postgres.
+
+mod prune;
+mod replay;

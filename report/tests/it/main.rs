@@ -1,0 +1,3 @@
+//! Integration tests of the reports on a real Postgres.
+
+mod known_telemetry;
