@@ -100,10 +100,7 @@ pub fn state_of(lb: &Lb) -> AdminState {
             deferred: m.history_deferred.get(),
             dropped: m.history_dropped.get(),
             journal_bytes: journal.pending_bytes(),
-            fsync: serde_json::to_value(journal.policy())
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            fsync: journal.policy().as_str().to_string(),
         },
         fallback_movies: lb.fallback.get().movies.len(),
         change: None,

@@ -161,11 +161,6 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    /// The URLs of main's backends.
-    pub fn main_urls(&self) -> Vec<String> {
-        self.main.iter().map(|b| b.url.clone()).collect()
-    }
-
     /// The URLs of the nightly's backends.
     pub fn nightly_urls(&self) -> Vec<String> {
         self.nightly.iter().map(|b| b.url.clone()).collect()
@@ -251,11 +246,6 @@ impl AdminClient {
             token: token.to_string(),
             timeout: Duration::from_secs(30),
         }
-    }
-
-    /// The admin API's base URL.
-    pub fn base(&self) -> &str {
-        &self.base
     }
 
     /// `GET /admin/state`.

@@ -210,17 +210,18 @@ impl DataVersions {
             return serde_json::from_str::<Object>(raw).map(DataVersions::from).map_err(|_| bad());
         }
         // The text form of answers recorded before this type: `key=value` pairs joined by `;`.
-        let mut v = DataVersions { popularity: -1, ..DataVersions::default() };
+        let (mut popularity, mut v) = (None, DataVersions::default());
         for part in raw.split(';').filter(|p| !p.is_empty()) {
             match part.split_once('=') {
-                Some(("popularity", x)) => v.popularity = x.parse().map_err(|_| bad())?,
+                Some(("popularity", x)) => popularity = Some(x.parse().map_err(|_| bad())?),
                 Some(("collection", x)) if !x.is_empty() => v.collection = Some(x.to_string()),
                 Some(("exclude", "history")) => v.exclude = Some(Exclude::History),
                 Some(("exclude", "none")) => v.exclude = Some(Exclude::None),
                 _ => return Err(bad()),
             }
         }
-        if v.popularity < 0 { Err(bad()) } else { Ok(v) }
+        v.popularity = popularity.ok_or_else(bad)?;
+        Ok(v)
     }
 }
 

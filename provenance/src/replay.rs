@@ -196,13 +196,13 @@ impl Replayer {
         };
         let limit = r.limit.unwrap_or(20).max(0) as usize;
         let history = self.history_as_of(user_id, watermark).await?;
-        let plan = model.plan(&history);
         let mut neighbours = Neighbours::default();
         // A degraded answer read no list; the pipeline gets the stage the server had reached.
         let stage = match versions.exclude {
             Some(Exclude::None) => Stage::NoHistory,
             Some(Exclude::History) => Stage::NoNeighbours(&history),
             None => {
+                let plan = model.plan(&history);
                 if !plan.seeds.is_empty() && plan.spaces().next().is_some() {
                     let Some(collection) = &versions.collection else {
                         return Ok(not_reproducible(format!("no vector collection in {versions}")));

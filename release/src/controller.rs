@@ -142,7 +142,7 @@ pub async fn route(
     let record = store::record(pool, id).await?;
     let tag = record.tag.clone();
     if let Err(e) = wait_ready(backends, ready_within, Some(&record.model_version)).await {
-        let reason = e.to_string();
+        let reason = lifecycle::error_chain(&e);
         store::transition(pool, id, State::Aborted, &reason, serde_json::json!({"backends": backends})).await?;
         notify
             .send(
@@ -199,7 +199,7 @@ pub async fn start(
     if s.backends.is_empty() {
         return Err(ControlError::Input("a nightly needs at least one backend URL".into()));
     }
-    steps::reconcile(pool, admin).await?;
+    // The gate does not touch the load balancer; `route` reconciles before it does.
     let (id, state) = gate(pool, notify, &s.gate).await?;
     if state != State::Gated {
         return Ok((id, state));
