@@ -30,3 +30,27 @@ impl DatabaseArgs {
         crate::connect_pool(&url, connections).await.with_context(|| format!("connecting to {}", crate::redact(&url)))
     }
 }
+
+/// The same two flags for commands that also read a config file (the server, the load
+/// balancer): a flag or its environment variable overrides the file, an absent one keeps it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DatabaseOverrides {
+    /// Postgres URL (default: the config file's, else the private cluster under the state directory).
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Project state directory (default: the config file's, else `.state`).
+    #[arg(long, env = "LAZYREC_STATE_DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl DatabaseOverrides {
+    /// Writes the given flags over a config's values.
+    pub fn apply(&self, database_url: &mut Option<String>, state_dir: &mut PathBuf) {
+        if let Some(u) = &self.database_url {
+            *database_url = Some(u.clone());
+        }
+        if let Some(d) = &self.state_dir {
+            *state_dir = d.clone();
+        }
+    }
+}

@@ -27,12 +27,8 @@ pub const DATABASE_NAME: &str = "lazyrec";
     long_about = "lazyrec's data layer.\n\nWithout DATABASE_URL, commands use the project's private Postgres cluster under the state directory (start it with `lazyrec-db up`). With DATABASE_URL, they use that database instead."
 )]
 struct Cli {
-    /// Postgres URL; overrides the private cluster.
-    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
-    database_url: Option<String>,
-    /// Where the private cluster and other local state live.
-    #[arg(long, env = "LAZYREC_STATE_DIR", default_value = ".state", global = true)]
-    state_dir: PathBuf,
+    #[command(flatten)]
+    db: crate::args::DatabaseArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -146,7 +142,7 @@ pub async fn run() -> Result<()> {
             Ok(())
         }
         Command::Down => {
-            let stopped = PgCluster::stop_daemon(&cli.state_dir.join("pg")).context("stopping the private cluster")?;
+            let stopped = PgCluster::stop_daemon(&cli.db.state_dir.join("pg")).context("stopping the private cluster")?;
             println!(
                 "{}",
                 if stopped {
@@ -266,10 +262,10 @@ fn file_name(path: &Path) -> String {
 
 /// Starts the private cluster unless DATABASE_URL is given; creates and migrates the database.
 async fn up(cli: &Cli) -> Result<String> {
-    let url = match &cli.database_url {
+    let url = match &cli.db.database_url {
         Some(url) => url.clone(),
         None => {
-            let dir = cli.state_dir.join("pg");
+            let dir = cli.db.state_dir.join("pg");
             let dir = std::path::absolute(&dir).with_context(|| format!("resolving {}", dir.display()))?;
             let cluster = tokio::task::spawn_blocking(move || PgCluster::ensure_daemon(&dir))
                 .await
@@ -298,7 +294,7 @@ async fn up(cli: &Cli) -> Result<String> {
 
 /// The URL to use: DATABASE_URL, else the running private cluster.
 fn database_url(cli: &Cli) -> Result<String> {
-    Ok(crate::resolve_database_url(cli.database_url.as_deref(), &cli.state_dir)?)
+    cli.db.url()
 }
 
 async fn pool(cli: &Cli) -> Result<PgPool> {

@@ -2,16 +2,15 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::model::{Model, ModelPaths};
 use crate::pipeline::Embedder;
+use vectorstore::args::StoreArgs;
 use vectorstore::point_id;
-use vectorstore::{Hnsw, SearchFilter, Space, VectorStore};
+use vectorstore::{Hnsw, SearchFilter, Space};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -20,12 +19,8 @@ use vectorstore::{Hnsw, SearchFilter, Space, VectorStore};
     about = "Embed the movie catalog into Qdrant (embedded qdrant-edge by default, a Qdrant server with --qdrant-url)"
 )]
 struct Cli {
-    /// Postgres URL; default: the private cluster started by `lazyrec-db up`.
-    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
-    database_url: Option<String>,
-    /// Local state (private Postgres, qdrant-edge data, embedding assets).
-    #[arg(long, env = "LAZYREC_STATE_DIR", default_value = ".state", global = true)]
-    state_dir: PathBuf,
+    #[command(flatten)]
+    db: db::args::DatabaseArgs,
     #[command(flatten)]
     store: StoreArgs,
     #[command(flatten)]
@@ -56,37 +51,6 @@ impl From<SpaceArg> for Space {
             SpaceArg::Content => Space::Content,
             SpaceArg::Behaviour => Space::Behaviour,
         }
-    }
-}
-
-/// Which vector store.
-#[derive(Args, Debug, Clone)]
-pub struct StoreArgs {
-    /// Use a Qdrant server (gRPC URL, e.g. http://localhost:6334) instead of embedded qdrant-edge.
-    #[arg(long, env = "QDRANT_URL", global = true)]
-    pub qdrant_url: Option<String>,
-    /// API key for the Qdrant server.
-    #[arg(long, env = "QDRANT_API_KEY", global = true, hide_env_values = true)]
-    pub qdrant_api_key: Option<String>,
-    /// Timeout of each Qdrant server call, in seconds.
-    #[arg(long, default_value_t = 30, global = true)]
-    pub qdrant_timeout_secs: u64,
-    /// qdrant-edge directory (default: <state-dir>/qdrant-edge).
-    #[arg(long, env = "LAZYREC_EDGE_DIR", global = true)]
-    pub edge_dir: Option<PathBuf>,
-}
-
-impl StoreArgs {
-    /// Opens the configured store.
-    pub fn open(&self, state_dir: &std::path::Path) -> Result<Arc<dyn VectorStore>> {
-        vectorstore::open(
-            self.qdrant_url.as_deref(),
-            self.qdrant_api_key.clone(),
-            Duration::from_secs(self.qdrant_timeout_secs),
-            self.edge_dir.as_deref(),
-            state_dir,
-        )
-        .context("opening the vector store")
     }
 }
 
@@ -202,12 +166,9 @@ pub async fn run() -> Result<()> {
     let cli = Cli::parse();
     let hnsw = Hnsw { m: cli.hnsw_m, ef_construct: cli.hnsw_ef_construct, full_scan_kb: cli.hnsw_full_scan_kb };
     hnsw.check().map_err(anyhow::Error::msg)?;
-    let store = cli.store.open(&cli.state_dir)?;
+    let store = cli.store.open(&cli.db.state_dir).context("opening the vector store")?;
     let connect = || async {
-        let url = db::resolve_database_url(cli.database_url.as_deref(), &cli.state_dir)?;
-        let pool = db::connect_pool(&url, 4)
-            .await
-            .with_context(|| format!("connecting to Postgres at {}", db::redact(&url)))?;
+        let pool = cli.db.pool(4).await?;
         db::migrate(&pool).await.context("applying migrations")?;
         anyhow::Ok(pool)
     };
@@ -226,7 +187,7 @@ pub async fn run() -> Result<()> {
                 }
                 Command::Embed { .. } | Command::Status | Command::Similar { .. } | Command::Query { .. } => None,
             };
-            let mut model = cli.model.load(&cli.state_dir).await?;
+            let mut model = cli.model.load(&cli.db.state_dir).await?;
             let mut embedder = Embedder {
                 pool: &pool,
                 store: store.as_ref(),
@@ -265,7 +226,7 @@ pub async fn run() -> Result<()> {
         }
         Command::Query { text, limit, genre } => {
             let live = store.live().await?.context("no live collection: run `embedder embed` first")?;
-            let mut model = cli.model.load(&cli.state_dir).await?;
+            let mut model = cli.model.load(&cli.db.state_dir).await?;
             let vector = model.embed(std::slice::from_ref(text))?.pop().context("the model returned no vector")?;
             let filter = SearchFilter { any_genre: genre.clone(), ..SearchFilter::default() };
             for hit in store.search(&live, Space::Content, vector, *limit, &filter).await? {

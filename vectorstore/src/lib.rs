@@ -10,6 +10,7 @@
 //! and `behaviour` (learned from interactions; only movies with enough of them). Both are cosine
 //! spaces indexed by HNSW with the collection's [`Hnsw`] parameters; searches take `ef`.
 
+pub mod args;
 pub mod edge;
 pub mod server;
 

@@ -98,9 +98,8 @@ enum Cmd {
     },
     /// The behaviour-vector job on a database: time and peak memory.
     Behaviour {
-        /// The database.
-        #[arg(long, env = "DATABASE_URL")]
-        database_url: String,
+        #[command(flatten)]
+        db: db::args::DatabaseArgs,
         /// Factorisation parameters (JSON).
         #[arg(long, default_value = "{}")]
         params: String,
@@ -146,9 +145,9 @@ fn main() -> Result<()> {
             let graphs = hnsw.iter().map(|h| parse_hnsw(h)).collect::<Result<Vec<_>>>()?;
             runtime()?.block_on(recall(&edge_dir, queries, k, &ef, &graphs, latency_queries, seed))
         }
-        Cmd::Behaviour { database_url, params, attach } => {
+        Cmd::Behaviour { db, params, attach } => {
             let params: behaviour::Params = serde_json::from_str(&params).context("--params")?;
-            runtime()?.block_on(behaviour_job(&database_url, &params, attach.as_deref()))
+            runtime()?.block_on(behaviour_job(&db, &params, attach.as_deref()))
         }
     }
 }
@@ -309,8 +308,8 @@ async fn recall(
     Ok(())
 }
 
-async fn behaviour_job(database_url: &str, params: &behaviour::Params, attach: Option<&Path>) -> Result<()> {
-    let pool = db::connect_pool(database_url, 2).await.context("connecting to Postgres")?;
+async fn behaviour_job(db: &db::args::DatabaseArgs, params: &behaviour::Params, attach: Option<&Path>) -> Result<()> {
+    let pool = db.pool(2).await?;
     let started = Instant::now();
     let run = embedder::behaviour::compute(&pool, params).await?;
     let seconds = started.elapsed().as_secs_f64();

@@ -133,15 +133,11 @@ struct FileArgs {
     rating_scale: f64,
 }
 
+/// Where the content vectors come from (the shared store flags) and whether to read them.
 #[derive(Args, Debug)]
 struct StoreArgs {
-    /// Content vectors from this qdrant-edge directory (default for `postgres`:
-    /// <state-dir>/qdrant-edge when it exists; files: none).
-    #[arg(long, env = "LAZYREC_EDGE_DIR")]
-    edge_dir: Option<PathBuf>,
-    /// Content vectors from a Qdrant server (gRPC URL).
-    #[arg(long, env = "QDRANT_URL")]
-    qdrant_url: Option<String>,
+    #[command(flatten)]
+    store: vectorstore::args::StoreArgs,
     /// Do not load content vectors (strategies that need them are reported n/a).
     #[arg(long)]
     no_content: bool,
@@ -199,26 +195,16 @@ fn share(name: &str, v: f64) -> anyhow::Result<f64> {
     Ok(v)
 }
 
-async fn open_store(
+/// The content vectors' store: `--qdrant-url`, `--edge-dir`, or `default_state_dir`'s
+/// qdrant-edge when it exists; none with `--no-content`.
+fn open_store(
     args: &StoreArgs,
-    default_dir: Option<PathBuf>,
+    default_state_dir: Option<&Path>,
 ) -> anyhow::Result<Option<std::sync::Arc<dyn vectorstore::VectorStore>>> {
     if args.no_content {
         return Ok(None);
     }
-    let dir = args.edge_dir.clone().or(default_dir.filter(|d| d.exists()));
-    if args.qdrant_url.is_none() && dir.is_none() {
-        return Ok(None);
-    }
-    let store = vectorstore::open(
-        args.qdrant_url.as_deref(),
-        None,
-        std::time::Duration::from_secs(30),
-        dir.as_deref(),
-        Path::new("."),
-    )
-    .context("opening the vector store")?;
-    Ok(Some(store))
+    args.store.open_existing(default_state_dir).context("opening the vector store")
 }
 
 async fn run_eval(
@@ -335,7 +321,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (rows, watermark) = postgres_rows(&db).await?;
             let split = Split::Temporal { holdout: share("--holdout", holdout)?, min_items };
             let data = Dataset::from_rows(&format!("postgres (watermark {watermark})"), &rows, split);
-            let store = open_store(&store, Some(db.state_dir.join("qdrant-edge"))).await?;
+            let store = open_store(&store, Some(&db.state_dir))?;
             run_eval(data, store, eval).await
         }
         Command::Files { train, test, file, store, eval } => {
@@ -343,7 +329,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let test_rows = files::read(&test, file.layout, file.rating_scale)?;
             let name = format!("{} + {}", train.display(), test.display());
             let data = Dataset::from_train_test(&name, &train_rows, &test_rows);
-            let store = open_store(&store, None).await?;
+            let store = open_store(&store, None)?;
             run_eval(data, store, eval).await
         }
         Command::File { path, split, holdout, min_items, file, store, eval } => {
@@ -354,7 +340,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 SplitKind::Random => Split::Random { share: holdout, seed: eval.seed },
             };
             let data = Dataset::from_rows(&path.display().to_string(), &rows, split);
-            let store = open_store(&store, None).await?;
+            let store = open_store(&store, None)?;
             run_eval(data, store, eval).await
         }
         Command::Export { db, out } => {

@@ -59,12 +59,8 @@ struct Cli {
     /// The experiment name: the assignment salt.
     #[arg(long)]
     experiment: Option<String>,
-    /// Postgres URL (default: the private cluster under the state directory).
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    database_url: Option<String>,
-    /// Project state directory.
-    #[arg(long, env = "LAZYREC_STATE_DIR")]
-    state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    db: db::args::DatabaseOverrides,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -155,12 +151,7 @@ fn resolve(cli: &Cli) -> anyhow::Result<Config> {
     if let Some(e) = &cli.experiment {
         config.experiment = e.clone();
     }
-    if let Some(u) = &cli.database_url {
-        config.database_url = Some(u.clone());
-    }
-    if let Some(d) = &cli.state_dir {
-        config.state_dir = d.clone();
-    }
+    cli.db.apply(&mut config.database_url, &mut config.state_dir);
     config.validate()?;
     Ok(config)
 }

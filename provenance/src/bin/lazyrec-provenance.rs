@@ -1,7 +1,7 @@
 //! `lazyrec-provenance`: what made a past recommendation, and a replay that recomputes it.
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -41,30 +41,6 @@ enum Command {
     Prune(PruneArgs),
 }
 
-/// Where the vectors are (as the embedder and servers were given).
-#[derive(clap::Args, Debug)]
-struct StoreArgs {
-    /// The vectors from this qdrant-edge directory (default <state-dir>/qdrant-edge).
-    #[arg(long, env = "LAZYREC_EDGE_DIR")]
-    edge_dir: Option<std::path::PathBuf>,
-    /// The vectors from a Qdrant server.
-    #[arg(long, env = "QDRANT_URL")]
-    qdrant_url: Option<String>,
-}
-
-impl StoreArgs {
-    fn open(&self, state_dir: &std::path::Path) -> anyhow::Result<std::sync::Arc<dyn vectorstore::VectorStore>> {
-        vectorstore::open(
-            self.qdrant_url.as_deref(),
-            None,
-            Duration::from_secs(30),
-            self.edge_dir.as_deref(),
-            state_dir,
-        )
-        .context("opening the vector store")
-    }
-}
-
 #[derive(clap::Args, Debug)]
 struct PruneArgs {
     /// Delete history rows older than this (RFC 3339, e.g. 2026-10-01T00:00:00Z).
@@ -74,7 +50,7 @@ struct PruneArgs {
     #[arg(long)]
     dry_run: bool,
     #[command(flatten)]
-    store: StoreArgs,
+    store: vectorstore::args::StoreArgs,
     /// JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -95,7 +71,7 @@ struct ReplayArgs {
     #[arg(long, default_value_t = 42)]
     seed: u64,
     #[command(flatten)]
-    store: StoreArgs,
+    store: vectorstore::args::StoreArgs,
     /// JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -120,7 +96,7 @@ async fn show(cli: &Cli, request_id: &str, json: bool) -> anyhow::Result<ExitCod
 
 async fn replay_cmd(cli: &Cli, a: &ReplayArgs) -> anyhow::Result<ExitCode> {
     let pool = pool(cli).await?;
-    let store = a.store.open(&cli.db.state_dir)?;
+    let store = a.store.open(&cli.db.state_dir).context("opening the vector store")?;
     // The search parameters come from each row's model record (`models.search`).
     let mut replayer = Replayer::new(pool.clone(), store);
     if let Some(id) = &a.request_id {
@@ -207,7 +183,7 @@ async fn prune_cmd(cli: &Cli, a: &PruneArgs) -> anyhow::Result<ExitCode> {
         .into());
     }
     let pool = pool(cli).await?;
-    let store = a.store.open(&cli.db.state_dir)?;
+    let store = a.store.open(&cli.db.state_dir).context("opening the vector store")?;
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} {pos} history rows deleted {per_sec}")

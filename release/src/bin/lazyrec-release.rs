@@ -167,13 +167,9 @@ struct GateArgs {
     /// The pipeline.
     #[arg(long, env = "CI_PIPELINE_ID")]
     pipeline_id: Option<String>,
-    /// Content vectors for the gate from this qdrant-edge directory (default:
-    /// <state-dir>/qdrant-edge when it exists).
-    #[arg(long, env = "LAZYREC_EDGE_DIR")]
-    edge_dir: Option<std::path::PathBuf>,
-    /// Content vectors for the gate from a Qdrant server.
-    #[arg(long, env = "QDRANT_URL")]
-    qdrant_url: Option<String>,
+    /// Content vectors for the gate (default: <state-dir>/qdrant-edge when it exists).
+    #[command(flatten)]
+    store: vectorstore::args::StoreArgs,
 }
 
 #[derive(Args, Debug)]
@@ -409,21 +405,7 @@ async fn gate_step(cli: &Cli, pool: &sqlx::PgPool, args: &GateArgs) -> anyhow::R
         experiment_salt: args.tag.clone(),
         share: args.share,
     };
-    let dir = args.edge_dir.clone().or_else(|| Some(cli.db.state_dir.join("qdrant-edge")).filter(|d| d.exists()));
-    let store = if args.qdrant_url.is_some() || dir.is_some() {
-        Some(
-            vectorstore::open(
-                args.qdrant_url.as_deref(),
-                None,
-                Duration::from_secs(30),
-                dir.as_deref(),
-                std::path::Path::new("."),
-            )
-            .context("opening the vector store for the gate")?,
-        )
-    } else {
-        None
-    };
+    let store = args.store.open_existing(Some(&cli.db.state_dir)).context("opening the vector store for the gate")?;
     Ok(controller::GateStep { release, reference, metric, tolerance: args.tolerance, store })
 }
 

@@ -34,12 +34,8 @@ struct Cli {
     /// main or nightly.
     #[arg(long, global = true, value_parser = ["main", "nightly"])]
     variant: Option<String>,
-    /// Postgres URL (default: the private cluster under the state directory).
-    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
-    database_url: Option<String>,
-    /// Project state directory.
-    #[arg(long, env = "LAZYREC_STATE_DIR", global = true)]
-    state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    db: db::args::DatabaseOverrides,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -61,12 +57,7 @@ fn resolve(cli: &Cli) -> anyhow::Result<Config> {
     if let Some(v) = &cli.variant {
         config.variant = v.parse().map_err(|e| anyhow::anyhow!("--variant: {e}"))?;
     }
-    if let Some(u) = &cli.database_url {
-        config.database_url = Some(u.clone());
-    }
-    if let Some(d) = &cli.state_dir {
-        config.state_dir = d.clone();
-    }
+    cli.db.apply(&mut config.database_url, &mut config.state_dir);
     config.validate()?;
     Ok(config)
 }

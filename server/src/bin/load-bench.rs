@@ -119,7 +119,7 @@ enum Cmd {
         #[arg(long = "phase", value_parser = parse_phase, required = true)]
         phases: Vec<(u64, u64)>,
         /// Postgres to count sessions on (`pg_stat_database`); without it, not counted.
-        #[arg(long, env = "DATABASE_URL")]
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
     },
     /// Step the rate up until p99 exceeds the target.

@@ -31,8 +31,15 @@ async fn a_hung_or_missing_vector_store_degrades_to_popularity_within_the_deadli
         let r = get(&format!("{base}/recommend/1"), &[]).await;
         let took = started.elapsed();
         assert_eq!(r.status, 200, "{label}");
-        assert!(took < Duration::from_millis(config.deadlines.request_ms + 200), "{label}: answered after {took:?}");
-        assert!(!r.header("x-degraded").is_empty(), "{label}: flagged");
+        // Why it degraded is the point, not how fast this machine is: a hung store is cut by
+        // the deadline (its own client timeout is far longer), a refused one fails at once.
+        let reason = r.header("x-degraded");
+        match label {
+            "hung" => assert!(reason.contains("deadline"), "{label}: cut by the deadline, not waited for: {reason}"),
+            _ => assert!(reason.starts_with("vector store") && !reason.contains("deadline"), "{label}: {reason}"),
+        }
+        // Only a bound that a hang would break (the store client's timeout is 30 s).
+        assert!(took < 10 * Duration::from_millis(config.deadlines.request_ms), "{label}: answered after {took:?}");
         assert_eq!(r.header("x-recommendation-kind"), "degraded");
         assert_eq!(r.body, expected.join(","), "{label}: popularity minus watched");
         // Cold-start users need no vectors: not degraded.
