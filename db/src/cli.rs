@@ -142,7 +142,8 @@ pub async fn run() -> Result<()> {
             Ok(())
         }
         Command::Down => {
-            let stopped = PgCluster::stop_daemon(&cli.db.state_dir.join("pg")).context("stopping the private cluster")?;
+            let stopped =
+                PgCluster::stop_daemon(&cli.db.state_dir.join("pg")).context("stopping the private cluster")?;
             println!(
                 "{}",
                 if stopped {
