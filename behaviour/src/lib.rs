@@ -13,6 +13,8 @@
 //! Deterministic: the same interactions and parameters give the same vectors (seeded sketch,
 //! single-threaded sums in a fixed order inside faer's kernels for a fixed thread count).
 
+pub mod items;
+
 use faer::sparse::{SparseColMat, Triplet};
 use faer::{Mat, MatRef};
 use rand::{Rng, SeedableRng};

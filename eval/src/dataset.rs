@@ -48,6 +48,19 @@ pub enum Split {
         /// Seed.
         seed: u64,
     },
+    /// Strong generalisation (the EASE papers' protocol): a random `users` share of the users
+    /// (with at least `min_items`) is held out of training; each gives a random `1 − holdout`
+    /// of their items as input and is tested on the rest. Models never train on them.
+    HeldOutUsers {
+        /// Share of users held out.
+        users: f64,
+        /// Share of a held-out user's items tested (rounded up).
+        holdout: f64,
+        /// Users with fewer items stay in training.
+        min_items: usize,
+        /// Seed.
+        seed: u64,
+    },
     /// Given train and test files.
     Files,
 }
@@ -63,6 +76,11 @@ impl Split {
             Split::Random { share, seed } => {
                 format!("random split: {:.0}% of interactions held out (seed {seed})", share * 100.0)
             }
+            Split::HeldOutUsers { users, holdout, min_items, seed } => format!(
+                "held-out users: {:.0}% of users (≥ {min_items} items) never trained on, each tested on a random {:.0}% of their items from the rest (seed {seed})",
+                users * 100.0,
+                holdout * 100.0
+            ),
             Split::Files => "train and test files as given".into(),
         }
     }
@@ -197,6 +215,43 @@ fn random(per_user: Vec<Vec<Entry>>, share: f64, seed: u64) -> (Vec<Vec<Entry>>,
     (train, test)
 }
 
+/// The held-out-users split: training, test and the query (input) histories.
+fn held_out_users(
+    per_user: Vec<Vec<Entry>>,
+    users: f64,
+    holdout: f64,
+    min_items: usize,
+    seed: u64,
+) -> (Vec<Vec<Entry>>, Vec<Vec<u32>>, Vec<Vec<Entry>>) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (mut train, mut test, mut query) = (Vec::new(), Vec::new(), Vec::new());
+    for mut entries in per_user {
+        let chosen = rng.random::<f64>() < users;
+        if !chosen || entries.len() < min_items.max(2) {
+            query.push(entries.clone());
+            train.push(entries);
+            test.push(Vec::new());
+            continue;
+        }
+        entries.sort_by(|a, b| a.order.cmp(&b.order).then(a.item.cmp(&b.item)));
+        // A seeded shuffle picks the tested items; the input keeps its order (recency).
+        let hidden = ((entries.len() as f64 * holdout).ceil() as usize).clamp(1, entries.len() - 1);
+        let mut picks: Vec<usize> = (0..entries.len()).collect();
+        for i in (1..picks.len()).rev() {
+            picks.swap(i, rng.random_range(0..=i));
+        }
+        let tested: std::collections::HashSet<usize> = picks[..hidden].iter().copied().collect();
+        let (mut input, mut held) = (Vec::new(), Vec::new());
+        for (k, e) in entries.into_iter().enumerate() {
+            if tested.contains(&k) { held.push(e.item) } else { input.push(e) }
+        }
+        train.push(Vec::new());
+        test.push(held);
+        query.push(input);
+    }
+    (train, test, query)
+}
+
 /// Splits rows at random (each row to the test part with probability `share`), keeping their
 /// order: the split written as benchmark files.
 pub fn random_split_rows(rows: Vec<Row>, share: f64, seed: u64) -> (Vec<Row>, Vec<Row>) {
@@ -204,26 +259,35 @@ pub fn random_split_rows(rows: Vec<Row>, share: f64, seed: u64) -> (Vec<Row>, Ve
     rows.into_iter().partition(|_| rng.random::<f64>() >= share)
 }
 
+/// Training part, test items and (held-out users only) the input histories.
+fn split_users(per_user: Vec<Vec<Entry>>, split: Split) -> (Vec<Vec<Entry>>, Vec<Vec<u32>>, Option<Vec<Vec<Entry>>>) {
+    match split {
+        Split::Temporal { holdout, min_items } => {
+            let (train, test) = temporal(per_user, holdout, min_items);
+            (train, test, None)
+        }
+        Split::Random { share, seed } => {
+            let (train, test) = random(per_user, share, seed);
+            (train, test, None)
+        }
+        Split::HeldOutUsers { users, holdout, min_items, seed } => {
+            let (train, test, query) = held_out_users(per_user, users, holdout, min_items, seed);
+            (train, test, Some(query))
+        }
+        Split::Files => {
+            let n = per_user.len();
+            (per_user, vec![Vec::new(); n], None)
+        }
+    }
+}
+
 impl Dataset {
     /// Splits interactions with `split` (`Temporal` or `Random`).
     pub fn from_rows(name: &str, rows: &[Row], split: Split) -> Self {
         let (mut users, mut items) = (Interner::default(), Interner::default());
         let per_user = by_user(rows, &mut users, &mut items);
-        let (train, test) = match split {
-            Split::Temporal { holdout, min_items } => temporal(per_user, holdout, min_items),
-            Split::Random { share, seed } => random(per_user, share, seed),
-            Split::Files => (per_user.clone(), vec![Vec::new(); per_user.len()]),
-        };
-        Self {
-            name: name.into(),
-            split,
-            users: users.ids,
-            items: items.ids,
-            train,
-            test,
-            test_seen_in_train: 0,
-            query: None,
-        }
+        let (train, test, query) = split_users(per_user, split);
+        Self { name: name.into(), split, users: users.ids, items: items.ids, train, test, test_seen_in_train: 0, query }
     }
 
     /// Given training and test interactions (benchmark files). Test items the user already has
@@ -261,14 +325,15 @@ impl Dataset {
     /// at): temporal datasets hold out each user's latest training items the same way; others a
     /// random share of the training interactions.
     pub fn validation(&self, share: f64, seed: u64) -> Self {
-        let (train, test) = match self.split {
-            Split::Temporal { min_items, .. } => temporal(self.train.clone(), share, min_items),
-            Split::Random { .. } | Split::Files => random(self.train.clone(), share, seed),
-        };
         let split = match self.split {
             Split::Temporal { min_items, .. } => Split::Temporal { holdout: share, min_items },
+            // Other users held out of the training users, with another seed.
+            Split::HeldOutUsers { users, holdout, min_items, seed: s } => {
+                Split::HeldOutUsers { users, holdout, min_items, seed: s.wrapping_add(seed).wrapping_add(1) }
+            }
             Split::Random { .. } | Split::Files => Split::Random { share, seed },
         };
+        let (train, test, query) = split_users(self.train.clone(), split);
         Self {
             name: format!("{} (validation)", self.name),
             split,
@@ -277,18 +342,16 @@ impl Dataset {
             train,
             test,
             test_seen_in_train: 0,
-            query: None,
+            query,
         }
     }
 
     /// Cold users, simulated: models are fitted on all training data as before, but recommend
     /// for each user from their `n` latest training items only.
     pub fn truncate_histories(mut self, n: usize) -> Self {
-        let query = self
-            .train
-            .iter()
-            .map(|entries| {
-                let mut e = entries.clone();
+        let query = (0..self.users.len())
+            .map(|u| {
+                let mut e = self.history(u).to_vec();
                 latest_first(&mut e);
                 e.truncate(n);
                 e
@@ -392,5 +455,26 @@ mod tests {
         assert_eq!(d.test_seen_in_train, 1);
         assert_eq!(d.summary().test_interactions, 2);
         assert_eq!(d.train.len(), 2);
+    }
+
+    #[test]
+    fn held_out_users_are_never_trained_on_and_are_tested_on_items_outside_their_input() {
+        let rows: Vec<Row> = (0..200)
+            .flat_map(|u| (0..10).map(move |i| row(&format!("u{u}"), &format!("m{}", (u + i) % 30), i)))
+            .collect();
+        let split = Split::HeldOutUsers { users: 0.2, holdout: 0.2, min_items: 5, seed: 7 };
+        let d = Dataset::from_rows("h", &rows, split);
+        let tested: Vec<usize> = d.test_users().collect();
+        assert!((20..=60).contains(&tested.len()), "about 20 % of 200 users: {}", tested.len());
+        for &u in &tested {
+            assert!(d.train[u].is_empty(), "a held-out user trains nothing");
+            assert_eq!((d.history(u).len(), d.test[u].len()), (8, 2));
+            assert!(d.history(u).iter().all(|e| !d.test[u].contains(&e.item)), "tested on what the input lacks");
+        }
+        let kept = (0..d.users.len()).find(|u| !tested.contains(u)).expect("a training user");
+        assert_eq!((d.train[kept].len(), d.history(kept).len()), (10, 10));
+        let v = d.validation(0.2, 1);
+        assert!(v.test_users().all(|u| !tested.contains(&u)), "validation users come from the training users");
+        assert!(v.test_users().count() > 0);
     }
 }

@@ -66,6 +66,8 @@ pub struct Context {
     pub content: Option<Vec<Option<Vec<f32>>>>,
     /// Parameters of the behaviour vectors computed from the training part.
     pub behaviour: behaviour::Params,
+    /// Parameters of the item weights computed from the training part.
+    pub items: behaviour::items::ItemParams,
 }
 
 /// Why a model could not be fitted.
@@ -401,7 +403,38 @@ pub struct Served {
     popularity: Popularity,
     content: Vec<Arc<Vec<Hit>>>,
     behaviour: Vec<Arc<Vec<Hit>>>,
+    items: Option<ItemIndex>,
     index: HashMap<String, u32>,
+}
+
+/// Item weights fitted on the training part, searched as an engine searches them: the exact
+/// sparse dot product of the plan's query with every movie's weights, watched movies excluded,
+/// best first (ties: movie id).
+struct ItemIndex {
+    weights: behaviour::items::ItemWeights,
+    names: Vec<String>,
+}
+
+impl ItemIndex {
+    fn query(&self, history: &History, plan: &strategy::Plan, index: &HashMap<String, u32>) -> Vec<Hit> {
+        if plan.items == 0 {
+            return Vec::new();
+        }
+        let query: Vec<(u32, f32)> = plan
+            .seeds
+            .iter()
+            .zip(&plan.weights)
+            .filter_map(|(&s, &w)| index.get(&history.watched[s].movie_id).map(|&i| (i, w)))
+            .collect();
+        let seen: rustc_hash::FxHashSet<u32> =
+            history.watched.iter().filter_map(|w| index.get(&w.movie_id).copied()).collect();
+        let mut scratch = Vec::new();
+        let mut hits: Vec<(u32, f32)> =
+            self.weights.scores(&query, &mut scratch).into_iter().filter(|(j, _)| !seen.contains(j)).collect();
+        hits.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| self.names[a.0 as usize].cmp(&self.names[b.0 as usize])));
+        hits.truncate(plan.items);
+        hits.into_iter().map(|(j, score)| Hit { id: 0, movie_id: self.names[j as usize].clone(), score }).collect()
+    }
 }
 
 fn neighbour_lists(vectors: &[Option<Vec<f32>>], dim: usize, limit: usize, names: &[String]) -> Vec<Arc<Vec<Hit>>> {
@@ -447,6 +480,13 @@ impl Served {
             let v = behaviour::factorise(data.users.len(), data.items.len(), &data.interactions(), &context.behaviour)?;
             neighbour_lists(&v.vectors, v.dim, behaviour_k, &data.items)
         };
+        let items = if model.uses_items() {
+            let weights =
+                behaviour::items::fit(data.users.len(), data.items.len(), &data.interactions(), &context.items)?;
+            Some(ItemIndex { weights, names: data.items.clone() })
+        } else {
+            None
+        };
         let histories = (0..data.users.len())
             .map(|u| data.history(u))
             .map(|entries| {
@@ -473,7 +513,7 @@ impl Served {
             users: order.iter().map(|&i| counts[i as usize] as u64).collect(),
         };
         let index = data.items.iter().enumerate().map(|(i, m)| (m.clone(), i as u32)).collect();
-        Ok(Self { model, histories, popularity, content, behaviour, index })
+        Ok(Self { model, histories, popularity, content, behaviour, items, index })
     }
 }
 
@@ -492,7 +532,8 @@ impl Recommender for Served {
                 })
                 .collect()
         };
-        let neighbours = Neighbours { content: pick(&self.content), behaviour: pick(&self.behaviour) };
+        let items = self.items.as_ref().map(|w| w.query(history, &plan, &self.index)).unwrap_or_default();
+        let neighbours = Neighbours { content: pick(&self.content), behaviour: pick(&self.behaviour), items };
         let stage = Stage::Ready { history, neighbours: &neighbours, collection: None };
         self.model
             .answer(stage, &self.popularity, 0, k)

@@ -118,6 +118,11 @@ impl Model {
         self.strategy.plan(&History::default()).spaces().collect()
     }
 
+    /// True when answers read the item-weights space (one sparse query).
+    pub fn uses_items(&self) -> bool {
+        self.strategy.plan(&History::default()).items > 0
+    }
+
     /// The answer: the one place that decides what a user is recommended.
     ///
     /// - no history read → degraded: the popularity list as it is (`exclude: none`);
@@ -235,8 +240,11 @@ mod tests {
 
         assert_eq!(model.plan(&history).seeds, vec![0]);
         let hit = |m: &str| Hit { id: 0, movie_id: m.into(), score: 0.9 };
-        let lists =
-            Neighbours { behaviour: vec![Arc::new(vec![hit("p2"), hit("seen")])], content: vec![Arc::new(Vec::new())] };
+        let lists = Neighbours {
+            behaviour: vec![Arc::new(vec![hit("p2"), hit("seen")])],
+            content: vec![Arc::new(Vec::new())],
+            ..Neighbours::default()
+        };
         let personal = model.answer(
             Stage::Ready { history: &history, neighbours: &lists, collection: Some("movies_x") },
             &popularity,

@@ -36,8 +36,8 @@ impl Default for ModelSpec {
 
 /// What a strategy needs before it can rank: which watched movies are seeds (indexes into
 /// `history.watched`) and how many neighbours of each seed it wants per vector space (0: that
-/// space is not used).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// space is not used) — or, for an item-weights strategy, one sparse query over the seeds.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Plan {
     /// Seeds, as indexes into `history.watched`.
     pub seeds: Vec<usize>,
@@ -45,6 +45,11 @@ pub struct Plan {
     pub content: usize,
     /// Neighbours per seed in the behaviour (learned from interactions) space.
     pub behaviour: usize,
+    /// Candidates wanted from the item-weights query (0: unused): one exact sparse search of
+    /// the `items` space with the query `{seed: weight}`, the watched movies excluded.
+    pub items: usize,
+    /// The sparse query's weights, aligned with `seeds` (empty when `items` is 0).
+    pub weights: Vec<f32>,
 }
 
 impl Plan {
@@ -62,6 +67,9 @@ pub struct Neighbours {
     pub content: Vec<Arc<Vec<Hit>>>,
     /// Behaviour-space lists.
     pub behaviour: Vec<Arc<Vec<Hit>>>,
+    /// The item-weights query's candidates, best first, scored by the sparse dot product
+    /// (empty when the plan asked for none).
+    pub items: Vec<Hit>,
 }
 
 /// A ranking strategy. Implementations must be pure and deterministic: the same inputs give
@@ -94,7 +102,7 @@ pub enum StrategyError {
 }
 
 /// The registered strategy names. Append only.
-pub const REGISTRY: &[&str] = &[PopularityV1::NAME, NeighboursV1::NAME, NeighboursV2::NAME];
+pub const REGISTRY: &[&str] = &[PopularityV1::NAME, NeighboursV1::NAME, NeighboursV2::NAME, ItemsV1::NAME];
 
 /// Builds the strategy a spec names.
 pub fn build(spec: &ModelSpec) -> Result<Arc<dyn Strategy>, StrategyError> {
@@ -112,6 +120,11 @@ pub fn build(spec: &ModelSpec) -> Result<Arc<dyn Strategy>, StrategyError> {
         }
         NeighboursV2::NAME => {
             let p: NeighboursV2 = serde_json::from_value(params).map_err(bad)?;
+            p.check().map_err(|detail| StrategyError::Params { strategy: spec.strategy.clone(), detail })?;
+            Ok(Arc::new(p))
+        }
+        ItemsV1::NAME => {
+            let p: ItemsV1 = serde_json::from_value(params).map_err(bad)?;
             p.check().map_err(|detail| StrategyError::Params { strategy: spec.strategy.clone(), detail })?;
             Ok(Arc::new(p))
         }
@@ -239,7 +252,7 @@ impl Strategy for NeighboursV1 {
         let seeds = (0..history.watched.len().min(self.max_seeds))
             .filter(|&i| self.seed_weight(i, history.watched[i].rating) > 0.0)
             .collect();
-        Plan { seeds, content: self.neighbours, behaviour: 0 }
+        Plan { seeds, content: self.neighbours, ..Plan::default() }
     }
     fn rank(&self, history: &History, neighbours: &Neighbours, popularity: &Popularity, limit: usize) -> Vec<Item> {
         let seen = history.seen();
@@ -417,7 +430,7 @@ impl Strategy for NeighboursV2 {
         let seeds = (0..history.watched.len().min(self.max_seeds))
             .filter(|&i| self.seed_weight(i, history.watched[i].rating) != 0.0)
             .collect();
-        Plan { seeds, content: self.content_neighbours, behaviour: self.behaviour_neighbours }
+        Plan { seeds, content: self.content_neighbours, behaviour: self.behaviour_neighbours, ..Plan::default() }
     }
     fn rank(&self, history: &History, neighbours: &Neighbours, popularity: &Popularity, limit: usize) -> Vec<Item> {
         let seen = history.seen();
@@ -453,6 +466,108 @@ impl Strategy for NeighboursV2 {
             .map(|(m, a)| Item {
                 movie_id: m.to_string(),
                 score: a / norm + self.popularity_weight * pop.get(m).copied().unwrap_or(absent),
+            })
+            .collect();
+        top_then_fill(items, seen, popularity, limit)
+    }
+}
+
+/// `items-v1`: an item–item linear model (EASE / EDLAE weights, see `behaviour::items`) served
+/// as one sparse query.
+///
+/// The history becomes the sparse query `{movie: weight}` over the `max_seeds` most recent
+/// watched movies, weighted like `neighbours-v2`'s seeds:
+/// `(recency_floor + (1 − recency_floor) × recency_decay^position) × (1 + rating_gain × (rating − 3) / 2)`
+/// (unrated: 1; a disliked movie's weight is negative). The engine's exact sparse dot product
+/// over the movies' weight vectors returns the `candidates` best movies not watched, each scored
+/// `Σ weight_i × B[i, j]`; the score is that sum divided by `Σ |weight|`, plus
+/// `popularity_weight × ln(users / users of the most popular)`. Movies without weights (too new
+/// or too rare) are reached by the fill from popularity. One store call per answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ItemsV1 {
+    /// Most recent watched movies in the query.
+    pub max_seeds: usize,
+    /// Candidates asked of the sparse search.
+    pub candidates: usize,
+    /// How much a rating moves a movie's weight (per 2 stars; weight 1 at 3 stars).
+    pub rating_gain: f64,
+    /// Older movies count less: weight × (floor + (1 − floor) × decay^position).
+    pub recency_decay: f64,
+    /// The share of a movie's weight that does not decay with age.
+    pub recency_floor: f64,
+    /// Weight of the log-share popularity prior (0: none; EASE already accounts for popularity).
+    pub popularity_weight: f64,
+}
+
+impl Default for ItemsV1 {
+    fn default() -> Self {
+        Self {
+            max_seeds: 200,
+            candidates: 100,
+            rating_gain: 0.0,
+            recency_decay: 1.0,
+            recency_floor: 1.0,
+            popularity_weight: 0.0,
+        }
+    }
+}
+
+impl ItemsV1 {
+    /// Registry name.
+    pub const NAME: &'static str = "items-v1";
+
+    fn check(&self) -> Result<(), String> {
+        if self.max_seeds == 0 || self.max_seeds > 1_000 {
+            return Err(format!("max_seeds must be in 1..=1000, got {}", self.max_seeds));
+        }
+        if self.candidates == 0 || self.candidates > 1_000 {
+            return Err(format!("candidates must be in 1..=1000, got {}", self.candidates));
+        }
+        if !(self.recency_decay > 0.0 && self.recency_decay <= 1.0) {
+            return Err(format!("recency_decay must be in (0, 1], got {}", self.recency_decay));
+        }
+        if !(0.0..=1.0).contains(&self.recency_floor) {
+            return Err(format!("recency_floor must be in [0, 1], got {}", self.recency_floor));
+        }
+        non_negative(&[("rating_gain", self.rating_gain), ("popularity_weight", self.popularity_weight)])
+    }
+
+    fn seed_weight(&self, position: usize, rating: Option<f64>) -> f64 {
+        let r = rating.unwrap_or(3.0);
+        let age = self.recency_floor + (1.0 - self.recency_floor) * self.recency_decay.powi(position as i32);
+        (1.0 + self.rating_gain * (r - 3.0) / 2.0) * age
+    }
+}
+
+impl Strategy for ItemsV1 {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+    fn plan(&self, history: &History) -> Plan {
+        let (seeds, weights) = (0..history.watched.len().min(self.max_seeds))
+            .map(|i| (i, self.seed_weight(i, history.watched[i].rating) as f32))
+            .filter(|&(_, w)| w != 0.0)
+            .unzip();
+        Plan { seeds, weights, items: self.candidates, ..Plan::default() }
+    }
+    fn rank(&self, history: &History, neighbours: &Neighbours, popularity: &Popularity, limit: usize) -> Vec<Item> {
+        let seen = history.seen();
+        let norm: f64 =
+            self.plan(history).weights.iter().map(|w| f64::from(w.abs())).sum::<f64>().max(f64::MIN_POSITIVE);
+        let prior = if self.popularity_weight > 0.0 { popularity.log_shares() } else { None };
+        let items = neighbours
+            .items
+            .iter()
+            .filter(|hit| !seen.contains(hit.movie_id.as_str()))
+            .map(|hit| {
+                let p = prior.as_ref().map_or(0.0, |(shares, absent)| {
+                    self.popularity_weight * shares.get(hit.movie_id.as_str()).copied().unwrap_or(*absent)
+                });
+                Item { movie_id: hit.movie_id.clone(), score: f64::from(hit.score) / norm + p }
             })
             .collect();
         top_then_fill(items, seen, popularity, limit)
@@ -498,7 +613,7 @@ mod tests {
         assert_eq!(s.plan(&history).seeds, vec![0], "a 1-star movie is no seed");
         let neighbours = Neighbours {
             content: vec![Arc::new(vec![hit("hated", 0.9), hit("b", 0.8), hit("a", 0.8), hit("c", 0.5)])],
-            behaviour: Vec::new(),
+            ..Neighbours::default()
         };
         let popularity = Popularity {
             movies: vec!["liked".into(), "p1".into(), "c".into(), "p2".into()],
@@ -533,6 +648,7 @@ mod tests {
         let neighbours = Neighbours {
             behaviour: vec![Arc::new(vec![hit("a", 0.6), hit("b", 0.5)]), Arc::new(vec![hit("a", 0.9), hit("c", 0.1)])],
             content: vec![Arc::new(vec![hit("d", 0.8)]), Arc::new(Vec::new())],
+            ..Neighbours::default()
         };
         let popularity = Popularity { movies: vec!["p".into()], watermark: 7, users: Vec::new() };
         let ids: Vec<String> = s.rank(&history, &neighbours, &popularity, 5).into_iter().map(|i| i.movie_id).collect();
@@ -553,8 +669,7 @@ mod tests {
             watched: vec![Watched { movie_id: "seed".into(), last_event_id: 1, rating: None }],
         };
         // One neighbour "n" (cosine 0.3) against the popular "top".
-        let neighbours =
-            Neighbours { behaviour: vec![Arc::new(vec![hit("n", 0.3)])], content: vec![Arc::new(Vec::new())] };
+        let neighbours = Neighbours { behaviour: vec![Arc::new(vec![hit("n", 0.3)])], ..Neighbours::default() };
         let first = |users: Vec<u64>| {
             let popularity = Popularity { movies: vec!["top".into(), "n".into()], watermark: 1, users };
             s.rank(&history, &neighbours, &popularity, 2)[0].movie_id.clone()

@@ -34,13 +34,20 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// The data in Postgres (watches and ratings up to the watermark), split per user by time.
+    /// The data in Postgres (watches and ratings up to the watermark), split per user by time
+    /// (or with --split).
     Postgres {
         #[command(flatten)]
         db: DbArgs,
-        /// Share of each user's latest items held out.
+        /// How to split.
+        #[arg(long, value_enum, default_value = "temporal")]
+        split: SplitKind,
+        /// Share held out (of each user's items; of all interactions for random).
         #[arg(long, default_value_t = 0.2)]
         holdout: f64,
+        /// Held-out-users split: the share of users never trained on.
+        #[arg(long, default_value_t = 0.2)]
+        held_out_users: f64,
         /// Users with fewer items are not tested (they still train the models).
         #[arg(long, default_value_t = 10)]
         min_items: usize,
@@ -72,10 +79,13 @@ enum Command {
         /// How to split.
         #[arg(long, value_enum, default_value = "temporal")]
         split: SplitKind,
-        /// Share held out (per user for temporal, of all interactions for random).
+        /// Share held out (per user for temporal and held-out users, of all interactions for random).
         #[arg(long, default_value_t = 0.2)]
         holdout: f64,
-        /// Temporal: users with fewer items are not tested.
+        /// Held-out-users split: the share of users never trained on.
+        #[arg(long, default_value_t = 0.2)]
+        held_out_users: f64,
+        /// Temporal and held-out users: users with fewer items are not tested.
         #[arg(long, default_value_t = 2)]
         min_items: usize,
         #[command(flatten)]
@@ -116,8 +126,22 @@ enum Command {
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum SplitKind {
+    /// Each user's latest items held out.
     Temporal,
+    /// A random share of all interactions held out.
     Random,
+    /// A random share of users never trained on, each tested on a random part of their items.
+    HeldOutUsers,
+}
+
+impl SplitKind {
+    fn with(self, holdout: f64, users: f64, min_items: usize, seed: u64) -> Split {
+        match self {
+            SplitKind::Temporal => Split::Temporal { holdout, min_items },
+            SplitKind::Random => Split::Random { share: holdout, seed },
+            SplitKind::HeldOutUsers => Split::HeldOutUsers { users, holdout, min_items, seed },
+        }
+    }
 }
 
 /// The database flags (shared by every command).
@@ -159,6 +183,10 @@ struct EvalArgs {
     /// Parameters of the behaviour vectors (JSON), for strategies that use them.
     #[arg(long, default_value = "{}")]
     behaviour: String,
+    /// Parameters of the item weights (JSON: lambda, dropout, max_items, min_users, top_k), for
+    /// strategies that use them.
+    #[arg(long, default_value = "{}")]
+    items: String,
     /// Evaluate on a validation split carved from the training part (this share held out)
     /// instead of the test split: for tuning.
     #[arg(long)]
@@ -217,6 +245,9 @@ async fn run_eval(
     let behaviour: behaviour::Params =
         serde_json::from_str(&args.behaviour).map_err(|e| anyhow::anyhow!("--behaviour: {e}"))?;
     behaviour.check()?;
+    let items: behaviour::items::ItemParams =
+        serde_json::from_str(&args.items).map_err(|e| anyhow::anyhow!("--items: {e}"))?;
+    items.check()?;
     let data = match args.validation {
         Some(v) => data.validation(share("--validation", v)?, args.seed),
         None => data,
@@ -254,7 +285,7 @@ async fn run_eval(
     }
     specs.extend(args.models.iter().cloned());
     anyhow::ensure!(!specs.is_empty(), "nothing to evaluate: give --model or drop --no-baselines");
-    let context = Context { content, behaviour };
+    let context = Context { content, behaviour, items };
     let summary = data.summary();
     eprintln!("{}: {} users to evaluate, {} models", summary.name, summary.test_users, specs.len());
     let bar = indicatif::ProgressBar::new(specs.len() as u64).with_style(
@@ -317,9 +348,14 @@ async fn postgres_rows(db: &DbArgs) -> anyhow::Result<(Vec<Row>, i64)> {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Postgres { db, holdout, min_items, store, eval } => {
+        Command::Postgres { db, split, holdout, held_out_users, min_items, store, eval } => {
             let (rows, watermark) = postgres_rows(&db).await?;
-            let split = Split::Temporal { holdout: share("--holdout", holdout)?, min_items };
+            let split = split.with(
+                share("--holdout", holdout)?,
+                share("--held-out-users", held_out_users)?,
+                min_items,
+                eval.seed,
+            );
             let data = Dataset::from_rows(&format!("postgres (watermark {watermark})"), &rows, split);
             let store = open_store(&store, Some(&db.state_dir))?;
             run_eval(data, store, eval).await
@@ -332,13 +368,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = open_store(&store, None)?;
             run_eval(data, store, eval).await
         }
-        Command::File { path, split, holdout, min_items, file, store, eval } => {
+        Command::File { path, split, holdout, held_out_users, min_items, file, store, eval } => {
             let rows = files::read(&path, file.layout, file.rating_scale)?;
-            let holdout = share("--holdout", holdout)?;
-            let split = match split {
-                SplitKind::Temporal => Split::Temporal { holdout, min_items },
-                SplitKind::Random => Split::Random { share: holdout, seed: eval.seed },
-            };
+            let split = split.with(
+                share("--holdout", holdout)?,
+                share("--held-out-users", held_out_users)?,
+                min_items,
+                eval.seed,
+            );
             let data = Dataset::from_rows(&path.display().to_string(), &rows, split);
             let store = open_store(&store, None)?;
             run_eval(data, store, eval).await
