@@ -269,9 +269,9 @@ mod tests {
     #[test]
     fn dropout_shrinks_popular_items_and_rare_items_get_no_weights() {
         let data = x(&[(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 2), (3, 0), (3, 1)]);
-        let ease = fit(4, 4, &data, &ItemParams { lambda: 1.0, ..ItemParams::default() }).expect("ease");
-        let edlae =
-            fit(4, 4, &data, &ItemParams { lambda: 1.0, dropout: 0.5, ..ItemParams::default() }).expect("edlae");
+        let base = ItemParams { lambda: 1.0, min_users: 2, ..ItemParams::default() };
+        let ease = fit(4, 4, &data, &base).expect("ease");
+        let edlae = fit(4, 4, &data, &ItemParams { dropout: 0.5, ..base.clone() }).expect("edlae");
         assert!(ease.rows[2].is_empty() && ease.rows[3].is_empty(), "one user (or none): no weights");
         assert_eq!(ease.len(), 2);
         let w = |m: &ItemWeights| m.rows[1][0].1;
