@@ -140,6 +140,25 @@ fn non_negative(params: &[(&str, f64)]) -> Result<(), String> {
     }
 }
 
+/// The history weight `neighbours-v2` and `items-v1` share:
+/// `(floor + (1 − floor) × decay^position) × (1 + gain × (rating − 3) / 2)` (unrated: 3 stars).
+fn recency_rating_weight(gain: f64, decay: f64, floor: f64, position: usize, rating: Option<f64>) -> f64 {
+    let r = rating.unwrap_or(3.0);
+    let age = floor + (1.0 - floor) * decay.powi(position as i32);
+    (1.0 + gain * (r - 3.0) / 2.0) * age
+}
+
+/// One-line errors for the recency parameters of [`recency_rating_weight`].
+fn check_recency(decay: f64, floor: f64) -> Result<(), String> {
+    if !(decay > 0.0 && decay <= 1.0) {
+        return Err(format!("recency_decay must be in (0, 1], got {decay}"));
+    }
+    if !(0.0..=1.0).contains(&floor) {
+        return Err(format!("recency_floor must be in [0, 1], got {floor}"));
+    }
+    Ok(())
+}
+
 fn by_score_then_id(a: &Item, b: &Item) -> std::cmp::Ordering {
     b.score.total_cmp(&a.score).then_with(|| a.movie_id.cmp(&b.movie_id))
 }
@@ -395,12 +414,7 @@ impl NeighboursV2 {
         if self.behaviour_neighbours == 0 && self.content_neighbours == 0 {
             return Err("behaviour_neighbours and content_neighbours cannot both be 0".into());
         }
-        if !(self.recency_decay > 0.0 && self.recency_decay <= 1.0) {
-            return Err(format!("recency_decay must be in (0, 1], got {}", self.recency_decay));
-        }
-        if !(0.0..=1.0).contains(&self.recency_floor) {
-            return Err(format!("recency_floor must be in [0, 1], got {}", self.recency_floor));
-        }
+        check_recency(self.recency_decay, self.recency_floor)?;
         if !(self.similarity_exponent > 0.0 && self.similarity_exponent <= 8.0) {
             return Err(format!("similarity_exponent must be in (0, 8], got {}", self.similarity_exponent));
         }
@@ -413,9 +427,7 @@ impl NeighboursV2 {
     }
 
     fn seed_weight(&self, position: usize, rating: Option<f64>) -> f64 {
-        let r = rating.unwrap_or(3.0);
-        let age = self.recency_floor + (1.0 - self.recency_floor) * self.recency_decay.powi(position as i32);
-        (1.0 + self.rating_gain * (r - 3.0) / 2.0) * age
+        recency_rating_weight(self.rating_gain, self.recency_decay, self.recency_floor, position, rating)
     }
 }
 
@@ -528,12 +540,7 @@ impl ItemsV1 {
         if self.candidates == 0 || self.candidates > 1_000 {
             return Err(format!("candidates must be in 1..=1000, got {}", self.candidates));
         }
-        if !(self.recency_decay > 0.0 && self.recency_decay <= 1.0) {
-            return Err(format!("recency_decay must be in (0, 1], got {}", self.recency_decay));
-        }
-        if !(0.0..=1.0).contains(&self.recency_floor) {
-            return Err(format!("recency_floor must be in [0, 1], got {}", self.recency_floor));
-        }
+        check_recency(self.recency_decay, self.recency_floor)?;
         if !(-1.0..=1.0).contains(&self.popularity_weight) {
             return Err(format!("popularity_weight must be in [-1, 1], got {}", self.popularity_weight));
         }
@@ -541,9 +548,7 @@ impl ItemsV1 {
     }
 
     fn seed_weight(&self, position: usize, rating: Option<f64>) -> f64 {
-        let r = rating.unwrap_or(3.0);
-        let age = self.recency_floor + (1.0 - self.recency_floor) * self.recency_decay.powi(position as i32);
-        (1.0 + self.rating_gain * (r - 3.0) / 2.0) * age
+        recency_rating_weight(self.rating_gain, self.recency_decay, self.recency_floor, position, rating)
     }
 }
 
