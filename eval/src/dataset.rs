@@ -215,14 +215,11 @@ fn random(per_user: Vec<Vec<Entry>>, share: f64, seed: u64) -> (Vec<Vec<Entry>>,
     (train, test)
 }
 
+/// A split's training entries, test items and (when they differ from training) input histories.
+type Parts = (Vec<Vec<Entry>>, Vec<Vec<u32>>, Option<Vec<Vec<Entry>>>);
+
 /// The held-out-users split: training, test and the query (input) histories.
-fn held_out_users(
-    per_user: Vec<Vec<Entry>>,
-    users: f64,
-    holdout: f64,
-    min_items: usize,
-    seed: u64,
-) -> (Vec<Vec<Entry>>, Vec<Vec<u32>>, Vec<Vec<Entry>>) {
+fn held_out_users(per_user: Vec<Vec<Entry>>, users: f64, holdout: f64, min_items: usize, seed: u64) -> Parts {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let (mut train, mut test, mut query) = (Vec::new(), Vec::new(), Vec::new());
     for mut entries in per_user {
@@ -249,7 +246,7 @@ fn held_out_users(
         test.push(held);
         query.push(input);
     }
-    (train, test, query)
+    (train, test, Some(query))
 }
 
 /// Splits rows at random (each row to the test part with probability `share`), keeping their
@@ -260,7 +257,7 @@ pub fn random_split_rows(rows: Vec<Row>, share: f64, seed: u64) -> (Vec<Row>, Ve
 }
 
 /// Training part, test items and (held-out users only) the input histories.
-fn split_users(per_user: Vec<Vec<Entry>>, split: Split) -> (Vec<Vec<Entry>>, Vec<Vec<u32>>, Option<Vec<Vec<Entry>>>) {
+fn split_users(per_user: Vec<Vec<Entry>>, split: Split) -> Parts {
     match split {
         Split::Temporal { holdout, min_items } => {
             let (train, test) = temporal(per_user, holdout, min_items);
@@ -271,8 +268,7 @@ fn split_users(per_user: Vec<Vec<Entry>>, split: Split) -> (Vec<Vec<Entry>>, Vec
             (train, test, None)
         }
         Split::HeldOutUsers { users, holdout, min_items, seed } => {
-            let (train, test, query) = held_out_users(per_user, users, holdout, min_items, seed);
-            (train, test, Some(query))
+            held_out_users(per_user, users, holdout, min_items, seed)
         }
         Split::Files => {
             let n = per_user.len();

@@ -95,6 +95,12 @@ impl Fleet {
 #[derive(Clone)]
 pub struct Client(hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>);
 
+impl Default for Client {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Client {
     /// A new client.
     pub fn new() -> Self {

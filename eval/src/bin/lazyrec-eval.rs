@@ -39,15 +39,8 @@ enum Command {
     Postgres {
         #[command(flatten)]
         db: DbArgs,
-        /// How to split.
-        #[arg(long, value_enum, default_value = "temporal")]
-        split: SplitKind,
-        /// Share held out (of each user's items; of all interactions for random).
-        #[arg(long, default_value_t = 0.2)]
-        holdout: f64,
-        /// Held-out-users split: the share of users never trained on.
-        #[arg(long, default_value_t = 0.2)]
-        held_out_users: f64,
+        #[command(flatten)]
+        split: SplitArgs,
         /// Users with fewer items are not tested (they still train the models).
         #[arg(long, default_value_t = 10)]
         min_items: usize,
@@ -76,15 +69,8 @@ enum Command {
     File {
         /// The file.
         path: PathBuf,
-        /// How to split.
-        #[arg(long, value_enum, default_value = "temporal")]
-        split: SplitKind,
-        /// Share held out (per user for temporal and held-out users, of all interactions for random).
-        #[arg(long, default_value_t = 0.2)]
-        holdout: f64,
-        /// Held-out-users split: the share of users never trained on.
-        #[arg(long, default_value_t = 0.2)]
-        held_out_users: f64,
+        #[command(flatten)]
+        split: SplitArgs,
         /// Temporal and held-out users: users with fewer items are not tested.
         #[arg(long, default_value_t = 2)]
         min_items: usize,
@@ -134,13 +120,32 @@ enum SplitKind {
     HeldOutUsers,
 }
 
-impl SplitKind {
-    fn with(self, holdout: f64, users: f64, min_items: usize, seed: u64) -> Split {
-        match self {
+/// How `postgres` and `file` split what they read.
+#[derive(Args, Debug)]
+struct SplitArgs {
+    /// How to split.
+    #[arg(long, value_enum, default_value = "temporal")]
+    split: SplitKind,
+    /// Share held out (of each user's items for temporal and held-out users; of all
+    /// interactions for random).
+    #[arg(long, default_value_t = 0.2)]
+    holdout: f64,
+    /// Held-out-users split: the share of users never trained on.
+    #[arg(long, default_value_t = 0.2)]
+    held_out_users: f64,
+}
+
+impl SplitArgs {
+    fn split(&self, min_items: usize, seed: u64) -> anyhow::Result<Split> {
+        let holdout = share("--holdout", self.holdout)?;
+        Ok(match self.split {
             SplitKind::Temporal => Split::Temporal { holdout, min_items },
             SplitKind::Random => Split::Random { share: holdout, seed },
-            SplitKind::HeldOutUsers => Split::HeldOutUsers { users, holdout, min_items, seed },
-        }
+            SplitKind::HeldOutUsers => {
+                let users = share("--held-out-users", self.held_out_users)?;
+                Split::HeldOutUsers { users, holdout, min_items, seed }
+            }
+        })
     }
 }
 
@@ -348,14 +353,9 @@ async fn postgres_rows(db: &DbArgs) -> anyhow::Result<(Vec<Row>, i64)> {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Postgres { db, split, holdout, held_out_users, min_items, store, eval } => {
+        Command::Postgres { db, split, min_items, store, eval } => {
+            let split = split.split(min_items, eval.seed)?;
             let (rows, watermark) = postgres_rows(&db).await?;
-            let split = split.with(
-                share("--holdout", holdout)?,
-                share("--held-out-users", held_out_users)?,
-                min_items,
-                eval.seed,
-            );
             let data = Dataset::from_rows(&format!("postgres (watermark {watermark})"), &rows, split);
             let store = open_store(&store, Some(&db.state_dir))?;
             run_eval(data, store, eval).await
@@ -368,14 +368,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = open_store(&store, None)?;
             run_eval(data, store, eval).await
         }
-        Command::File { path, split, holdout, held_out_users, min_items, file, store, eval } => {
+        Command::File { path, split, min_items, file, store, eval } => {
+            let split = split.split(min_items, eval.seed)?;
             let rows = files::read(&path, file.layout, file.rating_scale)?;
-            let split = split.with(
-                share("--holdout", holdout)?,
-                share("--held-out-users", held_out_users)?,
-                min_items,
-                eval.seed,
-            );
             let data = Dataset::from_rows(&path.display().to_string(), &rows, split);
             let store = open_store(&store, None)?;
             run_eval(data, store, eval).await

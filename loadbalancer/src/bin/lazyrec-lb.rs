@@ -121,7 +121,9 @@ async fn admin(admin_url: &str, token: &str, query: &AdminQuery) -> anyhow::Resu
                         );
                     }
                 }
-                other => println!("{other}"),
+                other @ (serde_json::Value::Bool(_) | serde_json::Value::Number(_) | serde_json::Value::Object(_)) => {
+                    println!("{other}")
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
