@@ -69,13 +69,7 @@ impl ItemParams {
     /// `ease-<hash>`: names the weights in collection versions (another parameter, another
     /// version).
     pub fn version(&self) -> String {
-        let json = serde_json::to_string(self).unwrap_or_default();
-        let mut h: u32 = 0x811c_9dc5;
-        for b in json.bytes() {
-            h ^= u32::from(b);
-            h = h.wrapping_mul(0x0100_0193);
-        }
-        format!("ease-{h:08x}")
+        format!("ease-{}", crate::params_hash(self))
     }
 }
 
@@ -209,17 +203,17 @@ pub fn fit(
     drop(l_inv);
     let p = |r: usize, c: usize| if r >= c { a[(r, c)] } else { a[(c, r)] };
     let diag: Vec<f64> = (0..n).map(|k| p(k, k)).collect();
-    let mut row: Vec<(u32, f32)> = Vec::with_capacity(n);
     for r in 0..n {
-        row.clear();
-        row.extend((0..n).filter(|&c| c != r).map(|c| (model[c], (-p(r, c) / diag[c]) as f32)));
+        let mut row: Vec<(u32, f32)> =
+            (0..n).filter(|&c| c != r).map(|c| (model[c], (-p(r, c) / diag[c]) as f32)).collect();
         if row.len() > params.top_k {
             row.select_nth_unstable_by(params.top_k - 1, |x, y| y.1.abs().total_cmp(&x.1.abs()).then(x.0.cmp(&y.0)));
             row.truncate(params.top_k);
         }
         row.retain(|&(_, w)| w != 0.0);
         row.sort_unstable_by_key(|&(j, _)| j);
-        rows[model[r] as usize] = row.clone();
+        row.shrink_to_fit();
+        rows[model[r] as usize] = row;
     }
     Ok(ItemWeights { rows })
 }

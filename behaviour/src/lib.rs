@@ -94,15 +94,20 @@ impl Params {
     /// `svd-<first 8 hex of a hash of the parameters>`: names the algorithm and its parameters
     /// in collection versions.
     pub fn version(&self) -> String {
-        // FNV-1a over the canonical JSON: stable across builds, no extra dependency.
-        let text = serde_json::to_string(self).unwrap_or_default();
-        let mut h: u32 = 0x811c_9dc5;
-        for b in text.bytes() {
-            h ^= u32::from(b);
-            h = h.wrapping_mul(0x0100_0193);
-        }
-        format!("svd-{h:08x}")
+        format!("svd-{}", params_hash(self))
     }
+}
+
+/// The first 8 hex of FNV-1a over a value's canonical JSON: stable across builds, no extra
+/// dependency. Names parameter sets in collection versions.
+pub(crate) fn params_hash(value: &impl Serialize) -> String {
+    let text = serde_json::to_string(value).unwrap_or_default();
+    let mut h: u32 = 0x811c_9dc5;
+    for b in text.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("{h:08x}")
 }
 
 /// Why the factorisation could not run.
