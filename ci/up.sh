@@ -71,7 +71,7 @@ say "embedding the catalog (a new collection only when it changed; the first run
 "$BIN/embedder" embed
 # Behaviour vectors (neighbours-v2, the default model, searches them): computed once here; run
 # `embedder behaviour` again after new interactions (the release pipeline will).
-if ! "$BIN/embedder" status | grep '(live)' | grep -q '_bsvd-'; then
+if ! "$BIN/embedder" status | grep '(live)' | grep -q '\.ease-'; then
   say "behaviour vectors from the interactions"
   "$BIN/embedder" behaviour --no-progress
 fi

@@ -118,13 +118,21 @@ enum Command {
         #[arg(long, default_value_t = 256)]
         chunk: usize,
     },
-    /// Compute behaviour vectors from the interactions in Postgres (randomised SVD of the
-    /// user–item matrix up to the watermark), build a new collection with them next to the
-    /// content vectors, and switch to it. Content vectors come from the cache.
+    /// Compute behaviour vectors (randomised SVD of the user–item matrix up to the watermark)
+    /// and item weights (EASE / EDLAE, the `items` sparse vectors items-v1 searches) from the
+    /// interactions in Postgres, build a new collection with them next to the content vectors,
+    /// and switch to it. Content vectors come from the cache.
     Behaviour {
         /// Factorisation parameters as JSON, e.g. '{"dim":64}' (defaults: see the behaviour crate).
         #[arg(long, default_value = "{}")]
         params: String,
+        /// Item-weights parameters as JSON, e.g. '{"lambda":250,"top_k":1000,"max_items":12000}'
+        /// (memory 16 × max_items² bytes during the solve; defaults: behaviour::items).
+        #[arg(long, default_value = "{}")]
+        items: String,
+        /// No item weights (the collection then serves neighbours strategies only).
+        #[arg(long)]
+        no_items: bool,
         /// Never draw a progress bar.
         #[arg(long)]
         no_progress: bool,
@@ -178,10 +186,13 @@ pub async fn run() -> Result<()> {
             // Content runs keep the live behaviour vectors; `behaviour` computes new ones and
             // builds a collection with them.
             let behaviour = match &cli.command {
-                Command::Behaviour { params, .. } => {
+                Command::Behaviour { params, items, no_items, .. } => {
                     let params: behaviour::Params =
                         serde_json::from_str(params).map_err(|e| anyhow::anyhow!("--params: {e}"))?;
-                    let run = crate::behaviour::compute(&pool, &params).await?;
+                    let items: behaviour::items::ItemParams =
+                        serde_json::from_str(items).map_err(|e| anyhow::anyhow!("--items: {e}"))?;
+                    let items = (!no_items).then_some(&items);
+                    let run = crate::behaviour::compute(&pool, &params, items).await?;
                     println!("{}", run.render());
                     Some(run.vectors)
                 }

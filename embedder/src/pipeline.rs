@@ -20,6 +20,11 @@
 //! behaviour run). The collection name is `movies_<model>_<template>_<hnsw>_<behaviour>_<catalog>`,
 //! so content model, template, HNSW graph parameters and behaviour version all force a new
 //! collection when they change.
+//!
+//! The same job may also give **item weights** (`behaviour::items`, EASE / EDLAE): each movie in
+//! the item model gets a dimension (payload `item_dim`) and the sparse `items` vector
+//! `{dim(i): B[i, j]}`. They are part of the behaviour version (`<svd>.<ease>-w<watermark>`), so
+//! new weights make a new collection, and content runs carry them over like the vectors.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -31,7 +36,7 @@ use sqlx::PgPool;
 use crate::model::{Model, ModelError};
 use crate::text::{MovieFields, TEMPLATE_VERSION, movie_text, text_hash};
 use vectorstore::point_id;
-use vectorstore::{CollectionSpec, Hnsw, MoviePoint, Space, StoreError, VectorStore};
+use vectorstore::{CollectionSpec, Hnsw, MoviePoint, Space, SparseVector, StoreError, VectorStore};
 
 /// Behaviour vectors to store next to the content vectors.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +47,17 @@ pub struct BehaviourVectors {
     pub dim: usize,
     /// By course movie id (movies without one have too few interactions).
     pub by_movie: HashMap<String, Vec<f32>>,
+    /// Item weights by course movie id (empty: the collection gets no item-weights space).
+    pub items: HashMap<String, ItemEntry>,
+}
+
+/// One movie's part of the item model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemEntry {
+    /// Its dimension (it has a row of weights: it says something about others).
+    pub dim: Option<u32>,
+    /// Its sparse vector `{dim(i): B[i, j]}` (others say something about it).
+    pub vector: Option<SparseVector>,
 }
 
 /// The behaviour part of a collection name: `b<version>`, or `b0` without behaviour vectors.
@@ -255,13 +271,18 @@ impl Embedder<'_> {
         Ok((changed, gone))
     }
 
-    /// The behaviour vectors of the live collection (to keep them through this run).
+    /// The behaviour vectors and item weights of the live collection (to keep them through
+    /// this run).
     async fn live_behaviour(&self, live: &str) -> Result<Option<BehaviourVectors>, EmbedError> {
         let Some(version) = behaviour_version(live) else { return Ok(None) };
         let digests = self.store.digests(live).await?;
         let movie_of: HashMap<u64, String> = digests.iter().map(|d| (d.id, d.movie_id.clone())).collect();
         let ids: Vec<u64> = digests.iter().map(|d| d.id).collect();
         let mut by_movie = HashMap::new();
+        let mut items: HashMap<String, ItemEntry> = digests
+            .iter()
+            .filter_map(|d| Some((d.movie_id.clone(), ItemEntry { dim: Some(d.item_dim?), vector: None })))
+            .collect();
         let mut dim = 0;
         for chunk in ids.chunks(1_000) {
             for (id, v) in self.store.vectors(live, Space::Behaviour, chunk).await? {
@@ -270,8 +291,18 @@ impl Embedder<'_> {
                     by_movie.insert(m.clone(), v);
                 }
             }
+            for (id, v) in self.store.item_vectors(live, chunk).await? {
+                if let Some(m) = movie_of.get(&id) {
+                    items.entry(m.clone()).or_insert(ItemEntry { dim: None, vector: None }).vector = Some(v);
+                }
+            }
         }
-        Ok((!by_movie.is_empty()).then(|| BehaviourVectors { version: version.to_string(), dim, by_movie }))
+        Ok((!by_movie.is_empty() || !items.is_empty()).then(|| BehaviourVectors {
+            version: version.to_string(),
+            dim,
+            by_movie,
+            items,
+        }))
     }
 
     /// Fills collection `name` (unless it was live before: then it is complete and is not
@@ -306,7 +337,8 @@ impl Embedder<'_> {
             .map_err(db("recording the collection"))?;
             let spec = CollectionSpec {
                 content_dim: dim,
-                behaviour_dim: self.behaviour.as_ref().map(|b| b.dim),
+                behaviour_dim: self.behaviour.as_ref().filter(|b| !b.by_movie.is_empty()).map(|b| b.dim),
+                items: self.behaviour.as_ref().is_some_and(|b| !b.items.is_empty()),
                 hnsw: self.hnsw,
             };
             self.store.create_collection(name, &spec).await?;
@@ -406,10 +438,13 @@ impl Embedder<'_> {
             let points: Vec<MoviePoint> = chunk
                 .iter()
                 .filter_map(|i| {
+                    let items = self.behaviour.as_ref().and_then(|b| b.items.get(&i.fields.movie_id));
                     Some(MoviePoint {
                         id: i.id,
                         vector: vectors.get(&i.hash)?.clone(),
                         behaviour: self.behaviour.as_ref().and_then(|b| b.by_movie.get(&i.fields.movie_id)).cloned(),
+                        item_dim: items.and_then(|e| e.dim),
+                        items: items.and_then(|e| e.vector.clone()),
                         movie_id: i.fields.movie_id.clone(),
                         title: i.fields.title.clone(),
                         year: i.fields.year,

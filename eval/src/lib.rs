@@ -23,6 +23,10 @@ use crate::dataset::{Dataset, Summary};
 use crate::metrics::{Accumulator, At};
 use crate::models::{Context, ModelSpec};
 
+/// A test item with fewer training users than this counts as a new movie in
+/// [`ModelResult::new_movie_recall`].
+pub const NEW_MOVIE_USERS: usize = 5;
+
 /// One model's result.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ModelResult {
@@ -34,6 +38,9 @@ pub struct ModelResult {
     pub params: serde_json::Value,
     /// Scores per K; empty when the model could not run.
     pub at: BTreeMap<usize, At>,
+    /// Recall at the largest K on the test items with fewer than [`NEW_MOVIE_USERS`] training
+    /// users (movies new or rare in training), over the users that have such items.
+    pub new_movie_recall: Option<f64>,
     /// Wall time of fit + recommend, seconds.
     pub seconds: f64,
     /// Why it did not run, if it did not.
@@ -51,6 +58,8 @@ pub struct Report {
     pub behaviour: behaviour::Params,
     /// Whether content vectors were available.
     pub content_vectors: bool,
+    /// Users with at least one new-movie test item (see [`NEW_MOVIE_USERS`]).
+    pub new_movie_users: usize,
     /// Results, in the order asked.
     pub models: Vec<ModelResult>,
 }
@@ -69,19 +78,31 @@ pub fn evaluate(
     let percentile = metrics::percentiles(&order, data.items.len());
     let catalog = order.len();
     let users: Vec<usize> = data.test_users().collect();
+    let trained = data.item_users();
+    let new_movies: Vec<HashSet<u32>> = users
+        .iter()
+        .map(|&u| data.test[u].iter().copied().filter(|&i| trained[i as usize] < NEW_MOVIE_USERS).collect())
+        .collect();
+    let new_movie_users = new_movies.iter().filter(|s| !s.is_empty()).count();
     let mut results = Vec::with_capacity(specs.len());
     for spec in specs {
         let started = Instant::now();
-        let (at, error) = match models::fit(spec, data, context) {
-            Err(e) => (BTreeMap::new(), Some(e.to_string())),
+        let (at, new_movie_recall, error) = match models::fit(spec, data, context) {
+            Err(e) => (BTreeMap::new(), None, Some(e.to_string())),
             Ok(model) => {
                 let lists = recommend_all(model.as_ref(), &users, kmax);
                 let mut acc = Accumulator::new(ks);
-                for (&u, list) in users.iter().zip(&lists) {
+                let mut new_recall = 0.0;
+                for ((&u, list), new) in users.iter().zip(&lists).zip(&new_movies) {
                     let relevant: HashSet<u32> = data.test[u].iter().copied().collect();
                     acc.add(list, &relevant, &percentile);
+                    if !new.is_empty() {
+                        let hits = list.iter().take(kmax).filter(|i| new.contains(i)).count();
+                        new_recall += hits as f64 / new.len() as f64;
+                    }
                 }
-                (acc.finish(catalog), None)
+                let new_recall = (new_movie_users > 0).then(|| new_recall / new_movie_users as f64);
+                (acc.finish(catalog), new_recall, None)
             }
         };
         let result = ModelResult {
@@ -89,6 +110,7 @@ pub fn evaluate(
             name: spec.name.clone(),
             params: spec.params.clone(),
             at,
+            new_movie_recall,
             seconds: started.elapsed().as_secs_f64(),
             error,
         };
@@ -100,6 +122,7 @@ pub fn evaluate(
         ks: ks.to_vec(),
         behaviour: context.behaviour.clone(),
         content_vectors: context.content.is_some(),
+        new_movie_users,
         models: results,
     }
 }
@@ -123,8 +146,16 @@ impl Report {
     pub fn render(&self) -> String {
         let d = &self.dataset;
         let mut out = format!(
-            "dataset: {} — {}\n  {} users ({} evaluated, {} skipped without test items), {} items, {} train / {} test interactions\n",
-            d.name, d.split, d.users, d.test_users, d.skipped_users, d.items, d.train_interactions, d.test_interactions
+            "dataset: {} — {}\n  {} users ({} evaluated, {} skipped without test items), {} items, {} train / {} test interactions\n  new@K: recall on test items with fewer than {NEW_MOVIE_USERS} training users ({} users have some)\n",
+            d.name,
+            d.split,
+            d.users,
+            d.test_users,
+            d.skipped_users,
+            d.items,
+            d.train_interactions,
+            d.test_interactions,
+            self.new_movie_users
         );
         let kmax = self.ks.iter().copied().max().unwrap_or(20);
         let width = self.models.iter().map(|m| m.label.chars().count()).max().unwrap_or(5).max(5);
@@ -134,7 +165,13 @@ impl Report {
                 header.push_str(&format!(" {:>9}", format!("{m}@{k}")));
             }
         }
-        header.push_str(&format!(" {:>9} {:>9} {:>8}", format!("cov@{kmax}"), format!("pop@{kmax}"), "time s"));
+        header.push_str(&format!(
+            " {:>9} {:>9} {:>9} {:>8}",
+            format!("cov@{kmax}"),
+            format!("pop@{kmax}"),
+            format!("new@{kmax}"),
+            "time s"
+        ));
         out.push_str(&header);
         out.push('\n');
         for m in &self.models {
@@ -149,7 +186,8 @@ impl Report {
                     }
                 }
                 let a = m.at.get(&kmax).copied().unwrap_or_default();
-                line.push_str(&format!(" {:>9.4} {:>9.4} {:>8.1}", a.coverage, a.popularity_bias, m.seconds));
+                let new = m.new_movie_recall.map_or_else(|| "-".to_string(), |r| format!("{r:.4}"));
+                line.push_str(&format!(" {:>9.4} {:>9.4} {new:>9} {:>8.1}", a.coverage, a.popularity_bias, m.seconds));
             }
             out.push_str(&line);
             out.push('\n');

@@ -405,6 +405,11 @@ pub struct Served {
     behaviour: Vec<Arc<Vec<Hit>>>,
     items: Option<ItemIndex>,
     index: HashMap<String, u32>,
+    /// Content vectors by item (for an item-weights plan's probe).
+    content_vectors: Option<Arc<Vec<Option<Vec<f32>>>>>,
+    /// Content vectors of the items without item weights (the new-movie search).
+    fresh: Option<ExactIndex>,
+    names: Vec<String>,
 }
 
 /// Item weights fitted on the training part, searched as an engine searches them: the exact
@@ -487,6 +492,25 @@ impl Served {
         } else {
             None
         };
+        // New movies: what the store's content search among points without item weights finds
+        // (a movie has a sparse vector when some row kept a weight for it).
+        let one = Watched { movie_id: String::new(), last_event_id: 0, rating: None };
+        let wants_fresh = model.plan(&History { watermark: 0, watched: vec![one] }).fresh > 0;
+        let (content_vectors, fresh) = match (&items, &context.content) {
+            (Some(items), Some(vectors)) if wants_fresh => {
+                let mut reached = vec![false; data.items.len()];
+                for row in &items.weights.rows {
+                    for &(j, _) in row {
+                        reached[j as usize] = true;
+                    }
+                }
+                let unweighted: Vec<Option<Vec<f32>>> =
+                    vectors.iter().zip(&reached).map(|(v, &r)| if r { None } else { v.clone() }).collect();
+                let dim = vectors.iter().flatten().map(Vec::len).next().unwrap_or(0);
+                (Some(Arc::new(vectors.clone())), Some(ExactIndex::new(dim, &unweighted)))
+            }
+            _ => (None, None),
+        };
         let histories = (0..data.users.len())
             .map(|u| data.history(u))
             .map(|entries| {
@@ -513,7 +537,47 @@ impl Served {
             users: order.iter().map(|&i| counts[i as usize] as u64).collect(),
         };
         let index = data.items.iter().enumerate().map(|(i, m)| (m.clone(), i as u32)).collect();
-        Ok(Self { model, histories, popularity, content, behaviour, items, index })
+        Ok(Self {
+            model,
+            histories,
+            popularity,
+            content,
+            behaviour,
+            items,
+            index,
+            content_vectors,
+            fresh,
+            names: data.items.clone(),
+        })
+    }
+}
+
+impl Served {
+    /// The plan's new-movie candidates: the exact content search, near the unit mean of the
+    /// probe's content vectors, among the items without weights, watched ones excluded.
+    fn fresh_candidates(&self, history: &History, plan: &strategy::Plan) -> Vec<Hit> {
+        let (Some(vectors), Some(index)) = (&self.content_vectors, &self.fresh) else { return Vec::new() };
+        if plan.fresh == 0 {
+            return Vec::new();
+        }
+        let probe = plan
+            .probe
+            .iter()
+            .filter_map(|&p| self.index.get(&history.watched[p].movie_id))
+            .filter_map(|&i| vectors[i as usize].clone());
+        let Some(query) = strategy::fetch::mean_direction(probe) else { return Vec::new() };
+        let seen = history.seen();
+        index
+            .search(&query, plan.fresh + history.watched.len(), None)
+            .into_iter()
+            .map(|(i, score)| Hit { id: 0, movie_id: self.index_name(i), score })
+            .filter(|h| !seen.contains(h.movie_id.as_str()))
+            .take(plan.fresh)
+            .collect()
+    }
+
+    fn index_name(&self, i: u32) -> String {
+        self.names[i as usize].clone()
     }
 }
 
@@ -533,7 +597,8 @@ impl Recommender for Served {
                 .collect()
         };
         let items = self.items.as_ref().map(|w| w.query(history, &plan, &self.index)).unwrap_or_default();
-        let neighbours = Neighbours { content: pick(&self.content), behaviour: pick(&self.behaviour), items };
+        let fresh = self.fresh_candidates(history, &plan);
+        let neighbours = Neighbours { content: pick(&self.content), behaviour: pick(&self.behaviour), items, fresh };
         let stage = Stage::Ready { history, neighbours: &neighbours, collection: None };
         self.model
             .answer(stage, &self.popularity, 0, k)

@@ -20,7 +20,7 @@ use strategy::{
     DataVersions, Exclude, History, Model, ModelSpec, Neighbours, POPULARITY_LIST, Popularity, Search, Stage, Watched,
     five_star, without_code,
 };
-use vectorstore::{Hit, Space, VectorStore, point_id};
+use vectorstore::{Hit, ItemDims, Space, VectorStore, point_id};
 
 /// Failures of the replay machinery itself (not of a row's reproducibility).
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +97,7 @@ pub struct Replayer {
     popularity: HashMap<i64, Option<Arc<Popularity>>>,
     lists: HashMap<ListKey, Arc<Vec<Hit>>>,
     collections: Option<Vec<String>>,
+    dims: HashMap<String, Arc<ItemDims>>,
 }
 
 fn not_reproducible(why: impl Into<String>) -> Outcome {
@@ -111,6 +112,7 @@ impl Replayer {
             store,
             models: HashMap::new(),
             popularity: HashMap::new(),
+            dims: HashMap::new(),
             lists: HashMap::new(),
             collections: None,
         }
@@ -203,7 +205,25 @@ impl Replayer {
             Some(Exclude::History) => Stage::NoNeighbours(&history),
             None => {
                 let plan = model.plan(&history);
-                if !plan.seeds.is_empty() && plan.spaces().next().is_some() {
+                if plan.items > 0 && !(plan.seeds.is_empty() && plan.probe.is_empty()) {
+                    let Some(collection) = &versions.collection else {
+                        return Ok(not_reproducible(format!("no vector collection in {versions}")));
+                    };
+                    if !self.has_collection(collection).await? {
+                        return Ok(not_reproducible(format!("vector collection {collection} is gone")));
+                    }
+                    let dims = self.item_dims(collection).await?;
+                    let found = strategy::fetch::item_candidates(
+                        self.store.as_ref(),
+                        collection,
+                        &dims,
+                        &history,
+                        &plan,
+                        model.search(),
+                    )
+                    .await?;
+                    (neighbours.items, neighbours.fresh) = (found.weighted, found.fresh);
+                } else if !plan.seeds.is_empty() && plan.spaces().next().is_some() {
                     let Some(collection) = &versions.collection else {
                         return Ok(not_reproducible(format!("no vector collection in {versions}")));
                     };
@@ -284,6 +304,16 @@ impl Replayer {
         };
         self.popularity.insert(run, list.clone());
         Ok(list)
+    }
+
+    /// The item dimensions of a collection (read once: collections are immutable).
+    async fn item_dims(&mut self, collection: &str) -> Result<Arc<ItemDims>, ReplayError> {
+        if let Some(dims) = self.dims.get(collection) {
+            return Ok(dims.clone());
+        }
+        let dims = Arc::new(ItemDims::from_digests(&self.store.digests(collection).await?));
+        self.dims.insert(collection.to_string(), dims.clone());
+        Ok(dims)
     }
 
     async fn has_collection(&mut self, name: &str) -> Result<bool, ReplayError> {

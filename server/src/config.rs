@@ -249,16 +249,8 @@ impl Config {
         if self.caches.refresh_ms == 0 {
             problems.push("caches.refresh_ms must be positive".into());
         }
-        match self.model() {
-            Err(e) => problems.push(e.to_string()),
-            // The evaluator runs item-weights strategies; the server cannot until collections
-            // carry the sparse item-weights space (its answers would be popularity labelled
-            // personal).
-            Ok(m) if m.uses_items() => problems.push(format!(
-                "model strategy {} needs the item-weights space, which the server does not read yet (evaluate it with lazyrec-eval)",
-                m.strategy_name()
-            )),
-            Ok(_) => {}
+        if let Err(e) = self.model() {
+            problems.push(e.to_string());
         }
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
     }

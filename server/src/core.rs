@@ -3,8 +3,10 @@
 //! 1. The user's history as of the ingest watermark (Postgres; cached per user until the
 //!    watermark moves or a short TTL passes).
 //! 2. No history → cold start: the popularity list.
-//! 3. Neighbour lists of the strategy's seed movies (vector store; cached per movie and
-//!    collection), fetched concurrently.
+//! 3. What the strategy's plan reads from the vector store: neighbour lists of its seed movies
+//!    (cached per movie and collection, fetched concurrently), or — for an item-weights
+//!    strategy — one sparse search over the whole history ([`strategy::fetch`], at most two
+//!    store calls).
 //! 4. The strategy ranks. Watched movies are never recommended.
 //!
 //! Every stage has a deadline. A stage that misses it or fails degrades the answer to the
@@ -19,7 +21,7 @@ use moka::future::Cache;
 use sqlx::PgPool;
 use strategy::{DataVersions, History, Item, Model, Neighbours, Plan, Popularity, Stage};
 use vectorstore::point_id;
-use vectorstore::{Hit, Space, VectorStore};
+use vectorstore::{Hit, ItemDims, Space, VectorStore};
 
 use crate::admission::{Gate, Permit, Refused};
 use crate::config::Config;
@@ -63,6 +65,9 @@ pub enum StageError {
     /// No live vector collection.
     #[error("vector store: no live collection")]
     NoCollection,
+    /// The live collection has no item weights (an item-weights strategy cannot rank).
+    #[error("vector store: collection {0} has no item weights (run `embedder behaviour`)")]
+    NoItemWeights(String),
     /// The vector store failed.
     #[error("vector store: {0}")]
     VectorStore(String),
@@ -85,6 +90,7 @@ impl StageError {
             StageError::Postgres(_) => "postgres_error",
             StageError::PostgresTimeout => "postgres_timeout",
             StageError::NoCollection => "no_collection",
+            StageError::NoItemWeights(_) => "no_item_weights",
             StageError::VectorStore(_) => "vector_store_error",
             StageError::VectorStoreTimeout => "vector_store_timeout",
             StageError::PostgresShed(_) => "postgres_shed",
@@ -102,7 +108,7 @@ pub struct Core {
     pool: PgPool,
     store: Arc<dyn VectorStore>,
     model: Model,
-    collection: RwLock<Option<Arc<str>>>,
+    collection: RwLock<Option<Live>>,
     /// The popularity list served and its run id (0: the catalog fallback).
     popularity: RwLock<(Arc<Popularity>, i64)>,
     watermark: AtomicI64,
@@ -113,6 +119,14 @@ pub struct Core {
     postgres_gate: Gate,
     vector_gate: Gate,
     degraded_log: LogThrottle,
+}
+
+/// The collection answers read, with its item dimensions when the model reads item weights
+/// (loaded once per collection, before requests are switched to it).
+#[derive(Debug, Clone)]
+struct Live {
+    name: Arc<str>,
+    dims: Option<Arc<ItemDims>>,
 }
 
 /// At most one log line per second for a condition that can hit every request.
@@ -175,7 +189,7 @@ impl Core {
             .time_to_live(Duration::from_millis(config.caches.user_history_ttl_ms))
             .build();
         let neighbours = Cache::builder().max_capacity(config.caches.neighbour_lists).build();
-        let pinned = config.store.collection.as_deref().map(Arc::from);
+        let pinned = config.store.collection.as_deref().map(|name| Live { name: Arc::from(name), dims: None });
         let postgres_gate = Gate::new("postgres", config.postgres_limits(), &metrics);
         let vector_gate = Gate::new("vector_store", config.admission.vector_store, &metrics);
         Ok(Self {
@@ -260,7 +274,33 @@ impl Core {
     }
 
     fn collection(&self) -> Option<Arc<str>> {
+        self.live().map(|l| l.name)
+    }
+
+    fn live(&self) -> Option<Live> {
         self.collection.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The item dimensions of `name`: read once when an item-weights model switches to it.
+    async fn load_dims(&self, name: &str, deadline: Duration) -> Result<Option<Arc<ItemDims>>, String> {
+        if !self.model.uses_items() {
+            return Ok(None);
+        }
+        // Reading every point's payload takes longer than a request's deadline on a large
+        // catalog: give it ten.
+        match tokio::time::timeout(deadline * 10, self.store.digests(name)).await {
+            Ok(Ok(digests)) => {
+                let dims = ItemDims::from_digests(&digests);
+                if dims.dims.is_empty() {
+                    tracing::warn!(collection = %name, "the collection has no item weights: answers degrade until `embedder behaviour` builds one");
+                } else {
+                    tracing::info!(collection = %name, movies = dims.dims.len(), without = dims.without, "item dimensions loaded");
+                }
+                Ok(Some(Arc::new(dims)))
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timeout reading the item dimensions".into()),
+        }
     }
 
     /// Re-reads the watermark, the popularity list (when the watermark moved or none is
@@ -322,10 +362,20 @@ impl Core {
         };
         match live {
             Ok(Some(name)) => {
-                let changed = self.collection().as_deref() != Some(name.as_str());
-                if changed {
-                    tracing::info!(collection = %name, "serving vector collection");
-                    *self.collection.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::from(name.as_str()));
+                let current = self.live();
+                let changed = current.as_ref().map(|l| &*l.name) != Some(name.as_str());
+                let needs_dims = self.model.uses_items() && current.as_ref().is_none_or(|l| l.dims.is_none());
+                if changed || needs_dims {
+                    match self.load_dims(&name, deadline).await {
+                        Ok(dims) => {
+                            tracing::info!(collection = %name, "serving vector collection");
+                            *self.collection.write().unwrap_or_else(|p| p.into_inner()) =
+                                Some(Live { name: Arc::from(name.as_str()), dims });
+                        }
+                        Err(e) => {
+                            tracing::warn!(collection = %name, error = %e, "not switching: reading the item dimensions failed");
+                        }
+                    }
                 }
                 self.store_ok.store(true, Ordering::Relaxed);
             }
@@ -344,6 +394,9 @@ impl Core {
     /// `within`; a strategy that needs no neighbours needs no warming.
     pub async fn warm(&self, within: Duration) {
         let started = Instant::now();
+        if self.model.uses_items() {
+            return self.warm_items(within, started).await;
+        }
         let spaces = self.model.spaces();
         let Some(collection) = self.collection().filter(|_| !spaces.is_empty()) else { return };
         let popularity = self.popularity();
@@ -356,6 +409,34 @@ impl Core {
                 None => tracing::info!(ms = started.elapsed().as_millis() as u64, "vector engine warm"),
                 Some(e) => tracing::warn!(error = %e, "warming the vector engine failed"),
             },
+            Err(_) => tracing::warn!(
+                ms = within.as_millis() as u64,
+                "warming the vector engine took too long; serving anyway"
+            ),
+        }
+    }
+
+    /// Warms an item-weights model: one search the way a request searches, for a history of
+    /// the most popular movies (maps the sparse index and the payload pages in).
+    async fn warm_items(&self, within: Duration, started: Instant) {
+        let popularity = self.popularity();
+        let history = History {
+            watermark: self.watermark(),
+            watched: popularity
+                .movies
+                .iter()
+                .take(20)
+                .enumerate()
+                .map(|(i, m)| strategy::Watched { movie_id: m.clone(), last_event_id: -(i as i64), rating: None })
+                .collect(),
+        };
+        if history.watched.is_empty() {
+            return;
+        }
+        let plan = self.model.plan(&history);
+        match tokio::time::timeout(within, self.item_candidates(&history, &plan, Admit::Patiently)).await {
+            Ok(Ok(_)) => tracing::info!(ms = started.elapsed().as_millis() as u64, "vector engine warm"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "warming the vector engine failed"),
             Err(_) => tracing::warn!(
                 ms = within.as_millis() as u64,
                 "warming the vector engine took too long; serving anyway"
@@ -394,16 +475,23 @@ impl Core {
         };
         let (popularity, run) = self.popularity_with_run();
         let plan = self.model.plan(&history);
-        let (neighbours, collection) = if plan.seeds.is_empty() {
+        let (neighbours, collection) = if plan.seeds.is_empty() && plan.probe.is_empty() {
+            self.metrics.store_calls.observe(0.0);
             (Neighbours::default(), None)
         } else {
             let started = Instant::now();
             let within = self.config.deadlines.vector();
-            let result =
-                tokio::time::timeout(within, self.neighbour_lists(&history, &plan, Admit::Within(within))).await;
+            let result = if plan.items > 0 {
+                tokio::time::timeout(within, self.item_candidates(&history, &plan, Admit::Within(within))).await
+            } else {
+                tokio::time::timeout(within, self.neighbour_lists(&history, &plan, Admit::Within(within))).await
+            };
             self.metrics.stage.with_label_values(&["vector_store"]).observe(started.elapsed().as_secs_f64());
             match result {
-                Ok(Ok((lists, collection))) => (lists, Some(collection)),
+                Ok(Ok((lists, collection, calls))) => {
+                    self.metrics.store_calls.observe(f64::from(calls));
+                    (lists, Some(collection))
+                }
                 Ok(Err(e)) => return self.degraded(e, Some(&history), limit),
                 Err(_) => {
                     return self.degraded(StageError::VectorStoreTimeout, Some(&history), limit);
@@ -509,16 +597,53 @@ impl Core {
         }
     }
 
-    /// The plan's neighbour lists and the collection they came from.
+    /// An item-weights plan's candidates (one admission slot, at most two store calls), the
+    /// collection they came from and the store calls made.
+    async fn item_candidates(
+        &self,
+        history: &History,
+        plan: &Plan,
+        admit: Admit,
+    ) -> Result<(Neighbours, Arc<str>, u32), StageError> {
+        let Some(live) = self.live() else {
+            return Err(StageError::NoCollection);
+        };
+        let dims = match &live.dims {
+            Some(dims) if !dims.dims.is_empty() => dims.clone(),
+            _ => return Err(StageError::NoItemWeights(live.name.to_string())),
+        };
+        let permit = match admit {
+            Admit::Within(wait) => self.vector_gate.admit(wait).await,
+            Admit::Patiently => self.vector_gate.admit_patiently().await,
+        }
+        .map_err(StageError::VectorStoreShed)?;
+        let (store, search, collection) = (self.store.clone(), self.model.search(), live.name.clone());
+        let (history, plan) = (history.clone(), plan.clone());
+        // A detached task holding the slot (as for neighbour lists): a search past the deadline
+        // still ends before its slot is given back, so overload cannot pile searches up.
+        let fetch = tokio::spawn(async move {
+            let _permit = permit;
+            strategy::fetch::item_candidates(store.as_ref(), &collection, &dims, &history, &plan, search).await
+        });
+        let found = fetch
+            .await
+            .map_err(|e| StageError::VectorStore(format!("task: {e}")))?
+            .map_err(|e| StageError::VectorStore(e.to_string()))?;
+        let neighbours = Neighbours { items: found.weighted, fresh: found.fresh, ..Neighbours::default() };
+        Ok((neighbours, live.name, found.calls))
+    }
+
+    /// The plan's neighbour lists, the collection they came from and the store calls made.
     async fn neighbour_lists(
         &self,
         history: &History,
         plan: &Plan,
         admit: Admit,
-    ) -> Result<(Neighbours, Arc<str>), StageError> {
+    ) -> Result<(Neighbours, Arc<str>, u32), StageError> {
         let Some(collection) = self.collection() else {
             return Err(StageError::NoCollection);
         };
+        let mut calls = 0;
         let mut out = Neighbours::default();
         for (space, k) in plan.spaces() {
             // A bounded number of lookups at a time: a long history must not fill the vector
@@ -529,13 +654,15 @@ impl Core {
                 .map(|&i| self.neighbour_list(collection.clone(), space, &history.watched[i].movie_id, k, admit))
                 .collect();
             let lists: Vec<_> = futures_util::stream::iter(lookups).buffered(LOOKUPS_PER_REQUEST).collect().await;
-            let lists = lists.into_iter().collect::<Result<_, _>>()?;
+            let lists: Vec<(Arc<Vec<Hit>>, u32)> = lists.into_iter().collect::<Result<_, _>>()?;
+            calls += lists.iter().map(|(_, c)| c).sum::<u32>();
+            let lists = lists.into_iter().map(|(l, _)| l).collect();
             match space {
                 Space::Content => out.content = lists,
                 Space::Behaviour => out.behaviour = lists,
             }
         }
-        Ok((out, collection))
+        Ok((out, collection, calls))
     }
 
     async fn neighbour_list(
@@ -545,12 +672,12 @@ impl Core {
         movie_id: &str,
         k: usize,
         admit: Admit,
-    ) -> Result<Arc<Vec<Hit>>, StageError> {
+    ) -> Result<(Arc<Vec<Hit>>, u32), StageError> {
         let id = point_id(movie_id);
         let key = (collection.clone(), space, id);
         if let Some(hit) = self.neighbours.get(&key).await {
             self.metrics.cache_lookup("neighbours", true);
-            return Ok(hit);
+            return Ok((hit, 0));
         }
         self.metrics.cache_lookup("neighbours", false);
         let permit = match admit {
@@ -573,9 +700,12 @@ impl Core {
                 })
                 .await
         });
+        // A list is a point lookup and a search: two calls (another request may have fetched
+        // it meanwhile; counted anyway).
         fetch
             .await
             .map_err(|e| StageError::VectorStore(format!("task: {e}")))?
+            .map(|list| (list, 2))
             .map_err(|e| StageError::VectorStore(e.to_string()))
     }
 }

@@ -1,7 +1,7 @@
 //! Prometheus metrics of the server (one registry per server instance, so tests can run several).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The server's metrics.
@@ -28,6 +28,8 @@ pub struct Metrics {
     pub limit: IntGaugeVec,
     /// Requests a stage refused (their answers degraded at once), by stage and reason.
     pub shed: IntCounterVec,
+    /// Vector-store calls per answered request (cache hits make none).
+    pub store_calls: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -79,6 +81,11 @@ impl Metrics {
             Opts::new("shed_total", "Requests a stage refused under overload (answered degraded at once)"),
             &["stage", "reason"],
         )?;
+        let store_calls = Histogram::with_opts(
+            HistogramOpts::new("store_calls", "Vector-store calls one request made (cache hits make none)")
+                .buckets(vec![0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0]),
+        )?;
+        registry.register(Box::new(store_calls.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(queued.clone()))?;
         registry.register(Box::new(limit.clone()))?;
@@ -89,7 +96,20 @@ impl Metrics {
         registry.register(Box::new(cache.clone()))?;
         registry.register(Box::new(degraded.clone()))?;
         registry.register(Box::new(watermark.clone()))?;
-        Ok(Self { registry, requests, latency, stage, cache, degraded, watermark, in_flight, queued, limit, shed })
+        Ok(Self {
+            registry,
+            requests,
+            latency,
+            stage,
+            cache,
+            degraded,
+            watermark,
+            in_flight,
+            queued,
+            limit,
+            shed,
+            store_calls,
+        })
     }
 
     /// The text exposition format.

@@ -50,6 +50,12 @@ pub struct Plan {
     pub items: usize,
     /// The sparse query's weights, aligned with `seeds` (empty when `items` is 0).
     pub weights: Vec<f32>,
+    /// New-movie candidates wanted from a content search among the movies without item weights
+    /// (0: none), in the same store call as the item-weights query.
+    pub fresh: usize,
+    /// The watched movies (indexes into `history.watched`) whose content vectors, averaged, are
+    /// that search's query.
+    pub probe: Vec<usize>,
 }
 
 impl Plan {
@@ -70,6 +76,9 @@ pub struct Neighbours {
     /// The item-weights query's candidates, best first, scored by the sparse dot product
     /// (empty when the plan asked for none).
     pub items: Vec<Hit>,
+    /// New-movie candidates (no item weights), best first, scored by the cosine of their content
+    /// vector with the plan's probe (empty when the plan asked for none).
+    pub fresh: Vec<Hit>,
 }
 
 /// A ranking strategy. Implementations must be pure and deterministic: the same inputs give
@@ -494,8 +503,14 @@ impl Strategy for NeighboursV2 {
 /// over the movies' weight vectors returns the `candidates` best movies not watched, each scored
 /// `Σ weight_i × B[i, j]`; the score is that sum plus
 /// `popularity_weight × ln(users / users of the most popular)` (a negative weight favours the
-/// less watched). Movies without weights (too new
-/// or too rare) are reached by the fill from popularity. One store call per answer.
+/// less watched).
+///
+/// Movies without weights (too new or too rare for the item model) cannot come out of that
+/// search: the same store call also searches them by content, near the mean content vector of
+/// the `new_movie_probe` most recent watched movies, and the `new_movies` best enter the ranking
+/// with `new_movie_weight × cosine × s`, `s` the best weighted score (1 without one). What is
+/// left is filled from popularity. At most two store calls per answer (the probe's vectors, then
+/// the search), whatever the history's length.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ItemsV1 {
@@ -512,6 +527,12 @@ pub struct ItemsV1 {
     /// Weight of the log-share popularity prior in [−1, 1] (0: none; EASE already accounts for
     /// popularity; negative: favour the less watched).
     pub popularity_weight: f64,
+    /// New-movie candidates from the content search (0: none).
+    pub new_movies: usize,
+    /// Most recent watched movies whose content vectors make the content search's query.
+    pub new_movie_probe: usize,
+    /// A new movie's score relative to the best weighted one, per unit of cosine, in [0, 2].
+    pub new_movie_weight: f64,
 }
 
 impl Default for ItemsV1 {
@@ -525,6 +546,9 @@ impl Default for ItemsV1 {
             recency_decay: 0.9,
             recency_floor: 0.7,
             popularity_weight: -0.01,
+            new_movies: 0,
+            new_movie_probe: 5,
+            new_movie_weight: 0.0,
         }
     }
 }
@@ -539,6 +563,15 @@ impl ItemsV1 {
         }
         if self.candidates == 0 || self.candidates > 1_000 {
             return Err(format!("candidates must be in 1..=1000, got {}", self.candidates));
+        }
+        if self.new_movies > 100 {
+            return Err(format!("new_movies must be at most 100, got {}", self.new_movies));
+        }
+        if self.new_movies > 0 && !(1..=50).contains(&self.new_movie_probe) {
+            return Err(format!("new_movie_probe must be in 1..=50, got {}", self.new_movie_probe));
+        }
+        if !(0.0..=2.0).contains(&self.new_movie_weight) {
+            return Err(format!("new_movie_weight must be in [0, 2], got {}", self.new_movie_weight));
         }
         check_recency(self.recency_decay, self.recency_floor)?;
         if !(-1.0..=1.0).contains(&self.popularity_weight) {
@@ -564,12 +597,17 @@ impl Strategy for ItemsV1 {
             .map(|i| (i, self.seed_weight(i, history.watched[i].rating) as f32))
             .filter(|&(_, w)| w != 0.0)
             .unzip();
-        Plan { seeds, weights, items: self.candidates, ..Plan::default() }
+        let probe = if self.new_movies > 0 {
+            (0..history.watched.len().min(self.new_movie_probe)).collect()
+        } else {
+            Vec::new()
+        };
+        Plan { seeds, weights, items: self.candidates, fresh: self.new_movies, probe, ..Plan::default() }
     }
     fn rank(&self, history: &History, neighbours: &Neighbours, popularity: &Popularity, limit: usize) -> Vec<Item> {
         let seen = history.seen();
         let prior = if self.popularity_weight != 0.0 { popularity.log_shares() } else { None };
-        let items = neighbours
+        let mut items: Vec<Item> = neighbours
             .items
             .iter()
             .filter(|hit| !seen.contains(hit.movie_id.as_str()))
@@ -580,6 +618,22 @@ impl Strategy for ItemsV1 {
                 Item { movie_id: hit.movie_id.clone(), score: f64::from(hit.score) + p }
             })
             .collect();
+        if self.new_movies > 0 && self.new_movie_weight > 0.0 {
+            let best = neighbours.items.iter().map(|h| f64::from(h.score)).fold(f64::NEG_INFINITY, f64::max);
+            let scale = if best.is_finite() && best > 0.0 { best } else { 1.0 };
+            let weighted: HashSet<&str> = items.iter().map(|i| i.movie_id.as_str()).collect();
+            let fresh: Vec<Item> = neighbours
+                .fresh
+                .iter()
+                .take(self.new_movies)
+                .filter(|hit| !seen.contains(hit.movie_id.as_str()) && !weighted.contains(hit.movie_id.as_str()))
+                .map(|hit| Item {
+                    movie_id: hit.movie_id.clone(),
+                    score: self.new_movie_weight * f64::from(hit.score) * scale,
+                })
+                .collect();
+            items.extend(fresh);
+        }
         top_then_fill(items, seen, popularity, limit)
     }
 }
@@ -690,5 +744,36 @@ mod tests {
         assert_eq!(first(vec![1000, 1]), "top");
         // Unknown counts: the rank prior (n: 0.3 + 0.15 / 1.01 against top: 0.15).
         assert_eq!(first(Vec::new()), "n");
+    }
+
+    #[test]
+    fn items_v1_ranks_by_the_sparse_score_and_lets_new_movies_in_by_content() {
+        let s = ItemsV1 { new_movies: 2, new_movie_weight: 0.5, popularity_weight: 0.0, ..ItemsV1::default() };
+        let history = History {
+            watermark: 3,
+            watched: vec![
+                Watched { movie_id: "new".into(), last_event_id: 3, rating: None },
+                Watched { movie_id: "old".into(), last_event_id: 2, rating: Some(5.0) },
+                Watched { movie_id: "bad".into(), last_event_id: 1, rating: Some(1.0) },
+            ],
+        };
+        let plan = s.plan(&history);
+        assert_eq!(plan.seeds, vec![0, 1, 2]);
+        assert!(plan.weights[1] > plan.weights[0] && plan.weights[2] < plan.weights[0], "{:?}", plan.weights);
+        assert_eq!((plan.items, plan.fresh, plan.probe.clone()), (100, 2, vec![0, 1, 2]));
+        let neighbours = Neighbours {
+            items: vec![hit("a", 0.8), hit("old", 0.7), hit("b", 0.4)],
+            fresh: vec![hit("f1", 0.9), hit("f2", 0.5), hit("f3", 0.99)],
+            ..Neighbours::default()
+        };
+        let popularity = Popularity { movies: vec!["p".into()], watermark: 3, users: Vec::new() };
+        let ids: Vec<String> = s.rank(&history, &neighbours, &popularity, 5).into_iter().map(|i| i.movie_id).collect();
+        // f1: 0.5 × 0.9 × 0.8 = 0.36 (below b's 0.4), f2: 0.2; f3 is past `new_movies`.
+        assert_eq!(ids, vec!["a", "b", "f1", "f2", "p"]);
+        let off = ItemsV1 { popularity_weight: 0.0, ..ItemsV1::default() };
+        assert!(off.plan(&history).probe.is_empty() && off.plan(&history).fresh == 0, "no content search by default");
+        let ids: Vec<String> =
+            off.rank(&history, &neighbours, &popularity, 5).into_iter().map(|i| i.movie_id).collect();
+        assert_eq!(ids, vec!["a", "b", "p"]);
     }
 }

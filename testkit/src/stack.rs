@@ -261,3 +261,58 @@ pub fn slow_to_connect(
     });
     (addr, opened)
 }
+
+/// Adds item weights fitted on `pool`'s interactions to the live collection of the edge store
+/// in `dir`: a new collection (the live one's points and content vectors, plus each movie's item
+/// dimension and sparse `items` vector) is built and made live; its name is returned. What
+/// `embedder behaviour` does, without re-embedding the catalog (the tests' store holds the
+/// [`EMBEDDED_MOVIES`] most-rated movies of another database).
+pub async fn attach_item_weights(pool: &sqlx::PgPool, dir: &Path, items: &behaviour::items::ItemParams) -> String {
+    use vectorstore::{CollectionSpec, MoviePoint, Space, VectorStore as _};
+    let run = embedder::behaviour::compute(pool, &behaviour::Params { dim: 8, ..Default::default() }, Some(items))
+        .await
+        .expect("item weights");
+    println!("{}", run.render());
+    let store = EdgeStore::open(dir).expect("store");
+    let live = store.live().await.expect("live").expect("a live collection");
+    let digests = store.digests(&live).await.expect("digests");
+    let ids: Vec<u64> = digests.iter().map(|d| d.id).collect();
+    let mut content = std::collections::HashMap::new();
+    for chunk in ids.chunks(1_000) {
+        content.extend(store.vectors(&live, Space::Content, chunk).await.expect("vectors"));
+    }
+    let points: Vec<MoviePoint> = digests
+        .into_iter()
+        .filter_map(|d| {
+            let entry = run.vectors.items.get(&d.movie_id);
+            Some(MoviePoint {
+                id: d.id,
+                vector: content.remove(&d.id)?,
+                behaviour: None,
+                item_dim: entry.and_then(|e| e.dim),
+                items: entry.and_then(|e| e.vector.clone()),
+                movie_id: d.movie_id,
+                title: String::new(),
+                year: None,
+                genres: Vec::new(),
+                text_hash: d.text_hash,
+            })
+        })
+        .collect();
+    let version: String =
+        run.vectors.version.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    let name = format!("movies_items_{version}");
+    let spec = CollectionSpec {
+        content_dim: points.first().map(|p| p.vector.len()).expect("points"),
+        behaviour_dim: None,
+        items: true,
+        hnsw: Default::default(),
+    };
+    store.create_collection(&name, &spec).await.expect("create");
+    for chunk in points.chunks(500) {
+        store.upsert(&name, chunk.to_vec()).await.expect("upsert");
+    }
+    store.finish_bulk_load(&name).await.expect("index");
+    store.set_live(&name).await.expect("live");
+    name
+}

@@ -15,13 +15,16 @@ use async_trait::async_trait;
 use qdrant_edge::external::serde_json::{Value, json};
 use qdrant_edge::{
     AnyVariants, Condition, CountRequest, CreateIndex, DEFAULT_VECTOR_NAME, Distance, EdgeConfig, EdgeShard,
-    EdgeVectorParams, FieldCondition, FieldIndexOperations, Filter, HasIdCondition, HnswIndexConfig, JsonPath, Match,
-    MatchAny, NamedQuery, PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations, PointOperations,
-    PointStruct, QueryEnum, ScrollRequest, SearchParams, SearchRequest, UpdateOperation, VectorInternal,
-    VectorStructInternal, WithPayloadInterface, WithVector,
+    EdgeSparseVectorParams, EdgeVectorParams, FieldCondition, FieldIndexOperations, Filter, HasIdCondition,
+    HasVectorCondition, HnswIndexConfig, JsonPath, Match, MatchAny, NamedQuery, PayloadFieldSchema, PayloadSchemaType,
+    PointId, PointInsertOperations, PointOperations, PointStruct, QueryEnum, ScrollRequest, SearchParams,
+    SearchRequest, UpdateOperation, Vector, VectorInternal, VectorStructInternal, WithPayloadInterface, WithVector,
 };
 
-use super::{CollectionSpec, Hit, MoviePoint, PointDigest, SearchFilter, Space, StoreError, VectorStore};
+use super::{
+    CollectionSpec, Hit, ITEMS, ItemsHits, ItemsQuery, MoviePoint, PointDigest, SearchFilter, Space, SparseVector,
+    StoreError, VectorStore,
+};
 
 const ENGINE: &str = "qdrant-edge";
 
@@ -99,6 +102,40 @@ fn point_id(id: &PointId) -> Option<u64> {
 
 fn payload_str(payload: Option<&qdrant_edge::Payload>, key: &str) -> String {
     payload.and_then(|p| p.0.get(key)).and_then(Value::as_str).unwrap_or_default().to_string()
+}
+
+fn payload_u32(payload: Option<&qdrant_edge::Payload>, key: &str) -> Option<u32> {
+    payload.and_then(|p| p.0.get(key)).and_then(Value::as_u64).and_then(|n| u32::try_from(n).ok())
+}
+
+fn sparse(vector: Option<VectorStructInternal>) -> Option<SparseVector> {
+    match vector? {
+        VectorStructInternal::Named(mut named) => match named.remove(ITEMS)? {
+            VectorInternal::Sparse(v) => Some(SparseVector { entries: v.indices.into_iter().zip(v.values).collect() }),
+            VectorInternal::Dense(_) | VectorInternal::MultiDense(_) => None,
+        },
+        VectorStructInternal::Single(_) | VectorStructInternal::MultiDense(_) => None,
+    }
+}
+
+fn engine_sparse(v: &SparseVector) -> Result<qdrant_edge::SparseVector, StoreError> {
+    let (indices, values) = v.split();
+    qdrant_edge::SparseVector::new(indices, values).map_err(|e| StoreError::Engine {
+        engine: ENGINE,
+        operation: "building a sparse vector",
+        detail: e.to_string(),
+    })
+}
+
+fn hits(points: Vec<qdrant_edge::ScoredPoint>) -> Vec<Hit> {
+    let mut hits: Vec<Hit> = points
+        .into_iter()
+        .filter_map(|p| {
+            Some(Hit { id: point_id(&p.id)?, movie_id: payload_str(p.payload.as_ref(), "movie_id"), score: p.score })
+        })
+        .collect();
+    super::sort_hits(&mut hits);
+    hits
 }
 
 /// The name of `space`'s vector in a collection, if it has one. Collections made before named
@@ -187,6 +224,9 @@ impl VectorStore for EdgeStore {
         if let Some(dim) = spec.behaviour_dim {
             config = config.vector(Space::Behaviour.name(), params(dim));
         }
+        if spec.items {
+            config = config.sparse_vector(ITEMS, EdgeSparseVectorParams::builder().build());
+        }
         let config = config.build();
         let shard = tokio::task::spawn_blocking(move || -> Result<EdgeShard, StoreError> {
             let shard = EdgeShard::new(&dir, config).map_err(engine("creating a collection"))?;
@@ -230,17 +270,23 @@ impl VectorStore for EdgeStore {
             let points = points
                 .into_iter()
                 .map(|p| {
-                    let payload = json!({
+                    let mut payload = json!({
                         "movie_id": p.movie_id, "title": p.title, "year": p.year,
                         "genres": p.genres, "text_hash": p.text_hash,
                     });
-                    let mut vectors = vec![(Space::Content.name().to_string(), p.vector)];
-                    if let Some(b) = p.behaviour {
-                        vectors.push((Space::Behaviour.name().to_string(), b));
+                    if let (Some(dim), Some(map)) = (p.item_dim, payload.as_object_mut()) {
+                        map.insert("item_dim".into(), json!(dim));
                     }
-                    PointStruct::new(PointId::NumId(p.id), vectors, payload).into()
+                    let mut vectors = HashMap::from([(Space::Content.name().to_string(), Vector::new_dense(p.vector))]);
+                    if let Some(b) = p.behaviour {
+                        vectors.insert(Space::Behaviour.name().to_string(), Vector::new_dense(b));
+                    }
+                    if let Some(items) = p.items.filter(|v| !v.entries.is_empty()) {
+                        vectors.insert(ITEMS.to_string(), Vector(VectorInternal::Sparse(engine_sparse(&items)?)));
+                    }
+                    Ok(PointStruct::new(PointId::NumId(p.id), vectors, payload).into())
                 })
-                .collect();
+                .collect::<Result<_, StoreError>>()?;
             shard
                 .update(UpdateOperation::PointOperation(PointOperations::UpsertPoints(
                     PointInsertOperations::PointsList(points),
@@ -302,6 +348,7 @@ impl VectorStore for EdgeStore {
                             id,
                             movie_id: payload_str(r.payload.as_ref(), "movie_id"),
                             text_hash: payload_str(r.payload.as_ref(), "text_hash"),
+                            item_dim: payload_u32(r.payload.as_ref(), "item_dim"),
                         });
                     }
                 }
@@ -339,7 +386,7 @@ impl VectorStore for EdgeStore {
         self.blocking(collection, move |shard| {
             let Some(name) = vector_name(shard, space) else { return Ok(Vec::new()) };
             let using = (name != DEFAULT_VECTOR_NAME).then_some(name);
-            let hits = shard
+            let found = shard
                 .search(SearchRequest {
                     query: QueryEnum::Nearest(NamedQuery { query: VectorInternal::Dense(vector), using }),
                     filter,
@@ -355,16 +402,82 @@ impl VectorStore for EdgeStore {
                     score_threshold: None,
                 })
                 .map_err(engine("search"))?;
-            Ok(hits
-                .into_iter()
-                .filter_map(|p| {
-                    Some(Hit {
-                        id: point_id(&p.id)?,
-                        movie_id: payload_str(p.payload.as_ref(), "movie_id"),
-                        score: p.score,
-                    })
-                })
-                .collect())
+            Ok(hits(found))
+        })
+        .await
+    }
+
+    async fn item_vectors(&self, collection: &str, ids: &[u64]) -> Result<Vec<(u64, SparseVector)>, StoreError> {
+        let ids: Vec<PointId> = ids.iter().map(|id| PointId::NumId(*id)).collect();
+        self.blocking(collection, move |shard| {
+            if !shard.config().sparse_vectors.contains_key(ITEMS) {
+                return Ok(Vec::new());
+            }
+            let records = shard
+                .retrieve(&ids, Some(WithPayloadInterface::Bool(false)), Some(WithVector::Selector(vec![ITEMS.into()])))
+                .map_err(engine("retrieve"))?;
+            Ok(records.into_iter().filter_map(|r| Some((point_id(&r.id)?, sparse(r.vector)?))).collect())
+        })
+        .await
+    }
+
+    async fn search_items(&self, collection: &str, query: &ItemsQuery) -> Result<ItemsHits, StoreError> {
+        let query = query.clone();
+        self.blocking(collection, move |shard| {
+            if !shard.config().sparse_vectors.contains_key(ITEMS) {
+                return Ok(ItemsHits::default());
+            }
+            let exclude = SearchFilter { exclude_ids: query.exclude_ids.clone(), ..SearchFilter::default() };
+            let request = |q: VectorInternal, using: Option<String>, filter: Option<Filter>, limit: usize, params| {
+                SearchRequest {
+                    query: QueryEnum::Nearest(NamedQuery { query: q, using }),
+                    filter,
+                    params,
+                    limit,
+                    offset: 0,
+                    with_payload: Some(WithPayloadInterface::Fields(vec![path("movie_id")])),
+                    with_vector: None,
+                    score_threshold: None,
+                }
+            };
+            let weighted = if query.query.entries.is_empty() || query.limit == 0 {
+                Vec::new()
+            } else {
+                let q = VectorInternal::Sparse(engine_sparse(&query.query)?);
+                hits(
+                    shard
+                        .search(request(q, Some(ITEMS.into()), edge_filter(&exclude), query.limit, None))
+                        .map_err(engine("search"))?,
+                )
+            };
+            let fresh = match query.fresh {
+                Some(vector) if query.fresh_limit > 0 && vector_name(shard, Space::Content).is_some() => {
+                    let name = vector_name(shard, Space::Content).filter(|n| n != DEFAULT_VECTOR_NAME);
+                    let mut filter = edge_filter(&exclude).unwrap_or_default();
+                    filter
+                        .must_not
+                        .get_or_insert_with(Vec::new)
+                        .push(Condition::HasVector(HasVectorCondition { has_vector: ITEMS.into() }));
+                    let params = (query.exact || query.ef.is_some()).then(|| SearchParams {
+                        exact: query.exact,
+                        hnsw_ef: query.ef,
+                        ..SearchParams::default()
+                    });
+                    hits(
+                        shard
+                            .search(request(
+                                VectorInternal::Dense(vector),
+                                name,
+                                Some(filter),
+                                query.fresh_limit,
+                                params,
+                            ))
+                            .map_err(engine("search"))?,
+                    )
+                }
+                _ => Vec::new(),
+            };
+            Ok(ItemsHits { weighted, fresh })
         })
         .await
     }

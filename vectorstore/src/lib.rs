@@ -6,9 +6,14 @@
 //! A store holds named collections of movie points (id = [`point_id`], payload =
 //! movie id, title, year, genres, text hash) and a *live* pointer naming the collection readers
 //! use. Switching the live pointer is atomic (a file rename on edge, an alias swap on a server).
-//! A point has up to two named vectors ([`Space`]): `content` (the text embedding, every point)
-//! and `behaviour` (learned from interactions; only movies with enough of them). Both are cosine
-//! spaces indexed by HNSW with the collection's [`Hnsw`] parameters; searches take `ef`.
+//! A point has up to two named dense vectors ([`Space`]): `content` (the text embedding, every
+//! point) and `behaviour` (learned from interactions; only movies with enough of them). Both are
+//! cosine spaces indexed by HNSW with the collection's [`Hnsw`] parameters; searches take `ef`.
+//!
+//! A collection may also hold **item weights** ([`ITEMS`], a sparse named vector, dot product):
+//! a movie in the item model has a dimension (payload `item_dim`, [`ItemDims`]) and movie `j`'s
+//! sparse vector is `{dim(i): B[i, j]}`, so a history as the sparse query `{dim(i): w_i}` scores
+//! every movie with `Σ w_i B[i, j]` in one exact search ([`VectorStore::search_items`]).
 
 pub mod args;
 pub mod edge;
@@ -51,6 +56,93 @@ impl Space {
 impl std::fmt::Display for Space {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// The name of the sparse item-weights vector in collections.
+pub const ITEMS: &str = "items";
+
+/// A sparse vector: `(dimension, value)` pairs, dimensions unique.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SparseVector {
+    /// The pairs, sorted by dimension.
+    pub entries: Vec<(u32, f32)>,
+}
+
+impl SparseVector {
+    /// Sorts by dimension and sums the values of repeated dimensions (the engines refuse
+    /// repeats).
+    pub fn new(mut entries: Vec<(u32, f32)>) -> Self {
+        entries.sort_by_key(|&(d, _)| d);
+        let mut out: Vec<(u32, f32)> = Vec::with_capacity(entries.len());
+        for (d, v) in entries {
+            match out.last_mut() {
+                Some(last) if last.0 == d => last.1 += v,
+                _ => out.push((d, v)),
+            }
+        }
+        Self { entries: out }
+    }
+
+    /// The dimensions and the values, as the engines take them.
+    pub fn split(&self) -> (Vec<u32>, Vec<f32>) {
+        self.entries.iter().copied().unzip()
+    }
+}
+
+/// One item-weights search ([`VectorStore::search_items`]): the exact sparse dot product of
+/// `query` with every movie's item weights, and — for movies without weights (too new for the
+/// item model) — a dense content search near `fresh`, in one call.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ItemsQuery {
+    /// The history as `{dim(i): w_i}`.
+    pub query: SparseVector,
+    /// Best movies wanted from the sparse search.
+    pub limit: usize,
+    /// Never these points (what the user watched).
+    pub exclude_ids: Vec<u64>,
+    /// A content vector (e.g. the mean of the user's recent movies) to search among the movies
+    /// without item weights; `None`: no such search.
+    pub fresh: Option<Vec<f32>>,
+    /// Best movies wanted from the content search.
+    pub fresh_limit: usize,
+    /// Exhaustive content search (the sparse one always is).
+    pub exact: bool,
+    /// HNSW breadth of the content search.
+    pub ef: Option<usize>,
+}
+
+/// The two result lists of an [`ItemsQuery`], best first, ties by point id.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ItemsHits {
+    /// From the sparse search, scored by the dot product.
+    pub weighted: Vec<Hit>,
+    /// From the content search among movies without weights, scored by cosine.
+    pub fresh: Vec<Hit>,
+}
+
+/// Sorts hits best first, ties by point id (the engines' order of equal scores is not part of
+/// their contract; this is ours).
+pub fn sort_hits(hits: &mut [Hit]) {
+    hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
+}
+
+/// Movie id → item dimension in one collection (from the points' `item_dim` payload), and how
+/// many points have none.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ItemDims {
+    /// By course movie id.
+    pub dims: std::collections::HashMap<String, u32>,
+    /// Points without a dimension (movies outside the item model).
+    pub without: usize,
+}
+
+impl ItemDims {
+    /// From a collection's digests.
+    pub fn from_digests(digests: &[PointDigest]) -> Self {
+        let dims: std::collections::HashMap<String, u32> =
+            digests.iter().filter_map(|d| Some((d.movie_id.clone(), d.item_dim?))).collect();
+        Self { without: digests.len() - dims.len(), dims }
     }
 }
 
@@ -105,6 +197,8 @@ pub struct CollectionSpec {
     pub content_dim: usize,
     /// Dimension of the behaviour vectors, when the collection has them.
     pub behaviour_dim: Option<usize>,
+    /// Whether the collection has the sparse [`ITEMS`] vector.
+    pub items: bool,
     /// The HNSW graph of both spaces.
     pub hnsw: Hnsw,
 }
@@ -118,6 +212,10 @@ pub struct MoviePoint {
     pub vector: Vec<f32>,
     /// The behaviour vector, when the movie has one.
     pub behaviour: Option<Vec<f32>>,
+    /// The movie's dimension in the item model (payload `item_dim`), when it is in it.
+    pub item_dim: Option<u32>,
+    /// The movie's item weights `{dim(i): B[i, j]}` (absent: nothing reaches it).
+    pub items: Option<SparseVector>,
     /// Course movie id.
     pub movie_id: String,
     /// Title.
@@ -164,6 +262,8 @@ pub struct PointDigest {
     pub movie_id: String,
     /// The stored text hash.
     pub text_hash: String,
+    /// The movie's dimension in the item model, if it is in it.
+    pub item_dim: Option<u32>,
 }
 
 /// Store failures, with the engine's message.
@@ -234,7 +334,7 @@ pub trait VectorStore: Send + Sync {
     async fn finish_bulk_load(&self, collection: &str) -> Result<(), StoreError>;
     /// Exact point count.
     async fn count(&self, collection: &str) -> Result<u64, StoreError>;
-    /// Every point's id, movie id and text hash.
+    /// Every point's id, movie id, text hash and item dimension.
     async fn digests(&self, collection: &str) -> Result<Vec<PointDigest>, StoreError>;
     /// Vectors in `space` of the given points (points without one, and missing ids, are
     /// skipped), in the order given. A collection without the space has none.
@@ -248,6 +348,12 @@ pub trait VectorStore: Send + Sync {
         limit: usize,
         filter: &SearchFilter,
     ) -> Result<Vec<Hit>, StoreError>;
+    /// Item weights of the given points (points without, and missing ids, are skipped), in the
+    /// order given.
+    async fn item_vectors(&self, collection: &str, ids: &[u64]) -> Result<Vec<(u64, SparseVector)>, StoreError>;
+    /// The item-weights search and the content search among movies without weights, one call
+    /// (nothing for a collection without item weights).
+    async fn search_items(&self, collection: &str, query: &ItemsQuery) -> Result<ItemsHits, StoreError>;
     /// The live collection, if any.
     async fn live(&self) -> Result<Option<String>, StoreError>;
     /// Atomically points readers at `collection`.

@@ -10,13 +10,17 @@ use std::sync::Mutex;
 use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, CreateAliasBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
     DeletePointsBuilder, Distance, FieldType, Filter, GetPointsBuilder, HnswConfigDiffBuilder, PointId, PointStruct,
-    PointsIdsList, ScrollPointsBuilder, SearchParamsBuilder, SearchPointsBuilder, UpsertPointsBuilder, VectorOutput,
-    VectorParamsBuilder, VectorsConfigBuilder, VectorsSelector, point_id::PointIdOptions, vector_output,
-    vectors_config, vectors_output::VectorsOptions,
+    PointsIdsList, Query, QueryBatchPointsBuilder, QueryPointsBuilder, ScoredPoint, ScrollPointsBuilder,
+    SearchParamsBuilder, SearchPointsBuilder, SparseVectorParamsBuilder, SparseVectorsConfigBuilder,
+    UpsertPointsBuilder, Vector, VectorInput, VectorOutput, VectorParamsBuilder, VectorsConfigBuilder, VectorsSelector,
+    point_id::PointIdOptions, vector_output, vectors_config, vectors_output::VectorsOptions,
 };
 use qdrant_client::{Payload, Qdrant};
 
-use super::{CollectionSpec, Hit, MoviePoint, PointDigest, SearchFilter, Space, StoreError, VectorStore};
+use super::{
+    CollectionSpec, Hit, ITEMS, ItemsHits, ItemsQuery, MoviePoint, PointDigest, SearchFilter, Space, SparseVector,
+    StoreError, VectorStore,
+};
 
 const ENGINE: &str = "qdrant";
 /// The alias readers use.
@@ -34,9 +38,17 @@ pub struct ServerStore {
     layouts: Mutex<HashMap<String, Layout>>,
 }
 
-/// The vector names of (content, behaviour) in one collection; `Some("")` is the unnamed vector
-/// of collections made before named vectors.
-type Layout = (Option<String>, Option<String>);
+/// The vector names of one collection.
+#[derive(Debug, Clone, Default)]
+struct Layout {
+    /// The content vector's name; `Some("")` is the unnamed vector of collections made before
+    /// named vectors.
+    content: Option<String>,
+    /// The behaviour vector's name.
+    behaviour: Option<String>,
+    /// Whether the sparse item weights are there.
+    items: bool,
+}
 
 impl std::fmt::Debug for ServerStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -56,30 +68,34 @@ impl ServerStore {
         Ok(Self { client, url: url.to_string(), layouts: Mutex::new(HashMap::new()) })
     }
 
-    /// The name of `space`'s vector in `collection` (looked up once per collection).
-    async fn vector_name(&self, collection: &str, space: Space) -> Result<Option<String>, StoreError> {
-        let cached = self.layouts.lock().unwrap_or_else(|p| p.into_inner()).get(collection).cloned();
-        let (content, behaviour) = match cached {
-            Some(layout) => layout,
-            None => {
-                let info =
-                    self.client.collection_info(collection).await.map_err(engine("reading a collection's layout"))?;
-                let config = info.result.and_then(|i| i.config).and_then(|c| c.params).and_then(|p| p.vectors_config);
-                let layout = match config.and_then(|v| v.config) {
-                    Some(vectors_config::Config::Params(_)) => (Some(String::new()), None),
-                    Some(vectors_config::Config::ParamsMap(m)) => {
-                        let has = |s: Space| m.map.contains_key(s.name()).then(|| s.name().to_string());
-                        (has(Space::Content), has(Space::Behaviour))
-                    }
-                    None => (None, None),
-                };
-                self.layouts.lock().unwrap_or_else(|p| p.into_inner()).insert(collection.to_string(), layout.clone());
-                layout
+    /// The vector names of `collection` (looked up once per collection).
+    async fn layout(&self, collection: &str) -> Result<Layout, StoreError> {
+        if let Some(layout) = self.layouts.lock().unwrap_or_else(|p| p.into_inner()).get(collection).cloned() {
+            return Ok(layout);
+        }
+        let info = self.client.collection_info(collection).await.map_err(engine("reading a collection's layout"))?;
+        let params = info.result.and_then(|i| i.config).and_then(|c| c.params);
+        let items =
+            params.as_ref().and_then(|p| p.sparse_vectors_config.as_ref()).is_some_and(|s| s.map.contains_key(ITEMS));
+        let mut layout = match params.and_then(|p| p.vectors_config).and_then(|v| v.config) {
+            Some(vectors_config::Config::Params(_)) => Layout { content: Some(String::new()), ..Layout::default() },
+            Some(vectors_config::Config::ParamsMap(m)) => {
+                let has = |s: Space| m.map.contains_key(s.name()).then(|| s.name().to_string());
+                Layout { content: has(Space::Content), behaviour: has(Space::Behaviour), items: false }
             }
+            None => Layout::default(),
         };
+        layout.items = items;
+        self.layouts.lock().unwrap_or_else(|p| p.into_inner()).insert(collection.to_string(), layout.clone());
+        Ok(layout)
+    }
+
+    /// The name of `space`'s vector in `collection`.
+    async fn vector_name(&self, collection: &str, space: Space) -> Result<Option<String>, StoreError> {
+        let layout = self.layout(collection).await?;
         Ok(match space {
-            Space::Content => content,
-            Space::Behaviour => behaviour,
+            Space::Content => layout.content,
+            Space::Behaviour => layout.behaviour,
         })
     }
 }
@@ -102,6 +118,29 @@ fn num_id(id: Option<&PointId>) -> Option<u64> {
 
 fn payload_string(payload: &std::collections::HashMap<String, qdrant_client::qdrant::Value>, key: &str) -> String {
     payload.get(key).and_then(|v| v.as_str()).map(|s| s.to_string()).unwrap_or_default()
+}
+
+fn payload_u32(payload: &std::collections::HashMap<String, qdrant_client::qdrant::Value>, key: &str) -> Option<u32> {
+    payload.get(key).and_then(|v| v.as_integer()).and_then(|n| u32::try_from(n).ok())
+}
+
+fn hits(points: Vec<ScoredPoint>) -> Vec<Hit> {
+    let mut hits: Vec<Hit> = points
+        .into_iter()
+        .filter_map(|p| {
+            Some(Hit { id: num_id(p.id.as_ref())?, movie_id: payload_string(&p.payload, "movie_id"), score: p.score })
+        })
+        .collect();
+    super::sort_hits(&mut hits);
+    hits
+}
+
+fn exclusion(ids: &[u64]) -> Filter {
+    let mut f = Filter::default();
+    if !ids.is_empty() {
+        f.must_not.push(Condition::has_id(ids.iter().copied()));
+    }
+    f
 }
 
 #[async_trait]
@@ -131,10 +170,13 @@ impl VectorStore for ServerStore {
         if let Some(dim) = spec.behaviour_dim {
             vectors.add_named_vector_params(Space::Behaviour.name(), params(dim));
         }
-        self.client
-            .create_collection(CreateCollectionBuilder::new(name).vectors_config(vectors))
-            .await
-            .map_err(engine("creating a collection"))?;
+        let mut create = CreateCollectionBuilder::new(name).vectors_config(vectors);
+        if spec.items {
+            let mut sparse = SparseVectorsConfigBuilder::default();
+            sparse.add_named_vector_params(ITEMS, SparseVectorParamsBuilder::default());
+            create = create.sparse_vectors_config(sparse);
+        }
+        self.client.create_collection(create).await.map_err(engine("creating a collection"))?;
         for (field, kind) in
             [("genres", FieldType::Keyword), ("year", FieldType::Integer), ("movie_id", FieldType::Keyword)]
         {
@@ -156,14 +198,21 @@ impl VectorStore for ServerStore {
         let points: Vec<PointStruct> = points
             .into_iter()
             .map(|p| {
-                let payload = Payload::try_from(serde_json::json!({
+                let mut payload = serde_json::json!({
                     "movie_id": p.movie_id, "title": p.title, "year": p.year,
                     "genres": p.genres, "text_hash": p.text_hash,
-                }))
-                .unwrap_or_default();
-                let mut vectors = HashMap::from([(Space::Content.name().to_string(), p.vector)]);
+                });
+                if let (Some(dim), Some(map)) = (p.item_dim, payload.as_object_mut()) {
+                    map.insert("item_dim".into(), serde_json::json!(dim));
+                }
+                let payload = Payload::try_from(payload).unwrap_or_default();
+                let mut vectors = HashMap::from([(Space::Content.name().to_string(), Vector::new_dense(p.vector))]);
                 if let Some(b) = p.behaviour {
-                    vectors.insert(Space::Behaviour.name().to_string(), b);
+                    vectors.insert(Space::Behaviour.name().to_string(), Vector::new_dense(b));
+                }
+                if let Some(items) = p.items.filter(|v| !v.entries.is_empty()) {
+                    let (indices, values) = items.split();
+                    vectors.insert(ITEMS.to_string(), Vector::new_sparse(indices, values));
                 }
                 PointStruct::new(p.id, vectors, payload)
             })
@@ -211,6 +260,7 @@ impl VectorStore for ServerStore {
                         id,
                         movie_id: payload_string(&p.payload, "movie_id"),
                         text_hash: payload_string(&p.payload, "text_hash"),
+                        item_dim: payload_u32(&p.payload, "item_dim"),
                     });
                 }
             }
@@ -277,16 +327,82 @@ impl VectorStore for ServerStore {
             req = req.filter(f);
         }
         let r = self.client.search_points(req).await.map_err(engine("search"))?;
-        Ok(r.result
-            .into_iter()
-            .filter_map(|p| {
-                Some(Hit {
-                    id: num_id(p.id.as_ref())?,
-                    movie_id: payload_string(&p.payload, "movie_id"),
-                    score: p.score,
-                })
-            })
-            .collect())
+        Ok(hits(r.result))
+    }
+
+    async fn item_vectors(&self, collection: &str, ids: &[u64]) -> Result<Vec<(u64, SparseVector)>, StoreError> {
+        if !self.layout(collection).await?.items {
+            return Ok(Vec::new());
+        }
+        let point_ids: Vec<PointId> = ids.iter().map(|id| PointId::from(*id)).collect();
+        let req = GetPointsBuilder::new(collection, point_ids)
+            .with_payload(false)
+            .with_vectors(VectorsSelector { names: vec![ITEMS.to_string()] });
+        let r = self.client.get_points(req).await.map_err(engine("retrieve"))?;
+        let mut found: HashMap<u64, SparseVector> = HashMap::new();
+        for p in r.result {
+            let Some(id) = num_id(p.id.as_ref()) else { continue };
+            let Some(VectorsOptions::Vectors(mut named)) = p.vectors.and_then(|v| v.vectors_options) else { continue };
+            if let Some(vector_output::Vector::Sparse(v)) = named.vectors.remove(ITEMS).and_then(|v| v.vector) {
+                found.insert(id, SparseVector { entries: v.indices.into_iter().zip(v.values).collect() });
+            }
+        }
+        Ok(ids.iter().filter_map(|id| Some((*id, found.remove(id)?))).collect())
+    }
+
+    async fn search_items(&self, collection: &str, query: &ItemsQuery) -> Result<ItemsHits, StoreError> {
+        let layout = self.layout(collection).await?;
+        if !layout.items {
+            return Ok(ItemsHits::default());
+        }
+        // Both searches in one batch request: one round trip.
+        let mut batch = Vec::new();
+        let weighted = !query.query.entries.is_empty() && query.limit > 0;
+        if weighted {
+            let (indices, values) = query.query.split();
+            batch.push(
+                QueryPointsBuilder::new(collection)
+                    .query(Query::new_nearest(VectorInput::new_sparse(indices, values)))
+                    .using(ITEMS)
+                    .filter(exclusion(&query.exclude_ids))
+                    .limit(query.limit as u64)
+                    .with_payload(true)
+                    .build(),
+            );
+        }
+        let fresh = match (&query.fresh, &layout.content) {
+            (Some(vector), Some(name)) if query.fresh_limit > 0 => {
+                let mut filter = exclusion(&query.exclude_ids);
+                filter.must_not.push(Condition::has_vector(ITEMS));
+                let mut q = QueryPointsBuilder::new(collection)
+                    .query(Query::new_nearest(vector.clone()))
+                    .filter(filter)
+                    .limit(query.fresh_limit as u64)
+                    .with_payload(true);
+                if !name.is_empty() {
+                    q = q.using(name.as_str());
+                }
+                if query.exact || query.ef.is_some() {
+                    let mut params = SearchParamsBuilder::default().exact(query.exact);
+                    if let Some(ef) = query.ef {
+                        params = params.hnsw_ef(ef as u64);
+                    }
+                    q = q.params(params);
+                }
+                batch.push(q.build());
+                true
+            }
+            _ => false,
+        };
+        if batch.is_empty() {
+            return Ok(ItemsHits::default());
+        }
+        let r =
+            self.client.query_batch(QueryBatchPointsBuilder::new(collection, batch)).await.map_err(engine("search"))?;
+        let mut results = r.result.into_iter().map(|b| hits(b.result));
+        let weighted = if weighted { results.next().unwrap_or_default() } else { Vec::new() };
+        let fresh = if fresh { results.next().unwrap_or_default() } else { Vec::new() };
+        Ok(ItemsHits { weighted, fresh })
     }
 
     async fn live(&self) -> Result<Option<String>, StoreError> {

@@ -103,6 +103,10 @@ enum Cmd {
         /// Factorisation parameters (JSON).
         #[arg(long, default_value = "{}")]
         params: String,
+        /// Also fit the item weights with these parameters (JSON, e.g. '{}' for the defaults):
+        /// their solve time and the peak memory are part of the report.
+        #[arg(long)]
+        items: Option<String>,
         /// Copy this edge store's live collection with the behaviour vectors added, and make
         /// the copy live (prepares a load benchmark of a strategy that uses them).
         #[arg(long)]
@@ -145,9 +149,11 @@ fn main() -> Result<()> {
             let graphs = hnsw.iter().map(|h| parse_hnsw(h)).collect::<Result<Vec<_>>>()?;
             runtime()?.block_on(recall(&edge_dir, queries, k, &ef, &graphs, latency_queries, seed))
         }
-        Cmd::Behaviour { db, params, attach } => {
+        Cmd::Behaviour { db, params, items, attach } => {
             let params: behaviour::Params = serde_json::from_str(&params).context("--params")?;
-            runtime()?.block_on(behaviour_job(&db, &params, attach.as_deref()))
+            let items: Option<behaviour::items::ItemParams> =
+                items.map(|i| serde_json::from_str(&i)).transpose().context("--items")?;
+            runtime()?.block_on(behaviour_job(&db, &params, items.as_ref(), attach.as_deref()))
         }
     }
 }
@@ -200,6 +206,8 @@ async fn copy_points(store: &EdgeStore, collection: &str) -> Result<Vec<MoviePoi
                 id: d.id,
                 vector: content.remove(&d.id)?,
                 behaviour: behaviour.remove(&d.id),
+                item_dim: None,
+                items: None,
                 movie_id: d.movie_id,
                 title: String::new(),
                 year: None,
@@ -214,6 +222,7 @@ async fn build(store: &EdgeStore, name: &str, points: &[MoviePoint], hnsw: Hnsw)
     let spec = CollectionSpec {
         content_dim: points.first().map(|p| p.vector.len()).context("no points")?,
         behaviour_dim: points.iter().find_map(|p| p.behaviour.as_ref().map(Vec::len)),
+        items: points.iter().any(|p| p.items.is_some()),
         hnsw,
     };
     store.drop_collection(name).await?;
@@ -308,10 +317,15 @@ async fn recall(
     Ok(())
 }
 
-async fn behaviour_job(db: &db::args::DatabaseArgs, params: &behaviour::Params, attach: Option<&Path>) -> Result<()> {
+async fn behaviour_job(
+    db: &db::args::DatabaseArgs,
+    params: &behaviour::Params,
+    items: Option<&behaviour::items::ItemParams>,
+    attach: Option<&Path>,
+) -> Result<()> {
     let pool = db.pool(2).await?;
     let started = Instant::now();
-    let run = embedder::behaviour::compute(&pool, params).await?;
+    let run = embedder::behaviour::compute(&pool, params, items).await?;
     let seconds = started.elapsed().as_secs_f64();
     println!("{}", run.render());
     println!("embed-bench behaviour: {seconds:.1} s wall, peak RSS {:.0} MiB", peak_rss_mib());
@@ -321,6 +335,9 @@ async fn behaviour_job(db: &db::args::DatabaseArgs, params: &behaviour::Params, 
     let mut points = copy_points(&store, &live).await?;
     for p in &mut points {
         p.behaviour = run.vectors.by_movie.get(&p.movie_id).cloned();
+        let entry = run.vectors.items.get(&p.movie_id);
+        p.item_dim = entry.and_then(|e| e.dim);
+        p.items = entry.and_then(|e| e.vector.clone());
     }
     let with = points.iter().filter(|p| p.behaviour.is_some()).count();
     let name = format!("{live}_b{}", run.vectors.version);
@@ -437,6 +454,8 @@ fn search(catalog: &Path, paths: &ModelPaths, total: usize, queries: usize, vect
             id: point_id(&m.movie_id),
             vector: v.clone(),
             behaviour: None,
+            item_dim: None,
+            items: None,
             movie_id: m.movie_id.clone(),
             title: m.title.clone(),
             year: m.year,
@@ -467,7 +486,10 @@ fn search(catalog: &Path, paths: &ModelPaths, total: usize, queries: usize, vect
         let store = EdgeStore::open(dir.path())?;
         let name = "movies_bench";
         store
-            .create_collection(name, &CollectionSpec { content_dim: dim, behaviour_dim: None, hnsw: Hnsw::default() })
+            .create_collection(
+                name,
+                &CollectionSpec { content_dim: dim, behaviour_dim: None, items: false, hnsw: Hnsw::default() },
+            )
             .await?;
         let started = Instant::now();
         for chunk in points.chunks(1_000) {

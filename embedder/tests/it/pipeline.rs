@@ -225,8 +225,12 @@ fn a_missing_model_is_one_clear_line_and_a_failure() {
     let store = EdgeStore::open(dir.path()).expect("store");
     let rt = tokio::runtime::Runtime::new().expect("rt");
     rt.block_on(async {
-        let spec =
-            vectorstore::CollectionSpec { content_dim: 4, behaviour_dim: None, hnsw: vectorstore::Hnsw::default() };
+        let spec = vectorstore::CollectionSpec {
+            content_dim: 4,
+            behaviour_dim: None,
+            items: false,
+            hnsw: vectorstore::Hnsw::default(),
+        };
         store.create_collection("movies_x", &spec).await.expect("create");
         store.set_live("movies_x").await.expect("live");
     });

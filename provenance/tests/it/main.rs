@@ -1,4 +1,5 @@
 //! Integration tests of provenance: replay on the real stack, pruning on a real Postgres.
 
+mod items;
 mod prune;
 mod replay;

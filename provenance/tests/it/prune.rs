@@ -37,12 +37,14 @@ async fn popularity_run(pool: &sqlx::PgPool, run: i64, computed_at: DateTime<Utc
 }
 
 async fn collection(pool: &sqlx::PgPool, store: &EdgeStore, name: &str, state: &str) {
-    let spec = CollectionSpec { content_dim: 4, behaviour_dim: None, hnsw: Default::default() };
+    let spec = CollectionSpec { content_dim: 4, behaviour_dim: None, items: false, hnsw: Default::default() };
     store.create_collection(name, &spec).await.expect("create");
     let point = MoviePoint {
         id: vectorstore::point_id("m1"),
         vector: vec![1.0, 0.0, 0.0, 0.0],
         behaviour: None,
+        item_dim: None,
+        items: None,
         movie_id: "m1".into(),
         title: "M1".into(),
         year: None,

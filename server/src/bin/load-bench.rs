@@ -527,7 +527,7 @@ async fn vectors(from: &std::path::Path, to: &std::path::Path, movies: usize) ->
     let target = EdgeStore::open(to)?;
     let name = format!("movies_bench_{movies}");
     target.drop_collection(&name).await?;
-    let spec = CollectionSpec { content_dim: dim, behaviour_dim: None, hnsw: Hnsw::default() };
+    let spec = CollectionSpec { content_dim: dim, behaviour_dim: None, items: false, hnsw: Hnsw::default() };
     target.create_collection(&name, &spec).await?;
     let started = Instant::now();
     let mut batch = Vec::with_capacity(1_000);
@@ -546,6 +546,8 @@ async fn vectors(from: &std::path::Path, to: &std::path::Path, movies: usize) ->
             id: point_id(&movie_id),
             vector,
             behaviour: None,
+            item_dim: None,
+            items: None,
             movie_id,
             title: format!("Synthetic {i}"),
             year: Some(1950 + (i % 75) as i32),

@@ -196,3 +196,22 @@ async fn a_stage_past_its_deadline_keeps_its_connection_and_the_excess_is_shed()
 async fn get_owned(url: String) -> crate::helpers::Reply {
     get(&url, &[]).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_weights_model_on_a_collection_without_weights_degrades_and_says_why() {
+    let stack = Stack::new().await;
+    let mut config = stack.config();
+    config.model = strategy::ModelSpec { strategy: "items-v1".into(), params: serde_json::json!({}) };
+    let server = server::start(config).await.expect("start");
+    let base = format!("http://{}", server.http_addr);
+    crate::helpers::wait_ready(&base).await;
+    let r = get(&format!("{base}/recommend/1"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-recommendation-kind"), "degraded");
+    assert!(r.header("x-degraded").contains("has no item weights"), "{}", r.header("x-degraded"));
+    let seen: HashSet<String> = stack.seen(1).await.into_iter().collect();
+    assert!(r.body.split(',').all(|m| !seen.contains(m)), "popularity minus watched");
+    let metrics = get(&format!("{base}/metrics"), &[]).await.body;
+    assert!(metrics.contains("lazyrec_server_degraded_total{reason=\"no_item_weights\""), "{metrics}");
+    server.shutdown().await.expect("shutdown");
+}
