@@ -14,9 +14,15 @@
 #                                  behaviour --attach`: time and peak memory of the job), then the
 #                                  server with neighbours-v1 and with neighbours-v2 (the default),
 #                                  one after the other: 500/s from cold caches, 500/s, 1,000/s
+#   ci/bench-overload.sh items     item weights for the 27k collection (`embed-bench behaviour
+#                                  --items '{}' --attach`: time and peak memory of the job), then
+#                                  neighbours-v2 and items-v1, each a fresh server: 100/s for 60 s
+#                                  from cold (degraded share per second), 1,000/s for 20 s, and
+#                                  rates stepped 1,000 → 8,000/s (10 s each: the unshed capacity)
 # Rates: STEADY (default 4000/s), OVER (default 10000/s: 2× the ~5000/s a warm server serves
 # undegraded on 2 cores), AFTER (default 2000/s), SECS per phase (default 20), WARMUP seconds at
-# STEADY before the measured phases (default 20; 0 shows a cold start).
+# STEADY before the measured phases (default 20; 0 shows a cold start). SERVER_ENV: extra
+# environment for the server, e.g. SERVER_ENV=LAZYREC_SERVER_MODEL__STRATEGY=items-v1.
 source "$(dirname "$0")/lib.sh"
 BENCH_STATE="${BENCH_STATE:-/tmp/lazyrec-overload}"
 export LAZYREC_STATE_DIR="$BENCH_STATE"
@@ -79,7 +85,8 @@ sessions() { psql -At "$DATABASE_URL" -c "SELECT sum(sessions), sum(sessions_aba
 
 # One build: the server alone, then the load balancer in front of it.
 run_build() { # label
-  server_up
+  # shellcheck disable=SC2086
+  server_up ${SERVER_ENV:-}
   say "$1: the server alone: $(phases)"
   # shellcheck disable=SC2046
   "$BIN/load-bench" overload --url http://127.0.0.1:8080 $(phases) --server-pid "$SERVER_PID"
@@ -109,6 +116,31 @@ models() {
     "$BIN/load-bench" run --rate 500 --seconds 20 --server-pid "$SERVER_PID"
     "$BIN/load-bench" run --rate 1000 --seconds 20 --server-pid "$SERVER_PID"
     curl -s http://127.0.0.1:8080/metrics | grep -E '^lazyrec_server_(degraded_total|cache_requests_total)' || true
+    stop "$SERVER_PID"
+  done
+}
+
+# The item model against neighbours-v2 at course scale, in one run.
+items() {
+  prepare
+  machine
+  trap 'stop ${SERVER_PID:-}' EXIT
+  if ! "$BIN/embedder" status --edge-dir "$BENCH_STATE/qdrant-edge" | grep '(live)' | grep -q '\.ease-'; then
+    say "behaviour vectors and item weights for the course-scale collection"
+    /usr/bin/time -f "embed-bench behaviour --items --attach: %e s wall, peak RSS %M KiB" \
+      "$BIN/embed-bench" behaviour --database-url "$DATABASE_URL" --items "${ITEMS:-{\}}" --attach "$BENCH_STATE/qdrant-edge"
+  fi
+  for model in ${MODELS:-neighbours-v2 items-v1}; do
+    server_up LAZYREC_SERVER_MODEL__STRATEGY="$model"
+    say "$model: a freshly started server at 100/s for 60 s"
+    "$BIN/load-bench" overload --phase 100x60 --server-pid "$SERVER_PID" | grep -E '^(phase|last)|^ *[0-9]+ ' | awk 'NR<=62'
+    say "$model: 1,000/s for 20 s"
+    "$BIN/load-bench" overload --phase 1000x20 --server-pid "$SERVER_PID" | grep -E '^phase'
+    say "$model: capacity (rates stepped up, 10 s each)"
+    # shellcheck disable=SC2046
+    "$BIN/load-bench" overload $(for r in 1000 2000 3000 4000 5000 6000 8000; do echo --phase "${r}x10"; done) \
+      --server-pid "$SERVER_PID" | grep -E '^phase'
+    curl -s http://127.0.0.1:8080/metrics | grep -E '^lazyrec_server_(degraded_total|store_calls_(count|sum|bucket.*le="2"))' || true
     stop "$SERVER_PID"
   done
 }
@@ -166,5 +198,6 @@ case "${1:-run}" in
   run) run ;;
   fresh) fresh ;;
   models) models ;;
-  *) echo "usage: $0 prepare|run|fresh|models" >&2; exit 2 ;;
+  items) items ;;
+  *) echo "usage: $0 prepare|run|fresh|models|items" >&2; exit 2 ;;
 esac

@@ -5,8 +5,13 @@
 # `lazyrec-release evaluate --release ID --act` looks every LOOK seconds until it promotes or
 # aborts. State in .state/simulate (the held-out load of `ci/up.sh --simulate`).
 #   ci/release-demo.sh [RATE] [LOOK_SECONDS]        (default 150 req/s, a look every 20 s)
+# MAIN_MODEL / NIGHTLY_MODEL (default neighbours-v1 / neighbours-v2) choose the two strategies;
+# WARM_USERS (default: the controller's) how many recent users' requests warm the nightly
+# before it is routed (0: none — a cold nightly against the latency guardrail).
 RATE="${1:-150}"
 LOOK="${2:-20}"
+MAIN_MODEL="${MAIN_MODEL:-neighbours-v1}"
+NIGHTLY_MODEL="${NIGHTLY_MODEL:-neighbours-v2}"
 source "$(dirname "$0")/lib.sh"
 export LAZYREC_SIM_STATE_DIR="${LAZYREC_SIM_STATE_DIR:-$ROOT/.state/simulate}"
 "$ROOT/ci/up.sh" --simulate "$RATE" --no-serve >/dev/null
@@ -17,8 +22,8 @@ eval "export $("$BIN/lazyrec-db" up)"
 trap 'stop_stack' EXIT
 stop_stack
 prepare_stack
-LAZYREC_SERVER_MODEL__STRATEGY=neighbours-v1 start_server main 8080 50051
-LAZYREC_SERVER_MODEL__STRATEGY=neighbours-v2 start_server nightly 8081 50052
+LAZYREC_SERVER_MODEL__STRATEGY="$MAIN_MODEL" start_server main 8080 50051
+LAZYREC_SERVER_MODEL__STRATEGY="$NIGHTLY_MODEL" start_server nightly 8081 50052
 # The load balancer starts with main only; the release routes the nightly share (an earlier run's
 # routing file would override that: removed).
 start_lb main-only
@@ -27,9 +32,9 @@ wait_ready 8080 8081 8082
 start_ingester "$RUN/simulated.log"
 export LAZYREC_LB_ADMIN_TOKEN="$(cat "$RUN/admin-token")"
 TAG="release-recommender-nightly-demo$(date +%s)"
-say "start $TAG: neighbours-v2 against main's neighbours-v1"
-out="$("$BIN/lazyrec-release" start --tag "$TAG" --strategy neighbours-v2 --reference neighbours-v1 \
-  --nightly http://127.0.0.1:8081)" || { echo "$out"; exit 1; }
+say "start $TAG: $NIGHTLY_MODEL against main's $MAIN_MODEL"
+out="$("$BIN/lazyrec-release" start --tag "$TAG" --strategy "$NIGHTLY_MODEL" --reference "$MAIN_MODEL" \
+  --nightly http://127.0.0.1:8081 ${WARM_USERS:+--warm-users "$WARM_USERS"})" || { echo "$out"; exit 1; }
 echo "$out"
 ID="$(echo "$out" | sed -n 's/^release \([0-9]*\): .*/\1/p')"
 start_simulator "$RATE" "file:$RUN/simulated.log"

@@ -6,6 +6,8 @@
 # the same database; `ci/up.sh --simulate` ingests into .state/simulate, which would consume the
 # futures). Prints both reports and the difference of conversion with its 95 % interval.
 #   ci/simulate.sh compare [REQUESTS] [RATE]      (default 6000 requests at 200/s)
+# MODELS="reference candidate" (default "popularity-v1 neighbours-v2") names the two; each run
+# also gets `lazyrec-report` over its own window (coverage, Gini of exposure) in $OUT/<model>.report.
 source "$(dirname "$0")/lib.sh"
 [ "${1:-}" = compare ] || { echo "usage: ci/simulate.sh compare [REQUESTS] [RATE]" >&2; exit 2; }
 REQUESTS="${2:-6000}"
@@ -18,7 +20,8 @@ eval "export $("$BIN/lazyrec-db" up)"
 OUT="$LAZYREC_STATE_DIR/experiment"
 mkdir -p "$OUT"
 trap 'stop_stack' EXIT
-for model in popularity-v1 neighbours-v2; do
+read -r REFERENCE CANDIDATE <<<"${MODELS:-popularity-v1 neighbours-v2}"
+for model in "$REFERENCE" "$CANDIDATE"; do
   stop_stack
   prepare_stack
   # Both servers run the model: every request is answered by it, whichever variant.
@@ -27,7 +30,11 @@ for model in popularity-v1 neighbours-v2; do
   start_lb
   wait_ready 8080 8081 8082
   say "simulating $REQUESTS requests at $RATE/s against $model"
+  since="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   "$BIN/lazyrec-sim" run --futures "$LAZYREC_STATE_DIR/futures.tsv" --rate "$RATE" --requests "$REQUESTS" \
     --seed 42 --output none --json "$OUT/$model.json" --no-progress | tee "$OUT/$model.txt"
+  sleep 3 # the load balancer's shipper stores the last rows
+  "$BIN/lazyrec-report" --since "$since" --until "$(date -u -d '+1 second' +%Y-%m-%dT%H:%M:%SZ)" >"$OUT/$model.report"
+  grep -E '^(coverage|Gini)' "$OUT/$model.report" | sed "s/^/$model: /"
 done
-"$BIN/lazyrec-sim" compare "$OUT/neighbours-v2.json" "$OUT/popularity-v1.json" | tee "$OUT/compare.txt"
+"$BIN/lazyrec-sim" compare "$OUT/$CANDIDATE.json" "$OUT/$REFERENCE.json" | tee "$OUT/compare.txt"
