@@ -17,7 +17,9 @@ export LAZYREC_SIM_STATE_DIR="${LAZYREC_SIM_STATE_DIR:-$ROOT/.state/simulate}"
 "$ROOT/ci/up.sh" --simulate "$RATE" --no-serve >/dev/null
 export LAZYREC_STATE_DIR="$LAZYREC_SIM_STATE_DIR"
 source "$ROOT/ci/stack.sh"
-cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" -p release --bin lazyrec-release
+# The whole workspace, as ci/test.sh builds it (a per-package build unifies features differently
+# and rebuilds qdrant-edge).
+cargo build --release --quiet --workspace --bins
 eval "export $("$BIN/lazyrec-db" up)"
 trap 'stop_stack' EXIT
 stop_stack

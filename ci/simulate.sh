@@ -8,10 +8,16 @@
 #   ci/simulate.sh compare [REQUESTS] [RATE]      (default 6000 requests at 200/s)
 # MODELS="reference candidate" (default "popularity-v1 neighbours-v2") names the two; each run
 # also gets `lazyrec-report` over its own window (coverage, Gini of exposure) in $OUT/<model>.report.
+#   ci/simulate.sh calls [SECONDS] [RATE]         (default 600 s at 100/s) the default model on both
+#                                                 servers; prints each server's store calls per
+#                                                 request (lazyrec_server_store_calls)
 source "$(dirname "$0")/lib.sh"
-[ "${1:-}" = compare ] || { echo "usage: ci/simulate.sh compare [REQUESTS] [RATE]" >&2; exit 2; }
-REQUESTS="${2:-6000}"
-RATE="${3:-200}"
+MODE="${1:-}"
+case "$MODE" in
+  compare) REQUESTS="${2:-6000}"; RATE="${3:-200}" ;;
+  calls) SECONDS_RUN="${2:-600}"; RATE="${3:-100}" ;;
+  *) echo "usage: ci/simulate.sh compare [REQUESTS] [RATE] | calls [SECONDS] [RATE]" >&2; exit 2 ;;
+esac
 export LAZYREC_SIM_STATE_DIR="${LAZYREC_EXPERIMENT_STATE_DIR:-$ROOT/.state/experiment}"
 "$ROOT/ci/up.sh" --simulate "$RATE" --no-serve >/dev/null
 export LAZYREC_STATE_DIR="$LAZYREC_SIM_STATE_DIR"
@@ -20,6 +26,22 @@ eval "export $("$BIN/lazyrec-db" up)"
 OUT="$LAZYREC_STATE_DIR/experiment"
 mkdir -p "$OUT"
 trap 'stop_stack' EXIT
+if [ "$MODE" = calls ]; then
+  stop_stack
+  prepare_stack
+  start_server main 8080 50051
+  start_server nightly 8081 50052
+  start_lb
+  wait_ready 8080 8081 8082
+  say "simulating ${SECONDS_RUN} s at $RATE/s against the default model"
+  "$BIN/lazyrec-sim" run --futures "$LAZYREC_STATE_DIR/futures.tsv" --rate "$RATE" --duration "${SECONDS_RUN}s" \
+    --seed 42 --output none --no-progress | head -4
+  for port in 8080 8081; do
+    curl -s "http://127.0.0.1:$port/metrics" | grep -E '^lazyrec_server_store_calls_(count|sum|bucket.*le="(1|2|3)")' \
+      | sed "s/^/:$port /"
+  done
+  exit 0
+fi
 read -r REFERENCE CANDIDATE <<<"${MODELS:-popularity-v1 neighbours-v2}"
 for model in "$REFERENCE" "$CANDIDATE"; do
   stop_stack

@@ -68,13 +68,22 @@ pub struct Caches {
     pub user_history_ttl_ms: u64,
     /// Neighbour lists kept (one per movie; the course catalog has ~27k movies).
     pub neighbour_lists: u64,
+    /// An item-weights model's candidates kept (one per user and history watermark, ~5 KB
+    /// each): a user asking again before new events arrive costs no store call.
+    pub item_candidates: u64,
     /// How often the popularity list, the ingest watermark and the live collection are re-read.
     pub refresh_ms: u64,
 }
 
 impl Default for Caches {
     fn default() -> Self {
-        Self { user_histories: 200_000, user_history_ttl_ms: 5_000, neighbour_lists: 50_000, refresh_ms: 1_000 }
+        Self {
+            user_histories: 200_000,
+            user_history_ttl_ms: 5_000,
+            neighbour_lists: 50_000,
+            item_candidates: 20_000,
+            refresh_ms: 1_000,
+        }
     }
 }
 

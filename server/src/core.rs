@@ -116,6 +116,9 @@ pub struct Core {
     store_ok: AtomicBool,
     histories: Cache<i64, Arc<History>>,
     neighbours: Cache<(Arc<str>, Space, u64), Arc<Vec<Hit>>>,
+    /// An item-weights plan's candidates by (collection, user, history watermark): the same
+    /// history searched in the same collection gives the same candidates.
+    candidates: Cache<(Arc<str>, i64, i64), Arc<(Vec<Hit>, Vec<Hit>)>>,
     postgres_gate: Gate,
     vector_gate: Gate,
     degraded_log: LogThrottle,
@@ -189,6 +192,7 @@ impl Core {
             .time_to_live(Duration::from_millis(config.caches.user_history_ttl_ms))
             .build();
         let neighbours = Cache::builder().max_capacity(config.caches.neighbour_lists).build();
+        let candidates = Cache::builder().max_capacity(config.caches.item_candidates).build();
         let pinned = config.store.collection.as_deref().map(|name| Live { name: Arc::from(name), dims: None });
         let postgres_gate = Gate::new("postgres", config.postgres_limits(), &metrics);
         let vector_gate = Gate::new("vector_store", config.admission.vector_store, &metrics);
@@ -205,6 +209,7 @@ impl Core {
             store_ok: AtomicBool::new(false),
             histories,
             neighbours,
+            candidates,
             postgres_gate,
             vector_gate,
             degraded_log: LogThrottle::new(),
@@ -434,7 +439,7 @@ impl Core {
             return;
         }
         let plan = self.model.plan(&history);
-        match tokio::time::timeout(within, self.item_candidates(&history, &plan, Admit::Patiently)).await {
+        match tokio::time::timeout(within, self.item_candidates(None, &history, &plan, Admit::Patiently)).await {
             Ok(Ok(_)) => tracing::info!(ms = started.elapsed().as_millis() as u64, "vector engine warm"),
             Ok(Err(e)) => tracing::warn!(error = %e, "warming the vector engine failed"),
             Err(_) => tracing::warn!(
@@ -482,7 +487,11 @@ impl Core {
             let started = Instant::now();
             let within = self.config.deadlines.vector();
             let result = if plan.items > 0 {
-                tokio::time::timeout(within, self.item_candidates(&history, &plan, Admit::Within(within))).await
+                tokio::time::timeout(
+                    within,
+                    self.item_candidates(Some(user_id), &history, &plan, Admit::Within(within)),
+                )
+                .await
             } else {
                 tokio::time::timeout(within, self.neighbour_lists(&history, &plan, Admit::Within(within))).await
             };
@@ -597,10 +606,12 @@ impl Core {
         }
     }
 
-    /// An item-weights plan's candidates (one admission slot, at most two store calls), the
-    /// collection they came from and the store calls made.
+    /// An item-weights plan's candidates (one admission slot, at most two store calls; none
+    /// when `user`'s candidates for this history are cached), the collection they came from and
+    /// the store calls made.
     async fn item_candidates(
         &self,
+        user: Option<i64>,
         history: &History,
         plan: &Plan,
         admit: Admit,
@@ -612,6 +623,15 @@ impl Core {
             Some(dims) if !dims.dims.is_empty() => dims.clone(),
             _ => return Err(StageError::NoItemWeights(live.name.to_string())),
         };
+        let key = user.map(|u| (live.name.clone(), u, history.watermark));
+        if let Some(key) = &key {
+            let cached = self.candidates.get(key).await;
+            self.metrics.cache_lookup("item_candidates", cached.is_some());
+            if let Some(found) = cached {
+                let neighbours = Neighbours { items: found.0.clone(), fresh: found.1.clone(), ..Neighbours::default() };
+                return Ok((neighbours, live.name, 0));
+            }
+        }
         let permit = match admit {
             Admit::Within(wait) => self.vector_gate.admit(wait).await,
             Admit::Patiently => self.vector_gate.admit_patiently().await,
@@ -629,6 +649,9 @@ impl Core {
             .await
             .map_err(|e| StageError::VectorStore(format!("task: {e}")))?
             .map_err(|e| StageError::VectorStore(e.to_string()))?;
+        if let Some(key) = key {
+            self.candidates.insert(key, Arc::new((found.weighted.clone(), found.fresh.clone()))).await;
+        }
         let neighbours = Neighbours { items: found.weighted, fresh: found.fresh, ..Neighbours::default() };
         Ok((neighbours, live.name, found.calls))
     }

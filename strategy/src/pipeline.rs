@@ -211,7 +211,8 @@ mod tests {
 
     #[test]
     fn every_stage_has_one_answer_and_names_what_it_read() {
-        let model = Model::build(&ModelSpec::default(), Search::default()).expect("model");
+        let spec = ModelSpec { strategy: NeighboursV2::NAME.into(), params: serde_json::json!({}) };
+        let model = Model::build(&spec, Search::default()).expect("model");
         assert_eq!(model.strategy_name(), NeighboursV2::NAME);
         let popularity = Popularity { movies: vec!["p1".into(), "seen".into(), "p2".into()], ..Default::default() };
         let history = History {

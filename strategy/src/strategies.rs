@@ -29,8 +29,10 @@ pub(crate) fn empty_params() -> serde_json::Value {
 }
 
 impl Default for ModelSpec {
+    /// `items-v1`: ahead of neighbours-v2 offline on every split and online (EVALUATION.md,
+    /// 2026-12-05), at a fraction of its cost (BENCHMARKS.md).
     fn default() -> Self {
-        Self { strategy: NeighboursV2::NAME.into(), params: empty_params() }
+        Self { strategy: ItemsV1::NAME.into(), params: empty_params() }
     }
 }
 

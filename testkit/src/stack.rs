@@ -144,6 +144,9 @@ impl Stack {
                 ..defaults.store.clone()
             },
             state_dir: self.edge.path().to_path_buf(),
+            // The shared store holds content vectors only: neighbours-v2 ranks with them.
+            // Tests of items-v1 add item weights first (`attach_item_weights`).
+            model: strategy::ModelSpec { strategy: "neighbours-v2".into(), params: serde_json::json!({}) },
             ..defaults
         }
     }
