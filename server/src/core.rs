@@ -118,11 +118,14 @@ pub struct Core {
     neighbours: Cache<(Arc<str>, Space, u64), Arc<Vec<Hit>>>,
     /// An item-weights plan's candidates by (collection, user, history watermark): the same
     /// history searched in the same collection gives the same candidates.
-    candidates: Cache<(Arc<str>, i64, i64), Arc<(Vec<Hit>, Vec<Hit>)>>,
+    candidates: CandidateCache,
     postgres_gate: Gate,
     vector_gate: Gate,
     degraded_log: LogThrottle,
 }
+
+/// (collection, user, history watermark) → what an item-weights plan's search found.
+type CandidateCache = Cache<(Arc<str>, i64, i64), Arc<strategy::fetch::ItemCandidates>>;
 
 /// The collection answers read, with its item dimensions when the model reads item weights
 /// (loaded once per collection, before requests are switched to it).
@@ -628,7 +631,8 @@ impl Core {
             let cached = self.candidates.get(key).await;
             self.metrics.cache_lookup("item_candidates", cached.is_some());
             if let Some(found) = cached {
-                let neighbours = Neighbours { items: found.0.clone(), fresh: found.1.clone(), ..Neighbours::default() };
+                let neighbours =
+                    Neighbours { items: found.weighted.clone(), fresh: found.fresh.clone(), ..Neighbours::default() };
                 return Ok((neighbours, live.name, 0));
             }
         }
@@ -650,7 +654,7 @@ impl Core {
             .map_err(|e| StageError::VectorStore(format!("task: {e}")))?
             .map_err(|e| StageError::VectorStore(e.to_string()))?;
         if let Some(key) = key {
-            self.candidates.insert(key, Arc::new((found.weighted.clone(), found.fresh.clone()))).await;
+            self.candidates.insert(key, Arc::new(found.clone())).await;
         }
         let neighbours = Neighbours { items: found.weighted, fresh: found.fresh, ..Neighbours::default() };
         Ok((neighbours, live.name, found.calls))
