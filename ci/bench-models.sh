@@ -23,11 +23,7 @@ grep -m1 "model name" /proc/cpuinfo | sed 's/.*: /cpu: /'; echo "cores: $(nproc)
 trap 'stop_stack' EXIT
 for model in "$@"; do
   stop_stack
-  prepare_stack
-  LAZYREC_SERVER_MODEL__STRATEGY="$model" start_server main 8080 50051
-  LAZYREC_SERVER_MODEL__STRATEGY="$model" start_server nightly 8081 50052
-  start_lb
-  wait_ready 8080 8081 8082
+  start_model_stack "$model"
   say "$model through :8082, 610 users, rates $RATES (${SECS} s each)"
   # shellcheck disable=SC2046
   "$BIN/load-bench" overload --url http://127.0.0.1:8082 --users 610 \

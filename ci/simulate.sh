@@ -28,11 +28,7 @@ mkdir -p "$OUT"
 trap 'stop_stack' EXIT
 if [ "$MODE" = calls ]; then
   stop_stack
-  prepare_stack
-  start_server main 8080 50051
-  start_server nightly 8081 50052
-  start_lb
-  wait_ready 8080 8081 8082
+  start_model_stack
   say "simulating ${SECONDS_RUN} s at $RATE/s against the default model"
   "$BIN/lazyrec-sim" run --futures "$LAZYREC_STATE_DIR/futures.tsv" --rate "$RATE" --duration "${SECONDS_RUN}s" \
     --seed 42 --output none --no-progress | head -4
@@ -45,12 +41,8 @@ fi
 read -r REFERENCE CANDIDATE <<<"${MODELS:-popularity-v1 neighbours-v2}"
 for model in "$REFERENCE" "$CANDIDATE"; do
   stop_stack
-  prepare_stack
   # Both servers run the model: every request is answered by it, whichever variant.
-  LAZYREC_SERVER_MODEL__STRATEGY="$model" start_server main 8080 50051
-  LAZYREC_SERVER_MODEL__STRATEGY="$model" start_server nightly 8081 50052
-  start_lb
-  wait_ready 8080 8081 8082
+  start_model_stack "$model"
   say "simulating $REQUESTS requests at $RATE/s against $model"
   since="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   "$BIN/lazyrec-sim" run --futures "$LAZYREC_STATE_DIR/futures.tsv" --rate "$RATE" --requests "$REQUESTS" \

@@ -56,6 +56,19 @@ start_server() { # variant http-port grpc-port
   echo $! > "$RUN/$1.pid"
 }
 
+# Fresh store copies, both servers answering with MODEL (none: the configured default) and the
+# load balancer; returns when all three answer.
+start_model_stack() { # [model]
+  prepare_stack
+  (
+    [ -z "${1:-}" ] || export LAZYREC_SERVER_MODEL__STRATEGY="$1"
+    start_server main 8080 50051
+    start_server nightly 8081 50052
+  )
+  start_lb
+  wait_ready 8080 8081 8082
+}
+
 # The load balancer; `start_lb main-only`: no nightly (a release routes it) and the configured
 # routing (the routing file an earlier run's admin changes left is removed: it would win).
 start_lb() {

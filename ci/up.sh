@@ -69,10 +69,11 @@ else
 fi
 say "embedding the catalog (a new collection only when it changed; the first run embeds every movie)"
 "$BIN/embedder" embed
-# Behaviour vectors (neighbours-v2, the default model, searches them): computed once here; run
-# `embedder behaviour` again after new interactions (the release pipeline will).
+# Behaviour vectors and item weights (items-v1, the default model, searches the item weights):
+# computed once here; run `embedder behaviour` again after new interactions (the release
+# pipeline will).
 if ! "$BIN/embedder" status | grep '(live)' | grep -q '\.ease-'; then
-  say "behaviour vectors from the interactions"
+  say "behaviour vectors and item weights from the interactions"
   "$BIN/embedder" behaviour --no-progress
 fi
 say "summary"

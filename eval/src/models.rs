@@ -570,14 +570,10 @@ impl Served {
         index
             .search(&query, plan.fresh + history.watched.len(), None)
             .into_iter()
-            .map(|(i, score)| Hit { id: 0, movie_id: self.index_name(i), score })
+            .map(|(i, score)| Hit { id: 0, movie_id: self.names[i as usize].clone(), score })
             .filter(|h| !seen.contains(h.movie_id.as_str()))
             .take(plan.fresh)
             .collect()
-    }
-
-    fn index_name(&self, i: u32) -> String {
-        self.names[i as usize].clone()
     }
 }
 

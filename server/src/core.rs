@@ -636,11 +636,7 @@ impl Core {
                 return Ok((neighbours, live.name, 0));
             }
         }
-        let permit = match admit {
-            Admit::Within(wait) => self.vector_gate.admit(wait).await,
-            Admit::Patiently => self.vector_gate.admit_patiently().await,
-        }
-        .map_err(StageError::VectorStoreShed)?;
+        let permit = self.admit_vector(admit).await?;
         let (store, search, collection) = (self.store.clone(), self.model.search(), live.name.clone());
         let (history, plan) = (history.clone(), plan.clone());
         // A detached task holding the slot (as for neighbour lists): a search past the deadline
@@ -658,6 +654,15 @@ impl Core {
         }
         let neighbours = Neighbours { items: found.weighted, fresh: found.fresh, ..Neighbours::default() };
         Ok((neighbours, live.name, found.calls))
+    }
+
+    /// A slot of the vector stage, as `admit` says to wait for it.
+    async fn admit_vector(&self, admit: Admit) -> Result<Permit, StageError> {
+        match admit {
+            Admit::Within(wait) => self.vector_gate.admit(wait).await,
+            Admit::Patiently => self.vector_gate.admit_patiently().await,
+        }
+        .map_err(StageError::VectorStoreShed)
     }
 
     /// The plan's neighbour lists, the collection they came from and the store calls made.
@@ -707,11 +712,7 @@ impl Core {
             return Ok((hit, 0));
         }
         self.metrics.cache_lookup("neighbours", false);
-        let permit = match admit {
-            Admit::Within(wait) => self.vector_gate.admit(wait).await,
-            Admit::Patiently => self.vector_gate.admit_patiently().await,
-        }
-        .map_err(StageError::VectorStoreShed)?;
+        let permit = self.admit_vector(admit).await?;
         let store = self.store.clone();
         let search = self.model.search();
         let cache = self.neighbours.clone();

@@ -146,6 +146,19 @@ async fn behaves_like_a_vector_store(store: &dyn VectorStore) {
     assert!(store.set_live("movies_does_not_exist").await.is_err());
 }
 
+/// The Qdrant server at `QDRANT_URL`; without it the test is skipped (visibly) as not having
+/// exercised `what`.
+fn qdrant_server(what: &str) -> Option<ServerStore> {
+    let Ok(url) = std::env::var("QDRANT_URL") else {
+        testkit::skip_or_fail(
+            testkit::External::Qdrant,
+            &format!("QDRANT_URL is not set, so {what} was not exercised"),
+        );
+        return None;
+    };
+    Some(ServerStore::connect(&url, std::env::var("QDRANT_API_KEY").ok(), Duration::from_secs(10)).expect("connect"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_qdrant_edge_store_behaves() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -155,15 +168,7 @@ async fn the_embedded_qdrant_edge_store_behaves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_qdrant_server_store_behaves_the_same() {
-    let Ok(url) = std::env::var("QDRANT_URL") else {
-        testkit::skip_or_fail(
-            testkit::External::Qdrant,
-            "QDRANT_URL is not set, so the qdrant-client store was not exercised",
-        );
-        return;
-    };
-    let store =
-        ServerStore::connect(&url, std::env::var("QDRANT_API_KEY").ok(), Duration::from_secs(10)).expect("connect");
+    let Some(store) = qdrant_server("the qdrant-client store") else { return };
     behaves_like_a_vector_store(&store).await;
 }
 
@@ -327,15 +332,7 @@ async fn the_edge_store_answers_item_weight_searches_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_qdrant_server_store_answers_item_searches_like_the_edge_store() {
-    let Ok(url) = std::env::var("QDRANT_URL") else {
-        testkit::skip_or_fail(
-            testkit::External::Qdrant,
-            "QDRANT_URL is not set, so the qdrant-client item-weights search was not exercised",
-        );
-        return;
-    };
-    let server =
-        ServerStore::connect(&url, std::env::var("QDRANT_API_KEY").ok(), Duration::from_secs(10)).expect("connect");
+    let Some(server) = qdrant_server("the qdrant-client item-weights search") else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let edge = EdgeStore::open(dir.path()).expect("open");
     let on_server = answers_item_searches_exactly(&server).await;

@@ -5,9 +5,11 @@
 
 use std::time::Duration;
 
-use provenance::replay::{Replayer, Tally};
+use provenance::replay::Replayer;
 use server::config::Variant;
 use testkit::{fleet, stack as helpers};
+
+use crate::support::{ask, replay_all, route, shipped};
 
 fn items_v1() -> strategy::ModelSpec {
     strategy::ModelSpec { strategy: "items-v1".into(), params: serde_json::json!({}) }
@@ -25,41 +27,6 @@ async fn items_server(stack: &helpers::Stack, dir: &std::path::Path, variant: Va
     running
 }
 
-async fn ask(base: &str, users: impl IntoIterator<Item = i64>) -> Vec<String> {
-    let client = fleet::Client::new();
-    let mut ids = Vec::new();
-    for user in users {
-        let reply = client.get(&format!("{base}/recommend/{user}")).await;
-        assert_eq!(reply.status, 200, "user {user}: {}", reply.body);
-        ids.push(reply.header("x-request-id").to_string());
-    }
-    ids
-}
-
-async fn shipped(pool: &sqlx::PgPool, ids: &[String]) {
-    for _ in 0..300 {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM recommendations_history WHERE request_id = ANY($1)")
-            .bind(ids)
-            .fetch_one(pool)
-            .await
-            .expect("count");
-        if n as usize == ids.len() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("history rows were not shipped");
-}
-
-async fn replay_all(replayer: &mut Replayer, ids: &[String]) -> Tally {
-    let mut tally = Tally::default();
-    for id in ids {
-        let (recorded, outcome) = replayer.replay(id).await.expect("replay");
-        tally.add(&recorded, &outcome);
-    }
-    tally
-}
-
 /// `(requests, requests with at most two store calls)` from a server's histogram.
 fn store_calls(server: &server::RunningServer) -> (u64, u64) {
     let metrics = server.core.metrics.render();
@@ -72,19 +39,6 @@ fn store_calls(server: &server::RunningServer) -> (u64, u64) {
             .unwrap_or_else(|| panic!("no {prefix} in {metrics}"))
     };
     (value("lazyrec_server_store_calls_count", ""), value("lazyrec_server_store_calls_bucket", "le=\"2\"}"))
-}
-
-async fn route(admin_url: &str, role: &str, backend: &str) {
-    let reply = fleet::Client::new()
-        .try_request(
-            "PUT",
-            &format!("{admin_url}/admin/{role}"),
-            &[("authorization", &format!("Bearer {}", fleet::TOKEN))],
-            Some(&serde_json::json!({"backends": [backend]}).to_string()),
-        )
-        .await
-        .expect("admin");
-    assert_eq!(reply.status, 200, "{}", reply.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,3 +3,4 @@
 mod items;
 mod prune;
 mod replay;
+mod support;

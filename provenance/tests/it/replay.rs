@@ -14,46 +14,11 @@ use std::time::Duration;
 use db::ingest::{IngestOptions, Ingester};
 use db::parse::{DEFAULT_MAX_USER_ID, ParseConfig};
 use db::source::StreamSource;
-use provenance::replay::{Outcome, Replayer, Tally};
+use provenance::replay::{Outcome, Replayer};
+
+use crate::support::{ask, replay_all, route, shipped};
 use sqlx::Connection as _;
 use vectorstore::VectorStore as _;
-
-/// Requests `/recommend/<user>` through the load balancer for each user; the request ids.
-async fn ask(base: &str, users: impl IntoIterator<Item = i64>) -> Vec<String> {
-    let client = fleet::Client::new();
-    let mut ids = Vec::new();
-    for user in users {
-        let reply = client.get(&format!("{base}/recommend/{user}")).await;
-        assert_eq!(reply.status, 200, "user {user}: {}", reply.body);
-        ids.push(reply.header("x-request-id").to_string());
-    }
-    ids
-}
-
-/// Waits until every request id is in recommendations_history.
-async fn shipped(pool: &sqlx::PgPool, ids: &[String]) {
-    for _ in 0..200 {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM recommendations_history WHERE request_id = ANY($1)")
-            .bind(ids)
-            .fetch_one(pool)
-            .await
-            .expect("count");
-        if n as usize == ids.len() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("history rows were not shipped");
-}
-
-async fn replay_all(replayer: &mut Replayer, ids: &[String]) -> Tally {
-    let mut tally = Tally::default();
-    for id in ids {
-        let (recorded, outcome) = replayer.replay(id).await.expect("replay");
-        tally.add(&recorded, &outcome);
-    }
-    tally
-}
 
 /// Answers of the same users that differ between request-id sets `a` and `b`.
 async fn changed_answers(pool: &sqlx::PgPool, a: &[String], b: &[String]) -> i64 {
@@ -66,20 +31,6 @@ async fn changed_answers(pool: &sqlx::PgPool, a: &[String], b: &[String]) -> i64
     .fetch_one(pool)
     .await
     .expect("changed answers")
-}
-
-/// Routes `role` (main or nightly) of the load balancer at `admin_url` to `backend`.
-async fn route(admin_url: &str, role: &str, backend: &str) {
-    let reply = fleet::Client::new()
-        .try_request(
-            "PUT",
-            &format!("{admin_url}/admin/{role}"),
-            &[("authorization", &format!("Bearer {}", fleet::TOKEN))],
-            Some(&serde_json::json!({"backends": [backend]}).to_string()),
-        )
-        .await
-        .expect("admin");
-    assert_eq!(reply.status, 200, "{}", reply.body);
 }
 
 /// Ingests course log lines through the ordinary ingester.
