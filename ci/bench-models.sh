@@ -12,7 +12,7 @@ source "$ROOT/ci/stack.sh"
 RATES="${RATES:-100 200 300 400 600 800 1000 1500 2000 3000 4000}"
 SECS="${SECS:-10}"
 [ $# -gt 0 ] || set -- neighbours-v2 items-v1
-cargo build --release --quiet --workspace --bins
+cargo build --release --locked --quiet --workspace --bins
 eval "export $("$BIN/lazyrec-db" up)"
 [ -d "$LAZYREC_STATE_DIR/qdrant-edge" ] || { echo "error: run ci/up.sh --no-serve first" >&2; exit 1; }
 if ! "$BIN/embedder" status | grep '(live)' | grep -q '\.ease-'; then

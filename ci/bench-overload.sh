@@ -33,7 +33,7 @@ LOG="$WORK/synth-10000000-100000-27000-42.log"
 build() {
   # The whole workspace, as ci/test.sh builds it: another package set unifies features
   # differently and rebuilds half the dependency graph.
-  cargo build --release --quiet --workspace --bins
+  cargo build --release --locked --quiet --workspace --bins
 }
 
 up() { eval "export $("$BIN/lazyrec-db" up)"; }

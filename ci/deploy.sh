@@ -44,7 +44,8 @@ print("[model]")
 print(f"strategy = {json.dumps(strategy)}")
 print("[model.params]")
 for k, v in params.items():
-    print(f"{k} = {json.dumps(v)}")
+    # Keys quoted too: a key is data, never TOML (a JSON string is a valid TOML basic string).
+    print(f"{json.dumps(k)} = {json.dumps(v)}")
 PY
 variant=nightly
 [ "${DEPLOY_ROLE:-nightly}" = rollback ] && variant=main

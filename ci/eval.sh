@@ -19,7 +19,7 @@ MODELS=(--model popularity-v1 --model neighbours-v1 --model neighbours-v2 --mode
 EDGE="$LAZYREC_STATE_DIR/qdrant-edge"
 
 prepare() {
-  cargo build --release --quiet --workspace --bins
+  cargo build --release --locked --quiet --workspace --bins
   eval "export $("$BIN/lazyrec-db" up)"
   "$BIN/lazyrec-db" load-default >&2
   "$BIN/embedder" embed --no-progress >&2

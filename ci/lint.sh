@@ -3,4 +3,4 @@
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 export RUSTFLAGS="${RUSTFLAGS:--D warnings}"
-cargo clippy --release --workspace --all-targets --quiet -- -D warnings
+cargo clippy --release --locked --workspace --all-targets --quiet -- -D warnings

@@ -19,7 +19,7 @@ export LAZYREC_STATE_DIR="$LAZYREC_SIM_STATE_DIR"
 source "$ROOT/ci/stack.sh"
 # The whole workspace, as ci/test.sh builds it (a per-package build unifies features differently
 # and rebuilds qdrant-edge).
-cargo build --release --quiet --workspace --bins
+cargo build --release --locked --quiet --workspace --bins
 eval "export $("$BIN/lazyrec-db" up)"
 trap 'stop_stack' EXIT
 stop_stack

@@ -22,7 +22,7 @@ rm -rf "$LAZYREC_SIM_STATE_DIR"
 export LAZYREC_STATE_DIR="$LAZYREC_SIM_STATE_DIR"
 source "$ROOT/ci/stack.sh"
 cd "$ROOT"
-cargo build --release --quiet --workspace --bins
+cargo build --release --locked --quiet --workspace --bins
 # gitlab-ci-local 4.65.1 (later versions need Node 22) and rsync (it copies artifacts with it).
 command -v rsync >/dev/null || apt-get install -y -q rsync >/dev/null
 command -v gitlab-ci-local >/dev/null || npm install -g --silent gitlab-ci-local@4.65.1

@@ -45,8 +45,11 @@ prepare_stack() {
     rm -rf "$RUN/$variant-edge"
     cp -a "$LAZYREC_STATE_DIR/qdrant-edge" "$RUN/$variant-edge"
   done
-  [ -s "$RUN/admin-token" ] || python3 -c 'import secrets; print(secrets.token_hex(24))' > "$RUN/admin-token"
-  chmod 600 "$RUN/admin-token"
+  # Created private (umask 077: never readable by others, not even for a moment). The header
+  # file lets curl send the token without putting it on a command line (`ps` shows those).
+  ( umask 077
+    [ -s "$RUN/admin-token" ] || python3 -c 'import secrets; print(secrets.token_hex(24))' > "$RUN/admin-token"
+    printf 'authorization: Bearer %s\n' "$(cat "$RUN/admin-token")" > "$RUN/admin-header" )
 }
 
 start_server() { # variant http-port grpc-port
@@ -174,6 +177,6 @@ lb_routes() { # url
 
 # The admin API (changes).
 admin() { # method path [json]
-  curl -sf -X "$1" -H "authorization: Bearer $(cat "$RUN/admin-token")" -H 'content-type: application/json' \
+  curl -sf -X "$1" -H @"$RUN/admin-header" -H 'content-type: application/json' \
     ${3:+-d "$3"} "http://127.0.0.1:8084$2"
 }

@@ -60,7 +60,7 @@ trap 'rm -rf "$work"' EXIT
 export LAZYREC_SKIP_LOG="$work/skipped"
 status=0
 # --no-fail-fast: one failing crate does not hide the rest of the suite.
-cargo test --release --workspace --no-fail-fast 2>&1 | tee "$work/output" || status=$?
+cargo test --release --locked --workspace --no-fail-fast 2>&1 | tee "$work/output" || status=$?
 # The whole suite's tally, from every test binary's closing line.
 read -r passed failed < <(awk '/^test result:/ { p += $4; f += $6 } END { print p + 0, f + 0 }' "$work/output")
 skipped=0

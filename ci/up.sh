@@ -55,7 +55,7 @@ fi
 
 setup
 say "building (release)"
-cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" -p db -p embedder -p server -p loadbalancer \
+cargo build --release --locked --quiet --manifest-path "$ROOT/Cargo.toml" -p db -p embedder -p server -p loadbalancer \
   -p simulator -p release -p provenance -p report --bin lazyrec-db --bin embedder --bin lazyrec-server \
   --bin lazyrec-lb --bin lazyrec-sim --bin lazyrec-release --bin lazyrec-provenance --bin lazyrec-report
 say "starting the private Postgres cluster (state in $LAZYREC_STATE_DIR)"
@@ -109,7 +109,7 @@ fi
 cat <<MSG
   curl localhost:8082/recommend/1                       # through the load balancer (sticky 80/20)
   curl -H 'accept: application/json' localhost:8082/recommend/1
-  curl -H "authorization: Bearer \$(cat $RUN/admin-token)" localhost:8084/admin/state
+  curl -H @$RUN/admin-header localhost:8084/admin/state   # the token from a file, not the command line
   logs: $RUN/{main,nightly,loadbalancer}.log
   stop: Ctrl-C here, or ci/up.sh stop (ci/up.sh stop --all also stops Postgres)
 MSG

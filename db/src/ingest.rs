@@ -24,11 +24,15 @@ use tokio::sync::mpsc;
 
 use crate::copy;
 use crate::event::{Event, RecommendationResult, Timestamp};
-use crate::parse::{ParseConfig, RejectReason, parse_line};
+use crate::parse::{MAX_LINE_BYTES, ParseConfig, RejectReason, parse_line};
 use crate::source::{FINGERPRINT_BYTES, LineSource, ReadOutcome, SourceKind};
 
 /// Advisory-lock key held by the one running ingester of a database.
 const INGEST_LOCK_KEY: i64 = 0x6c61_7a79_7265_6301;
+/// A batch is committed once its encoded rows reach this size, whatever its line count.
+pub const MAX_BATCH_BYTES: usize = 64 << 20;
+/// How much of a line over [`MAX_LINE_BYTES`] `rejected_lines.raw` keeps.
+pub const CLIPPED_COPY_BYTES: usize = 1024;
 
 /// Tuning and parsing options.
 #[derive(Debug, Clone)]
@@ -301,6 +305,12 @@ impl Batch {
 
     fn is_empty(&self) -> bool {
         self.lines == 0
+    }
+
+    /// The encoded rows' size: a batch is also cut at [`MAX_BATCH_BYTES`], so that lines near
+    /// the length limit cannot make a batch of `batch_lines` exhaust memory.
+    fn bytes(&self) -> usize {
+        self.rows.tables().iter().map(|t| t.len()).sum::<usize>() + self.rejected_rows.len()
     }
 
     fn events(&self) -> i64 {
@@ -736,7 +746,7 @@ fn parse_source(
     let mut batch = Batch::new(state.position, first_event_id);
     let mut buf = Vec::with_capacity(4096);
     loop {
-        let outcome = source.read_line(&mut buf).map_err(read_err)?;
+        let outcome = source.read_line(&mut buf, MAX_LINE_BYTES).map_err(read_err)?;
         let flush = match outcome {
             ReadOutcome::Line { end } => {
                 line_no += 1;
@@ -749,7 +759,18 @@ fn parse_source(
                         batch.push_rejected(&name, line_no, start, &buf, rejection.reason, &rejection.detail)
                     }
                 }
-                batch.lines as usize >= opts.batch_lines
+                batch.lines as usize >= opts.batch_lines || batch.bytes() >= MAX_BATCH_BYTES
+            }
+            ReadOutcome::TooLong { end, len } => {
+                line_no += 1;
+                let start = batch.to;
+                batch.to = end;
+                batch.lines += 1;
+                let clipped = &buf[..buf.len().min(CLIPPED_COPY_BYTES)];
+                let detail =
+                    format!("{len} bytes (the limit is {MAX_LINE_BYTES}; raw keeps the first {})", clipped.len());
+                batch.push_rejected(&name, line_no, start, clipped, RejectReason::LineTooLong, &detail);
+                batch.lines as usize >= opts.batch_lines || batch.bytes() >= MAX_BATCH_BYTES
             }
             ReadOutcome::Idle => {
                 if tx.is_closed() {

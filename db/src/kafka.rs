@@ -247,7 +247,7 @@ impl LineSource for KafkaSource {
         Ok(())
     }
 
-    fn read_line(&mut self, buf: &mut Vec<u8>) -> io::Result<ReadOutcome> {
+    fn read_line(&mut self, buf: &mut Vec<u8>, limit: usize) -> io::Result<ReadOutcome> {
         buf.clear();
         if self.last_group_commit.elapsed() >= Duration::from_secs(1) {
             self.commit_group(CommitMode::Async);
@@ -281,9 +281,13 @@ impl LineSource for KafkaSource {
             let payload = message.payload().unwrap_or_default();
             let line = payload.strip_suffix(b"\n").unwrap_or(payload);
             let line = line.strip_suffix(b"\r").unwrap_or(line);
-            buf.extend_from_slice(line);
+            buf.extend_from_slice(&line[..line.len().min(limit)]);
             self.position = offset + 1;
-            return Ok(ReadOutcome::Line { end: self.position });
+            return Ok(if line.len() > limit {
+                ReadOutcome::TooLong { end: self.position, len: line.len() as u64 }
+            } else {
+                ReadOutcome::Line { end: self.position }
+            });
         }
     }
 

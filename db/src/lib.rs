@@ -62,12 +62,14 @@ pub fn resolve_database_url(explicit: Option<&str>, state_dir: &std::path::Path)
     if let Some(url) = explicit {
         return Ok(url.to_string());
     }
-    let port_file = state_dir.join("pg").join("port");
+    let dir = state_dir.join("pg");
+    let port_file = dir.join("port");
     let port = std::fs::read_to_string(&port_file)
         .ok()
         .and_then(|s| s.trim().parse::<u16>().ok())
         .ok_or(NoDatabase(port_file))?;
-    Ok(format!("postgres://{}@127.0.0.1:{port}/{}", pgcluster::SUPERUSER, cli::DATABASE_NAME))
+    let password = pgcluster::read_password(&dir).ok();
+    Ok(pgcluster::url(port, password.as_deref(), cli::DATABASE_NAME))
 }
 
 /// A URL with its credentials hidden, for messages.

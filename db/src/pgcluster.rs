@@ -2,8 +2,10 @@
 //!
 //! The project never needs a system-wide Postgres service: `lazyrec-db up` and the test harness
 //! both run `initdb` into a directory of their own, start the server on a free loopback port with
-//! its unix socket inside that directory and `trust` authentication, and hand out a
-//! `DATABASE_URL`. Two lifetimes exist:
+//! its unix socket inside that directory (mode 0700) and password authentication (SCRAM, a
+//! generated password in `<dir>/password`, mode 0600), and hand out a `DATABASE_URL` with it.
+//! The private cluster is no shortcut around authentication: another local user can neither
+//! enter the directory nor log in over loopback. Two lifetimes exist:
 //!
 //! * [`PgCluster::ensure_daemon`]: a long-lived cluster under the project's state directory
 //!   (started with `pg_ctl`, survives the command, reused by the next one: idempotent);
@@ -24,6 +26,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::dir::{Dir, Type as DirType};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid, User};
 
 /// What can go wrong while preparing or starting a private cluster.
@@ -146,17 +152,55 @@ impl RunAs {
         cmd.status().is_ok_and(|s| s.success())
     }
 
-    /// Hands `path` (recursively) to the server user.
+    /// Hands `path` (recursively) to the server user without ever following a symbolic link:
+    /// every directory is opened with `O_NOFOLLOW` relative to its parent's descriptor and every
+    /// entry is changed with `AT_SYMLINK_NOFOLLOW`, so a link planted in the tree (or a directory
+    /// swapped for one while we walk) changes the link itself, never what it points to.
     fn chown_tree(self, path: &Path) -> Result<(), ClusterError> {
-        nix::unistd::chown(path, Some(self.uid), Some(self.gid)).map_err(|e| ClusterError::Io {
+        let err = |source: nix::Error| ClusterError::Io {
             what: "handing the cluster directory to the postgres user",
             path: path.to_path_buf(),
-            source: e.into(),
-        })?;
-        if path.is_dir() {
-            for entry in fs::read_dir(path).map_err(io_err("listing", path))? {
-                let entry = entry.map_err(io_err("listing", path))?;
-                self.chown_tree(&entry.path())?;
+            source: source.into(),
+        };
+        let top =
+            Dir::open(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
+                .map_err(err)?;
+        nix::unistd::fchown(&top, Some(self.uid), Some(self.gid)).map_err(err)?;
+        self.chown_entries(top).map_err(err)
+    }
+
+    fn chown_entries(self, mut dir: Dir) -> nix::Result<()> {
+        let mut entries = Vec::new();
+        for entry in dir.iter() {
+            let entry = entry?;
+            let name = entry.file_name().to_owned();
+            if name.as_bytes() != b"." && name.as_bytes() != b".." {
+                entries.push((name, entry.file_type()));
+            }
+        }
+        let mut subdirs = Vec::new();
+        for (name, kind) in entries {
+            match nix::unistd::fchownat(
+                &dir,
+                name.as_c_str(),
+                Some(self.uid),
+                Some(self.gid),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+            if matches!(kind, Some(DirType::Directory) | None) {
+                subdirs.push(name);
+            }
+        }
+        for name in subdirs {
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+            match Dir::openat(&dir, name.as_c_str(), flags, Mode::empty()) {
+                Ok(sub) => self.chown_entries(sub)?,
+                // Not a directory (any more), a symbolic link, or gone: nothing to descend into.
+                Err(Errno::ENOTDIR | Errno::ELOOP | Errno::ENOENT) => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(())
@@ -208,6 +252,8 @@ pub enum Durability {
 pub struct PgCluster {
     dir: PathBuf,
     port: u16,
+    /// The superuser's password (kept in `dir/password`).
+    password: String,
     /// The server process when this value owns it (ephemeral clusters).
     child: Option<Child>,
     /// The temporary directory to delete when an ephemeral cluster stops.
@@ -229,9 +275,10 @@ impl PgCluster {
         &self.dir
     }
 
-    /// A connection URL for `database`.
+    /// A connection URL for `database`, with the password (a secret: print it only where a person
+    /// or a script needs it, and log it through [`crate::redact`]).
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port)
+        url(self.port, Some(&self.password), database)
     }
 
     /// Starts (or finds running) the project's long-lived cluster in `dir`.
@@ -254,7 +301,8 @@ impl PgCluster {
             && let Some(port) = remembered
         {
             wait_ready(&bins, run_as, dir, port, READY_TIMEOUT)?;
-            return Ok(Self { dir: dir.to_path_buf(), port, child: None, owns_dir: false });
+            let password = ensure_password(&bins, run_as, dir, port)?;
+            return Ok(Self { dir: dir.to_path_buf(), port, password, child: None, owns_dir: false });
         }
         let port = match remembered {
             Some(p) if port_is_free(p) => p,
@@ -278,7 +326,8 @@ impl PgCluster {
         run(cmd, run_as, "pg_ctl start")?;
         fs::write(&port_file, port.to_string()).map_err(io_err("remembering the port", &port_file))?;
         wait_ready(&bins, run_as, dir, port, READY_TIMEOUT)?;
-        Ok(Self { dir: dir.to_path_buf(), port, child: None, owns_dir: false })
+        let password = ensure_password(&bins, run_as, dir, port)?;
+        Ok(Self { dir: dir.to_path_buf(), port, password, child: None, owns_dir: false })
     }
 
     /// Stops the long-lived cluster in `dir` if it runs. Returns whether it was running.
@@ -319,11 +368,13 @@ impl PgCluster {
         let dir = parent.join(format!("lazyrec-pg-{}-{}", std::process::id(), unique_suffix()));
         fs::create_dir_all(&dir).map_err(io_err("creating the cluster directory", &dir))?;
         init_cluster(&bins, run_as, &dir, durability)?;
+        let password = read_password(&dir).map_err(io_err("reading the cluster password", &dir))?;
         let mut last_err = None;
         for _attempt in 0..3 {
             let port = free_port()?;
             let child = spawn_server_with_keeper(&bins, run_as, &dir, port)?;
-            let mut cluster = Self { dir: dir.clone(), port, child: Some(child), owns_dir: true };
+            let mut cluster =
+                Self { dir: dir.clone(), port, password: password.clone(), child: Some(child), owns_dir: true };
             match wait_ready(&bins, run_as, &dir, port, READY_TIMEOUT) {
                 Ok(()) => return Ok(cluster),
                 Err(e) => {
@@ -390,6 +441,11 @@ fn init_cluster(
     durability: Durability,
 ) -> Result<(), ClusterError> {
     let data = dir.join("data");
+    private_dir(dir)?;
+    let password_file = dir.join(PASSWORD_FILE);
+    // A file left by an initialisation that failed half-way is replaced.
+    let _stale = fs::remove_file(&password_file);
+    write_password(&password_file, &new_password())?;
     if let Some(run_as) = run_as {
         run_as.chown_tree(dir)?;
     }
@@ -398,7 +454,8 @@ fn init_cluster(
         .arg(&data)
         .arg("-U")
         .arg(SUPERUSER)
-        .arg("--auth=trust")
+        .arg("--auth=scram-sha-256")
+        .arg(format!("--pwfile={}", password_file.display()))
         .arg("--encoding=UTF8")
         .arg("--locale=C")
         .arg("--no-instructions");
@@ -408,7 +465,7 @@ fn init_cluster(
     run(cmd, run_as, "initdb")?;
     let conf = data.join("postgresql.conf");
     let mut extra = String::from(
-        "\n# lazyrec private cluster\nmax_connections = 200\nshared_buffers = 256MB\nmax_wal_size = 4GB\ncheckpoint_timeout = 15min\nwal_compression = off\nlog_min_messages = warning\n",
+        "\n# lazyrec private cluster\nmax_connections = 200\nshared_buffers = 256MB\nmax_wal_size = 4GB\ncheckpoint_timeout = 15min\nwal_compression = off\nlog_min_messages = warning\npassword_encryption = 'scram-sha-256'\nunix_socket_permissions = 0700\n",
     );
     if durability == Durability::Disposable {
         extra.push_str("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n");
@@ -416,7 +473,122 @@ fn init_cluster(
     let mut text = fs::read_to_string(&conf).map_err(io_err("reading postgresql.conf", &conf))?;
     text.push_str(&extra);
     fs::write(&conf, text).map_err(io_err("writing postgresql.conf", &conf))?;
-    Ok(())
+    write_hba(&data)
+}
+
+/// The file in the cluster directory that holds the superuser's password (mode 0600).
+pub const PASSWORD_FILE: &str = "password";
+
+/// The superuser's password of the cluster in `dir` (an error for a cluster made before
+/// passwords, until the next `lazyrec-db up` gives it one).
+pub fn read_password(dir: &Path) -> io::Result<String> {
+    Ok(fs::read_to_string(dir.join(PASSWORD_FILE))?.trim().to_string())
+}
+
+/// A connection URL on the loopback port.
+pub fn url(port: u16, password: Option<&str>, database: &str) -> String {
+    match password {
+        Some(password) => format!("postgres://{SUPERUSER}:{password}@127.0.0.1:{port}/{database}"),
+        None => format!("postgres://{SUPERUSER}@127.0.0.1:{port}/{database}"),
+    }
+}
+
+fn new_password() -> String {
+    use rand::Rng;
+    let bytes: [u8; 24] = rand::rng().random();
+    hex::encode(bytes)
+}
+
+/// Writes the password file: created with mode 0600 (never readable by others, not even for a
+/// moment) and refused if something already sits at that path.
+fn write_password(path: &Path, password: &str) -> Result<(), ClusterError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(OFlag::O_NOFOLLOW.bits())
+        .open(path)
+        .map_err(io_err("creating the password file", path))?;
+    file.write_all(format!("{password}\n").as_bytes()).map_err(io_err("writing the password file", path))
+}
+
+/// The cluster directory holds the socket, the log and the password: only its owner enters it.
+fn private_dir(dir: &Path) -> Result<(), ClusterError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .map_err(io_err("making the cluster directory private", dir))
+}
+
+/// Password authentication (SCRAM) on the socket and on loopback, nothing else.
+fn write_hba(data: &Path) -> Result<(), ClusterError> {
+    let hba = data.join("pg_hba.conf");
+    let text = "# lazyrec private cluster: password (SCRAM) authentication only, loopback and socket\n\
+                # TYPE  DATABASE  USER  ADDRESS       METHOD\n\
+                local   all       all                 scram-sha-256\n\
+                host    all       all   127.0.0.1/32  scram-sha-256\n\
+                host    all       all   ::1/128       scram-sha-256\n";
+    fs::write(&hba, text).map_err(io_err("writing pg_hba.conf", &hba))
+}
+
+/// The password of a running cluster; a cluster made before passwords existed (`--auth=trust`)
+/// gets one here: the superuser's password is set over the socket, `pg_hba.conf` is rewritten
+/// to SCRAM and the server reloads it.
+fn ensure_password(bins: &PgBinaries, run_as: Option<RunAs>, dir: &Path, port: u16) -> Result<String, ClusterError> {
+    if let Ok(password) = read_password(dir) {
+        return Ok(password);
+    }
+    let password = new_password();
+    let path = dir.join(PASSWORD_FILE);
+    private_dir(dir)?;
+    write_password(&path, &password)?;
+    let mut cmd = Command::new(bins.program("psql"));
+    cmd.arg("-X")
+        .arg("-q")
+        .arg("-v")
+        .arg("ON_ERROR_STOP=1")
+        .arg("-h")
+        .arg(dir)
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-U")
+        .arg(SUPERUSER)
+        .arg("-d")
+        .arg("postgres")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(run_as) = run_as {
+        run_as.apply(&mut cmd);
+    }
+    // The statement goes through stdin: a password on a command line is visible in `ps`.
+    let set = (|| {
+        let mut child = cmd.spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write;
+            stdin.write_all(format!("ALTER ROLE {SUPERUSER} PASSWORD '{password}';\n").as_bytes())?;
+        }
+        child.wait_with_output()
+    })();
+    let failed = |detail: String| {
+        let _removed = fs::remove_file(&path);
+        ClusterError::Command { what: "setting the superuser's password", detail }
+    };
+    match set {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => return Err(failed(String::from_utf8_lossy(&out.stderr).trim().to_string())),
+        Err(e) => return Err(failed(e.to_string())),
+    }
+    write_hba(&dir.join("data"))?;
+    if let Some(run_as) = run_as {
+        run_as.chown_tree(dir)?;
+    }
+    let mut reload = Command::new(bins.program("pg_ctl"));
+    reload.arg("-D").arg(dir.join("data")).arg("reload");
+    run(reload, run_as, "pg_ctl reload")?;
+    tracing::info!(dir = %dir.display(), "the private cluster now requires a password (SCRAM)");
+    Ok(password)
 }
 
 fn spawn_server_with_keeper(

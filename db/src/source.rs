@@ -47,6 +47,14 @@ pub enum ReadOutcome {
         /// Position after the line and its terminator.
         end: u64,
     },
+    /// A line longer than the limit was read past: the buffer holds its first `limit` bytes
+    /// (the rest was discarded, never kept in memory), `len` is its full length.
+    TooLong {
+        /// Position after the line and its terminator.
+        end: u64,
+        /// The line's length in bytes.
+        len: u64,
+    },
     /// Nothing new for a while (follow mode): a good moment to commit a partial batch.
     Idle,
     /// The source is exhausted.
@@ -65,8 +73,10 @@ pub trait LineSource: Send {
     fn fingerprint(&mut self, len: u64) -> io::Result<Option<String>>;
     /// Continues after `position` (a value previously returned in [`ReadOutcome::Line`]).
     fn seek(&mut self, position: u64) -> io::Result<()>;
-    /// Reads the next line into `buf` (cleared first).
-    fn read_line(&mut self, buf: &mut Vec<u8>) -> io::Result<ReadOutcome>;
+    /// Reads the next line into `buf` (cleared first), keeping at most `limit` bytes of it: a
+    /// longer line is [`ReadOutcome::TooLong`], and memory stays bounded by `limit` whatever
+    /// the input.
+    fn read_line(&mut self, buf: &mut Vec<u8>, limit: usize) -> io::Result<ReadOutcome>;
     /// For sources that tell their upstream how far the database has them (Kafka's consumer
     /// group): the ingester acknowledges each position after its transaction committed.
     fn acknowledger(&self) -> Option<Acknowledger> {
@@ -92,8 +102,10 @@ pub struct FileSource {
     reader: BufReader<File>,
     position: u64,
     follow: Option<Duration>,
-    /// Bytes of an unfinished last line seen in follow mode.
+    /// The kept bytes (at most the limit) of the line being read, unfinished in follow mode.
     pending: Vec<u8>,
+    /// That line's full length so far.
+    pending_len: u64,
 }
 
 impl FileSource {
@@ -111,6 +123,7 @@ impl FileSource {
             position: 0,
             follow,
             pending: Vec::new(),
+            pending_len: 0,
         })
     }
 
@@ -154,20 +167,33 @@ impl LineSource for FileSource {
         self.reader.seek(SeekFrom::Start(position))?;
         self.position = position;
         self.pending.clear();
+        self.pending_len = 0;
         Ok(())
     }
 
-    fn read_line(&mut self, buf: &mut Vec<u8>) -> io::Result<ReadOutcome> {
+    fn read_line(&mut self, buf: &mut Vec<u8>, limit: usize) -> io::Result<ReadOutcome> {
         buf.clear();
-        let n = self.reader.read_until(b'\n', &mut self.pending)?;
-        if self.pending.last() == Some(&b'\n') {
-            self.position += self.pending.len() as u64;
-            self.pending.pop();
-            std::mem::swap(buf, &mut self.pending);
-            self.pending.clear();
-            return Ok(ReadOutcome::Line { end: self.position });
+        loop {
+            let available = match self.reader.fill_buf() {
+                Ok(available) => available,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if available.is_empty() {
+                break;
+            }
+            let newline = available.iter().position(|b| *b == b'\n');
+            let part = &available[..newline.unwrap_or(available.len())];
+            let room = limit.saturating_sub(self.pending.len()).min(part.len());
+            self.pending.extend_from_slice(&part[..room]);
+            self.pending_len += part.len() as u64;
+            let consumed = newline.map_or(part.len(), |i| i + 1);
+            self.reader.consume(consumed);
+            if newline.is_some() {
+                self.position += self.pending_len + 1;
+                return Ok(self.take_line(buf, limit));
+            }
         }
-        debug_assert!(n == 0 || !self.pending.is_empty());
         match self.follow {
             Some(poll) => {
                 // An unfinished last line stays pending until its newline arrives.
@@ -178,16 +204,28 @@ impl LineSource for FileSource {
                 std::thread::sleep(poll);
                 Ok(ReadOutcome::Idle)
             }
-            None if self.pending.is_empty() => Ok(ReadOutcome::Eof),
+            None if self.pending_len == 0 => Ok(ReadOutcome::Eof),
             None => {
                 // The last line has no newline: it is complete because the file is.
-                self.position += self.pending.len() as u64;
-                std::mem::swap(buf, &mut self.pending);
-                self.pending.clear();
-                Ok(ReadOutcome::Line { end: self.position })
+                self.position += self.pending_len;
+                Ok(self.take_line(buf, limit))
             }
         }
     }
+}
+
+impl FileSource {
+    /// Hands the pending line over (its position already counted).
+    fn take_line(&mut self, buf: &mut Vec<u8>, limit: usize) -> ReadOutcome {
+        let len = std::mem::take(&mut self.pending_len);
+        std::mem::swap(buf, &mut self.pending);
+        self.pending.clear();
+        line_outcome(self.position, len, limit)
+    }
+}
+
+fn line_outcome(end: u64, len: u64, limit: usize) -> ReadOutcome {
+    if len > limit as u64 { ReadOutcome::TooLong { end, len } } else { ReadOutcome::Line { end } }
 }
 
 /// A named, unseekable stream of lines (stdin, or lines generated in memory).
@@ -283,6 +321,13 @@ fn pump(mut reader: impl Read, tx: SyncSender<io::Result<Vec<u8>>>) {
                     return;
                 }
             }
+            // The middle of a line longer than a chunk: sent as it is (the reader keeps only
+            // the line's first bytes), so a line without an end never fills memory.
+            None if chunk.len() >= CHUNK => {
+                if tx.send(Ok(chunk)).is_err() {
+                    return;
+                }
+            }
             None => carry = chunk,
         }
     }
@@ -313,22 +358,19 @@ impl LineSource for StreamSource {
         Ok(())
     }
 
-    fn read_line(&mut self, buf: &mut Vec<u8>) -> io::Result<ReadOutcome> {
+    fn read_line(&mut self, buf: &mut Vec<u8>, limit: usize) -> io::Result<ReadOutcome> {
         buf.clear();
+        let mut len = 0u64;
         loop {
             if self.offset_in_chunk >= self.chunk.len() {
                 if self.finished {
-                    return Ok(if buf.is_empty() {
-                        ReadOutcome::Eof
-                    } else {
-                        ReadOutcome::Line { end: self.position }
-                    });
+                    return Ok(if len == 0 { ReadOutcome::Eof } else { line_outcome(self.position, len, limit) });
                 }
                 if !self.next_chunk()? {
                     if self.finished {
                         continue;
                     }
-                    if buf.is_empty() && self.to_skip == 0 {
+                    if len == 0 && self.to_skip == 0 {
                         return Ok(ReadOutcome::Idle);
                     }
                     continue;
@@ -342,15 +384,18 @@ impl LineSource for StreamSource {
                 self.to_skip -= skip as u64;
                 continue;
             }
-            match rest.iter().position(|b| *b == b'\n') {
+            let newline = rest.iter().position(|b| *b == b'\n');
+            let part = &rest[..newline.unwrap_or(rest.len())];
+            let room = limit.saturating_sub(buf.len()).min(part.len());
+            buf.extend_from_slice(&part[..room]);
+            len += part.len() as u64;
+            match newline {
                 Some(i) => {
-                    buf.extend_from_slice(&rest[..i]);
                     self.offset_in_chunk += i + 1;
                     self.position += i as u64 + 1;
-                    return Ok(ReadOutcome::Line { end: self.position });
+                    return Ok(line_outcome(self.position, len, limit));
                 }
                 None => {
-                    buf.extend_from_slice(rest);
                     self.position += rest.len() as u64;
                     self.offset_in_chunk = self.chunk.len();
                 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Limited};
 use hyper::StatusCode;
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
@@ -15,6 +15,12 @@ use crate::routing::{Backend, InFlight};
 
 /// The HTTP client for backends: pooled keep-alive connections, no Nagle delay.
 pub type BackendClient = Client<HttpConnector, Empty<Bytes>>;
+
+/// The largest backend body read (an answer of 100 movies with scores is ~10 kB): a longer
+/// one fails the attempt without being held in memory.
+pub const MAX_BODY_BYTES: usize = 64 << 10;
+/// How much of a backend's refusal (4xx body) is kept as the reason.
+pub const MAX_REASON_BYTES: usize = 512;
 
 /// A fresh client.
 pub fn client() -> BackendClient {
@@ -91,8 +97,16 @@ pub async fn forward(
         .map_err(|e| AttemptError::Connect(format!("request: {e}")))?;
     let response = client.request(request).await.map_err(|e| AttemptError::Connect(with_causes(&e)))?;
     let status = response.status();
+    if status != StatusCode::OK && !status.is_client_error() {
+        // A failure status: its body is not read (dropping it closes the connection).
+        return Err(AttemptError::Status(status.as_u16()));
+    }
     let (parts, body) = response.into_parts();
-    let body = body.collect().await.map_err(|e| AttemptError::Body(with_causes(&e)))?.to_bytes();
+    let body = Limited::new(body, MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|e| AttemptError::Body(with_causes(e.as_ref())))?
+        .to_bytes();
     if status == StatusCode::OK {
         let answer = if scores {
             contract::Answer::from_json(&body)?
@@ -100,10 +114,9 @@ pub async fn forward(
             contract::Answer::from_text(user_id, &parts.headers, &body)?
         };
         Ok(Reply::Answer(answer))
-    } else if status.is_client_error() {
-        Ok(Reply::Refused(status, String::from_utf8_lossy(&body).trim().to_string()))
     } else {
-        Err(AttemptError::Status(status.as_u16()))
+        let reason = String::from_utf8_lossy(&body[..body.len().min(MAX_REASON_BYTES)]).trim().to_string();
+        Ok(Reply::Refused(status, reason))
     }
 }
 
@@ -127,7 +140,7 @@ pub async fn ready(client: &BackendClient, backend: &Backend, timeout: Duration)
     let probe = async {
         let response = client.request(request).await.ok()?;
         let ok = response.status().is_success();
-        response.into_body().collect().await.ok()?;
+        Limited::new(response.into_body(), MAX_BODY_BYTES).collect().await.ok()?;
         Some(ok)
     };
     matches!(tokio::time::timeout(timeout, probe).await, Ok(Some(true)))

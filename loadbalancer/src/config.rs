@@ -99,6 +99,26 @@ impl Default for Overload {
     }
 }
 
+/// Limits of the public HTTP port: a client cannot hold connections open without sending
+/// (slowloris), nor open more than the load balancer can serve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Front {
+    /// Connections open at once on the HTTP port; beyond them a new connection is closed at
+    /// once and counted (`lazyrec_lb_connections_refused_total`). Keep it under the process'
+    /// open-files limit (`ulimit -n`).
+    pub max_connections: usize,
+    /// A client must send a request's headers within this, counted from the connection (or the
+    /// previous response) on: idle and trickling connections are closed after it.
+    pub header_read_timeout_ms: u64,
+}
+
+impl Default for Front {
+    fn default() -> Self {
+        Self { max_connections: 4_096, header_read_timeout_ms: 10_000 }
+    }
+}
+
 /// The load balancer's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -149,6 +169,8 @@ pub struct Config {
     pub history: History,
     /// Retry budget and per-backend concurrency limit.
     pub overload: Overload,
+    /// Connection limits of the public HTTP port.
+    pub front: Front,
 }
 
 impl Default for Config {
@@ -176,6 +198,7 @@ impl Default for Config {
             health: Health::default(),
             history: History::default(),
             overload: Overload::default(),
+            front: Front::default(),
         }
     }
 }
@@ -255,6 +278,15 @@ impl Config {
             if let Err(e) = check_backend_url(url) {
                 problems.push(e);
             }
+        }
+        if self.front.max_connections == 0 {
+            problems.push("front.max_connections must be at least 1".to_string());
+        }
+        if self.front.header_read_timeout_ms < 100 {
+            problems.push(format!(
+                "front.header_read_timeout_ms = {} is too short for any client (at least 100)",
+                self.front.header_read_timeout_ms
+            ));
         }
         let share = self.share();
         if !(0.0..=1.0).contains(&share) || share.is_nan() {

@@ -119,6 +119,7 @@ impl HistoryLog {
         let mut line = Vec::with_capacity(512);
         if let Err(e) = serde_json::to_writer(&mut line, row) {
             self.metrics.history_dropped.inc();
+            self.metrics.history_refused.with_label_values(&["unencodable"]).inc();
             tracing::error!(error = %e, request_id = %row.request_id, "response-log row dropped: unencodable");
             return;
         }
@@ -127,6 +128,12 @@ impl HistoryLog {
             Ok(position) => self.journal.durable(position).await,
             Err(e) => {
                 self.metrics.history_dropped.inc();
+                let reason = match e {
+                    JournalError::Full(_) => "full",
+                    JournalError::RowTooLong(_) => "too_long",
+                    JournalError::Io { .. } | JournalError::Locked(_) => "io",
+                };
+                self.metrics.history_refused.with_label_values(&[reason]).inc();
                 tracing::error!(error = %e, request_id = %row.request_id, "response-log row dropped");
             }
         }
@@ -185,8 +192,8 @@ pub struct Shipper {
     reader: Reader,
     metrics: Metrics,
     options: ShipperOptions,
-    /// Users already sent to `user_model_map`, per experiment.
-    seen: HashMap<String, HashSet<i64>>,
+    /// Users recently sent to `user_model_map`, per experiment (bounded).
+    seen: SeenUsers,
     /// Pending rows already counted as deferred during the current outage.
     deferred_counted: u64,
     failed_since: Option<Instant>,
@@ -195,6 +202,34 @@ pub struct Shipper {
 impl std::fmt::Debug for Shipper {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shipper").field("position", &self.reader.position()).finish()
+    }
+}
+
+/// Users whose first sighting is already stored, so that their next rows do not send it again.
+/// Only a saving (the insert skips users already present), so it is bounded: at
+/// [`SeenUsers::CAPACITY`] entries it starts over, and a flood of distinct user ids costs a few
+/// megabytes and some repeated sightings, never unbounded memory.
+#[derive(Debug, Default)]
+struct SeenUsers {
+    by_experiment: HashMap<String, HashSet<i64>>,
+    len: usize,
+}
+
+impl SeenUsers {
+    const CAPACITY: usize = 200_000;
+
+    fn contains(&self, experiment: &str, user: i64) -> bool {
+        self.by_experiment.get(experiment).is_some_and(|s| s.contains(&user))
+    }
+
+    fn insert(&mut self, experiment: String, user: i64) {
+        if self.len >= Self::CAPACITY {
+            self.by_experiment.clear();
+            self.len = 0;
+        }
+        if self.by_experiment.entry(experiment).or_default().insert(user) {
+            self.len += 1;
+        }
     }
 }
 
@@ -212,7 +247,16 @@ impl Shipper {
     pub fn new(pool: PgPool, journal: Arc<Journal>, metrics: Metrics, options: ShipperOptions) -> Self {
         let reader = Reader::new(&journal);
         metrics.history_journal_bytes.set(journal.pending_bytes() as i64);
-        Self { pool, journal, reader, metrics, options, seen: HashMap::new(), deferred_counted: 0, failed_since: None }
+        Self {
+            pool,
+            journal,
+            reader,
+            metrics,
+            options,
+            seen: SeenUsers::default(),
+            deferred_counted: 0,
+            failed_since: None,
+        }
     }
 
     /// One step: reads up to `batch_rows` journaled rows, stores them in Postgres (one
@@ -304,7 +348,7 @@ impl Shipper {
         for row in rows {
             if let (Some(user_id), Some(experiment), Some(variant), Some(bucket)) =
                 (row.user_id, row.experiment.as_deref(), row.assigned_variant.as_deref(), row.bucket)
-                && !self.seen.get(experiment).is_some_and(|s| s.contains(&user_id))
+                && !self.seen.contains(experiment, user_id)
                 && in_batch.insert((experiment, user_id))
             {
                 fresh.push(Sighting { user_id, experiment, bucket, variant, first_seen: row.ts });
@@ -327,7 +371,7 @@ impl Shipper {
         };
         let new_seen: Vec<(String, i64)> = fresh.iter().map(|s| (s.experiment.to_string(), s.user_id)).collect();
         for (experiment, user) in new_seen {
-            self.seen.entry(experiment).or_default().insert(user);
+            self.seen.insert(experiment, user);
         }
         // Rows already present (a batch shipped again after a crash) are not counted twice.
         self.metrics.history_written.inc_by(written);
@@ -495,4 +539,20 @@ async fn insert_skipping_present(tx: &mut sqlx::PgConnection, rows: &[Row<'_>]) 
     .execute(tx)
     .await?
     .rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SeenUsers;
+
+    #[test]
+    fn the_seen_users_stay_bounded_under_a_flood_of_distinct_ids() {
+        let mut seen = SeenUsers::default();
+        for user in 0..(3 * SeenUsers::CAPACITY as i64) {
+            seen.insert("exp".into(), user);
+            assert!(seen.len <= SeenUsers::CAPACITY);
+        }
+        assert!(seen.contains("exp", 3 * SeenUsers::CAPACITY as i64 - 1), "the newest are remembered");
+        assert!(!seen.contains("other", 1));
+    }
 }

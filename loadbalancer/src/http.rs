@@ -4,6 +4,7 @@
 //! Rendering, headers and input rules are [`proto::contract`]'s.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, RawQuery, State};
@@ -12,7 +13,79 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use proto::contract::{self, headers, set_header};
 
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use crate::config::Front;
 use crate::core::{Handled, Lb, Protocol};
+use crate::metrics::Metrics;
+
+/// Returns once `flag` is (or was) true, or its sender is gone.
+async fn raised(flag: &mut watch::Receiver<bool>) {
+    let _raised = flag.wait_for(|raised| *raised).await;
+}
+
+/// Serves `app` on the public port (HTTP/1.1) until `stop` turns true, then lets every open
+/// connection finish its request and returns once all are closed. Bounded against hostile
+/// clients: at most `limits.max_connections` connections (more are closed at once and
+/// counted), and a connection that does not send a request's headers within
+/// `limits.header_read_timeout_ms` is closed.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Front,
+    metrics: Metrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms));
+    let (closing_tx, closing_rx) = watch::channel(false);
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _peer)) => tcp,
+                Err(e) => {
+                    // Out of file descriptors, mostly: wait for connections to close.
+                    tracing::warn!(error = %e, "HTTP front: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = raised(&mut stop) => break,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics.connections_refused.inc();
+            continue;
+        };
+        let _ignored = tcp.set_nodelay(true);
+        let conn = builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app.clone()));
+        let mut closing = closing_rx.clone();
+        let metrics = metrics.clone();
+        metrics.connections_open.inc();
+        tokio::spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = raised(&mut closing) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _finished = conn.await;
+                }
+            }
+            metrics.connections_open.dec();
+            drop(permit);
+        });
+    }
+    let _sent = closing_tx.send(true);
+    // Every connection holds a permit until it is closed; a client that never reads its
+    // response does not hold the shutdown up for long.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(Duration::from_secs(30), permits.acquire_many(all)).await.is_err() {
+        tracing::warn!("HTTP front: connections still open 30 s after the shutdown began; closing them");
+    }
+}
 
 /// The router.
 pub fn router(lb: Arc<Lb>) -> Router {

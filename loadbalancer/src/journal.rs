@@ -34,6 +34,10 @@ use serde::{Deserialize, Serialize};
 
 /// Segment size at which the next append starts a new segment.
 pub const SEGMENT_BYTES: u64 = 8 << 20;
+/// The longest row (line) an append accepts; the reader reads lines up to four times this
+/// long, so an accepted row can never wedge it. Rows are far smaller: every field the load
+/// balancer records is clipped (ids, inputs, reasons; backend bodies are read up to 64 KiB).
+pub const MAX_ROW_BYTES: usize = 256 << 10;
 
 /// When journaled rows are forced to stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +74,9 @@ pub enum JournalError {
     /// The unshipped data reached the size limit.
     #[error("journal full ({0} unshipped bytes)")]
     Full(u64),
+    /// A row longer than [`MAX_ROW_BYTES`] was refused.
+    #[error("row of {0} bytes refused (the limit is {MAX_ROW_BYTES})")]
+    RowTooLong(usize),
     /// Disk trouble.
     #[error("journal {path}: {source}")]
     Io {
@@ -266,6 +273,9 @@ impl Journal {
     /// The bytes survive a crash of this process as soon as this returns.
     pub fn append(&self, lines: &[u8], rows: u64) -> Result<u64, JournalError> {
         debug_assert!(lines.last() == Some(&b'\n'));
+        if let Some(len) = lines.split(|b| *b == b'\n').map(<[u8]>::len).find(|&len| len > MAX_ROW_BYTES) {
+            return Err(JournalError::RowTooLong(len));
+        }
         let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
         let end = tail.base + tail.len;
         let n = lines.len() as u64;
@@ -422,7 +432,8 @@ impl Journal {
 pub struct Chunk {
     /// Complete lines, without their newline.
     pub lines: Vec<Vec<u8>>,
-    /// Torn lines skipped (a segment ending without a newline: a machine crash mid-append).
+    /// Torn lines skipped (a segment ending without a newline: a machine crash mid-append),
+    /// and lines longer than the reader reads (never appended by this version: corruption).
     pub torn: u64,
     /// The position after the last line read (or skipped).
     pub end: u64,
@@ -435,17 +446,19 @@ pub struct Reader {
     open: Option<(u64, File)>,
     /// Reused between reads (a fresh zeroed buffer per read showed up in profiles).
     buf: Vec<u8>,
+    /// Inside a line longer than [`READ_BYTES`]: its bytes are skipped up to its newline.
+    skipping: bool,
 }
 
-/// Bytes read from a segment at a time (the longest line the journal accepts).
-const READ_BYTES: usize = 1 << 20;
+/// Bytes read from a segment at a time: the longest line the reader takes whole.
+const READ_BYTES: usize = 4 * MAX_ROW_BYTES;
 /// Bytes read per expected row: a batch is read in one go, not a whole segment.
 const BYTES_PER_ROW: usize = 1 << 10;
 
 impl Reader {
     /// A reader at the journal's shipped position.
     pub fn new(journal: &Journal) -> Self {
-        Self { position: journal.shipped(), open: None, buf: Vec::new() }
+        Self { position: journal.shipped(), open: None, buf: Vec::new(), skipping: false }
     }
 
     /// The next position to read.
@@ -458,8 +471,19 @@ impl Reader {
         self.position = position;
     }
 
-    /// Reads up to `max_rows` complete lines committed so far.
+    /// Reads up to `max_rows` complete lines committed so far. On an error the position is
+    /// where it was before the call: the next read tries the same lines again.
     pub fn read(&mut self, journal: &Journal, max_rows: usize) -> Result<Chunk, JournalError> {
+        let (position, skipping) = (self.position, self.skipping);
+        let read = self.read_lines(journal, max_rows);
+        if read.is_err() {
+            (self.position, self.skipping) = (position, skipping);
+            self.open = None;
+        }
+        read
+    }
+
+    fn read_lines(&mut self, journal: &Journal, max_rows: usize) -> Result<Chunk, JournalError> {
         let committed = journal.committed();
         let mut chunk = Chunk { end: self.position, ..Chunk::default() };
         if self.position >= committed {
@@ -510,6 +534,20 @@ impl Reader {
                 got += n;
             }
             let mut start = 0;
+            if self.skipping {
+                // The rest of a line too long to read: dropped up to its newline.
+                match buf[..got].iter().position(|&b| b == b'\n') {
+                    Some(nl) => {
+                        start = nl + 1;
+                        self.skipping = false;
+                    }
+                    None if got == 0 => break,
+                    None => {
+                        self.position += got as u64;
+                        continue;
+                    }
+                }
+            }
             while chunk.lines.len() < max_rows {
                 let Some(nl) = buf[start..got].iter().position(|&b| b == b'\n') else { break };
                 chunk.lines.push(buf[start..start + nl].to_vec());
@@ -529,9 +567,18 @@ impl Reader {
                     self.position = limit;
                     continue;
                 }
+                if got == READ_BYTES {
+                    // A line longer than any row the journal accepts (written by something
+                    // else, or corrupt): skipped to its end and counted, never a wedge.
+                    tracing::error!(position = self.position, "journal: a line over {READ_BYTES} bytes skipped");
+                    chunk.torn += 1;
+                    self.position += got as u64;
+                    self.skipping = true;
+                    continue;
+                }
                 let path = journal.dir.join(segment_name(base));
                 return Err(io(&path)(std::io::Error::other(format!(
-                    "no line end within {READ_BYTES} bytes at position {}",
+                    "no line end within {got} bytes at position {}",
                     self.position
                 ))));
             }
@@ -605,11 +652,11 @@ mod tests {
         let journal =
             Journal::open(dir.path(), 40 << 20, FsyncPolicy::Always, Duration::from_millis(10)).expect("open");
         let big = {
-            let mut v = vec![b'x'; (1 << 20) - 1];
+            let mut v = vec![b'x'; MAX_ROW_BYTES];
             v.push(b'\n');
             v
         };
-        for _ in 0..20 {
+        for _ in 0..40 {
             journal.append(&big, 1).expect("append");
         }
         assert!(segments(dir.path()).expect("list").len() >= 2, "rolled over at {SEGMENT_BYTES} bytes");
@@ -626,16 +673,77 @@ mod tests {
             if chunk.lines.is_empty() {
                 break;
             }
-            assert!(chunk.lines.iter().all(|l| l.len() == (1 << 20) - 1));
+            assert!(chunk.lines.iter().all(|l| l.len() == MAX_ROW_BYTES));
             rows += chunk.lines.len();
             journal.release(chunk.end, chunk.lines.len() as u64).expect("release");
         }
-        assert_eq!(rows, 20);
-        let full = Journal::open(tempfile::tempdir().expect("dir").path(), 1 << 20, FsyncPolicy::Never, Duration::ZERO)
-            .expect("open");
+        assert_eq!(rows, 40);
+        let full_dir = tempfile::tempdir().expect("dir");
+        let full = Journal::open(full_dir.path(), big.len() as u64, FsyncPolicy::Never, Duration::ZERO).expect("open");
         assert!(full.append(&big, 1).is_ok());
         assert!(matches!(full.append(&big, 1), Err(JournalError::Full(_))), "bounded by unshipped bytes");
         journal.close();
         full.close();
+    }
+
+    #[test]
+    fn an_oversized_row_is_refused_and_the_rows_around_it_are_shipped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = Journal::open(dir.path(), 64 << 20, FsyncPolicy::Never, Duration::ZERO).expect("open");
+        journal.append(&line(1), 1).expect("append");
+        let mut huge = vec![b'x'; MAX_ROW_BYTES + 1];
+        huge.push(b'\n');
+        assert!(matches!(journal.append(&huge, 1), Err(JournalError::RowTooLong(n)) if n == MAX_ROW_BYTES + 1));
+        journal.append(&line(2), 1).expect("append after a refusal");
+        let (rows, torn) = read_all(&journal, &mut Reader::new(&journal));
+        assert_eq!((rows, torn), (vec!["{\"row\":1}".to_string(), "{\"row\":2}".to_string()], 0));
+        journal.close();
+    }
+
+    /// A line longer than the reader reads (left by another version, or corruption) is skipped
+    /// and counted; the rows after it are shipped: the shipper never wedges on it.
+    #[test]
+    fn a_line_longer_than_the_reader_reads_is_skipped_not_a_wedge() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut segment = File::create(dir.path().join(segment_name(0))).expect("segment");
+            segment.write_all(&line(1)).expect("write");
+            segment.write_all(&vec![b'y'; 3 * READ_BYTES + 17]).expect("write");
+            segment.write_all(b"\n").expect("write");
+            segment.write_all(&line(2)).expect("write");
+        }
+        let journal = Journal::open(dir.path(), 64 << 20, FsyncPolicy::Never, Duration::ZERO).expect("open");
+        journal.append(&line(3), 1).expect("append");
+        let (rows, torn) = read_all(&journal, &mut Reader::new(&journal));
+        let expected: Vec<String> = (1..=3).map(|i| format!("{{\"row\":{i}}}")).collect();
+        assert_eq!(rows, expected);
+        assert_eq!(torn, 1, "the long line counted");
+        assert_eq!(journal.pending_bytes(), 0);
+        journal.close();
+    }
+
+    /// A read that fails half-way leaves the position where it was: the rows it had read are
+    /// read again, never skipped.
+    #[test]
+    fn a_failed_read_leaves_the_position_unchanged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = Journal::open(dir.path(), 64 << 20, FsyncPolicy::Never, Duration::ZERO).expect("open");
+        let mut row = vec![b'z'; MAX_ROW_BYTES];
+        row.push(b'\n');
+        for _ in 0..40 {
+            journal.append(&row, 1).expect("append");
+        }
+        let bases = journal.segment_bases();
+        assert!(bases.len() >= 2, "two segments");
+        let second = dir.path().join(segment_name(bases[1]));
+        let hidden = dir.path().join("hidden");
+        std::fs::rename(&second, &hidden).expect("hide the second segment");
+        let mut reader = Reader::new(&journal);
+        assert!(reader.read(&journal, 1000).is_err(), "the second segment is missing");
+        assert_eq!(reader.position(), 0, "the rows of the first segment are not skipped");
+        std::fs::rename(&hidden, &second).expect("restore");
+        let chunk = reader.read(&journal, 1000).expect("read");
+        assert_eq!(chunk.lines.len(), 40);
+        journal.close();
     }
 }

@@ -195,14 +195,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningLb> {
     let mut fronts = Vec::new();
     let app = http::router(lb.clone());
     let rx = stop_rx.clone();
-    let http_listener = {
-        use axum::serve::ListenerExt;
-        http_listener.tap_io(|tcp| {
-            let _ignored = tcp.set_nodelay(true);
-        })
-    };
+    let (limits, metrics) = (config.front.clone(), lb.metrics.clone());
     fronts.push(tokio::spawn(async move {
-        axum::serve(http_listener, app).with_graceful_shutdown(stopped(rx)).await.context("HTTP front")
+        http::serve(http_listener, app, limits, metrics, rx).await;
+        Ok(())
     }));
 
     let router = proto::grpc_router(proto::recommender_v1::recommender_server::RecommenderServer::new(

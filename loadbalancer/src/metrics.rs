@@ -27,6 +27,12 @@ pub struct Metrics {
     pub history_deferred: IntCounter,
     /// Response-log rows lost (journal full or unwritable): must stay 0.
     pub history_dropped: IntCounter,
+    /// Connections closed at once because the HTTP port had `front.max_connections` open.
+    pub connections_refused: IntCounter,
+    /// Connections open on the HTTP port.
+    pub connections_open: IntGauge,
+    /// The same rows by reason (`full`, `too_long`, `io`, `unencodable`).
+    pub history_refused: IntCounterVec,
     /// Journal lines skipped because they did not decode (a machine crash mid-append).
     pub history_journal_corrupt: IntCounter,
     /// Rows journaled and not yet in Postgres.
@@ -84,6 +90,18 @@ impl Metrics {
             "Response-log rows that waited in the journal because Postgres failed",
         )?;
         let history_dropped = IntCounter::new("history_rows_dropped_total", "Response-log rows lost (must stay 0)")?;
+        let connections_refused = IntCounter::new(
+            "connections_refused_total",
+            "HTTP connections closed at once: front.max_connections were open",
+        )?;
+        let connections_open = IntGauge::new("connections_open", "HTTP connections open")?;
+        let history_refused = IntCounterVec::new(
+            Opts::new(
+                "history_rows_refused_total",
+                "Response-log rows lost, by reason (full, too_long, io, unencodable)",
+            ),
+            &["reason"],
+        )?;
         let history_journal_corrupt =
             IntCounter::new("history_journal_corrupt_lines_total", "Journal lines skipped after a crash mid-append")?;
         let history_pending =
@@ -111,6 +129,9 @@ impl Metrics {
         registry.register(Box::new(history_written.clone()))?;
         registry.register(Box::new(history_deferred.clone()))?;
         registry.register(Box::new(history_dropped.clone()))?;
+        registry.register(Box::new(history_refused.clone()))?;
+        registry.register(Box::new(connections_refused.clone()))?;
+        registry.register(Box::new(connections_open.clone()))?;
         registry.register(Box::new(history_journal_corrupt.clone()))?;
         registry.register(Box::new(history_pending.clone()))?;
         registry.register(Box::new(history_journal_bytes.clone()))?;
@@ -126,6 +147,9 @@ impl Metrics {
             history_written,
             history_deferred,
             history_dropped,
+            history_refused,
+            connections_refused,
+            connections_open,
             history_journal_corrupt,
             history_pending,
             history_journal_bytes,

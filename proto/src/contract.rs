@@ -39,6 +39,22 @@ pub mod headers {
 
 /// The longest request id kept, in bytes.
 pub const MAX_REQUEST_ID_BYTES: usize = 128;
+/// How much of an invalid input (user id, limit) an error echoes and the response log keeps:
+/// the first bytes, then its length. A hostile request cannot make the error or the row big.
+pub const MAX_ECHOED_INPUT_BYTES: usize = 64;
+
+/// `given` as errors and logs show it: whole when short, else its first
+/// [`MAX_ECHOED_INPUT_BYTES`] (on a character boundary) and its length.
+pub fn echoed_input(given: &str) -> String {
+    if given.len() <= MAX_ECHOED_INPUT_BYTES {
+        return given.to_string();
+    }
+    let mut end = MAX_ECHOED_INPUT_BYTES;
+    while !given.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &given[..end], given.len())
+}
 
 /// A variant of the service behind the load balancer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -434,13 +450,13 @@ impl Answer {
 /// A request that breaks the input rules: answered 400 / `INVALID_ARGUMENT`, never routed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RequestError {
-    /// The user id is not a non-negative integer that fits i64.
+    /// The user id is not a non-negative integer that fits i64 (the id as [`echoed_input`]).
     #[error("invalid user id {0:?}: expected a non-negative integer")]
     InvalidUserId(String),
     /// The limit is not an integer in `1..=max`.
     #[error("invalid limit {given:?}: expected an integer in 1..={max}")]
     InvalidLimit {
-        /// What was given.
+        /// What was given, as [`echoed_input`].
         given: String,
         /// The largest limit accepted.
         max: usize,
@@ -473,7 +489,7 @@ impl RequestError {
 
 /// Parses a user id: a non-negative integer that fits i64.
 pub fn parse_user_id(raw: &str) -> Result<i64, RequestError> {
-    raw.parse::<i64>().ok().filter(|&id| id >= 0).ok_or_else(|| RequestError::InvalidUserId(raw.to_string()))
+    raw.parse::<i64>().ok().filter(|&id| id >= 0).ok_or_else(|| RequestError::InvalidUserId(echoed_input(raw)))
 }
 
 /// Parses `limit=` from a query string (`default` when absent; must be in `1..=max`).
@@ -487,7 +503,7 @@ pub fn parse_limit(query: Option<&str>, default: usize, max: usize) -> Result<us
                 .parse::<usize>()
                 .ok()
                 .filter(|l| (1..=max).contains(l))
-                .ok_or_else(|| RequestError::InvalidLimit { given: value.to_string(), max })?;
+                .ok_or_else(|| RequestError::InvalidLimit { given: echoed_input(value), max })?;
         }
     }
     Ok(limit)
@@ -549,6 +565,12 @@ mod tests {
         assert!(parse_user_id("-1").expect_err("negative").to_string().contains("non-negative"));
         assert!(parse_user_id("abc").is_err());
         assert!(parse_user_id("99999999999999999999").is_err());
+        let hostile = "é".repeat(30_000);
+        let echoed = parse_user_id(&hostile).expect_err("not a number").to_string();
+        assert!(echoed.len() < 3 * MAX_ECHOED_INPUT_BYTES, "a 60 kB id is echoed clipped: {} bytes", echoed.len());
+        assert!(echoed.contains("(60000 bytes)"), "{echoed}");
+        let limit = parse_limit(Some(&format!("limit={}", "9".repeat(10_000))), 20, 100).expect_err("too long");
+        assert!(limit.to_string().len() < 3 * MAX_ECHOED_INPUT_BYTES, "{limit}");
         assert_eq!(parse_limit(None, 20, 100), Ok(20));
         assert_eq!(parse_limit(Some("limit=5&x=1"), 20, 100), Ok(5));
         assert!(parse_limit(Some("limit=0"), 20, 100).is_err());

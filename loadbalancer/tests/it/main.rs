@@ -8,6 +8,7 @@ mod admin;
 mod contract;
 mod durability;
 mod faults;
+mod hostile;
 mod journal;
 mod overload;
 mod sticky;

@@ -25,7 +25,8 @@ use release::{controller, steps, store};
 struct Cli {
     #[command(flatten)]
     db: db::args::DatabaseArgs,
-    /// Webhook for notifications (Slack-compatible JSON); none when unset.
+    /// Webhook for notifications (Slack-compatible JSON); none when unset. A secret: prefer the
+    /// environment variable to the flag (command lines show in `ps`); logs name its host only.
     #[arg(long, env = "LAZYREC_RELEASE_WEBHOOK", global = true)]
     webhook: Option<String>,
     #[command(subcommand)]
