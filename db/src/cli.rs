@@ -80,6 +80,10 @@ struct IngestArgs {
     /// Name under which stdin's position is stored (resume key).
     #[arg(long, default_value = "stdin")]
     source_name: String,
+    /// Stdin replays the bytes of an earlier run under the same --source-name (the same file
+    /// piped again): skip what was ingested. Without it such a run is refused.
+    #[arg(long)]
+    resume_stream: bool,
     /// The rating scale of the log: 5 (older course) or 10 (2026 course).
     #[arg(long, default_value_t = 5, value_parser = parse_scale)]
     rating_scale: i16,
@@ -335,6 +339,7 @@ async fn ingest(cli: &Cli, args: &IngestArgs) -> Result<IngestReport> {
         batch_lines: args.batch_lines as usize,
         parse: ParseConfig { rating_scale: args.rating_scale, max_user_id: args.max_user_id },
         progress: !args.no_progress && std::io::stderr().is_terminal(),
+        resume_streams: args.resume_stream,
         ..IngestOptions::default()
     };
     Ok(Ingester::run_once(conn, opts, sources).await?)

@@ -43,6 +43,10 @@ pub struct IngestOptions {
     pub parse: ParseConfig,
     /// Draw a progress bar on stderr when it is a terminal.
     pub progress: bool,
+    /// Resume a stream source (stdin) that was ingested before by skipping as many bytes as were
+    /// ingested: right only when the stream replays the same bytes (the same file piped again).
+    /// Off, such a stream is refused: a live pipe's bytes are new, skipping them loses lines.
+    pub resume_streams: bool,
     /// How long to wait for the ingest lock. A killed ingester's lock lingers until Postgres
     /// notices its dead connection (often only when the backend next touches the socket), so a
     /// restart right after a crash waits a little instead of failing.
@@ -55,6 +59,7 @@ impl Default for IngestOptions {
             batch_lines: 200_000,
             parse: ParseConfig::default(),
             progress: false,
+            resume_streams: false,
             lock_wait: std::time::Duration::from_secs(15),
         }
     }
@@ -89,6 +94,16 @@ pub enum IngestError {
         "{0} was replaced since it was ingested (its first bytes changed); ingest it under another name with --source-name, or remove its row from ingest_sources"
     )]
     SourceChanged(String),
+    /// A stream (stdin) was ingested under this name before and cannot seek back to check it.
+    #[error(
+        "{name} was ingested up to byte {position} before; a stream cannot be resumed safely (its bytes may be new ones): ingest it under a new --source-name, or pass --resume-stream if it replays the same bytes"
+    )]
+    StreamResume {
+        /// The source's name.
+        name: String,
+        /// Its committed position.
+        position: u64,
+    },
     /// The database moved under us (e.g. someone else wrote events without the lock).
     #[error("consistency check failed: {0}")]
     Invariant(String),
@@ -572,6 +587,9 @@ impl Ingester {
                     }
                 }
             }
+        }
+        if source.kind() == SourceKind::Stream && position > 0 && !self.opts.resume_streams {
+            return Err(IngestError::StreamResume { name, position: position as u64 });
         }
         source.seek(position as u64).map_err(read_err)?;
         Ok(SourceState { position: position as u64, lines: lines as u64 })

@@ -157,6 +157,51 @@ fn segments(dir: &Path) -> Result<Vec<(u64, u64)>, JournalError> {
     Ok(out)
 }
 
+/// What a journal holds that Postgres does not have yet (see [`backlog`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    /// The `ts` of the oldest unshipped row.
+    pub oldest: chrono::DateTime<chrono::Utc>,
+    /// Unshipped bytes.
+    pub bytes: u64,
+}
+
+/// The unshipped rows of the journal in `dir`, read without its lock (the load balancer that owns
+/// it may be running): the oldest row's time and the bytes left. `None` when everything is
+/// shipped (or the directory holds no journal). For `lazyrec-provenance prune`, which must not
+/// cut history that is still on its way.
+pub fn backlog(dir: &Path) -> Result<Option<Backlog>, JournalError> {
+    #[derive(Deserialize)]
+    struct Stamp {
+        ts: chrono::DateTime<chrono::Utc>,
+    }
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    let existing = segments(dir)?;
+    let (Some(first), Some(last)) = (existing.first(), existing.last()) else { return Ok(None) };
+    let committed = last.0 + last.1;
+    let checkpoint = std::fs::read_to_string(dir.join("shipped")).ok().and_then(|s| s.trim().parse::<u64>().ok());
+    let shipped = checkpoint.unwrap_or(first.0).clamp(first.0, committed);
+    for &(base, len) in &existing {
+        if base + len <= shipped {
+            continue;
+        }
+        let path = dir.join(segment_name(base));
+        let file = File::open(&path).map_err(io(&path))?;
+        let mut buf = vec![0u8; READ_BYTES.min(len as usize)];
+        let from = shipped.saturating_sub(base);
+        let n = file.read_at(&mut buf, from).map_err(io(&path))?;
+        // The first row that decodes (a torn line is skipped as the shipper skips it).
+        for line in buf[..n].split(|b| *b == b'\n') {
+            if let Ok(stamp) = serde_json::from_slice::<Stamp>(line) {
+                return Ok(Some(Backlog { oldest: stamp.ts, bytes: committed - shipped }));
+            }
+        }
+    }
+    Ok(None)
+}
+
 fn sync_dir(dir: &Path) -> Result<(), JournalError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
@@ -744,6 +789,25 @@ mod tests {
         std::fs::rename(&hidden, &second).expect("restore");
         let chunk = reader.read(&journal, 1000).expect("read");
         assert_eq!(chunk.lines.len(), 40);
+        journal.close();
+    }
+
+    #[test]
+    fn the_backlog_names_the_oldest_unshipped_row() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(backlog(dir.path()).expect("empty"), None);
+        let journal = Journal::open(dir.path(), 1 << 20, FsyncPolicy::Never, Duration::ZERO).expect("open");
+        for hour in 1..=3 {
+            journal.append(format!("{{\"ts\":\"2026-12-05T0{hour}:00:00Z\"}}\n").as_bytes(), 1).expect("append");
+        }
+        let mut reader = Reader::new(&journal);
+        let first = reader.read(&journal, 1).expect("read");
+        journal.release(first.end, 1).expect("ship one");
+        let b = backlog(dir.path()).expect("read").expect("two unshipped");
+        assert_eq!(b.oldest.to_rfc3339(), "2026-12-05T02:00:00+00:00");
+        let rest = reader.read(&journal, 10).expect("read");
+        journal.release(rest.end, 2).expect("ship the rest");
+        assert_eq!(backlog(dir.path()).expect("read"), None);
         journal.close();
     }
 }

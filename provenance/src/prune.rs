@@ -20,6 +20,55 @@ pub enum PruneError {
     /// The vector store failed.
     #[error("vector store: {0}")]
     Store(#[from] vectorstore::StoreError),
+    /// The cut would delete history that is still needed or still arriving.
+    #[error("refusing to prune before {before}: {why}")]
+    CutTooRecent {
+        /// The cut asked for.
+        before: String,
+        /// What lies on the wrong side of it.
+        why: String,
+    },
+    /// A load balancer's journal could not be read.
+    #[error("reading the journal {0}: {1}")]
+    Journal(String, String),
+}
+
+/// Refuses a cut that would delete history a running experiment still analyses (its window
+/// began before the cut), or that lies inside a load balancer's journal backlog (rows older
+/// than the cut still on their way: they would arrive after the prune, naming what it deleted).
+pub async fn check_cut(
+    pool: &PgPool,
+    before: DateTime<Utc>,
+    journals: &[std::path::PathBuf],
+) -> Result<(), PruneError> {
+    let refuse = |why: String| PruneError::CutTooRecent { before: before.to_rfc3339(), why };
+    let running: Vec<(i64, String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT release_id, tag, experiment_started_at FROM releases
+         WHERE experiment_started_at IS NOT NULL AND experiment_ended_at IS NULL AND experiment_started_at < $1
+         ORDER BY experiment_started_at",
+    )
+    .bind(before)
+    .fetch_all(pool)
+    .await?;
+    if let Some((id, tag, started)) = running.first() {
+        return Err(refuse(format!(
+            "release {id} ({tag}) runs an experiment since {}; cut before that, or end the experiment first",
+            started.to_rfc3339()
+        )));
+    }
+    for dir in journals {
+        let backlog = loadbalancer::journal::backlog(dir)
+            .map_err(|e| PruneError::Journal(dir.display().to_string(), e.to_string()))?;
+        if let Some(b) = backlog.filter(|b| b.oldest < before) {
+            return Err(refuse(format!(
+                "the load balancer's journal {} still holds rows from {} on ({} bytes not yet in Postgres); cut before that, or let them ship",
+                dir.display(),
+                b.oldest.to_rfc3339(),
+                b.bytes
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// What a prune did (or, dry, would do).

@@ -132,17 +132,62 @@ async fn a_second_ingester_on_the_same_database_is_refused() {
     drop(first);
 }
 
+/// A stream cannot seek back to check its bytes: a second run under the same name is refused
+/// unless told it replays the same bytes (then it resumes by position).
 #[tokio::test]
-async fn a_named_stream_resumes_by_position() {
+async fn a_named_stream_is_refused_a_second_time_unless_it_replays_the_same_bytes() {
     let db = TestDb::new().await;
     let text = b"2025-01-01T00:00:00,1,GET /rate/a+1999=3\n2025-01-01T00:00:01,2,GET /create_account\n".to_vec();
-    for expected_new in [2u64, 0] {
-        let conn = PgConnection::connect(&db.url).await.expect("connect");
-        let source = StreamSource::new("stream:test", std::io::Cursor::new(text.clone()), Duration::from_millis(200));
-        let report = Ingester::run_once(conn, IngestOptions::default(), vec![Box::new(source)]).await.expect("run");
-        assert_eq!(report.accepted.total(), expected_new);
-    }
+    let run = |resume_streams| {
+        let (url, text) = (db.url.clone(), text.clone());
+        async move {
+            let conn = PgConnection::connect(&url).await.expect("connect");
+            let source = StreamSource::new("stream:test", std::io::Cursor::new(text), Duration::from_millis(200));
+            let opts = IngestOptions { resume_streams, ..IngestOptions::default() };
+            Ingester::run_once(conn, opts, vec![Box::new(source)]).await
+        }
+    };
+    assert_eq!(run(false).await.expect("first run").accepted.total(), 2);
+    let again = run(false).await;
+    assert!(
+        matches!(&again, Err(db::ingest::IngestError::StreamResume { position: 83, .. })),
+        "refused: {:?}",
+        again.as_ref().err().map(ToString::to_string)
+    );
+    assert_eq!(run(true).await.expect("replayed").accepted.total(), 0, "the same bytes: nothing new");
     assert_eq!(count(&db.pool, "SELECT count(*) FROM account_events").await, 1);
+}
+
+/// Lines over the limit, in a file and in a stream (one with no newline for 3 MB): each is
+/// rejected with its length and a clipped copy, the lines around it are ingested.
+#[tokio::test]
+async fn over_long_lines_are_rejected_clipped_and_the_rest_goes_on() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut text = b"2025-01-01T00:00:00,1,GET /rate/a+1999=3\n".to_vec();
+    text.extend_from_slice(b"2025-01-01T00:00:01,1,GET /data/m/");
+    text.extend(std::iter::repeat_n(b'a', 3 << 20));
+    text.extend_from_slice(b"/0.mpg\n2025-01-01T00:00:02,2,GET /create_account\n");
+    let path = dir.path().join("long.log");
+    std::fs::write(&path, &text).expect("write");
+    let file = FileSource::open(&path, None).expect("open");
+    let stream = StreamSource::new("stream:long", std::io::Cursor::new(text.clone()), Duration::from_millis(200));
+    for source in [Box::new(file) as Box<dyn LineSource>, Box::new(stream)] {
+        let conn = PgConnection::connect(&db.url).await.expect("connect");
+        let report = Ingester::run_once(conn, IngestOptions::default(), vec![source]).await.expect("run");
+        assert_eq!((report.accepted.total(), report.rejected_total()), (2, 1));
+    }
+    let rows: Vec<(String, String, i32)> =
+        sqlx::query_as("SELECT reason, detail, octet_length(raw) FROM rejected_lines ORDER BY source")
+            .fetch_all(&db.pool)
+            .await
+            .expect("rejected");
+    assert_eq!(rows.len(), 2);
+    for (reason, detail, raw) in rows {
+        assert_eq!(reason, "line_too_long");
+        assert!(detail.starts_with(&format!("{} bytes", 3 * (1 << 20) + 40)), "{detail}");
+        assert_eq!(raw, db::ingest::CLIPPED_COPY_BYTES as i32, "a clipped copy");
+    }
 }
 
 #[tokio::test]

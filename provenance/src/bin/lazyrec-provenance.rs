@@ -37,7 +37,9 @@ enum Command {
     /// Delete history older than --before together with what only it referred to: popularity
     /// run lists (never the latest run) and vector collections kept only because history named
     /// them (`retained`; never the live or previous one). Releases, models and events are kept.
-    /// The cut must be at least an hour ago (answers of the last hour may still be in flight).
+    /// The cut must be at least an hour ago (answers of the last hour may still be in flight),
+    /// before any running experiment's window, and before the oldest row still waiting in a
+    /// load balancer's journal.
     Prune(PruneArgs),
 }
 
@@ -49,6 +51,11 @@ struct PruneArgs {
     /// Print what would be deleted, delete nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Load-balancer journal directories whose unshipped rows the cut must not precede
+    /// (repeatable; default: `<state-dir>/loadbalancer/journal`). A load balancer elsewhere
+    /// must drain before a prune.
+    #[arg(long = "journal-dir", value_name = "DIR")]
+    journal_dirs: Vec<std::path::PathBuf>,
     #[command(flatten)]
     store: vectorstore::args::StoreArgs,
     /// JSON instead of text.
@@ -183,6 +190,15 @@ async fn prune_cmd(cli: &Cli, a: &PruneArgs) -> anyhow::Result<ExitCode> {
         .into());
     }
     let pool = pool(cli).await?;
+    let journals = if a.journal_dirs.is_empty() {
+        vec![cli.db.state_dir.join("loadbalancer").join("journal")]
+    } else {
+        a.journal_dirs.clone()
+    };
+    provenance::prune::check_cut(&pool, a.before, &journals).await.map_err(|e| match e {
+        e @ provenance::prune::PruneError::CutTooRecent { .. } => anyhow::Error::from(BadInput(e.to_string())),
+        e => anyhow::Error::from(e),
+    })?;
     let store = a.store.open(&cli.db.state_dir).context("opening the vector store")?;
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(

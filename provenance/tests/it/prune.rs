@@ -187,3 +187,62 @@ async fn prune_deletes_old_history_with_what_only_it_referred_to_and_nothing_els
     assert_eq!(all.plan.popularity_runs, [2, 4]);
     assert_eq!(all.plan.collections, ["movies_b_kept"]);
 }
+
+/// A cut inside a running experiment's window, or inside a load balancer's journal backlog, is
+/// refused (in one line, exit 2, from the CLI); once the experiment ended and the cut precedes
+/// the backlog, it is accepted.
+#[tokio::test]
+async fn prune_refuses_a_cut_inside_a_running_experiment_or_a_journal_backlog() {
+    use provenance::prune::{PruneError, check_cut};
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    let now = Utc::now();
+    let cut = now - TimeDelta::hours(3);
+    sqlx::query(
+        "INSERT INTO releases (tag, version, strategy, model_version, experiment_started_at)
+         VALUES ('release-recommender-nightly-9', '9', 'items-v1', 'm', $1)",
+    )
+    .bind(now - TimeDelta::hours(5))
+    .execute(pool)
+    .await
+    .expect("a running experiment");
+    let running = check_cut(pool, cut, &[]).await;
+    assert!(
+        matches!(&running, Err(PruneError::CutTooRecent { why, .. }) if why.contains("runs an experiment")),
+        "{running:?}"
+    );
+    let bin = env!("CARGO_BIN_EXE_lazyrec-provenance");
+    let dir = tempfile::tempdir().expect("dir");
+    let cli = |journal: &std::path::Path| {
+        Command::new(bin)
+            .args(["prune", "--dry-run", "--before", &cut.to_rfc3339(), "--journal-dir"])
+            .arg(journal)
+            .env("DATABASE_URL", &db.url)
+            .env("LAZYREC_EDGE_DIR", dir.path())
+            .output()
+            .expect("run")
+    };
+    let refused = cli(&dir.path().join("no-journal"));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("release-recommender-nightly-9") && stderr.trim().lines().count() == 1, "{stderr}");
+    sqlx::query("UPDATE releases SET experiment_ended_at = now()").execute(pool).await.expect("ended");
+    check_cut(pool, cut, &[]).await.expect("no experiment runs");
+
+    let journal_dir = dir.path().join("journal");
+    let journal = loadbalancer::journal::Journal::open(
+        &journal_dir,
+        1 << 20,
+        loadbalancer::journal::FsyncPolicy::Never,
+        std::time::Duration::ZERO,
+    )
+    .expect("journal");
+    let row = format!("{{\"ts\":\"{}\"}}\n", (now - TimeDelta::hours(4)).to_rfc3339());
+    journal.append(row.as_bytes(), 1).expect("an unshipped row");
+    let backlog = check_cut(pool, cut, std::slice::from_ref(&journal_dir)).await;
+    assert!(matches!(&backlog, Err(PruneError::CutTooRecent { why, .. }) if why.contains("journal")), "{backlog:?}");
+    let refused = cli(&journal_dir);
+    assert_eq!(refused.status.code(), Some(2), "{}", String::from_utf8_lossy(&refused.stderr));
+    check_cut(pool, now - TimeDelta::hours(5), std::slice::from_ref(&journal_dir)).await.expect("before the backlog");
+    journal.close();
+}
