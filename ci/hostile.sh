@@ -22,7 +22,7 @@ eval "export $("$BIN/lazyrec-db" up)"
 H="$RUN/hostile"
 rm -rf "$H"; mkdir -p "$H"
 stop_stack
-trap 'stop_stack; [ -n "${BLOAT_PID:-}" ] && kill "$BLOAT_PID" 2>/dev/null; rm -f "$H/huge.log"' EXIT
+trap 'stop_stack; [ -n "${BLOAT_PID:-}" ] && kill "$BLOAT_PID" 2>/dev/null; rm -f "$INGEST"' EXIT
 start_model_stack
 psql() { command psql -X "$DATABASE_URL" -Atc "$1"; }
 # The ingester follows a file of its own.
@@ -62,7 +62,9 @@ class H(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(b"ok" if ok else body)
     def log_message(self, *a): pass
-class S(socketserver.ThreadingMixIn, http.server.HTTPServer): daemon_threads = True
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    def handle_error(self, request, client_address): pass  # the load balancer hangs up on 5xx bodies: expected
 s = S(("127.0.0.1", 0), H)
 open(sys.argv[1], "w").write(str(s.server_address[1]))
 s.serve_forever()
@@ -73,20 +75,7 @@ admin PUT /admin/nightly "{\"backends\": [\"http://127.0.0.1:8081\", \"http://12
 python3 "$ROOT/ci/hostile.py" 127.0.0.1 8082 "$SECS" > "$H/attack.json" &
 ATTACK=$!
 # Ingest: 100 lines of 1 MB, a 2 GB line, a normal line (written as the attack runs).
-(
-  sleep 5
-  python3 - "$INGEST" <<'PY'
-import sys
-with open(sys.argv[1], "ab") as f:
-    for i in range(100):
-        f.write(b"2026-12-05T00:00:00,1,GET /data/m/" + b"a" * (1 << 20) + b"/0.mpg\n")
-    f.flush()
-    chunk = b"b" * (64 << 20)
-    for _ in range(32):  # 2 GiB, no newline until the end
-        f.write(chunk)
-    f.write(b"\n2026-12-05T00:00:01,424242,GET /rate/the+matrix+1999=8\n")
-PY
-) &
+( sleep 5; python3 "$ROOT/ci/hostile-lines.py" file "$INGEST" ) &
 normal_run attack
 wait "$ATTACK" || true
 echo "attacks: $(cat "$H/attack.json")"
@@ -102,15 +91,7 @@ if command -v tansu >/dev/null || [ -x "$HOME/.cargo/bin/tansu" ]; then
   say "3. Kafka: 100 messages of 1 MB, then a normal one"
   start_kafka
   python3 -c 'import confluent_kafka' 2>/dev/null || pip install -q confluent-kafka >/dev/null
-  python3 - <<'PY'
-from confluent_kafka import Producer
-p = Producer({"bootstrap.servers": "127.0.0.1:9092", "message.max.bytes": 2 << 20})
-for i in range(100):
-    p.produce("movielog1", b"2026-12-05T00:00:00,2,GET /data/m/" + b"k" * (1 << 20) + b"/0.mpg")
-    p.poll(0)
-p.produce("movielog1", b"2026-12-05T00:00:02,434343,GET /rate/the+matrix+1999=9")
-p.flush(30)
-PY
+  python3 "$ROOT/ci/hostile-lines.py" kafka 127.0.0.1:9092
   stop_stack ingester
   /usr/bin/time -f "kafka ingester peak RSS %M KiB" "$BIN/lazyrec-db" ingest --kafka-topic movielog1 \
     --kafka-brokers 127.0.0.1:9092 --rating-scale 10 --no-progress | tail -3
