@@ -766,28 +766,24 @@ fn parse_source(
     loop {
         let outcome = source.read_line(&mut buf, MAX_LINE_BYTES).map_err(read_err)?;
         let flush = match outcome {
-            ReadOutcome::Line { end } => {
+            ReadOutcome::Line { end } | ReadOutcome::TooLong { end, .. } => {
                 line_no += 1;
                 let start = batch.to;
                 batch.to = end;
                 batch.lines += 1;
-                match parse_line(&buf, &opts.parse) {
-                    Ok(event) => batch.push_event(&event, scale),
-                    Err(rejection) => {
-                        batch.push_rejected(&name, line_no, start, &buf, rejection.reason, &rejection.detail)
+                if let ReadOutcome::TooLong { len, .. } = outcome {
+                    let clipped = &buf[..buf.len().min(CLIPPED_COPY_BYTES)];
+                    let detail =
+                        format!("{len} bytes (the limit is {MAX_LINE_BYTES}; raw keeps the first {})", clipped.len());
+                    batch.push_rejected(&name, line_no, start, clipped, RejectReason::LineTooLong, &detail);
+                } else {
+                    match parse_line(&buf, &opts.parse) {
+                        Ok(event) => batch.push_event(&event, scale),
+                        Err(rejection) => {
+                            batch.push_rejected(&name, line_no, start, &buf, rejection.reason, &rejection.detail)
+                        }
                     }
                 }
-                batch.lines as usize >= opts.batch_lines || batch.bytes() >= MAX_BATCH_BYTES
-            }
-            ReadOutcome::TooLong { end, len } => {
-                line_no += 1;
-                let start = batch.to;
-                batch.to = end;
-                batch.lines += 1;
-                let clipped = &buf[..buf.len().min(CLIPPED_COPY_BYTES)];
-                let detail =
-                    format!("{len} bytes (the limit is {MAX_LINE_BYTES}; raw keeps the first {})", clipped.len());
-                batch.push_rejected(&name, line_no, start, clipped, RejectReason::LineTooLong, &detail);
                 batch.lines as usize >= opts.batch_lines || batch.bytes() >= MAX_BATCH_BYTES
             }
             ReadOutcome::Idle => {

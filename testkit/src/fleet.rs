@@ -189,3 +189,39 @@ impl CutProxy {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A backend faked at the edge: it passes its health checks (`GET /ready` → 200) and answers
+/// every other request at once with `status` (e.g. `"500 Internal Server Error"`) and `body`,
+/// keeping connections alive. Returns where it listens.
+pub async fn scripted_backend(status: &'static str, body: Vec<u8>) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let body: Arc<[u8]> = body.into();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = conn.read(&mut chunk).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let ready = buf.starts_with(b"GET /ready");
+                        buf.drain(..end + 4);
+                        let (status, body): (&str, &[u8]) = if ready { ("200 OK", b"ok") } else { (status, &body) };
+                        let head = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n", body.len());
+                        if conn.write_all(head.as_bytes()).await.is_err() || conn.write_all(body).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}

@@ -3,7 +3,6 @@
 //! and a backend's huge bodies are never read whole. The misbehaving backend is a fake at the
 //! edge; the other backends are real servers.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -94,39 +93,6 @@ async fn silent_connections_are_closed_and_connections_beyond_the_limit_are_refu
     fleet.shutdown().await;
 }
 
-/// A backend that passes its checks and answers every request with `status` and a body of
-/// `body_bytes` bytes.
-async fn bloated_backend(status: &'static str, body_bytes: usize) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Ok(n) = conn.read(&mut chunk).await else { return };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let ready = buf.starts_with(b"GET /ready");
-                        buf.drain(..end + 4);
-                        let (status, body) =
-                            if ready { ("200 OK", "ok".to_string()) } else { (status, "e".repeat(body_bytes)) };
-                        let reply = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}", body.len());
-                        if conn.write_all(reply.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backends_huge_bodies_are_not_read_whole_nor_logged() {
     let fleet = Fleet::new().await;
@@ -134,7 +100,7 @@ async fn a_backends_huge_bodies_are_not_read_whole_nor_logged() {
     let client = Client::new();
     for status in ["400 Bad Request", "200 OK", "503 Service Unavailable"] {
         let mut config = fleet.lb_config(state.path());
-        config.main = vec![format!("http://{}", bloated_backend(status, 2 << 20).await)];
+        config.main = vec![format!("http://{}", crate::fleet::scripted_backend(status, vec![b'e'; 2 << 20]).await)];
         config.nightly_share = Some(0.0);
         config.health.fall = 1_000_000;
         let lb = loadbalancer::start(config).await.expect("lb");

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use loadbalancer::assign::Variant;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::fleet::{Client, Fleet};
 use crate::helpers::blackhole;
@@ -15,34 +14,7 @@ use crate::helpers::blackhole;
 /// An HTTP/1.1 backend that passes its health checks (`/ready` → 200) and answers every other
 /// request with a 500 at once, keeping connections alive.
 async fn failing_backend() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Ok(n) = conn.read(&mut chunk).await else { return };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                        buf.drain(..end + 4);
-                        let status =
-                            if head.starts_with("GET /ready") { "200 OK" } else { "500 Internal Server Error" };
-                        let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 2\r\n\r\nno");
-                        if conn.write_all(reply.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
+    crate::fleet::scripted_backend("500 Internal Server Error", b"no".to_vec()).await
 }
 
 fn metric(metrics: &str, name: &str) -> f64 {
