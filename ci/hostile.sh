@@ -22,11 +22,14 @@ eval "export $("$BIN/lazyrec-db" up)"
 H="$RUN/hostile"
 rm -rf "$H"; mkdir -p "$H"
 stop_stack
-trap 'stop_stack; [ -n "${BLOAT_PID:-}" ] && kill "$BLOAT_PID" 2>/dev/null; rm -f "$INGEST"' EXIT
+# On any exit: nightly's pool as it was (admin changes persist in the routing file), then stop.
+trap '[ -n "${BLOAT_PID:-}" ] && admin PUT /admin/nightly "{\"backends\": [\"http://127.0.0.1:8081\"], \"share\": 0.2}" >/dev/null
+      stop_stack; [ -n "${BLOAT_PID:-}" ] && kill "$BLOAT_PID" 2>/dev/null; rm -f "$INGEST"' EXIT
 start_model_stack
 psql() { command psql -X "$DATABASE_URL" -Atc "$1"; }
 # The ingester follows a file of its own.
-INGEST="$H/ingest.log"; : > "$INGEST"
+# A new file per run: a file replaced under a name already ingested is refused (by design).
+INGEST="$H/ingest-$(date +%s).log"; : > "$INGEST"
 start_ingester "$INGEST"
 peak() { awk '/VmHWM/ { printf "%.0f MiB", $2 / 1024 }' "/proc/$(cat "$RUN/$1.pid")/status"; }
 normal_rows() { psql "SELECT count(*) FROM recommendations_history WHERE user_id BETWEEN 1 AND 610 AND ts >= '$1'"; }
@@ -75,7 +78,8 @@ admin PUT /admin/nightly "{\"backends\": [\"http://127.0.0.1:8081\", \"http://12
 python3 "$ROOT/ci/hostile.py" 127.0.0.1 8082 "$SECS" > "$H/attack.json" &
 ATTACK=$!
 # Ingest: 100 lines of 1 MB, a 2 GB line, a normal line (written as the attack runs).
-( sleep 5; python3 "$ROOT/ci/hostile-lines.py" file "$INGEST" ) &
+MARK=$(( (RANDOM * 32768 + RANDOM) % 900000 + 100000 ))   # the normal line's user, new per run
+( sleep 5; python3 "$ROOT/ci/hostile-lines.py" file "$INGEST" "$MARK" ) &
 normal_run attack
 wait "$ATTACK" || true
 echo "attacks: $(cat "$H/attack.json")"
@@ -83,19 +87,20 @@ admin PUT /admin/nightly '{"backends": ["http://127.0.0.1:8081"], "share": 0.2}'
 sleep 3
 echo "peak RSS: load balancer $(peak loadbalancer), ingester $(peak ingester)"
 echo "load balancer: $(curl -s localhost:8082/metrics | grep -E '^lazyrec_lb_(connections_refused_total|history_rows_dropped_total|history_rows_refused_total|errors_total)' | tr '\n' ' ')"
-echo "ingester: rejected lines: $(psql "SELECT string_agg(reason || '=' || n || ' (raw kept ≤ ' || raw_max || ' B)', ', ') FROM (SELECT reason, count(*) n, max(octet_length(raw)) raw_max FROM rejected_lines WHERE source LIKE 'file:%hostile%' GROUP BY reason) r")"
-echo "ingester: the normal line after them: $(psql "SELECT count(*) FROM rating_events WHERE user_id = 424242") rating event(s) of user 424242"
+echo "ingester: rejected lines: $(psql "SELECT string_agg(reason || '=' || n || ' (raw kept ≤ ' || raw_max || ' B)', ', ') FROM (SELECT reason, count(*) n, max(octet_length(raw)) raw_max FROM rejected_lines WHERE source = 'file:$INGEST' GROUP BY reason) r")"
+echo "ingester: the normal line after them: $(psql "SELECT count(*) FROM rating_events WHERE user_id = $MARK") rating event(s) of user $MARK"
 echo "next normal request: $(curl -s -o /dev/null -w '%{http_code}' localhost:8082/recommend/7); journal pending: $(lb_state history)"
 
 if command -v tansu >/dev/null || [ -x "$HOME/.cargo/bin/tansu" ]; then
   say "3. Kafka: 100 messages of 1 MB, then a normal one"
-  start_kafka
+  TOPIC="hostile-$(date +%s)"   # a new topic per run: positions of earlier runs stay in Postgres
+  start_kafka "$TOPIC"
   python3 -c 'import confluent_kafka' 2>/dev/null || pip install -q confluent-kafka >/dev/null
-  python3 "$ROOT/ci/hostile-lines.py" kafka 127.0.0.1:9092
+  python3 "$ROOT/ci/hostile-lines.py" kafka 127.0.0.1:9092 "$TOPIC" "$MARK"
   stop_stack ingester
-  /usr/bin/time -f "kafka ingester peak RSS %M KiB" "$BIN/lazyrec-db" ingest --kafka-topic movielog1 \
+  /usr/bin/time -f "kafka ingester peak RSS %M KiB" "$BIN/lazyrec-db" ingest --kafka-topic "$TOPIC" \
     --kafka-brokers 127.0.0.1:9092 --rating-scale 10 --no-progress | tail -3
-  echo "kafka: rejected $(psql "SELECT count(*) FROM rejected_lines WHERE source LIKE 'kafka:%' AND reason = 'line_too_long'") long lines; the normal message: $(psql "SELECT count(*) FROM rating_events WHERE user_id = 434343") rating event(s)"
+  echo "kafka: rejected $(psql "SELECT count(*) FROM rejected_lines WHERE source LIKE 'kafka:$TOPIC%' AND reason = 'line_too_long'") long lines; the normal message: $(psql "SELECT count(*) FROM rating_events WHERE user_id = $((MARK + 1))") rating event(s)"
 else
   echo "SKIPPED kafka: no broker (tansu) installed; ci/install-kafka.sh installs it"
 fi

@@ -100,8 +100,9 @@ start_simulator() { # rate output
   echo $! > "$RUN/simulator.pid"
 }
 
-# A local Kafka-protocol broker (tansu, in memory) on :9092 with the topic movielog1.
-start_kafka() {
+# A local Kafka-protocol broker (tansu, in memory) on :9092 with the topic TOPIC (default
+# movielog1).
+start_kafka() { # [topic]
   local tansu
   tansu="$(command -v tansu || echo "$HOME/.cargo/bin/tansu")"
   [ -x "$tansu" ] || { echo "error: tansu is not installed: run ci/install-kafka.sh" >&2; return 1; }
@@ -109,7 +110,7 @@ start_kafka() {
     --storage-engine memory://tansu/ >>"$RUN/kafka.log" 2>&1 &
   echo $! > "$RUN/kafka.pid"
   for _ in $(seq 1 50); do
-    "$tansu" topic create movielog1 --partitions 1 --broker tcp://127.0.0.1:9092 >/dev/null 2>&1 && return 0
+    "$tansu" topic create "${1:-movielog1}" --partitions 1 --broker tcp://127.0.0.1:9092 >/dev/null 2>&1 && return 0
     sleep 0.2
   done
   echo "error: the broker did not come up (see $RUN/kafka.log)" >&2

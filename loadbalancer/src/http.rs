@@ -22,27 +22,18 @@ use crate::config::Front;
 use crate::core::{Handled, Lb, Protocol};
 use crate::metrics::Metrics;
 
-/// Returns once `flag` is (or was) true, or its sender is gone.
-async fn raised(flag: &mut watch::Receiver<bool>) {
-    let _raised = flag.wait_for(|raised| *raised).await;
-}
-
 /// Serves `app` on the public port (HTTP/1.1) until `stop` turns true, then lets every open
 /// connection finish its request and returns once all are closed. Bounded against hostile
 /// clients: at most `limits.max_connections` connections (more are closed at once and
 /// counted), and a connection that does not send a request's headers within
 /// `limits.header_read_timeout_ms` is closed.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    limits: Front,
-    metrics: Metrics,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn serve(listener: TcpListener, app: Router, limits: Front, metrics: Metrics, stop: watch::Receiver<bool>) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms));
     let (closing_tx, closing_rx) = watch::channel(false);
+    let stop = lifecycle::stopped(stop);
+    tokio::pin!(stop);
     loop {
         let tcp = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -54,7 +45,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = raised(&mut stop) => break,
+            () = &mut stop => break,
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             metrics.connections_refused.inc();
@@ -62,14 +53,14 @@ pub async fn serve(
         };
         let _ignored = tcp.set_nodelay(true);
         let conn = builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app.clone()));
-        let mut closing = closing_rx.clone();
+        let closing = lifecycle::stopped(closing_rx.clone());
         let metrics = metrics.clone();
         metrics.connections_open.inc();
         tokio::spawn(async move {
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
-                () = raised(&mut closing) => {
+                () = closing => {
                     conn.as_mut().graceful_shutdown();
                     let _finished = conn.await;
                 }
