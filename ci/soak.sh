@@ -4,12 +4,15 @@
 #   2. 60 s at 500 req/s while the load balancer is restarted gracefully (SIGTERM, start again);
 #   3. 60 s at 500 req/s while the load balancer is killed (SIGKILL: no chance to flush anything)
 #      and started again: the rows of the responses it sent are in its journal, shipped by the
-#      new process.
+#      new process;
+#   lb-replace (not in the default set): 60 s at 500 req/s while the load balancer is replaced
+#      without downtime (ci/stack.sh replace_lb: a second replica on the port, then the old one
+#      stops) — no failed request expected.
 # After each: rows added to recommendations_history == responses the client received — except
 # after a SIGKILL, where the invariant allows a row for a response the process journaled but
 # did not finish sending: responses ≤ rows ≤ responses + the client's failed requests.
 # Usage: ci/soak.sh [seconds] [rate] [scenario ...]   (scenarios: postgres-restart lb-restart
-# lb-kill; default: all three once; e.g. `ci/soak.sh 30 500 lb-kill lb-kill lb-kill`)
+# lb-kill lb-replace; default: the first three once; e.g. `ci/soak.sh 30 500 lb-kill lb-kill lb-kill`)
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/stack.sh"
 SECONDS_PER_RUN="${1:-60}"
@@ -77,6 +80,12 @@ restart_lb() {
   wait_ready 8082
   echo "load balancer back after $(python3 -c "import time; print(f'{time.time() - $t0:.2f}')") s"
 }
+replace_lb_timed() {
+  say "replacing the load balancer without downtime (new replica on the port, then the old one stops)"
+  local t0; t0="$(date +%s.%N)"
+  replace_lb
+  echo "old replica gone, new one serving, after $(python3 -c "import time; print(f'{time.time() - $t0:.2f}')") s"
+}
 kill_lb() {
   say "killing the load balancer (SIGKILL) and starting it again"
   local t0; t0="$(date +%s.%N)"
@@ -92,7 +101,8 @@ for scenario in "${SCENARIOS[@]}"; do
     postgres-restart) run_load postgres-restart restart_postgres || failed=1 ;;
     lb-restart) run_load lb-restart restart_lb || failed=1 ;;
     lb-kill) run_load lb-kill kill_lb || failed=1 ;;
-    *) echo "unknown scenario $scenario (postgres-restart, lb-restart, lb-kill)" >&2; exit 2 ;;
+    lb-replace) run_load lb-replace replace_lb_timed || failed=1 ;;
+    *) echo "unknown scenario $scenario (postgres-restart, lb-restart, lb-kill, lb-replace)" >&2; exit 2 ;;
   esac
 done
 exit "$failed"

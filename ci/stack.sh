@@ -73,18 +73,43 @@ start_model_stack() { # [model]
 }
 
 # The load balancer; `start_lb main-only`: no nightly (a release routes it) and the configured
-# routing (the routing file an earlier run's admin changes left is removed: it would win).
+# routing written as the fleet's new version (--reset-routing: what earlier runs' admin changes
+# left in Postgres would win). Returns once the process has bound its ports (its ready file).
 start_lb() {
-  local nightly=(--nightly http://127.0.0.1:8081)
+  local nightly=(--nightly http://127.0.0.1:8081) reset=()
   if [ "${1:-}" = main-only ]; then
     nightly=()
-    rm -f "$LAZYREC_STATE_DIR/loadbalancer/journal/routing.json"
+    reset=(--reset-routing)
   fi
+  local ready="$RUN/loadbalancer.ready.$$.$RANDOM"
+  rm -f "$ready"
   LAZYREC_LB_ADMIN_TOKEN="$(cat "$RUN/admin-token")" \
-    "$BIN/lazyrec-lb" --main http://127.0.0.1:8080 "${nightly[@]}" \
+    "$BIN/lazyrec-lb" --main http://127.0.0.1:8080 "${nightly[@]}" "${reset[@]}" \
     --http-addr 0.0.0.0:8082 --grpc-addr 127.0.0.1:8083 --admin-addr 127.0.0.1:8084 \
-    >>"$RUN/loadbalancer.log" 2>&1 &
-  echo $! > "$RUN/loadbalancer.pid"
+    --ready-file "$ready" >>"$RUN/loadbalancer.log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 600); do
+    [ -s "$ready" ] && break
+    alive "$pid" || { echo "error: the load balancer exited (see $RUN/loadbalancer.log)" >&2; return 1; }
+    sleep 0.05
+  done
+  rm -f "$ready"
+  echo "$pid" > "$RUN/loadbalancer.pid"
+}
+
+# A zero-downtime restart (or upgrade: $BIN's binary) of the load balancer: the new process binds
+# the same ports (SO_REUSEPORT) and follows the fleet's routing in Postgres; once it serves, the
+# old one stops gracefully (its listener closes, keep-alive clients are told to reconnect, its
+# journal ships). Connections queued on the old listener move to the new one when
+# net.ipv4.tcp_migrate_req = 1 (setup sets it).
+replace_lb() {
+  local old=""
+  [ -f "$RUN/loadbalancer.pid" ] && old="$(cat "$RUN/loadbalancer.pid")"
+  start_lb
+  if [ -n "$old" ] && alive "$old"; then
+    kill -TERM "$old" 2>/dev/null || true
+    for _ in $(seq 1 600); do alive "$old" || break; sleep 0.05; done
+  fi
 }
 
 # The ingester following the simulator's output (a file, or --kafka-topic …).

@@ -1,10 +1,12 @@
 //! The admin API, on its own port, behind a bearer token (no token configured → not served).
 //! The calls, bodies and the state document are [`proto::admin`]'s types (the table is there).
 //!
-//! A change is computed on the current routing, **written to the routing file first**, then
-//! swapped in, logged, and recorded in `release_events` (`step = 'lb.<action>'`, details: before
-//! and after). A change that cannot be written is refused with 503 and not applied: an answered
-//! change survives a restart, a refused one moved nothing. A 4xx answer carries a one-line reason.
+//! A change is computed on the fleet's routing in Postgres and stored with its record in
+//! `release_events` (`step = 'lb.<action>'`, details: before and after) and this replica's
+//! routing file in one transaction ([`crate::fleet::change`]), then swapped in here; the other
+//! replicas follow. A change that cannot be stored is refused with 503 and not applied: an
+//! answered change survives a restart, a refused one moved nothing. A 4xx answer carries a
+//! one-line reason.
 
 use std::sync::Arc;
 
@@ -22,19 +24,19 @@ use proto::admin::{
 use crate::config::check_backend_url;
 use crate::core::Lb;
 use crate::health;
-use crate::routing::{self, Routing, RoutingSpec};
+use crate::fleet::{self, ChangeError};
+use crate::routing::RoutingSpec;
 
 /// The admin state.
 #[derive(Debug)]
 pub struct Admin {
     lb: Arc<Lb>,
     token: String,
-    changes: tokio::sync::Mutex<()>,
 }
 
 /// The router (every route needs the token).
 pub fn router(lb: Arc<Lb>, token: String) -> Router {
-    let admin = Arc::new(Admin { lb, token, changes: tokio::sync::Mutex::new(()) });
+    let admin = Arc::new(Admin { lb, token });
     Router::new()
         .route("/admin/state", get(state))
         .route("/admin/nightly", put(set_nightly))
@@ -94,6 +96,7 @@ pub fn state_of(lb: &Lb) -> AdminState {
         nightly: backends(&routing.nightly),
         main_release_id: routing.main_release_id,
         nightly_release_id: routing.nightly_release_id,
+        routing_version: routing.version,
         history: HistoryState {
             pending: lb.history.queued() as u64,
             written: m.history_written.get(),
@@ -123,42 +126,28 @@ async fn provenance(State(admin): State<Arc<Admin>>, Path(request_id): Path<Stri
 }
 
 impl Admin {
-    /// Applies `change` to the current spec: persists it (refused, and not applied, when it
-    /// cannot be), swaps the new table in, records it.
+    /// Applies `change` to the fleet's routing: stored in Postgres with its record and the
+    /// routing file (refused, and not applied, when it cannot be), swapped in here, followed by
+    /// the other replicas.
     async fn apply(&self, action: &str, change: impl FnOnce(&mut RoutingSpec) -> Result<(), String>) -> Response {
-        let _one_at_a_time = self.changes.lock().await;
         let lb = &self.lb;
-        let current = lb.routing.load_full();
-        let before = current.spec();
-        let mut after = before.clone();
-        if let Err(reason) = change(&mut after) {
-            return bad(reason);
-        }
-        if let Err(e) = routing::save(&lb.config, &after) {
-            let reason = format!("routing not saved, nothing changed: {e:#}");
-            tracing::error!(action, error = %reason, "admin change refused");
-            return (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")).into_response();
-        }
-        let table = Routing::build(&after, Some(&current));
-        // Before the swap: every request stamped before this time was routed by the old table
-        // (the request path stamps its row after taking its routing snapshot).
-        let applied_at = chrono::Utc::now();
-        lb.routing.store(Arc::new(table));
+        let changed = match fleet::change(lb, action, change).await {
+            Ok(changed) => changed,
+            Err(ChangeError::Refused(reason)) => return bad(reason),
+            Err(e @ ChangeError::NotSaved(_)) => {
+                let reason = e.to_string();
+                tracing::error!(action, error = %reason, "admin change refused");
+                return (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")).into_response();
+            }
+        };
         // New backends get a health check before the answer, so the caller sees their state.
         health::check_all(lb, false).await;
-        let details = serde_json::json!({"before": before, "after": after});
-        let recorded = sqlx::query("INSERT INTO release_events (release_id, step, details) VALUES (NULL, $1, $2)")
-            .bind(format!("lb.{action}"))
-            .bind(&details)
-            .execute(&lb.pool)
-            .await;
-        if let Err(e) = &recorded {
-            tracing::error!(error = %e, action, "admin change applied but not recorded in release_events");
-        }
-        tracing::info!(action, before = %serde_json::to_string(&before).unwrap_or_default(),
-            after = %serde_json::to_string(&after).unwrap_or_default(), "routing changed");
+        tracing::info!(action, version = changed.after.version,
+            before = %serde_json::to_string(&changed.before).unwrap_or_default(),
+            after = %serde_json::to_string(&changed.after.spec).unwrap_or_default(), "routing changed");
         let mut body = state_of(lb);
-        body.change = Some(Change { action: action.to_string(), saved: true, recorded: recorded.is_ok(), applied_at });
+        body.change =
+            Some(Change { action: action.to_string(), saved: true, recorded: true, applied_at: changed.applied_at });
         axum::Json(body).into_response()
     }
 }

@@ -43,9 +43,11 @@ pub struct History {
     pub batch_rows: usize,
     /// The longest a journaled row waits before its (partial) batch is shipped to Postgres.
     pub flush_ms: u64,
-    /// The write-ahead journal every row reaches before its response is sent (default
-    /// `<state_dir>/loadbalancer/journal`). One load balancer per directory (it is locked); the
-    /// routing file and the cached fallback list live there too.
+    /// The write-ahead journal every row reaches before its response is sent. One load balancer
+    /// per directory (it is locked); the routing cache and the fallback list live there too.
+    /// Default: the first free slot of `<state_dir>/loadbalancer/journal`, `journal-2`, …
+    /// `journal-8` — each replica its own, and a slot a killed replica left is shipped by the
+    /// next replica that takes it. Set, it is that directory or an error when it is taken.
     #[serde(alias = "spool_dir")]
     pub journal_dir: Option<PathBuf>,
     /// Unshipped journal bytes allowed; beyond them rows are dropped and counted.
@@ -111,11 +113,41 @@ pub struct Front {
     /// A client must send a request's headers within this, counted from the connection (or the
     /// previous response) on: idle and trickling connections are closed after it.
     pub header_read_timeout_ms: u64,
+    /// Bind the HTTP, gRPC and admin ports with `SO_REUSEPORT`, so a second replica can serve
+    /// the same ports: the zero-downtime restart starts the new process, then stops the old one.
+    /// (With `net.ipv4.tcp_migrate_req = 1` the kernel hands connections still queued on the old
+    /// listener to the new one; without it they are reset — the load balancer warns at start.)
+    pub reuse_port: bool,
+    /// At shutdown, after the listener closes: for this long open keep-alive connections are
+    /// still served, each response saying `Connection: close`, so clients move to the other
+    /// replica between requests instead of finding their connection gone; then what is still
+    /// open is closed once idle.
+    pub drain_ms: u64,
 }
 
 impl Default for Front {
     fn default() -> Self {
-        Self { max_connections: 4_096, header_read_timeout_ms: 10_000 }
+        Self { max_connections: 4_096, header_read_timeout_ms: 10_000, reuse_port: true, drain_ms: 1_000 }
+    }
+}
+
+/// The routing shared by every replica of a fleet (the `lb_routing` row in Postgres).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Shared {
+    /// The fleet: replicas with the same name (on one database) share one routing.
+    pub fleet: String,
+    /// How often a replica re-reads the routing (besides the notification every change sends),
+    /// so a lost notification delays a change by at most this.
+    pub poll_ms: u64,
+    /// At start, write the configured routing as a new version even when the stored one was
+    /// made on the same configuration (`lazyrec-lb --reset-routing`): admin changes are dropped.
+    pub reset: bool,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self { fleet: "default".into(), poll_ms: 1_000, reset: false }
     }
 }
 
@@ -169,8 +201,10 @@ pub struct Config {
     pub history: History,
     /// Retry budget and per-backend concurrency limit.
     pub overload: Overload,
-    /// Connection limits of the public HTTP port.
+    /// Connection limits of the public HTTP port, port sharing and draining.
     pub front: Front,
+    /// The routing shared with the fleet's other replicas.
+    pub routing: Shared,
 }
 
 impl Default for Config {
@@ -199,6 +233,7 @@ impl Default for Config {
             history: History::default(),
             overload: Overload::default(),
             front: Front::default(),
+            routing: Shared::default(),
         }
     }
 }
@@ -248,7 +283,7 @@ impl Config {
         self.nightly_share.unwrap_or(if self.nightly.is_empty() { 0.0 } else { 0.2 })
     }
 
-    /// The journal directory in effect.
+    /// The journal directory in effect (after [`crate::start`], the slot this replica took).
     pub fn journal_dir(&self) -> PathBuf {
         self.history.journal_dir.clone().unwrap_or_else(|| self.state_dir.join("loadbalancer").join("journal"))
     }
@@ -342,6 +377,12 @@ impl Config {
         }
         if !(o.retry_min_per_second >= 0.0 && o.retry_min_per_second.is_finite()) {
             problems.push(format!("overload.retry_min_per_second ({}) must be ≥ 0", o.retry_min_per_second));
+        }
+        if self.routing.fleet.trim().is_empty() || self.routing.poll_ms == 0 {
+            problems.push("routing.fleet must not be empty and routing.poll_ms must be positive".into());
+        }
+        if self.front.drain_ms > 60_000 {
+            problems.push(format!("front.drain_ms = {} is longer than a minute", self.front.drain_ms));
         }
         if self.fallback_refresh_ms == 0 {
             problems.push("fallback_refresh_ms must be positive".into());

@@ -235,6 +235,8 @@ pub struct Lb {
     pub fallback: FallbackList,
     /// The backend client.
     pub client: BackendClient,
+    /// Serialises routing swaps (admin changes, following the fleet's row).
+    pub routing_sync: crate::fleet::RoutingSync,
     retry_budget: RetryBudget,
     next: AtomicUsize,
 }
@@ -264,6 +266,7 @@ impl Lb {
             pool,
             fallback,
             client: backend::client(),
+            routing_sync: crate::fleet::RoutingSync::default(),
             retry_budget,
             next: AtomicUsize::new(0),
         }

@@ -4,6 +4,7 @@
 //! Rendering, headers and input rules are [`proto::contract`]'s.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -22,12 +23,29 @@ use crate::config::Front;
 use crate::core::{Handled, Lb, Protocol};
 use crate::metrics::Metrics;
 
-/// Serves `app` on the public port (HTTP/1.1) until `stop` turns true, then lets every open
-/// connection finish its request and returns once all are closed. Bounded against hostile
-/// clients: at most `limits.max_connections` connections (more are closed at once and
-/// counted), and a connection that does not send a request's headers within
-/// `limits.header_read_timeout_ms` is closed.
+/// Serves `app` on the public port (HTTP/1.1) until `stop` turns true, then drains and returns
+/// once every connection is closed. Bounded against hostile clients: at most
+/// `limits.max_connections` connections (more are closed at once and counted), and a connection
+/// that does not send a request's headers within `limits.header_read_timeout_ms` is closed.
+///
+/// The drain, for a restart without a failed request: the listener closes first (another
+/// replica on the port takes new connections; with `tcp_migrate_req` the queued ones too), then
+/// for `limits.drain_ms` open connections are still served, every response saying
+/// `Connection: close` — a client's next request on one of them is answered, and the client
+/// reconnects (to the other replica) for the one after —, then connections are closed as soon
+/// as they are idle.
 pub async fn serve(listener: TcpListener, app: Router, limits: Front, metrics: Metrics, stop: watch::Receiver<bool>) {
+    let draining = Arc::new(AtomicBool::new(false));
+    let flag = draining.clone();
+    let app = app.layer(axum::middleware::map_response(move |mut response: Response| {
+        let closing = flag.load(Ordering::Relaxed);
+        async move {
+            if closing {
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
+        }
+    }));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms));
@@ -69,10 +87,17 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Front, metrics: M
             drop(permit);
         });
     }
-    let _sent = closing_tx.send(true);
-    // Every connection holds a permit until it is closed; a client that never reads its
-    // response does not hold the shutdown up for long.
+    drop(listener);
+    draining.store(true, Ordering::Relaxed);
+    // Every connection holds a permit until it is closed.
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let open = limits.max_connections - permits.available_permits();
+    let drained = tokio::time::timeout(Duration::from_millis(limits.drain_ms), permits.acquire_many(all)).await;
+    tracing::info!(open, still_open = limits.max_connections - permits.available_permits(),
+        drained_ms = limits.drain_ms, "HTTP front: listener closed, keep-alive connections told to close");
+    drop(drained);
+    let _sent = closing_tx.send(true);
+    // A client that never reads its response does not hold the shutdown up for long.
     if tokio::time::timeout(Duration::from_secs(30), permits.acquire_many(all)).await.is_err() {
         tracing::warn!("HTTP front: connections still open 30 s after the shutdown began; closing them");
     }

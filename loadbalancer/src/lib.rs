@@ -14,6 +14,7 @@ pub mod backend;
 pub mod config;
 pub mod core;
 pub mod fallback;
+pub mod fleet;
 pub mod grpc;
 pub mod health;
 pub mod history;
@@ -37,7 +38,6 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::core::Lb;
 use crate::fallback::FallbackList;
-use crate::routing::Routing;
 
 /// Runs `work` every `period` (first after one period), until aborted.
 fn every<F, Fut>(period: Duration, lb: Arc<Lb>, work: F) -> JoinHandle<()>
@@ -122,9 +122,64 @@ impl RunningLb {
     }
 }
 
+/// The most replicas sharing a state directory's default journal slots.
+pub const JOURNAL_SLOTS: usize = 8;
+
+/// The journal slots of the default layout: `journal`, `journal-2`, … under
+/// `<state_dir>/loadbalancer` (what `prune` checks for a backlog).
+pub fn journal_slots(state_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let base = state_dir.join("loadbalancer");
+    (1..=JOURNAL_SLOTS).map(|n| if n == 1 { base.join("journal") } else { base.join(format!("journal-{n}")) }).collect()
+}
+
+/// Opens the configured journal, or the first free default slot (each replica its own).
+fn open_journal(config: &Config) -> anyhow::Result<(Arc<journal::Journal>, std::path::PathBuf)> {
+    let h = &config.history;
+    let open = |dir: &std::path::Path| {
+        journal::Journal::open(dir, h.journal_max_bytes, h.fsync, Duration::from_millis(h.fsync_interval_ms))
+    };
+    if let Some(dir) = &h.journal_dir {
+        return Ok((open(dir)?, dir.clone()));
+    }
+    for dir in journal_slots(&config.state_dir) {
+        match open(&dir) {
+            Ok(journal) => return Ok((journal, dir)),
+            Err(journal::JournalError::Locked(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    anyhow::bail!(
+        "all {JOURNAL_SLOTS} journal slots under {} are taken by running load balancers",
+        config.state_dir.join("loadbalancer").display()
+    )
+}
+
+/// Binds `addr`, with `SO_REUSEPORT` when `reuse_port` (another replica may serve the port).
+fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Warns when connections queued on a stopping replica's listener would be reset instead of
+/// handed to the other replica (Linux `net.ipv4.tcp_migrate_req`).
+fn check_migrate_req() {
+    if let Ok(v) = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req")
+        && v.trim() == "0"
+    {
+        tracing::warn!("net.ipv4.tcp_migrate_req = 0: when a replica stops, connections still queued on its listener are \
+             reset instead of handed to the other replica (sysctl -w net.ipv4.tcp_migrate_req=1)");
+    }
+}
+
 /// Validates `config`, binds the fronts, and serves until shut down. Postgres is reached
-/// lazily: without it the load balancer still routes, and its log waits in the journal.
-pub async fn start(config: Config) -> anyhow::Result<RunningLb> {
+/// lazily: without it the load balancer still routes (its last routing), and its log waits in
+/// the journal.
+pub async fn start(mut config: Config) -> anyhow::Result<RunningLb> {
     config.validate()?;
     let url = db::resolve_database_url(config.database_url.as_deref(), &config.state_dir)?;
     let pool = PgPoolOptions::new()
@@ -133,16 +188,19 @@ pub async fn start(config: Config) -> anyhow::Result<RunningLb> {
         .connect_lazy_with(
             db::connect_options(&url).with_context(|| format!("bad database URL {}", db::redact(&url)))?,
         );
-    let journal_dir = config.journal_dir();
+    let (journal, journal_dir) = open_journal(&config)?;
+    // From here on every path under the journal directory (routing and fallback files) is this
+    // replica's slot.
+    config.history.journal_dir = Some(journal_dir.clone());
     let h = &config.history;
-    let journal =
-        journal::Journal::open(&journal_dir, h.journal_max_bytes, h.fsync, Duration::from_millis(h.fsync_interval_ms))?;
     if journal.pending_rows() > 0 {
         tracing::info!(dir = %journal_dir.display(), rows = journal.pending_rows(), bytes = journal.pending_bytes(),
             "journaled response-log rows from an earlier run will be stored");
     }
     let metrics = metrics::Metrics::new()?;
-    let routing = Arc::new(ArcSwap::from_pointee(Routing::build(&routing::initial_spec(&config), None)));
+    let (table, seeded) = fleet::initial(&pool, &config, Duration::from_secs(3)).await;
+    metrics.routing_version.set(table.version);
+    let routing = Arc::new(ArcSwap::from_pointee(table));
     let (stop_shipper, shipper_rx) = watch::channel(false);
     let options = history::ShipperOptions {
         batch_rows: h.batch_rows,
@@ -155,16 +213,17 @@ pub async fn start(config: Config) -> anyhow::Result<RunningLb> {
     let shipper = history::Shipper::new(pool.clone(), journal, metrics.clone(), options);
     let fallback = FallbackList::load(config.fallback_file());
 
-    let http_listener = tokio::net::TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
-    let grpc_listener = tokio::net::TcpListener::bind(config.grpc_addr)
-        .await
-        .with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;
+    let reuse = config.front.reuse_port;
+    if reuse {
+        check_migrate_req();
+    }
+    let http_listener =
+        bind(config.http_addr, reuse).with_context(|| format!("binding HTTP on {}", config.http_addr))?;
+    let grpc_listener =
+        bind(config.grpc_addr, reuse).with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;
     let admin_listener = match &config.admin_token {
         Some(_) => Some(
-            tokio::net::TcpListener::bind(config.admin_addr)
-                .await
+            bind(config.admin_addr, reuse)
                 .with_context(|| format!("binding the admin API on {}", config.admin_addr))?,
         ),
         None => {
@@ -179,6 +238,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningLb> {
     // Listeners are bound: from here on the process serves, and ships.
     let shipper = tokio::spawn(shipper.run(shipper_rx));
     let lb = Arc::new(Lb::new(config.clone(), routing, metrics, log, pool, fallback));
+    if seeded {
+        fleet::mark_seeded(&lb).await;
+    }
     health::check_all(&lb, true).await;
     lb.fallback.refresh(&lb.pool, lb.config.max_limit).await;
 
@@ -192,6 +254,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningLb> {
     ];
 
     let (stop_fronts, stop_rx) = watch::channel(false);
+    let mut background = background;
+    background.push(tokio::spawn(fleet::follow(lb.clone(), stop_rx.clone())));
     let mut fronts = Vec::new();
     let app = http::router(lb.clone());
     let rx = stop_rx.clone();

@@ -49,6 +49,9 @@ pub struct Metrics {
     /// (`backend_busy`: every backend at its limit; `retry_budget`: a retry was needed and the
     /// budget was spent).
     pub shed: IntCounterVec,
+    /// The fleet's routing version this replica serves (0: the configuration, Postgres not yet
+    /// reached). Replicas of one fleet that disagree for long have lost Postgres.
+    pub routing_version: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -117,6 +120,8 @@ impl Metrics {
             Opts::new("shed_total", "Requests answered from the fallback list at once under overload, by reason"),
             &["reason"],
         )?;
+        let routing_version = IntGauge::new("routing_version", "The fleet's routing version this replica serves")?;
+        registry.register(Box::new(routing_version.clone()))?;
         registry.register(Box::new(backend_in_flight.clone()))?;
         registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(shed.clone()))?;
@@ -157,6 +162,7 @@ impl Metrics {
             backend_in_flight,
             retries,
             shed,
+            routing_version,
         })
     }
 

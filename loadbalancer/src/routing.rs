@@ -143,6 +143,9 @@ pub struct RoutingSpec {
 /// The routing table in effect.
 #[derive(Debug)]
 pub struct Routing {
+    /// The fleet's routing version this table was built from (`lb_routing.version`; 0: the
+    /// configuration, before Postgres was reached).
+    pub version: i64,
     /// The experiment name (the assignment salt).
     pub experiment: String,
     /// Share of users on nightly.
@@ -203,9 +206,9 @@ impl Routing {
         }
     }
 
-    /// Builds a table from `spec`, reusing `previous`'s backend objects (and so their health)
-    /// for URLs it already had.
-    pub fn build(spec: &RoutingSpec, previous: Option<&Routing>) -> Routing {
+    /// Builds a table from `spec` (of routing `version`), reusing `previous`'s backend objects
+    /// (and so their health) for URLs it already had.
+    pub fn build(spec: &RoutingSpec, version: i64, previous: Option<&Routing>) -> Routing {
         let known = previous.map(Routing::all_backends).unwrap_or_default();
         let mut made: Vec<Arc<Backend>> = Vec::new();
         let mut get = |url: &str| {
@@ -227,6 +230,7 @@ impl Routing {
             b.set_enabled(!spec.drained.iter().any(|d| d.trim_end_matches('/') == b.url));
         }
         Routing {
+            version,
             experiment: spec.experiment.clone(),
             share: spec.share,
             main,
@@ -240,11 +244,16 @@ impl Routing {
 /// The shared, lock-free handle to the routing table.
 pub type SharedRouting = Arc<ArcSwap<Routing>>;
 
-/// What the routing file holds: the spec and the fingerprint of the configuration it applies to.
+/// What the routing file holds: this replica's last routing (a cache of the fleet's row in
+/// Postgres, for a start while Postgres is unreachable), its version and the fingerprint of the
+/// configuration it applies to.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RoutingFile {
     /// Fingerprint of the configured routing the changes were made on.
     pub config_fingerprint: String,
+    /// The fleet's routing version (0 in files written before versions).
+    #[serde(default)]
+    pub version: i64,
     /// The routing in effect after the last change.
     pub spec: RoutingSpec,
 }
@@ -270,8 +279,8 @@ pub fn configured_spec(config: &Config) -> RoutingSpec {
 }
 
 /// Writes the routing file (atomically: temp file, fsync, rename).
-pub fn save(config: &Config, spec: &RoutingSpec) -> anyhow::Result<()> {
-    let file = RoutingFile { config_fingerprint: fingerprint(&configured_spec(config)), spec: spec.clone() };
+pub fn save(config: &Config, version: i64, spec: &RoutingSpec) -> anyhow::Result<()> {
+    let file = RoutingFile { config_fingerprint: fingerprint(&configured_spec(config)), version, spec: spec.clone() };
     let path = config.routing_file();
     let tmp = path.with_extension("json.tmp");
     let body = serde_json::to_vec_pretty(&file)?;
@@ -285,25 +294,26 @@ pub fn save(config: &Config, spec: &RoutingSpec) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The routing to start with: the routing file's when it was made on the same configuration,
-/// else the configuration's.
-pub fn initial_spec(config: &Config) -> RoutingSpec {
+/// The routing to start with when the fleet's row in Postgres cannot be read: the routing
+/// file's (this replica's last routing) when it was made on the same configuration, else the
+/// configuration's (version 0).
+pub fn cached_spec(config: &Config) -> (i64, RoutingSpec) {
     let configured = configured_spec(config);
     let path = config.routing_file();
-    let Ok(body) = std::fs::read(&path) else { return configured };
+    let Ok(body) = std::fs::read(&path) else { return (0, configured) };
     match serde_json::from_slice::<RoutingFile>(&body) {
         Ok(file) if file.config_fingerprint == fingerprint(&configured) => {
-            tracing::info!(file = %path.display(), experiment = %file.spec.experiment, share = file.spec.share,
-                "routing: admin changes from the routing file");
-            file.spec
+            tracing::info!(file = %path.display(), version = file.version, experiment = %file.spec.experiment,
+                share = file.spec.share, "routing: the last routing this replica followed, from its routing file");
+            (file.version, file.spec)
         }
         Ok(_) => {
-            tracing::warn!(file = %path.display(), "routing: the configuration changed since the last admin change; using the configuration");
-            configured
+            tracing::warn!(file = %path.display(), "routing: the configuration changed since the cached routing; using the configuration");
+            (0, configured)
         }
         Err(e) => {
             tracing::warn!(file = %path.display(), error = %e, "routing file unreadable; using the configuration");
-            configured
+            (0, configured)
         }
     }
 }
@@ -338,13 +348,13 @@ mod tests {
             main_release_id: None,
             nightly_release_id: None,
         };
-        let first = Routing::build(&spec, None);
+        let first = Routing::build(&spec, 1, None);
         first.nightly[0].set_healthy(false);
-        let second = Routing::build(&RoutingSpec { drained: vec!["http://b:2".into()], ..spec.clone() }, Some(&first));
+        let second = Routing::build(&RoutingSpec { drained: vec!["http://b:2".into()], ..spec.clone() }, 2, Some(&first));
         assert!(Arc::ptr_eq(&first.nightly[0], &second.nightly[0]));
         assert!(!second.nightly[0].healthy() && !second.nightly[0].enabled());
         assert_eq!(second.spec().drained, vec!["http://b:2".to_string()]);
-        let none = Routing::build(&RoutingSpec { nightly: vec![], ..spec }, Some(&second));
+        let none = Routing::build(&RoutingSpec { nightly: vec![], ..spec }, 3, Some(&second));
         assert_eq!(none.effective_share(), 0.0);
     }
 }

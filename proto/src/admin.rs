@@ -151,6 +151,10 @@ pub struct AdminState {
     pub main_release_id: Option<i64>,
     /// The release the nightly serves.
     pub nightly_release_id: Option<i64>,
+    /// The fleet's routing version this replica serves (0: its configuration, Postgres not
+    /// reached yet).
+    #[serde(default)]
+    pub routing_version: i64,
     /// The response log.
     pub history: HistoryState,
     /// Movies in the fallback list.

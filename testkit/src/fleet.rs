@@ -78,6 +78,8 @@ impl Fleet {
             state_dir: state_dir.to_path_buf(),
             health: loadbalancer::config::Health { interval_ms: 100, timeout_ms: 200, rise: 2, fall: 3 },
             fallback_refresh_ms: 500,
+            // Test clients keep idle pooled connections: a short drain keeps shutdowns quick.
+            front: loadbalancer::config::Front { drain_ms: 100, ..Default::default() },
             ..LbConfig::default()
         }
     }

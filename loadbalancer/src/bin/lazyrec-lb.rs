@@ -29,7 +29,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
                   The admin API (own port, bearer token) changes backends, share and experiment at run time.\n\n\
                   Configuration layers, later wins: defaults, --config FILE (TOML), LAZYREC_LB_* environment variables \
                   (nested keys joined by __), then the flags below. SIGINT/SIGTERM: stop accepting, finish in-flight \
-                  requests, store the response log, exit."
+                  requests, store the response log, exit.\n\n\
+                  Replicas: every replica of a fleet (routing.fleet, on one database) follows the routing stored in \
+                  Postgres (lb_routing; a change through any replica's admin API reaches the others within \
+                  routing.poll_ms, at once by notification) and keeps serving its last routing while Postgres is down. \
+                  Ports are bound with SO_REUSEPORT: a zero-downtime restart starts the new process, waits for its \
+                  --ready-file, then stops the old one (set net.ipv4.tcp_migrate_req=1). Each replica takes its own \
+                  journal slot under <state_dir>/loadbalancer."
 )]
 struct Cli {
     /// TOML configuration file.
@@ -59,6 +65,15 @@ struct Cli {
     /// The experiment name: the assignment salt.
     #[arg(long)]
     experiment: Option<String>,
+    /// Write the configured routing to the fleet's shared routing as a new version, even when
+    /// the stored one was made on the same configuration (admin changes are dropped; the other
+    /// replicas follow).
+    #[arg(long)]
+    reset_routing: bool,
+    /// Once the ports are bound and the routing is read, write this process' id to FILE (a
+    /// zero-downtime restart waits for it before stopping the old replica).
+    #[arg(long, value_name = "FILE")]
+    ready_file: Option<PathBuf>,
     #[command(flatten)]
     db: db::args::DatabaseOverrides,
     #[command(subcommand)]
@@ -153,6 +168,9 @@ fn resolve(cli: &Cli) -> anyhow::Result<Config> {
     if let Some(e) = &cli.experiment {
         config.experiment = e.clone();
     }
+    if cli.reset_routing {
+        config.routing.reset = true;
+    }
     cli.db.apply(&mut config.database_url, &mut config.state_dir);
     config.validate()?;
     Ok(config)
@@ -165,6 +183,10 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         return Ok(());
     }
     let running = loadbalancer::start(config).await?;
+    if let Some(file) = &cli.ready_file {
+        std::fs::write(file, format!("{}\n", std::process::id()))
+            .map_err(|e| anyhow::anyhow!("writing the ready file {}: {e}", file.display()))?;
+    }
     eprintln!(
         "lazyrec-lb: HTTP on http://{} , gRPC on {} , admin {}",
         running.http_addr,

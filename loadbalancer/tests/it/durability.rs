@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::fleet::{Client, Fleet};
 
-struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     responses: Arc<AtomicU64>,
     refused: Arc<AtomicU64>,
@@ -16,7 +16,7 @@ struct Load {
 }
 
 /// Closed-loop load from 4 workers (each pausing 10 ms between requests: ~300 req/s).
-fn load(base: String) -> Load {
+pub(crate) fn load(base: String) -> Load {
     let client = Client::new();
     let stop = Arc::new(AtomicBool::new(false));
     let responses = Arc::new(AtomicU64::new(0));
@@ -48,7 +48,7 @@ fn load(base: String) -> Load {
 }
 
 impl Load {
-    async fn finish(self) -> (u64, u64) {
+    pub(crate) async fn finish(self) -> (u64, u64) {
         self.stop.store(true, Ordering::Relaxed);
         for w in self.workers {
             w.await.expect("worker");
@@ -57,7 +57,7 @@ impl Load {
     }
 }
 
-async fn set_database_available(fleet: &Fleet, available: bool) {
+pub(crate) async fn set_database_available(fleet: &Fleet, available: bool) {
     let url = &fleet.stack.db.url;
     let admin_url = url.rsplit_once('/').map(|(u, _)| format!("{u}/postgres")).expect("url");
     let name = url.rsplit('/').next().expect("name").to_string();

@@ -11,4 +11,5 @@ mod faults;
 mod hostile;
 mod journal;
 mod overload;
+mod replicas;
 mod sticky;

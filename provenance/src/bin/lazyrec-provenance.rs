@@ -52,7 +52,8 @@ struct PruneArgs {
     #[arg(long)]
     dry_run: bool,
     /// Load-balancer journal directories whose unshipped rows the cut must not precede
-    /// (repeatable; default: `<state-dir>/loadbalancer/journal`). A load balancer elsewhere
+    /// (repeatable; default: every replica's slot, `<state-dir>/loadbalancer/journal`,
+    /// `journal-2`, …). A load balancer elsewhere
     /// must drain before a prune.
     #[arg(long = "journal-dir", value_name = "DIR")]
     journal_dirs: Vec<std::path::PathBuf>,
@@ -191,7 +192,7 @@ async fn prune_cmd(cli: &Cli, a: &PruneArgs) -> anyhow::Result<ExitCode> {
     }
     let pool = pool(cli).await?;
     let journals = if a.journal_dirs.is_empty() {
-        vec![cli.db.state_dir.join("loadbalancer").join("journal")]
+        loadbalancer::journal_slots(&cli.db.state_dir)
     } else {
         a.journal_dirs.clone()
     };
