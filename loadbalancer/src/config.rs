@@ -45,9 +45,9 @@ pub struct History {
     pub flush_ms: u64,
     /// The write-ahead journal every row reaches before its response is sent. One load balancer
     /// per directory (it is locked); the routing cache and the fallback list live there too.
-    /// Default: the first free slot of `<state_dir>/loadbalancer/journal`, `journal-2`, …
-    /// `journal-8` — each replica its own, and a slot a killed replica left is shipped by the
-    /// next replica that takes it. Set, it is that directory or an error when it is taken.
+    /// Default: a free slot of `<state_dir>/loadbalancer/journal`, `journal-2`, … `journal-8` —
+    /// each replica its own; a free slot still holding rows (a killed replica's) is taken
+    /// first, so they ship. Set, it is that directory or an error when it is taken.
     #[serde(alias = "spool_dir")]
     pub journal_dir: Option<PathBuf>,
     /// Unshipped journal bytes allowed; beyond them rows are dropped and counted.

@@ -132,7 +132,8 @@ pub fn journal_slots(state_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     (1..=JOURNAL_SLOTS).map(|n| if n == 1 { base.join("journal") } else { base.join(format!("journal-{n}")) }).collect()
 }
 
-/// Opens the configured journal, or the first free default slot (each replica its own).
+/// Opens the configured journal, or a free default slot (each replica its own): one that holds
+/// unshipped rows if any (a killed replica's), else the first.
 fn open_journal(config: &Config) -> anyhow::Result<(Arc<journal::Journal>, std::path::PathBuf)> {
     let h = &config.history;
     let open = |dir: &std::path::Path| {
@@ -141,7 +142,12 @@ fn open_journal(config: &Config) -> anyhow::Result<(Arc<journal::Journal>, std::
     if let Some(dir) = &h.journal_dir {
         return Ok((open(dir)?, dir.clone()));
     }
-    for dir in journal_slots(&config.state_dir) {
+    // Slots holding unshipped rows first (a replica killed there: its rows ship now), then the
+    // first free one.
+    let slots = journal_slots(&config.state_dir);
+    let (behind, rest): (Vec<_>, Vec<_>) =
+        slots.into_iter().partition(|dir| matches!(journal::backlog(dir), Ok(Some(_))));
+    for dir in behind.into_iter().chain(rest) {
         match open(&dir) {
             Ok(journal) => return Ok((journal, dir)),
             Err(journal::JournalError::Locked(_)) => continue,
