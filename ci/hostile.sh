@@ -22,7 +22,7 @@ eval "export $("$BIN/lazyrec-db" up)"
 H="$RUN/hostile"
 rm -rf "$H"; mkdir -p "$H"
 stop_stack
-# On any exit: nightly's pool as it was (admin changes persist in the routing file), then stop.
+# On any exit: nightly's pool as it was (admin changes persist in Postgres), then stop.
 trap '[ -n "${BLOAT_PID:-}" ] && admin PUT /admin/nightly "{\"backends\": [\"http://127.0.0.1:8081\"], \"share\": 0.2}" >/dev/null
       stop_stack; [ -n "${BLOAT_PID:-}" ] && kill "$BLOAT_PID" 2>/dev/null; rm -f "$INGEST"' EXIT
 start_model_stack

@@ -27,7 +27,7 @@ prepare_stack
 LAZYREC_SERVER_MODEL__STRATEGY="$MAIN_MODEL" start_server main 8080 50051
 LAZYREC_SERVER_MODEL__STRATEGY="$NIGHTLY_MODEL" start_server nightly 8081 50052
 # The load balancer starts with main only; the release routes the nightly share (an earlier run's
-# routing file would override that: removed).
+# admin changes, kept in Postgres, would override that: --reset-routing).
 start_lb main-only
 wait_ready 8080 8081 8082
 : >> "$RUN/simulated.log"

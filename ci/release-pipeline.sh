@@ -42,8 +42,8 @@ prepare_stack
 python3 "$ROOT/ci/webhook-receiver.py" "$HOOK_PORT" "$WEBHOOK_LOG" &
 echo $! > "$RUN/webhook.pid"
 LAZYREC_SERVER_MODEL__STRATEGY=neighbours-v1 start_server main 8080 50051
-# The load balancer starts with main only; releases route the nightly share. A routing file left
-# by an earlier run on this state (admin changes survive restarts) would override that: removed.
+# The load balancer starts with main only; releases route the nightly share. Admin changes an
+# earlier run left in Postgres (they survive restarts) would override that: --reset-routing.
 start_lb main-only
 wait_ready 8080 8082
 "$BIN/lazyrec-release" exporter --listen 127.0.0.1:9187 >>"$RUN/exporter.log" 2>&1 &
