@@ -23,8 +23,8 @@ use proto::admin::{
 
 use crate::config::check_backend_url;
 use crate::core::Lb;
-use crate::health;
 use crate::fleet::{self, ChangeError};
+use crate::health;
 use crate::routing::RoutingSpec;
 
 /// The admin state.

@@ -104,11 +104,10 @@ fn stored(fleet: &str, (version, config_fingerprint, spec): Row) -> Result<Store
 
 /// The fleet's row, if any.
 pub async fn load(pool: &PgPool, fleet: &str) -> Result<Option<Stored>, StoreError> {
-    let row: Option<Row> =
-        sqlx::query_as("SELECT version, config_fingerprint, spec FROM lb_routing WHERE fleet = $1")
-            .bind(fleet)
-            .fetch_optional(pool)
-            .await?;
+    let row: Option<Row> = sqlx::query_as("SELECT version, config_fingerprint, spec FROM lb_routing WHERE fleet = $1")
+        .bind(fleet)
+        .fetch_optional(pool)
+        .await?;
     row.map(|r| stored(fleet, r)).transpose()
 }
 
@@ -139,9 +138,7 @@ pub async fn seed(pool: &PgPool, config: &Config) -> Result<Stored, StoreError> 
     .await?;
     let Some((version, fp, spec, inserted)) = written else {
         tx.commit().await?;
-        return load(pool, fleet)
-            .await?
-            .ok_or_else(|| StoreError::Database(sqlx::Error::RowNotFound));
+        return load(pool, fleet).await?.ok_or_else(|| StoreError::Database(sqlx::Error::RowNotFound));
     };
     if !inserted {
         let reason = if config.routing.reset { "reset" } else { "the configuration changed" };
@@ -149,7 +146,12 @@ pub async fn seed(pool: &PgPool, config: &Config) -> Result<Stored, StoreError> 
             .bind(serde_json::json!({"fleet": fleet, "version": version, "reason": reason, "after": spec}))
             .execute(&mut *tx)
             .await?;
-        tracing::warn!(fleet, version, reason, "routing: the configured routing replaces the fleet's (admin changes dropped)");
+        tracing::warn!(
+            fleet,
+            version,
+            reason,
+            "routing: the configured routing replaces the fleet's (admin changes dropped)"
+        );
     }
     sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(fleet).execute(&mut *tx).await?;
     tx.commit().await?;
@@ -257,7 +259,12 @@ pub async fn change(
         .execute(&mut *tx)
         .await
         .map_err(StoreError::from)?;
-    sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(fleet).execute(&mut *tx).await.map_err(StoreError::from)?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(fleet)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
     // The cache before the commit: a change this replica answered survives its restart without
     // Postgres. A commit that fails puts the cache back.
     routing::save(&lb.config, version, &after).map_err(StoreError::Cache)?;

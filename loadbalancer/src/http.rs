@@ -93,8 +93,12 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Front, metrics: M
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let open = limits.max_connections - permits.available_permits();
     let drained = tokio::time::timeout(Duration::from_millis(limits.drain_ms), permits.acquire_many(all)).await;
-    tracing::info!(open, still_open = limits.max_connections - permits.available_permits(),
-        drained_ms = limits.drain_ms, "HTTP front: listener closed, keep-alive connections told to close");
+    tracing::info!(
+        open,
+        still_open = limits.max_connections - permits.available_permits(),
+        drained_ms = limits.drain_ms,
+        "HTTP front: listener closed, keep-alive connections told to close"
+    );
     drop(drained);
     let _sent = closing_tx.send(true);
     // A client that never reads its response does not hold the shutdown up for long.

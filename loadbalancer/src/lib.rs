@@ -177,8 +177,10 @@ fn check_migrate_req() {
     if let Ok(v) = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req")
         && v.trim() == "0"
     {
-        tracing::warn!("net.ipv4.tcp_migrate_req = 0: when a replica stops, connections still queued on its listener are \
-             reset instead of handed to the other replica (sysctl -w net.ipv4.tcp_migrate_req=1)");
+        tracing::warn!(
+            "net.ipv4.tcp_migrate_req = 0: when a replica stops, connections still queued on its listener are \
+             reset instead of handed to the other replica (sysctl -w net.ipv4.tcp_migrate_req=1)"
+        );
     }
 }
 

@@ -350,7 +350,8 @@ mod tests {
         };
         let first = Routing::build(&spec, 1, None);
         first.nightly[0].set_healthy(false);
-        let second = Routing::build(&RoutingSpec { drained: vec!["http://b:2".into()], ..spec.clone() }, 2, Some(&first));
+        let second =
+            Routing::build(&RoutingSpec { drained: vec!["http://b:2".into()], ..spec.clone() }, 2, Some(&first));
         assert!(Arc::ptr_eq(&first.nightly[0], &second.nightly[0]));
         assert!(!second.nightly[0].healthy() && !second.nightly[0].enabled());
         assert_eq!(second.spec().drained, vec!["http://b:2".to_string()]);

@@ -23,7 +23,11 @@ async fn admin_call(client: &Client, lb: &RunningLb, method: &str, path: &str, b
 async fn until_version(lb: &RunningLb, version: i64, within: Duration) -> Duration {
     let started = Instant::now();
     while lb.lb.routing.load().version < version {
-        assert!(started.elapsed() < within, "replica still on version {} after {within:?}", lb.lb.routing.load().version);
+        assert!(
+            started.elapsed() < within,
+            "replica still on version {} after {within:?}",
+            lb.lb.routing.load().version
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     started.elapsed()

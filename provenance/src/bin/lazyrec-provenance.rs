@@ -191,11 +191,8 @@ async fn prune_cmd(cli: &Cli, a: &PruneArgs) -> anyhow::Result<ExitCode> {
         .into());
     }
     let pool = pool(cli).await?;
-    let journals = if a.journal_dirs.is_empty() {
-        loadbalancer::journal_slots(&cli.db.state_dir)
-    } else {
-        a.journal_dirs.clone()
-    };
+    let journals =
+        if a.journal_dirs.is_empty() { loadbalancer::journal_slots(&cli.db.state_dir) } else { a.journal_dirs.clone() };
     provenance::prune::check_cut(&pool, a.before, &journals).await.map_err(|e| match e {
         e @ provenance::prune::PruneError::CutTooRecent { .. } => anyhow::Error::from(BadInput(e.to_string())),
         e => anyhow::Error::from(e),
