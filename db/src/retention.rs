@@ -79,6 +79,17 @@ pub async fn plan(pool: &PgPool, before: DateTime<Utc>, stored: &[String]) -> Re
     Ok(PrunePlan { before, history_rows: history_rows as u64, popularity_runs, collections })
 }
 
+/// Drops the monthly partitions of `recommendations_history` that end at or before `before`
+/// (every row in them is older than the cut): (partition, rows it held) each. What is left
+/// older than the cut goes by [`prune_history`]. Also makes sure the next three months'
+/// partitions exist.
+pub async fn drop_history_partitions(pool: &PgPool, before: DateTime<Utc>) -> Result<Vec<(String, u64)>, sqlx::Error> {
+    let dropped: Vec<(String, i64)> =
+        sqlx::query_as("SELECT partition, rows FROM history_drop_partitions($1)").bind(before).fetch_all(pool).await?;
+    sqlx::query("SELECT history_ensure_partitions(now(), now() + interval '3 months')").execute(pool).await?;
+    Ok(dropped.into_iter().map(|(p, n)| (p, n.max(0) as u64)).collect())
+}
+
 /// Deletes history rows older than `before`, `batch` rows per transaction (a crash loses
 /// nothing: the next run deletes the rest). Calls `progress` with the rows deleted so far.
 pub async fn prune_history(
@@ -90,8 +101,8 @@ pub async fn prune_history(
     let mut deleted = 0_u64;
     loop {
         let n = sqlx::query(
-            "DELETE FROM recommendations_history WHERE request_id IN
-               (SELECT request_id FROM recommendations_history WHERE ts < $1 LIMIT $2)",
+            "DELETE FROM recommendations_history WHERE (request_id, ts) IN
+               (SELECT request_id, ts FROM recommendations_history WHERE ts < $1 LIMIT $2)",
         )
         .bind(before)
         .bind(batch.max(1))

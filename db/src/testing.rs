@@ -71,6 +71,18 @@ impl TestDb {
         Self { pool, url, name }
     }
 
+    /// A fresh database without the migrations (a test applies them itself, e.g. one at a time
+    /// with rows in between).
+    pub async fn empty() -> Self {
+        let shared = shared();
+        let name = format!("t_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        let mut admin = PgConnection::connect(&shared.cluster.url("postgres")).await.expect("admin connection");
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("creating a test database");
+        let url = shared.cluster.url(&name);
+        let pool = crate::connect_pool(&url, 8).await.expect("connecting to the test database");
+        Self { pool, url, name }
+    }
+
     /// The URL of a database of the same cluster that nothing listens for (for "DB down" tests
     /// use [`TestDb::dead_url`]).
     pub fn cluster_port() -> u16 {

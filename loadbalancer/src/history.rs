@@ -6,7 +6,7 @@
 //! *before* the response leaves: a response whose row is not on local disk is never sent, so
 //! a crash of the process — SIGKILL included — loses no row. One [`Shipper`] moves journaled
 //! rows to Postgres in batches — by `COPY`; a batch that hits the primary key (shipped again
-//! after a crash) goes again as `INSERT … ON CONFLICT (request_id) DO NOTHING`, so it is stored
+//! after a crash) goes again as `INSERT … ON CONFLICT (request_id, ts) DO NOTHING`, so it is stored
 //! once — together with the first sightings of users for `user_model_map`, in one transaction,
 //! then releases them from the journal. While
 //! Postgres is away the rows simply wait in the journal; [`Shipper::step`] is the one unit of
@@ -360,7 +360,24 @@ impl Shipper {
         // The fast path is a plain COPY; a batch that was (partly) stored before — shipped again
         // after a crash, or after an insert that timed out but committed — makes it fail on the
         // primary key, and goes again through the idempotent insert.
-        let (written, sighted) = match tokio::time::timeout(timeout, self.store(rows, &sightings_json, true)).await {
+        let mut attempt = tokio::time::timeout(timeout, self.store(rows, &sightings_json, true)).await;
+        // A row whose month has no partition yet (the migration and `prune` keep three months
+        // ahead; a clock far off, or a long-idle database): the partitions are made, once.
+        if matches!(&attempt, Ok(Err(e)) if is_missing_partition(e)) {
+            let (from, until) =
+                rows.iter().fold((None, None), |(lo, hi): (Option<DateTime<Utc>>, Option<DateTime<Utc>>), r| {
+                    (Some(lo.map_or(r.ts, |l| l.min(r.ts))), Some(hi.map_or(r.ts, |h| h.max(r.ts))))
+                });
+            sqlx::query("SELECT history_ensure_partitions($1, $2)")
+                .bind(from)
+                .bind(until)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| format!("making history partitions: {e}"))?;
+            tracing::info!(?from, ?until, "history partitions made for rows that had none");
+            attempt = tokio::time::timeout(timeout, self.store(rows, &sightings_json, true)).await;
+        }
+        let (written, sighted) = match attempt {
             Ok(Err(e)) if is_unique_violation(&e) => {
                 tokio::time::timeout(timeout, self.store(rows, &sightings_json, false))
                     .await
@@ -417,6 +434,11 @@ impl Shipper {
         tx.commit().await?;
         Ok((written, sighted))
     }
+}
+
+/// `no partition of relation … found for row` (a check violation on a partitioned table).
+fn is_missing_partition(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23514") && d.message().contains("no partition"))
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -518,7 +540,7 @@ async fn insert_skipping_present(tx: &mut sqlx::PgConnection, rows: &[Row<'_>]) 
                      $7::text[], $8::int8[], $9::text[], $10::int8[], $11::int4[], $12::int8[],
                      $13::text[], $14::bool[], $15::text[], $16::text[])
               AS x(r, t, u, e, a, s, b, rel, m, w, st, l, ids, d, err, i)
-         ON CONFLICT (request_id) DO NOTHING",
+         ON CONFLICT (request_id, ts) DO NOTHING",
     )
     .bind(&request_id)
     .bind(&ts)

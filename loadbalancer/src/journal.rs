@@ -14,7 +14,7 @@
 //!   every few milliseconds (a power loss loses at most that window), `never` leaves it to the
 //!   OS.
 //! - **Ship** ([`Reader`]): the single consumer reads complete lines up to the committed
-//!   position; after they are stored (idempotently: `ON CONFLICT (request_id) DO NOTHING`) it
+//!   position; after they are stored (idempotently: `ON CONFLICT (request_id, ts) DO NOTHING`) it
 //!   [`Journal::release`]s them: the checkpoint moves and fully shipped segments are deleted.
 //!   A crash between the insert and the checkpoint ships a few rows twice, which stores nothing
 //!   twice.

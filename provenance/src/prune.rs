@@ -78,8 +78,10 @@ pub struct PruneReport {
     pub plan: PrunePlan,
     /// Whether anything was deleted.
     pub dry_run: bool,
-    /// History rows deleted.
+    /// History rows deleted (those in dropped partitions included).
     pub history_rows: u64,
+    /// Monthly partitions dropped whole (every row older than the cut), with their rows.
+    pub partitions: Vec<(String, u64)>,
     /// Popularity runs whose lists were deleted.
     pub popularity_runs: Vec<i64>,
     /// Collections dropped from the store.
@@ -99,8 +101,14 @@ impl PruneReport {
                 p.collections
             )
         } else {
+            let partitions = if self.partitions.is_empty() {
+                String::new()
+            } else {
+                let list: Vec<String> = self.partitions.iter().map(|(p, n)| format!("{p} ({n} rows)")).collect();
+                format!(" (partitions dropped whole: {})", list.join(", "))
+            };
             format!(
-                "deleted {} history rows older than {}, the lists of popularity runs {:?}, collections {:?}\n",
+                "deleted {} history rows older than {}{partitions}, the lists of popularity runs {:?}, collections {:?}\n",
                 self.history_rows,
                 p.before.to_rfc3339(),
                 self.popularity_runs,
@@ -124,7 +132,9 @@ pub async fn prune(
     if dry_run {
         return Ok(PruneReport { plan, dry_run, ..PruneReport::default() });
     }
-    let history_rows = retention::prune_history(pool, before, 10_000, progress).await?;
+    let partitions = retention::drop_history_partitions(pool, before).await?;
+    let in_partitions: u64 = partitions.iter().map(|(_, n)| n).sum();
+    let history_rows = in_partitions + retention::prune_history(pool, before, 10_000, progress).await?;
     let popularity_runs = retention::prune_popularity_runs(pool, &plan.popularity_runs).await?;
     // Checked again now that the rows are gone (an answer may have named one meanwhile).
     let still = retention::referenced_collections(pool, &plan.collections, None).await?;
@@ -138,5 +148,5 @@ pub async fn prune(
         retention::mark_dropped(pool, std::slice::from_ref(name)).await?;
         collections.push(name.clone());
     }
-    Ok(PruneReport { plan, dry_run, history_rows, popularity_runs, collections })
+    Ok(PruneReport { plan, dry_run, history_rows, partitions, popularity_runs, collections })
 }

@@ -80,8 +80,14 @@ impl HistoryRow {
         self
     }
 
-    /// Inserts the row.
+    /// Inserts the row (its month's partition made first when missing: a test's row may lie
+    /// outside the months the migration made).
     pub async fn insert(&self, pool: &sqlx::PgPool) {
+        sqlx::query("SELECT history_ensure_partitions($1, $1)")
+            .bind(self.ts)
+            .execute(pool)
+            .await
+            .unwrap_or_else(|e| panic!("partition for {}: {e}", self.ts));
         sqlx::query(
             "INSERT INTO recommendations_history (request_id, ts, user_id, experiment, assigned_variant,
                                                   served_variant, status, latency_us, movie_ids, inputs)

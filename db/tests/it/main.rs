@@ -6,4 +6,5 @@ mod data;
 mod import;
 mod ingest;
 mod parser;
+mod partitions;
 mod popularity;

@@ -127,3 +127,29 @@ async fn no_response_goes_unlogged_when_postgres_goes_away_or_the_load_balancer_
     assert_eq!(metrics.history_dropped.get(), 0);
     fleet.shutdown().await;
 }
+
+/// A database idle past the months made ahead: the row's month has no partition. The shipper
+/// makes it and stores the rows (nothing wedged, nothing lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_whose_month_has_no_partition_makes_it_and_is_stored() {
+    let fleet = Fleet::new().await;
+    let pool = &fleet.stack.db.pool;
+    let month: String =
+        sqlx::query_scalar("SELECT 'recommendations_history_' || to_char(now() AT TIME ZONE 'UTC', 'YYYY_MM')")
+            .fetch_one(pool)
+            .await
+            .expect("name");
+    sqlx::query(&format!("DROP TABLE {month}")).execute(pool).await.expect("drop this month's partition");
+    let state = tempfile::tempdir().expect("state");
+    let lb = loadbalancer::start(fleet.lb_config(state.path())).await.expect("lb");
+    let client = Client::new();
+    for user in 1..=5 {
+        assert_eq!(client.get(&format!("http://{}/recommend/{user}", lb.http_addr)).await.status, 200);
+    }
+    lb.shutdown().await.expect("shutdown");
+    assert_eq!(fleet.history_rows().await, 5, "every response stored");
+    let made: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass($1)::text").bind(&month).fetch_one(pool).await.expect("regclass");
+    assert_eq!(made.as_deref(), Some(month.as_str()));
+    fleet.shutdown().await;
+}
