@@ -227,6 +227,7 @@ pub async fn change(
     let mut seeded = lb.routing_sync.seeded.lock().await;
     let fleet = &lb.config.routing.fleet;
     if !*seeded {
+        // The same first step as following: seed, then swap in what the row says.
         let stored = seed(&lb.pool, &lb.config).await?;
         *seeded = true;
         adopt(lb, &stored);
@@ -242,7 +243,7 @@ pub async fn change(
     let before = current.spec.clone();
     let mut after = before.clone();
     apply(&mut after).map_err(ChangeError::Refused)?;
-    let spec = serde_json::to_value(&after).map_err(|e| StoreError::Cache(e.into()))?;
+    let spec = serde_json::to_value(&after).map_err(|source| StoreError::Malformed { fleet: fleet.clone(), source })?;
     let (version,): (i64,) = sqlx::query_as(
         "UPDATE lb_routing SET version = version + 1, spec = $2, updated_at = now(), updated_by = $3
           WHERE fleet = $1 RETURNING version",

@@ -364,10 +364,7 @@ impl Shipper {
         // A row whose month has no partition yet (the migration and `prune` keep three months
         // ahead; a clock far off, or a long-idle database): the partitions are made, once.
         if matches!(&attempt, Ok(Err(e)) if is_missing_partition(e)) {
-            let (from, until) =
-                rows.iter().fold((None, None), |(lo, hi): (Option<DateTime<Utc>>, Option<DateTime<Utc>>), r| {
-                    (Some(lo.map_or(r.ts, |l| l.min(r.ts))), Some(hi.map_or(r.ts, |h| h.max(r.ts))))
-                });
+            let (from, until) = (rows.iter().map(|r| r.ts).min(), rows.iter().map(|r| r.ts).max());
             sqlx::query("SELECT history_ensure_partitions($1, $2)")
                 .bind(from)
                 .bind(until)
