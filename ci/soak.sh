@@ -8,11 +8,17 @@
 #   lb-replace (not in the default set): 60 s at 500 req/s while the load balancer is replaced
 #      without downtime (ci/stack.sh replace_lb: a second replica on the port, then the old one
 #      stops) — no failed request expected.
+#   pg-failover (not in the default set; the stack must run with a hot standby: `ci/up.sh
+#      --standby`): 60 s at 500 req/s while the Postgres primary is SIGKILLed and the standby
+#      promoted (`lazyrec-db promote`) — no failed request expected (answers read the standby
+#      meanwhile), rows = responses once the journals drained into the new primary; the standby's
+#      replication lag is sampled under the load before the kill. Once per stack: afterwards the
+#      old primary is fenced.
 # After each: rows added to recommendations_history == responses the client received — except
 # after a SIGKILL, where the invariant allows a row for a response the process journaled but
 # did not finish sending: responses ≤ rows ≤ responses + the client's failed requests.
 # Usage: ci/soak.sh [seconds] [rate] [scenario ...]   (scenarios: postgres-restart lb-restart
-# lb-kill lb-replace; default: the first three once; e.g. `ci/soak.sh 30 500 lb-kill lb-kill lb-kill`)
+# lb-kill lb-replace pg-failover; default: the first three once; e.g. `ci/soak.sh 30 500 lb-kill lb-kill lb-kill`)
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/stack.sh"
 SECONDS_PER_RUN="${1:-60}"
@@ -86,6 +92,27 @@ replace_lb_timed() {
   replace_lb
   echo "old replica gone, new one serving, after $(python3 -c "import time; print(f'{time.time() - $t0:.2f}')") s"
 }
+replication_lag() { # a few samples of pg_stat_replication on the primary, and the servers' read lag
+  local primary_port; primary_port="$(cat "$LAZYREC_STATE_DIR/pg/port")"
+  local url="postgres://postgres:$(cat "$LAZYREC_STATE_DIR/pg/password")@127.0.0.1:$primary_port/lazyrec"
+  for _ in 1 2 3 4 5; do
+    psql "$url" -Atc "SELECT format('standby %s (%s): write_lag %s, flush_lag %s, replay_lag %s, replay behind by %s bytes', application_name, sync_state, coalesce(write_lag::text, '0'), coalesce(flush_lag::text, '0'), coalesce(replay_lag::text, '0'), pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)) FROM pg_stat_replication"
+    for port in 8080 8081; do
+      curl -s "http://127.0.0.1:$port/metrics" | grep -E '^lazyrec_server_db_read_lag_events' | sed "s/^/  server :$port /"
+    done
+    sleep 1
+  done
+}
+failover_postgres() {
+  replication_lag
+  say "SIGKILL of the Postgres primary, then lazyrec-db promote of the standby"
+  local pid t0
+  pid="$(head -1 "$LAZYREC_STATE_DIR/pg/data/postmaster.pid")"
+  t0="$(date +%s.%N)"
+  kill -KILL "$pid"
+  "$BIN/lazyrec-db" promote >/dev/null
+  echo "primary (pid $pid) SIGKILLed, standby promoted after $(python3 -c "import time; print(f'{time.time() - $t0:.2f}')") s"
+}
 kill_lb() {
   say "killing the load balancer (SIGKILL) and starting it again"
   local t0; t0="$(date +%s.%N)"
@@ -102,7 +129,10 @@ for scenario in "${SCENARIOS[@]}"; do
     lb-restart) run_load lb-restart restart_lb || failed=1 ;;
     lb-kill) run_load lb-kill kill_lb || failed=1 ;;
     lb-replace) run_load lb-replace replace_lb_timed || failed=1 ;;
-    *) echo "unknown scenario $scenario (postgres-restart, lb-restart, lb-kill, lb-replace)" >&2; exit 2 ;;
+    pg-failover)
+      [ -f "$LAZYREC_STATE_DIR/pg-standby/port" ] || { echo "pg-failover needs a hot standby: start the stack with ci/up.sh --standby" >&2; exit 2; }
+      run_load pg-failover failover_postgres || failed=1 ;;
+    *) echo "unknown scenario $scenario (postgres-restart, lb-restart, lb-kill, lb-replace, pg-failover)" >&2; exit 2 ;;
   esac
 done
 exit "$failed"

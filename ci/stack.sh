@@ -126,7 +126,7 @@ start_simulator() { # rate output
 }
 
 # A local Kafka-protocol broker (tansu, in memory) on :9092 with the topic TOPIC (default
-# movielog1).
+# movielog1) of $KAFKA_PARTITIONS partitions (default 3; the ingester reads them all).
 start_kafka() { # [topic]
   local tansu
   tansu="$(command -v tansu || echo "$HOME/.cargo/bin/tansu")"
@@ -135,7 +135,7 @@ start_kafka() { # [topic]
     --storage-engine memory://tansu/ >>"$RUN/kafka.log" 2>&1 &
   echo $! > "$RUN/kafka.pid"
   for _ in $(seq 1 50); do
-    "$tansu" topic create "${1:-movielog1}" --partitions 1 --broker tcp://127.0.0.1:9092 >/dev/null 2>&1 && return 0
+    "$tansu" topic create "${1:-movielog1}" --partitions "${KAFKA_PARTITIONS:-3}" --broker tcp://127.0.0.1:9092 >/dev/null 2>&1 && return 0
     sleep 0.2
   done
   echo "error: the broker did not come up (see $RUN/kafka.log)" >&2

@@ -8,6 +8,9 @@
 # Ctrl-C (or `ci/up.sh stop` from another shell) stops the servers gracefully; Postgres keeps
 # running (stop it with `ci/up.sh stop --all`).
 # `ci/up.sh --no-serve` prepares everything and exits.
+# `ci/up.sh --standby` also runs a hot standby of Postgres (streaming, synchronous; see
+# `lazyrec-db up --standby`): writers use the primary, the servers read from the standby, and
+# `lazyrec-db promote` fails over (ci/soak.sh … pg-failover).
 # `ci/up.sh --simulate RATE [--kafka]` runs the stack with the simulator attached: its own state
 # directory (.state/simulate: the default dataset with each user's latest 20 % held out as the
 # simulated users' future), `lazyrec-sim` sending RATE requests/s through :8082 and writing the
@@ -21,6 +24,7 @@
 SIMULATE=""
 KAFKA=0
 MONITORING=0
+STANDBY=()
 SERVE=1
 args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do
@@ -28,6 +32,7 @@ for ((i = 0; i < ${#args[@]}; i++)); do
     --no-serve) SERVE=0 ;;
     --kafka) KAFKA=1 ;;
     --monitoring) MONITORING=1 ;;
+    --standby) STANDBY=(--standby) ;;
     --simulate)
       i=$((i + 1))
       SIMULATE="${args[$i]:-}"
@@ -59,7 +64,7 @@ cargo build --release --locked --quiet --manifest-path "$ROOT/Cargo.toml" -p db 
   -p simulator -p release -p provenance -p report --bin lazyrec-db --bin embedder --bin lazyrec-server \
   --bin lazyrec-lb --bin lazyrec-sim --bin lazyrec-release --bin lazyrec-provenance --bin lazyrec-report
 say "starting the private Postgres cluster (state in $LAZYREC_STATE_DIR)"
-eval "export $("$BIN/lazyrec-db" up)"
+eval "export $("$BIN/lazyrec-db" up "${STANDBY[@]}")"
 if [ -n "$SIMULATE" ]; then
   say "loading the default dataset, each user's latest 20 % held out as their future (state in $LAZYREC_STATE_DIR)"
   "$BIN/lazyrec-db" load-default --hold-out 0.2 --futures "$LAZYREC_STATE_DIR/futures.tsv"

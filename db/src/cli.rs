@@ -12,7 +12,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use crate::import::{self, movielens};
 use crate::ingest::{IngestOptions, IngestReport, Ingester};
 use crate::parse::{DEFAULT_MAX_USER_ID, ParseConfig};
-use crate::pgcluster::PgCluster;
+use crate::pgcluster::{self, PgCluster};
 use crate::popularity::{self, PopularityParams};
 use crate::source::{self, LineSource, StreamSource};
 
@@ -36,9 +36,18 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Start (or reuse) the private Postgres cluster, create and migrate the database, print DATABASE_URL.
-    Up,
-    /// Stop the private Postgres cluster.
+    Up {
+        /// Also run a hot standby (streaming, synchronous replication) in <state-dir>/pg-standby;
+        /// DATABASE_URL then lists both hosts, primary first (see `lazyrec-db promote`). Once
+        /// made, the standby is started by every `up`.
+        #[arg(long)]
+        standby: bool,
+    },
+    /// Stop the private Postgres cluster (and its standby).
     Down,
+    /// Fail over: fence the primary (stopped if it still runs, never a primary again) and
+    /// promote the hot standby; clients holding the two-host DATABASE_URL follow it.
+    Promote,
     /// Apply pending schema migrations.
     Migrate,
     /// Ingest course log lines from files, directories or stdin, exactly once.
@@ -140,12 +149,24 @@ struct MovieLensArgs {
 pub async fn run() -> Result<()> {
     let cli = Cli::parse();
     match &cli.command {
-        Command::Up => {
-            let url = up(&cli).await?;
+        Command::Up { standby } => {
+            let url = up(&cli, *standby).await?;
+            println!("DATABASE_URL={url}");
+            Ok(())
+        }
+        Command::Promote => {
+            let started = std::time::Instant::now();
+            promote(&cli).await?;
+            let url = crate::resolve_database_url(None, &cli.db.state_dir)?;
+            eprintln!("promoted the standby in {:.2} s; the old primary is fenced", started.elapsed().as_secs_f64());
             println!("DATABASE_URL={url}");
             Ok(())
         }
         Command::Down => {
+            let standby_dir = cli.db.state_dir.join(pgcluster::STANDBY_DIR);
+            if standby_dir.join("data").exists() {
+                PgCluster::stop_daemon(&standby_dir).context("stopping the standby")?;
+            }
             let stopped =
                 PgCluster::stop_daemon(&cli.db.state_dir.join("pg")).context("stopping the private cluster")?;
             println!(
@@ -265,14 +286,35 @@ fn file_name(path: &Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string())
 }
 
-/// Starts the private cluster unless DATABASE_URL is given; creates and migrates the database.
-async fn up(cli: &Cli) -> Result<String> {
+/// Starts the private cluster (and its standby) unless DATABASE_URL is given; creates and
+/// migrates the database.
+async fn up(cli: &Cli, standby: bool) -> Result<String> {
     let url = match &cli.db.database_url {
-        Some(url) => url.clone(),
+        Some(url) => {
+            if standby {
+                bail!("--standby manages the private cluster; with DATABASE_URL, set up replication on your servers");
+            }
+            url.clone()
+        }
         None => {
-            let dir = cli.db.state_dir.join("pg");
-            let dir = std::path::absolute(&dir).with_context(|| format!("resolving {}", dir.display()))?;
-            let cluster = tokio::task::spawn_blocking(move || PgCluster::ensure_daemon(&dir))
+            let state = std::path::absolute(&cli.db.state_dir)
+                .with_context(|| format!("resolving {}", cli.db.state_dir.display()))?;
+            let (mut dir, standby_dir) = (state.join("pg"), state.join(pgcluster::STANDBY_DIR));
+            if let Some(why) = pgcluster::fenced(&dir) {
+                if standby {
+                    bail!(
+                        "the standby was promoted ({why}); a new standby of it is not made automatically: stop everything (`lazyrec-db down`), move {} away, and start again with `up --standby` after renaming {} to {}",
+                        dir.display(),
+                        standby_dir.display(),
+                        dir.display()
+                    );
+                }
+                // After a failover the promoted standby is the primary.
+                dir = standby_dir.clone();
+            }
+            let with_standby = standby || (dir != standby_dir && standby_dir.join("data").join("PG_VERSION").exists());
+            let primary_dir = dir.clone();
+            let cluster = tokio::task::spawn_blocking(move || PgCluster::ensure_daemon(&primary_dir))
                 .await
                 .context("cluster start task")?
                 .context("starting the private Postgres cluster")?;
@@ -289,12 +331,88 @@ async fn up(cli: &Cli) -> Result<String> {
                     .await
                     .context("creating the database")?;
             }
-            cluster.url(DATABASE_NAME)
+            if with_standby {
+                let started = tokio::task::spawn_blocking(move || {
+                    PgCluster::ensure_standby_daemon(&cluster, &standby_dir).map(|standby| (cluster, standby))
+                })
+                .await
+                .context("standby start task")?
+                .context("starting the hot standby")?;
+                let (cluster, _standby) = started;
+                make_synchronous(&mut admin, &cluster).await?;
+            }
+            crate::resolve_database_url(None, &state)?
         }
     };
     let pool = crate::connect_pool(&url, 2).await.with_context(|| format!("connecting to {}", crate::redact(&url)))?;
     crate::migrate(&pool).await.context("applying migrations")?;
     Ok(url)
+}
+
+/// Waits for the standby to stream from the primary, then makes commits wait for it
+/// (`synchronous_standby_names = '*'`): a commit the primary acknowledged is on the standby's
+/// disk, so a promotion after the primary dies loses no acknowledged write. The price: with the
+/// standby down, commits wait (`lazyrec-db promote` or `ALTER SYSTEM RESET
+/// synchronous_standby_names` on the primary lifts it).
+async fn make_synchronous(admin: &mut PgConnection, cluster: &PgCluster) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let streaming: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")
+            .fetch_one(&mut *admin)
+            .await
+            .context("reading pg_stat_replication")?;
+        if streaming > 0 {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(
+                pgcluster::ClusterError::NotStreaming(cluster.dir().to_path_buf(), Duration::from_secs(30)).into()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for statement in [
+        "ALTER SYSTEM SET synchronous_standby_names = '*'",
+        "ALTER SYSTEM SET wal_keep_size = '1GB'",
+        "SELECT pg_reload_conf()",
+    ] {
+        sqlx::query(statement).execute(&mut *admin).await.with_context(|| format!("on the primary: {statement}"))?;
+    }
+    Ok(())
+}
+
+/// `lazyrec-db promote`: fence and stop the old primary, promote the standby, let it commit
+/// without a standby of its own.
+async fn promote(cli: &Cli) -> Result<()> {
+    if cli.db.database_url.is_some() {
+        bail!("promote manages the private cluster; with DATABASE_URL, promote your standby with its own tools");
+    }
+    let state =
+        std::path::absolute(&cli.db.state_dir).with_context(|| format!("resolving {}", cli.db.state_dir.display()))?;
+    let (primary_dir, standby_dir) = (state.join("pg"), state.join(pgcluster::STANDBY_DIR));
+    if !standby_dir.join("data").join("standby.signal").exists() {
+        bail!("no hot standby to promote in {} (start one with `lazyrec-db up --standby`)", standby_dir.display());
+    }
+    let standby = tokio::task::spawn_blocking(move || {
+        // Fence first: from here on nothing resolves the old primary as a host, even if it is
+        // restarted by mistake.
+        let when = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        pgcluster::fence(&primary_dir, &format!("its standby {} was promoted at {when}", standby_dir.display()))?;
+        // A primary that still runs is stopped (a failover on purpose); a dead one stays dead.
+        let _was_running = PgCluster::stop_daemon(&primary_dir)?;
+        let standby = PgCluster::ensure_daemon(&standby_dir)?;
+        standby.promote()?;
+        Ok::<_, pgcluster::ClusterError>(standby)
+    })
+    .await
+    .context("promote task")?
+    .context("promoting the standby")?;
+    let mut admin =
+        PgConnection::connect(&standby.url("postgres")).await.context("connecting to the promoted standby")?;
+    for statement in ["ALTER SYSTEM RESET synchronous_standby_names", "SELECT pg_reload_conf()"] {
+        sqlx::query(statement).execute(&mut admin).await.with_context(|| format!("on the new primary: {statement}"))?;
+    }
+    Ok(())
 }
 
 /// The URL to use: DATABASE_URL, else the running private cluster.

@@ -297,11 +297,25 @@ impl EventRows {
     }
 }
 
+/// What a batch read from one lane of its source.
+#[derive(Debug, Clone, Copy, Default)]
+struct LaneSpan {
+    /// The lane's position before the batch (checked against `ingest_sources` at commit).
+    from: u64,
+    /// The lane's position after the batch.
+    to: u64,
+    lines: u64,
+    accepted: u64,
+    rejected: u64,
+    first_event_id: Option<i64>,
+    last_event_id: Option<i64>,
+}
+
 /// One transaction's worth of pre-encoded rows.
 #[derive(Default)]
 struct Batch {
-    from: u64,
-    to: u64,
+    /// Per lane of the source (one for files and streams, one per Kafka partition).
+    lanes: Vec<LaneSpan>,
     lines: u64,
     first_event_id: i64,
     next_event_id: i64,
@@ -314,8 +328,20 @@ struct Batch {
 }
 
 impl Batch {
-    fn new(from: u64, first_event_id: i64) -> Self {
-        Self { from, to: from, first_event_id, next_event_id: first_event_id, ..Self::default() }
+    /// An empty batch starting at `positions` (one per lane).
+    fn new(positions: impl IntoIterator<Item = u64>, first_event_id: i64) -> Self {
+        let lanes = positions.into_iter().map(|p| LaneSpan { from: p, to: p, ..LaneSpan::default() }).collect();
+        Self { lanes, first_event_id, next_event_id: first_event_id, ..Self::default() }
+    }
+
+    /// The lanes' positions after this batch.
+    fn ends(&self) -> impl Iterator<Item = u64> + '_ {
+        self.lanes.iter().map(|l| l.to)
+    }
+
+    /// How far the batch moved its source, summed over lanes (bytes for files).
+    fn advanced(&self) -> u64 {
+        self.lanes.iter().map(|l| l.to - l.from).sum()
     }
 
     fn is_empty(&self) -> bool {
@@ -432,10 +458,11 @@ impl Batch {
     }
 }
 
-/// Per-source state read before a source starts.
+/// Per-source state read before a source starts: per lane, its name, position and line count.
 struct SourceState {
-    position: u64,
-    lines: u64,
+    lanes: Vec<String>,
+    positions: Vec<u64>,
+    lines: Vec<u64>,
 }
 
 /// The running ingester: one connection holding the ingest lock.
@@ -506,7 +533,7 @@ impl Ingester {
         let mut base = 0u64;
         for mut source in sources {
             let state = self.prepare_source(source.as_mut()).await?;
-            report.resumed_bytes += state.position;
+            report.resumed_bytes += state.positions.iter().sum::<u64>();
             let len = source.len_hint().unwrap_or(0);
             let result = self.run_source(source, state, &mut report, &progress, base).await;
             base += len;
@@ -549,19 +576,33 @@ impl Ingester {
 
     async fn prepare_source(&mut self, source: &mut dyn LineSource) -> Result<SourceState, IngestError> {
         let name = source.name().to_string();
-        sqlx::query("INSERT INTO ingest_sources (source, kind) VALUES ($1, $2) ON CONFLICT (source) DO NOTHING")
-            .bind(&name)
-            .bind(source.kind().as_str())
-            .execute(&mut self.conn)
-            .await
-            .map_err(db("registering the source"))?;
-        let (position, lines, fingerprint, fingerprint_len): (i64, i64, Option<String>, Option<i64>) = sqlx::query_as(
-            "SELECT position, lines, fingerprint, fingerprint_len FROM ingest_sources WHERE source = $1",
-        )
-        .bind(&name)
-        .fetch_one(&mut self.conn)
-        .await
-        .map_err(db("reading the source position"))?;
+        let lanes = source.lanes();
+        let mut state = SourceState { lanes: Vec::new(), positions: Vec::new(), lines: Vec::new() };
+        let mut first_lane = None;
+        for lane in lanes {
+            sqlx::query("INSERT INTO ingest_sources (source, kind) VALUES ($1, $2) ON CONFLICT (source) DO NOTHING")
+                .bind(&lane)
+                .bind(source.kind().as_str())
+                .execute(&mut self.conn)
+                .await
+                .map_err(db("registering the source"))?;
+            let (position, lines, fingerprint, fingerprint_len): (i64, i64, Option<String>, Option<i64>) =
+                sqlx::query_as(
+                    "SELECT position, lines, fingerprint, fingerprint_len FROM ingest_sources WHERE source = $1",
+                )
+                .bind(&lane)
+                .fetch_one(&mut self.conn)
+                .await
+                .map_err(db("reading the source position"))?;
+            first_lane.get_or_insert((fingerprint, fingerprint_len));
+            state.lanes.push(lane);
+            state.positions.push(position as u64);
+            state.lines.push(lines as u64);
+        }
+        let Some((fingerprint, fingerprint_len)) = first_lane else {
+            return Err(IngestError::Invariant(format!("{name} has no lanes to read")));
+        };
+        let position = state.positions.iter().copied().max().unwrap_or(0);
         let read_err = |error| IngestError::Read { source_name: name.clone(), error };
         if source.kind() == SourceKind::File {
             match (fingerprint, fingerprint_len) {
@@ -589,10 +630,10 @@ impl Ingester {
             }
         }
         if source.kind() == SourceKind::Stream && position > 0 && !self.opts.resume_streams {
-            return Err(IngestError::StreamResume { name, position: position as u64 });
+            return Err(IngestError::StreamResume { name, position });
         }
-        source.seek(position as u64).map_err(read_err)?;
-        Ok(SourceState { position: position as u64, lines: lines as u64 })
+        source.seek(&state.positions).map_err(read_err)?;
+        Ok(state)
     }
 
     async fn run_source(
@@ -605,6 +646,7 @@ impl Ingester {
     ) -> Result<(), IngestError> {
         let first_id = self.watermark().await? + 1;
         let name: Arc<str> = source.name().into();
+        let lanes = state.lanes.clone();
         let acknowledger = source.acknowledger();
         let (tx, mut rx) = mpsc::channel::<Batch>(2);
         let opts = self.opts.clone();
@@ -612,14 +654,16 @@ impl Ingester {
         let parser = tokio::task::spawn_blocking(move || parse_source(source, parser_name, state, first_id, &opts, tx));
         let mut write_result = Ok(());
         while let Some(batch) = rx.recv().await {
-            progress.set_position(progress_base + batch.to);
-            match self.commit(&name, &batch).await {
+            progress.set_position(progress_base + batch.ends().sum::<u64>());
+            match self.commit(&lanes, &batch).await {
                 Ok(()) => {
                     if let Some(ack) = &acknowledger {
-                        ack.ack(batch.to);
+                        for (lane, end) in batch.ends().enumerate() {
+                            ack.ack(lane, end);
+                        }
                     }
                     report.lines += batch.lines;
-                    report.bytes += batch.to - batch.from;
+                    report.bytes += batch.advanced();
                     report.batches += 1;
                     report.accepted.add(&batch.accepted);
                     for (reason, n) in RejectReason::ALL.iter().zip(batch.rejected) {
@@ -641,7 +685,8 @@ impl Ingester {
         parse_result
     }
 
-    async fn commit(&mut self, source: &str, batch: &Batch) -> Result<(), IngestError> {
+    /// Commits `batch`, read from the source whose lanes are named `lanes`, in one transaction.
+    async fn commit(&mut self, lanes: &[String], batch: &Batch) -> Result<(), IngestError> {
         let mut tx = self.conn.begin().await.map_err(db("starting a batch"))?;
         let watermark: i64 = sqlx::query_scalar("SELECT last_event_id FROM ingest_watermark FOR UPDATE")
             .fetch_one(&mut *tx)
@@ -653,16 +698,27 @@ impl Ingester {
                 batch.first_event_id
             )));
         }
-        let position: i64 = sqlx::query_scalar("SELECT position FROM ingest_sources WHERE source = $1 FOR UPDATE")
-            .bind(source)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db("locking the source position"))?;
-        if position as u64 != batch.from {
+        if lanes.len() != batch.lanes.len() {
             return Err(IngestError::Invariant(format!(
-                "{source} is at position {position}, batch starts at {}",
-                batch.from
+                "a batch of {} lanes for a source of {}",
+                batch.lanes.len(),
+                lanes.len()
             )));
+        }
+        // Every lane is locked (in lane order) and checked, also those the batch did not touch:
+        // a second writer on any lane is a broken invariant.
+        for (source, span) in lanes.iter().zip(&batch.lanes) {
+            let position: i64 = sqlx::query_scalar("SELECT position FROM ingest_sources WHERE source = $1 FOR UPDATE")
+                .bind(source)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db("locking the source position"))?;
+            if position as u64 != span.from {
+                return Err(IngestError::Invariant(format!(
+                    "{source} is at position {position}, batch starts at {}",
+                    span.from
+                )));
+            }
         }
         let (watched, ratings) = batch.summary_rows();
         let events = EVENT_COPY_STATEMENTS.into_iter().zip(batch.rows.tables());
@@ -714,36 +770,37 @@ impl Ingester {
                 .await
                 .map_err(db("advancing the watermark"))?;
         }
-        let rejected: u64 = batch.rejected.iter().sum();
-        sqlx::query(
-            "UPDATE ingest_sources SET position = $2, lines = lines + $3, accepted = accepted + $4,
-               rejected = rejected + $5, updated_at = now() WHERE source = $1",
-        )
-        .bind(source)
-        .bind(batch.to as i64)
-        .bind(batch.lines as i64)
-        .bind(batch.events())
-        .bind(rejected as i64)
-        .execute(&mut *tx)
-        .await
-        .map_err(db("advancing the source position"))?;
-        let (first, last) =
-            if batch.events() > 0 { (Some(batch.first_event_id), Some(last_event_id)) } else { (None, None) };
-        sqlx::query(
-            "INSERT INTO ingest_batches (source, from_position, to_position, first_event_id, last_event_id, lines, accepted, rejected)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(source)
-        .bind(batch.from as i64)
-        .bind(batch.to as i64)
-        .bind(first)
-        .bind(last)
-        .bind(batch.lines as i32)
-        .bind(batch.events() as i32)
-        .bind(rejected as i32)
-        .execute(&mut *tx)
-        .await
-        .map_err(db("recording the batch"))?;
+        // Each lane the batch read from: its new position and an `ingest_batches` row with the
+        // event ids that came from it (lanes interleave, so their id ranges may overlap).
+        for (source, span) in lanes.iter().zip(&batch.lanes).filter(|(_, span)| span.lines > 0) {
+            sqlx::query(
+                "UPDATE ingest_sources SET position = $2, lines = lines + $3, accepted = accepted + $4,
+                   rejected = rejected + $5, updated_at = now() WHERE source = $1",
+            )
+            .bind(source)
+            .bind(span.to as i64)
+            .bind(span.lines as i64)
+            .bind(span.accepted as i64)
+            .bind(span.rejected as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("advancing the source position"))?;
+            sqlx::query(
+                "INSERT INTO ingest_batches (source, from_position, to_position, first_event_id, last_event_id, lines, accepted, rejected)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(source)
+            .bind(span.from as i64)
+            .bind(span.to as i64)
+            .bind(span.first_event_id)
+            .bind(span.last_event_id)
+            .bind(span.lines as i32)
+            .bind(span.accepted as i32)
+            .bind(span.rejected as i32)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("recording the batch"))?;
+        }
         tx.commit().await.map_err(db("committing a batch"))?;
         Ok(())
     }
@@ -761,28 +818,47 @@ fn parse_source(
     let read_err = |error| IngestError::Read { source_name: name.to_string(), error };
     let scale = opts.parse.rating_scale;
     let mut line_no = state.lines;
-    let mut batch = Batch::new(state.position, first_event_id);
+    let lanes = state.lanes;
+    let mut batch = Batch::new(state.positions, first_event_id);
     let mut buf = Vec::with_capacity(4096);
     loop {
         let outcome = source.read_line(&mut buf, MAX_LINE_BYTES).map_err(read_err)?;
         let flush = match outcome {
-            ReadOutcome::Line { end } | ReadOutcome::TooLong { end, .. } => {
-                line_no += 1;
-                let start = batch.to;
-                batch.to = end;
+            ReadOutcome::Line { lane, end } | ReadOutcome::TooLong { lane, end, .. } => {
+                let (Some(span), Some(lane_name), Some(line_no)) =
+                    (batch.lanes.get_mut(lane), lanes.get(lane), line_no.get_mut(lane))
+                else {
+                    return Err(IngestError::Invariant(format!(
+                        "{name} returned a line of lane {lane} but has {} lanes",
+                        lanes.len()
+                    )));
+                };
+                *line_no += 1;
+                let start = span.to;
+                span.to = end;
+                span.lines += 1;
                 batch.lines += 1;
+                let id = batch.next_event_id;
                 if let ReadOutcome::TooLong { len, .. } = outcome {
                     let clipped = &buf[..buf.len().min(CLIPPED_COPY_BYTES)];
                     let detail =
                         format!("{len} bytes (the limit is {MAX_LINE_BYTES}; raw keeps the first {})", clipped.len());
-                    batch.push_rejected(&name, line_no, start, clipped, RejectReason::LineTooLong, &detail);
+                    batch.push_rejected(lane_name, *line_no, start, clipped, RejectReason::LineTooLong, &detail);
                 } else {
                     match parse_line(&buf, &opts.parse) {
                         Ok(event) => batch.push_event(&event, scale),
                         Err(rejection) => {
-                            batch.push_rejected(&name, line_no, start, &buf, rejection.reason, &rejection.detail)
+                            batch.push_rejected(lane_name, *line_no, start, &buf, rejection.reason, &rejection.detail)
                         }
                     }
+                }
+                let span = &mut batch.lanes[lane];
+                if batch.next_event_id > id {
+                    span.accepted += 1;
+                    span.first_event_id.get_or_insert(id);
+                    span.last_event_id = Some(id);
+                } else {
+                    span.rejected += 1;
                 }
                 batch.lines as usize >= opts.batch_lines || batch.bytes() >= MAX_BATCH_BYTES
             }
@@ -803,7 +879,7 @@ fn parse_source(
             }
         };
         if flush {
-            let next = Batch::new(batch.to, batch.next_event_id);
+            let next = Batch::new(batch.ends(), batch.next_event_id);
             if tx.blocking_send(std::mem::replace(&mut batch, next)).is_err() {
                 // The writer stopped (it reports why).
                 return Ok(());

@@ -1,15 +1,24 @@
-//! A Kafka topic partition as a [`LineSource`]: one message is one log line.
+//! A Kafka topic as a [`LineSource`]: one message is one log line, one lane per partition.
 //!
-//! Postgres is the source of truth for where the ingester is: the position stored in
-//! `ingest_sources` is the next offset to read, committed in the same transaction as the events
-//! (so a crash neither loses nor duplicates, exactly like a file). The consumer group's offset
-//! in Kafka is committed *after* that transaction, for the tools that watch consumer lag; on
-//! start the source seeks to the Postgres position, whatever the group's offset says (it can lag
-//! by one batch after a crash, never lead).
+//! Postgres is the source of truth for where the ingester is: each partition has its row in
+//! `ingest_sources` (`kafka:<topic>/<partition>`) holding the next offset to read, and every
+//! batch commits the positions of all the partitions it read in the same transaction as their
+//! events (so a crash neither loses nor duplicates, exactly like a file). The consumer group's
+//! offsets in Kafka are committed *after* that transaction, for the tools that watch consumer
+//! lag; on start each partition seeks to its Postgres position, whatever the group's offset says
+//! (it can lag by one batch after a crash, never lead). Partitions are assigned explicitly (all
+//! of the topic's partitions at start, no rebalancing): one ingester reads the whole topic.
 //!
-//! The course's `movielog<N>` topics are read in order, so a source reads one partition; a
-//! topic with several partitions is refused with a clear error (their relative order is
-//! undefined, and event ids are an order).
+//! **Event ids and order.** Event ids number lines in the order this consumer received them.
+//! Within a partition that is offset order; across partitions it is the interleaving of the
+//! fetches, which differs from run to run (a restart after a crash may number the not yet
+//! committed lines differently — each line still gets exactly one id). Kafka orders nothing
+//! across partitions, so nothing here may depend on it: the simulator keys every message by user
+//! id, so all of a user's lines are in one partition and keep their order, which is the only
+//! order the per-user summaries (`user_watched`, the latest rating by `(ts, event_id)`) and the
+//! watermark's meaning ("every line up to id N is in") rely on. A producer that does not key by
+//! user still gets every line exactly once, but a user's events in different partitions are
+//! ordered by arrival at the ingester, not by production.
 
 use std::io;
 use std::sync::Arc;
@@ -59,10 +68,15 @@ impl KafkaConfig {
         }
     }
 
-    /// The name the position is stored under in `ingest_sources` (brokers are left out: the
-    /// same topic behind another address is the same stream).
+    /// The source's name (brokers are left out: the same topic behind another address is the
+    /// same stream).
     pub fn source_name(&self) -> String {
-        format!("kafka:{}/0", self.topic)
+        format!("kafka:{}", self.topic)
+    }
+
+    /// The name partition `partition`'s position is stored under in `ingest_sources`.
+    pub fn lane_name(&self, partition: i32) -> String {
+        format!("kafka:{}/{partition}", self.topic)
     }
 }
 
@@ -81,15 +95,13 @@ pub enum KafkaSourceError {
     /// The topic is not there.
     #[error("kafka topic {0:?} does not exist (create it, or let the producer create it)")]
     NoTopic(String),
-    /// More than one partition.
-    #[error(
-        "kafka topic {topic:?} has {partitions} partitions; the ingester reads one ordered partition (the course's movielog topics have one)"
-    )]
+    /// The topic's partitions are not numbered 0..n (a broker bug or a partial metadata answer).
+    #[error("kafka topic {topic:?} reports partitions {ids:?}; expected 0..{}", ids.len())]
     Partitions {
         /// The topic.
         topic: String,
-        /// How many it has.
-        partitions: usize,
+        /// The ids it reported.
+        ids: Vec<i32>,
     },
 }
 
@@ -109,24 +121,27 @@ impl ClientContext for Quiet {
 
 impl ConsumerContext for Quiet {}
 
-/// Partition 0 of a topic, read by a consumer of `group` with offsets stored in Postgres.
+/// Every partition of a topic, read by a consumer of `group` with offsets stored in Postgres;
+/// lane `p` is partition `p`.
 pub struct KafkaSource {
     name: String,
     config: KafkaConfig,
     consumer: BaseConsumer<Quiet>,
-    /// The next offset to read.
-    position: u64,
-    /// The position Postgres holds (set by the ingester after each commit).
-    acked: Arc<AtomicU64>,
-    /// The last position committed to the consumer group.
-    group_committed: u64,
+    /// Per partition, the next offset to read.
+    position: Vec<u64>,
+    /// Per partition, the position Postgres holds (set by the ingester after each commit).
+    acked: Arc<[AtomicU64]>,
+    /// Per partition, the last position committed to the consumer group.
+    group_committed: Vec<u64>,
     last_group_commit: Instant,
+    /// Per partition, whether the consumer is at its end (no message since its EOF event).
+    at_end: Vec<bool>,
     /// Offsets skipped by the broker (see `read_line`).
     gaps: u64,
 }
 
 impl KafkaSource {
-    /// Connects, checks the topic has one partition; reading starts at [`LineSource::seek`].
+    /// Connects and reads the topic's partitions; reading starts at [`LineSource::seek`].
     pub fn open(config: KafkaConfig) -> Result<Self, KafkaSourceError> {
         let client_err = |source| KafkaSourceError::Client { brokers: config.brokers.clone(), source };
         let consumer: BaseConsumer<Quiet> = ClientConfig::new()
@@ -144,46 +159,93 @@ impl KafkaSource {
             .map_err(client_err)?;
         let metadata = consumer.fetch_metadata(Some(&config.topic), config.connect_timeout).map_err(client_err)?;
         let topic = metadata.topics().iter().find(|t| t.name() == config.topic);
-        match topic {
-            Some(t) if t.error().is_none() && t.partitions().len() == 1 => {}
+        let partitions = match topic {
             Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
-                return Err(KafkaSourceError::Partitions {
-                    topic: config.topic.clone(),
-                    partitions: t.partitions().len(),
-                });
+                let mut ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+                ids.sort_unstable();
+                if ids.iter().enumerate().any(|(i, id)| *id != i as i32) {
+                    return Err(KafkaSourceError::Partitions { topic: config.topic.clone(), ids });
+                }
+                ids.len()
             }
             _ => return Err(KafkaSourceError::NoTopic(config.topic.clone())),
-        }
+        };
         Ok(Self {
             name: config.source_name(),
             config,
             consumer,
-            position: 0,
-            acked: Arc::new(AtomicU64::new(0)),
-            group_committed: 0,
+            position: vec![0; partitions],
+            acked: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+            group_committed: vec![0; partitions],
             last_group_commit: Instant::now(),
+            at_end: vec![false; partitions],
             gaps: 0,
         })
     }
 
-    /// Commits the Postgres-acknowledged position to the consumer group when it moved.
+    /// How many partitions (lanes) the topic has.
+    pub fn partitions(&self) -> usize {
+        self.position.len()
+    }
+
+    /// Commits the Postgres-acknowledged positions to the consumer group where they moved.
     fn commit_group(&mut self, mode: CommitMode) {
-        let acked = self.acked.load(Ordering::Acquire);
-        if acked <= self.group_committed {
-            return;
-        }
         let mut list = TopicPartitionList::new();
-        if list.add_partition_offset(&self.config.topic, 0, Offset::Offset(acked as i64)).is_err() {
+        let mut moved = Vec::new();
+        for (partition, acked) in self.acked.iter().enumerate() {
+            let acked = acked.load(Ordering::Acquire);
+            if acked > self.group_committed[partition]
+                && list.add_partition_offset(&self.config.topic, partition as i32, Offset::Offset(acked as i64)).is_ok()
+            {
+                moved.push((partition, acked));
+            }
+        }
+        if moved.is_empty() {
             return;
         }
         match self.consumer.commit(&list, mode) {
-            Ok(()) => self.group_committed = acked,
-            // Only monitoring reads the group's offset; the next commit carries it forward.
+            Ok(()) => {
+                for (partition, acked) in moved {
+                    self.group_committed[partition] = acked;
+                }
+            }
+            // Only monitoring reads the group's offsets; the next commit carries them forward.
             Err(e) => {
-                tracing::warn!(error = %e, topic = %self.config.topic, offset = acked, "committing the consumer group offset failed")
+                tracing::warn!(error = %e, topic = %self.config.topic, "committing the consumer group offsets failed")
             }
         }
         self.last_group_commit = Instant::now();
+    }
+
+    /// Where partition `partition` may start fetching to resume at `position` (checked against
+    /// what the broker still has).
+    fn fetch_start(&self, partition: i32, position: u64) -> io::Result<u64> {
+        let topic = &self.config.topic;
+        let (low, high) =
+            self.consumer.fetch_watermarks(topic, partition, self.config.connect_timeout).map_err(|e| {
+                io::Error::other(format!("kafka topic {topic} partition {partition}: reading its offsets: {e}"))
+            })?;
+        let (low, high) = (low.max(0) as u64, high.max(0) as u64);
+        if position > high {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "kafka topic {topic} partition {partition} ends at offset {high} but {position} messages were ingested from it: was it recreated? (ingest it under another name or remove its rows from ingest_sources)"
+                ),
+            ));
+        }
+        if position < low {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "kafka topic {topic} partition {partition} starts at offset {low}: messages {position}..{low} were deleted (retention) before they were ingested"
+                ),
+            ));
+        }
+        // Fetch from a little earlier and skip what is already in: a broker may answer a fetch
+        // from the middle of a record batch with the batches that start after it (tansu 0.6
+        // does), which would skip the rest of that batch.
+        Ok(position.saturating_sub(SEEK_REWIND).max(low))
     }
 }
 
@@ -210,40 +272,28 @@ impl LineSource for KafkaSource {
         Ok(None)
     }
 
-    fn seek(&mut self, position: u64) -> io::Result<()> {
-        let (low, high) = self
-            .consumer
-            .fetch_watermarks(&self.config.topic, 0, self.config.connect_timeout)
-            .map_err(|e| io::Error::other(format!("kafka topic {}: reading its offsets: {e}", self.config.topic)))?;
-        let (low, high) = (low.max(0) as u64, high.max(0) as u64);
-        if position > high {
+    fn lanes(&self) -> Vec<String> {
+        (0..self.partitions()).map(|p| self.config.lane_name(p as i32)).collect()
+    }
+
+    fn seek(&mut self, positions: &[u64]) -> io::Result<()> {
+        if positions.len() != self.partitions() {
             return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "kafka topic {} ends at offset {high} but {position} messages were ingested from it: was it recreated? (ingest it under another name or remove its row from ingest_sources)",
-                    self.config.topic
-                ),
+                io::ErrorKind::InvalidInput,
+                format!("{} positions for {} partitions", positions.len(), self.partitions()),
             ));
         }
-        if position < low {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "kafka topic {} starts at offset {low}: messages {position}..{low} were deleted (retention) before they were ingested",
-                    self.config.topic
-                ),
-            ));
-        }
-        // Fetch from a little earlier and skip what is already in: a broker may answer a fetch
-        // from the middle of a record batch with the batches that start after it (tansu 0.6
-        // does), which would skip the rest of that batch.
-        let from = position.saturating_sub(SEEK_REWIND).max(low);
         let mut list = TopicPartitionList::new();
-        list.add_partition_offset(&self.config.topic, 0, Offset::Offset(from as i64)).map_err(io::Error::other)?;
+        for (partition, &position) in positions.iter().enumerate() {
+            let from = self.fetch_start(partition as i32, position)?;
+            list.add_partition_offset(&self.config.topic, partition as i32, Offset::Offset(from as i64))
+                .map_err(io::Error::other)?;
+            self.acked[partition].store(position, Ordering::Release);
+        }
         self.consumer.assign(&list).map_err(io::Error::other)?;
-        self.position = position;
-        self.acked.store(position, Ordering::Release);
-        self.group_committed = position;
+        self.position = positions.to_vec();
+        self.group_committed = positions.to_vec();
+        self.at_end = vec![false; positions.len()];
         Ok(())
     }
 
@@ -256,37 +306,55 @@ impl LineSource for KafkaSource {
             let message = match self.consumer.poll(self.config.idle_after) {
                 None => return Ok(ReadOutcome::Idle),
                 Some(Ok(message)) => message,
-                Some(Err(KafkaError::PartitionEOF(_))) if !self.config.follow => return Ok(ReadOutcome::Eof),
-                Some(Err(KafkaError::PartitionEOF(_))) => return Ok(ReadOutcome::Idle),
+                Some(Err(KafkaError::PartitionEOF(partition))) => {
+                    if let Some(at_end) = self.at_end.get_mut(partition as usize) {
+                        *at_end = true;
+                    }
+                    // The end of the topic is the end of every partition; one partition's end
+                    // is only a pause of that partition.
+                    if self.at_end.iter().all(|e| *e) {
+                        return Ok(if self.config.follow { ReadOutcome::Idle } else { ReadOutcome::Eof });
+                    }
+                    continue;
+                }
                 Some(Err(e)) => return Err(io::Error::other(format!("kafka topic {}: {e}", self.config.topic))),
             };
+            let lane = message.partition().max(0) as usize;
+            let Some(position) = self.position.get_mut(lane) else {
+                // A partition added after the start: not assigned, so not expected; read at the
+                // next start.
+                continue;
+            };
+            self.at_end[lane] = false;
             let offset = message.offset().max(0) as u64;
-            if offset < self.position {
+            if offset < *position {
                 // Before the resume point (see `seek`): already ingested.
                 continue;
             }
-            if offset > self.position {
+            if offset > *position {
                 // Offsets of a plain topic are contiguous; a gap is compaction, transaction
                 // markers or a broker that skipped records. Say so: those lines are not here.
-                self.gaps += offset - self.position;
+                self.gaps += offset - *position;
                 tracing::warn!(
                     topic = %self.config.topic,
-                    expected = self.position,
+                    partition = lane,
+                    expected = *position,
                     got = offset,
                     total_gaps = self.gaps,
                     "kafka offsets jumped: {} offsets without a message",
-                    offset - self.position
+                    offset - *position
                 );
             }
             let payload = message.payload().unwrap_or_default();
             let line = payload.strip_suffix(b"\n").unwrap_or(payload);
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             buf.extend_from_slice(&line[..line.len().min(limit)]);
-            self.position = offset + 1;
+            *position = offset + 1;
+            let end = *position;
             return Ok(if line.len() > limit {
-                ReadOutcome::TooLong { end: self.position, len: line.len() as u64 }
+                ReadOutcome::TooLong { lane, end, len: line.len() as u64 }
             } else {
-                ReadOutcome::Line { end: self.position }
+                ReadOutcome::Line { lane, end }
             });
         }
     }

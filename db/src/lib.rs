@@ -7,6 +7,7 @@ pub mod args;
 pub mod cli;
 pub mod copy;
 pub mod event;
+pub mod failover;
 pub mod import;
 pub mod ingest;
 pub mod interactions;
@@ -38,12 +39,11 @@ pub fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
 }
 
 /// A pool that fails fast when the server is down (5 s) instead of the driver's 30 s default.
+/// `url` may list several hosts (a primary and its standby, see [`failover`]): the pool goes to
+/// the one its `target_session_attrs` asks for (the primary by default) and follows a failover.
 pub async fn connect_pool(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_with(connect_options(url)?)
-        .await
+    let options = PgPoolOptions::new().max_connections(max_connections).acquire_timeout(Duration::from_secs(5));
+    failover::connect_pool(options, failover::Hosts::parse(url)?).await
 }
 
 /// Applies pending migrations.
@@ -57,19 +57,28 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 pub struct NoDatabase(std::path::PathBuf);
 
 /// The database URL: the explicit one (DATABASE_URL) if given, else the project's private
-/// cluster recorded under `state_dir` (by `lazyrec-db up`).
+/// cluster recorded under `state_dir` (by `lazyrec-db up`): its primary and, when `up --standby`
+/// made one, its hot standby, as a two-host URL (a fenced old primary is left out).
 pub fn resolve_database_url(explicit: Option<&str>, state_dir: &std::path::Path) -> Result<String, NoDatabase> {
     if let Some(url) = explicit {
         return Ok(url.to_string());
     }
-    let dir = state_dir.join("pg");
-    let port_file = dir.join("port");
-    let port = std::fs::read_to_string(&port_file)
-        .ok()
-        .and_then(|s| s.trim().parse::<u16>().ok())
-        .ok_or(NoDatabase(port_file))?;
-    let password = pgcluster::read_password(&dir).ok();
-    Ok(pgcluster::url(port, password.as_deref(), cli::DATABASE_NAME))
+    let primary = state_dir.join("pg");
+    let port = |dir: &std::path::Path| {
+        std::fs::read_to_string(dir.join("port")).ok().and_then(|s| s.trim().parse::<u16>().ok())
+    };
+    let mut hosts = Vec::new();
+    for dir in [primary.clone(), state_dir.join(pgcluster::STANDBY_DIR)] {
+        if pgcluster::fenced(&dir).is_none()
+            && let Some(port) = port(&dir)
+        {
+            hosts.push((dir, port));
+        }
+    }
+    let Some((first, _)) = hosts.first() else { return Err(NoDatabase(primary.join("port"))) };
+    let password = pgcluster::read_password(first).ok();
+    let ports: Vec<u16> = hosts.iter().map(|(_, p)| *p).collect();
+    Ok(pgcluster::multi_host_url(&ports, password.as_deref(), cli::DATABASE_NAME))
 }
 
 /// A URL with its credentials hidden, for messages.

@@ -58,6 +58,14 @@ pub enum ClusterError {
         /// Its output or exit status.
         detail: String,
     },
+    /// The cluster was replaced by its promoted standby and must not serve as a primary again.
+    #[error(
+        "the cluster in {0} was replaced by its promoted standby ({1}); it must not run as a primary again: remove it, or make it a standby of the new primary"
+    )]
+    Fenced(PathBuf, String),
+    /// The standby did not start streaming from the primary in time.
+    #[error("the standby in {0} did not start streaming from the primary within {1:?}; see its log")]
+    NotStreaming(PathBuf, Duration),
     /// The server did not accept connections in time.
     #[error("Postgres did not become ready within {0:?}; see its log at {1}")]
     NotReady(Duration, PathBuf),
@@ -281,6 +289,11 @@ impl PgCluster {
         url(self.port, Some(&self.password), database)
     }
 
+    /// A URL of `database` listing this cluster and then `standby` (see [`crate::failover`]).
+    pub fn url_with_standby(&self, standby: &PgCluster, database: &str) -> String {
+        multi_host_url(&[self.port, standby.port], Some(&self.password), database)
+    }
+
     /// Starts (or finds running) the project's long-lived cluster in `dir`.
     ///
     /// Idempotent: an initialised directory is reused, a running server is left alone, and the
@@ -290,18 +303,43 @@ impl PgCluster {
         let run_as = RunAs::detect()?;
         fs::create_dir_all(dir).map_err(io_err("creating the cluster directory", dir))?;
         let dir = &reachable_dir(dir, run_as)?;
-        let data = dir.join("data");
-        let port_file = dir.join("port");
-        if !data.join("PG_VERSION").is_file() {
+        if let Some(why) = fenced(dir) {
+            return Err(ClusterError::Fenced(dir.to_path_buf(), why));
+        }
+        if !dir.join("data").join("PG_VERSION").is_file() {
             init_cluster(&bins, run_as, dir, Durability::Durable)?;
         }
+        Self::start_daemon(&bins, run_as, dir)
+    }
+
+    /// Starts (or finds running) a hot standby of `primary` in `dir`, made by `pg_basebackup`
+    /// the first time (streaming replication; `hot_standby_feedback` on, so the primary's
+    /// vacuum does not cancel the reads served from it). Idempotent like [`Self::ensure_daemon`].
+    pub fn ensure_standby_daemon(primary: &PgCluster, dir: &Path) -> Result<Self, ClusterError> {
+        let bins = PgBinaries::locate()?;
+        let run_as = RunAs::detect()?;
+        fs::create_dir_all(dir).map_err(io_err("creating the standby directory", dir))?;
+        let dir = &reachable_dir(dir, run_as)?;
+        if let Some(why) = fenced(dir) {
+            return Err(ClusterError::Fenced(dir.to_path_buf(), why));
+        }
+        if !dir.join("data").join("PG_VERSION").is_file() {
+            base_backup(&bins, run_as, primary, dir)?;
+        }
+        Self::start_daemon(&bins, run_as, dir)
+    }
+
+    /// Starts the initialised cluster in `dir` with `pg_ctl` unless it runs.
+    fn start_daemon(bins: &PgBinaries, run_as: Option<RunAs>, dir: &Path) -> Result<Self, ClusterError> {
+        let data = dir.join("data");
+        let port_file = dir.join("port");
         let remembered = fs::read_to_string(&port_file).ok().and_then(|s| s.trim().parse::<u16>().ok());
         if data.join("postmaster.pid").is_file()
-            && pg_ctl_status(&bins, run_as, &data)
+            && pg_ctl_status(bins, run_as, &data)
             && let Some(port) = remembered
         {
-            wait_ready(&bins, run_as, dir, port, READY_TIMEOUT)?;
-            let password = ensure_password(&bins, run_as, dir, port)?;
+            wait_ready(bins, run_as, dir, port, READY_TIMEOUT)?;
+            let password = ensure_password(bins, run_as, dir, port)?;
             return Ok(Self { dir: dir.to_path_buf(), port, password, child: None, owns_dir: false });
         }
         let port = match remembered {
@@ -325,9 +363,44 @@ impl PgCluster {
             .arg("start");
         run(cmd, run_as, "pg_ctl start")?;
         fs::write(&port_file, port.to_string()).map_err(io_err("remembering the port", &port_file))?;
-        wait_ready(&bins, run_as, dir, port, READY_TIMEOUT)?;
-        let password = ensure_password(&bins, run_as, dir, port)?;
+        wait_ready(bins, run_as, dir, port, READY_TIMEOUT)?;
+        let password = ensure_password(bins, run_as, dir, port)?;
         Ok(Self { dir: dir.to_path_buf(), port, password, child: None, owns_dir: false })
+    }
+
+    /// A disposable hot standby of this (ephemeral) cluster, next to it; it dies with the
+    /// process like [`Self::start_ephemeral`].
+    pub fn start_ephemeral_standby(&self) -> Result<Self, ClusterError> {
+        let bins = PgBinaries::locate()?;
+        let run_as = RunAs::detect()?;
+        let parent = self.dir.parent().map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
+        let dir = parent.join(format!("lazyrec-pg-{}-{}", std::process::id(), unique_suffix()));
+        fs::create_dir_all(&dir).map_err(io_err("creating the standby directory", &dir))?;
+        base_backup(&bins, run_as, self, &dir)?;
+        let port = free_port()?;
+        let child = spawn_server_with_keeper(&bins, run_as, &dir, port)?;
+        let standby =
+            Self { dir: dir.clone(), port, password: self.password.clone(), child: Some(child), owns_dir: true };
+        wait_ready(&bins, run_as, &dir, port, READY_TIMEOUT)?;
+        Ok(standby)
+    }
+
+    /// Kills an ephemeral cluster's server with SIGKILL (a crash: tests of failover).
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _killed = child.kill();
+            let _reaped = child.wait();
+        }
+    }
+
+    /// Promotes this hot standby to a primary (`pg_ctl promote`, waiting until it accepts
+    /// writes).
+    pub fn promote(&self) -> Result<(), ClusterError> {
+        let bins = PgBinaries::locate()?;
+        let run_as = RunAs::detect()?;
+        let mut cmd = Command::new(bins.program("pg_ctl"));
+        cmd.arg("-D").arg(self.dir.join("data")).arg("-w").arg("-t").arg("60").arg("promote");
+        run(cmd, run_as, "pg_ctl promote")
     }
 
     /// Stops the long-lived cluster in `dir` if it runs. Returns whether it was running.
@@ -479,6 +552,71 @@ fn init_cluster(
 /// The file in the cluster directory that holds the superuser's password (mode 0600).
 pub const PASSWORD_FILE: &str = "password";
 
+/// The file that marks a cluster replaced by its promoted standby (holds why and when).
+pub const FENCED_FILE: &str = "fenced";
+
+/// Why the cluster in `dir` must not run as a primary again, if it was fenced.
+pub fn fenced(dir: &Path) -> Option<String> {
+    fs::read_to_string(dir.join(FENCED_FILE)).ok().map(|s| s.trim().to_string())
+}
+
+/// Marks the cluster in `dir` as replaced (see [`fenced`]).
+pub fn fence(dir: &Path, why: &str) -> Result<(), ClusterError> {
+    let path = dir.join(FENCED_FILE);
+    fs::write(&path, format!("{why}\n")).map_err(io_err("fencing the old primary", &path))
+}
+
+/// Copies `primary` into `dir` with `pg_basebackup` (WAL streamed, standby configuration
+/// written) and configures it as a hot standby on its own port.
+fn base_backup(bins: &PgBinaries, run_as: Option<RunAs>, primary: &PgCluster, dir: &Path) -> Result<(), ClusterError> {
+    // The primary must let the replication user in over loopback (clusters made before
+    // standbys existed get the line now).
+    write_hba(&primary.dir.join("data"))?;
+    let mut reload = Command::new(bins.program("pg_ctl"));
+    reload.arg("-D").arg(primary.dir.join("data")).arg("reload");
+    run(reload, run_as, "pg_ctl reload")?;
+    private_dir(dir)?;
+    let data = dir.join("data");
+    // A copy that failed half-way is started again.
+    if data.exists() {
+        fs::remove_dir_all(&data).map_err(io_err("removing a partial standby copy", &data))?;
+    }
+    let password_file = dir.join(PASSWORD_FILE);
+    let _stale = fs::remove_file(&password_file);
+    write_password(&password_file, &primary.password)?;
+    if let Some(run_as) = run_as {
+        run_as.chown_tree(dir)?;
+    }
+    let mut cmd = Command::new(bins.program("pg_basebackup"));
+    cmd.arg("-D")
+        .arg(&data)
+        .arg("-h")
+        .arg("127.0.0.1")
+        .arg("-p")
+        .arg(primary.port.to_string())
+        .arg("-U")
+        .arg(SUPERUSER)
+        .arg("--wal-method=stream")
+        .arg("--write-recovery-conf")
+        .arg("--checkpoint=fast")
+        .arg("--no-password")
+        // The environment, not the command line: arguments are visible in `ps`.
+        .env("PGPASSWORD", &primary.password);
+    run(cmd, run_as, "pg_basebackup")?;
+    let conf = data.join("postgresql.conf");
+    let mut text = fs::read_to_string(&conf).map_err(io_err("reading postgresql.conf", &conf))?;
+    text.push_str(
+        "\n# lazyrec hot standby\nhot_standby = on\nhot_standby_feedback = on\ncluster_name = 'lazyrec_standby'\n# a lost primary is retried (and a promotion noticed) every 500 ms, not every 5 s\nwal_retrieve_retry_interval = '500ms'\n",
+    );
+    fs::write(&conf, text).map_err(io_err("writing postgresql.conf", &conf))?;
+    // pg_basebackup does not copy the primary's pid file, but an old port file would lie.
+    let _stale = fs::remove_file(dir.join("port"));
+    if let Some(run_as) = run_as {
+        run_as.chown_tree(dir)?;
+    }
+    Ok(())
+}
+
 /// The superuser's password of the cluster in `dir` (an error for a cluster made before
 /// passwords, until the next `lazyrec-db up` gives it one).
 pub fn read_password(dir: &Path) -> io::Result<String> {
@@ -487,11 +625,22 @@ pub fn read_password(dir: &Path) -> io::Result<String> {
 
 /// A connection URL on the loopback port.
 pub fn url(port: u16, password: Option<&str>, database: &str) -> String {
+    multi_host_url(&[port], password, database)
+}
+
+/// A connection URL listing loopback ports in order (one port: a plain URL; several: a
+/// primary-first host list, see [`crate::failover`]).
+pub fn multi_host_url(ports: &[u16], password: Option<&str>, database: &str) -> String {
+    let hosts: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let hosts = hosts.join(",");
     match password {
-        Some(password) => format!("postgres://{SUPERUSER}:{password}@127.0.0.1:{port}/{database}"),
-        None => format!("postgres://{SUPERUSER}@127.0.0.1:{port}/{database}"),
+        Some(password) => format!("postgres://{SUPERUSER}:{password}@{hosts}/{database}"),
+        None => format!("postgres://{SUPERUSER}@{hosts}/{database}"),
     }
 }
+
+/// The directory of the private cluster's hot standby, next to the primary's `pg`.
+pub const STANDBY_DIR: &str = "pg-standby";
 
 fn new_password() -> String {
     use rand::Rng;
@@ -528,7 +677,9 @@ fn write_hba(data: &Path) -> Result<(), ClusterError> {
                 # TYPE  DATABASE  USER  ADDRESS       METHOD\n\
                 local   all       all                 scram-sha-256\n\
                 host    all       all   127.0.0.1/32  scram-sha-256\n\
-                host    all       all   ::1/128       scram-sha-256\n";
+                host    all       all   ::1/128       scram-sha-256\n\
+                # streaming replication to a hot standby (`lazyrec-db up --standby`)\n\
+                host    replication all 127.0.0.1/32  scram-sha-256\n";
     fs::write(&hba, text).map_err(io_err("writing pg_hba.conf", &hba))
 }
 

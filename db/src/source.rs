@@ -1,8 +1,10 @@
 //! Where log lines come from: the [`LineSource`] trait and its file and stream implementations.
 //!
-//! A source has a stable name (its key in `ingest_sources`) and a position (a byte offset for
-//! files and streams; a Kafka source its partition offset). The ingester commits the
-//! position with the events, so resuming means "seek to the committed position and go on".
+//! A source has a stable name and one position per *lane*, each lane a row of `ingest_sources`
+//! (files and streams have one lane, named after the source, whose position is a byte offset; a
+//! Kafka topic has a lane per partition, `kafka:<topic>/<p>`, whose position is the partition's
+//! next offset). The ingester commits every lane's position with the events, so resuming means
+//! "seek each lane to its committed position and go on".
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
@@ -24,7 +26,7 @@ pub enum SourceKind {
     File,
     /// An unseekable stream (stdin, generated lines), identified by a name.
     Stream,
-    /// A Kafka topic partition; the position is the next offset.
+    /// A Kafka topic; a lane per partition, whose position is the partition's next offset.
     Kafka,
 }
 
@@ -42,14 +44,18 @@ impl SourceKind {
 /// The result of asking a source for its next line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadOutcome {
-    /// A complete line is in the buffer (terminator removed); `end` is the position after it.
+    /// A complete line is in the buffer (terminator removed); `end` is its lane's position after it.
     Line {
+        /// The lane the line came from (an index into [`LineSource::lanes`]).
+        lane: usize,
         /// Position after the line and its terminator.
         end: u64,
     },
     /// A line longer than the limit was read past: the buffer holds its first `limit` bytes
     /// (the rest was discarded, never kept in memory), `len` is its full length.
     TooLong {
+        /// The lane the line came from.
+        lane: usize,
         /// Position after the line and its terminator.
         end: u64,
         /// The line's length in bytes.
@@ -71,8 +77,14 @@ pub trait LineSource: Send {
     fn len_hint(&self) -> Option<u64>;
     /// Hash and length of the first bytes, when the source can be re-read from the start.
     fn fingerprint(&mut self, len: u64) -> io::Result<Option<String>>;
-    /// Continues after `position` (a value previously returned in [`ReadOutcome::Line`]).
-    fn seek(&mut self, position: u64) -> io::Result<()>;
+    /// The names the lanes' positions are stored under, in lane order: one lane named after the
+    /// source unless the source has several (a Kafka topic's partitions).
+    fn lanes(&self) -> Vec<String> {
+        vec![self.name().to_owned()]
+    }
+    /// Continues after `positions`, one per lane (values previously returned in
+    /// [`ReadOutcome::Line`]).
+    fn seek(&mut self, positions: &[u64]) -> io::Result<()>;
     /// Reads the next line into `buf` (cleared first), keeping at most `limit` bytes of it: a
     /// longer line is [`ReadOutcome::TooLong`], and memory stays bounded by `limit` whatever
     /// the input.
@@ -84,14 +96,17 @@ pub trait LineSource: Send {
     }
 }
 
-/// The ingester's side of [`LineSource::acknowledger`]: positions whose events are committed.
+/// The ingester's side of [`LineSource::acknowledger`]: per lane, the position whose events
+/// are committed.
 #[derive(Debug, Clone)]
-pub struct Acknowledger(pub Arc<AtomicU64>);
+pub struct Acknowledger(pub Arc<[AtomicU64]>);
 
 impl Acknowledger {
-    /// Everything before `position` is committed in Postgres.
-    pub fn ack(&self, position: u64) {
-        self.0.fetch_max(position, Ordering::AcqRel);
+    /// Everything of `lane` before `position` is committed in Postgres.
+    pub fn ack(&self, lane: usize, position: u64) {
+        if let Some(acked) = self.0.get(lane) {
+            acked.fetch_max(position, Ordering::AcqRel);
+        }
     }
 }
 
@@ -156,7 +171,8 @@ impl LineSource for FileSource {
         Ok(Some(hex::encode(Sha256::digest(&head))))
     }
 
-    fn seek(&mut self, position: u64) -> io::Result<()> {
+    fn seek(&mut self, positions: &[u64]) -> io::Result<()> {
+        let position = positions.first().copied().unwrap_or(0);
         let len = self.reader.get_ref().metadata()?.len();
         if position > len {
             return Err(io::Error::new(
@@ -225,7 +241,7 @@ impl FileSource {
 }
 
 fn line_outcome(end: u64, len: u64, limit: usize) -> ReadOutcome {
-    if len > limit as u64 { ReadOutcome::TooLong { end, len } } else { ReadOutcome::Line { end } }
+    if len > limit as u64 { ReadOutcome::TooLong { lane: 0, end, len } } else { ReadOutcome::Line { lane: 0, end } }
 }
 
 /// A named, unseekable stream of lines (stdin, or lines generated in memory).
@@ -350,7 +366,8 @@ impl LineSource for StreamSource {
         Ok(None)
     }
 
-    fn seek(&mut self, position: u64) -> io::Result<()> {
+    fn seek(&mut self, positions: &[u64]) -> io::Result<()> {
+        let position = positions.first().copied().unwrap_or(0);
         if position < self.position {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "a stream cannot seek backwards"));
         }

@@ -190,12 +190,14 @@ fn check_migrate_req() {
 pub async fn start(mut config: Config) -> anyhow::Result<RunningLb> {
     config.validate()?;
     let url = db::resolve_database_url(config.database_url.as_deref(), &config.state_dir)?;
-    let pool = PgPoolOptions::new()
-        .max_connections(config.database_connections)
-        .acquire_timeout(Duration::from_secs(1))
-        .connect_lazy_with(
-            db::connect_options(&url).with_context(|| format!("bad database URL {}", db::redact(&url)))?,
-        );
+    // A two-host URL (primary, standby) is followed through a failover: the journal holds the
+    // log while no host accepts writes, and ships it to the promoted standby.
+    let pool = db::failover::lazy_pool(
+        PgPoolOptions::new().max_connections(config.database_connections).acquire_timeout(Duration::from_secs(1)),
+        db::failover::Hosts::parse(&url)
+            .with_context(|| format!("bad database URL {}", db::redact(&url)))?
+            .with_target(db::failover::Target::ReadWrite),
+    );
     let (journal, journal_dir) = open_journal(&config)?;
     // From here on every path under the journal directory (routing and fallback files) is this
     // replica's slot.

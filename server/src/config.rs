@@ -107,6 +107,16 @@ impl Default for Admission {
     }
 }
 
+/// Which host the request path reads from (see [`Config::database_reads`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatabaseReads {
+    /// A hot standby while one answers, else the primary.
+    Standby,
+    /// Always the primary.
+    Primary,
+}
+
 /// Which vector store, as for the embedder.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -152,10 +162,15 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// gRPC listen address.
     pub grpc_addr: SocketAddr,
-    /// Postgres URL; absent → the private cluster under `state_dir`.
+    /// Postgres URL; absent → the private cluster under `state_dir`. May list a primary and its
+    /// hot standby (`postgres://u:p@h1:p1,h2:p2/db`, see `db::failover`).
     pub database_url: Option<String>,
     /// Postgres connections.
     pub database_connections: u32,
+    /// Where the request path reads histories, popularity and the watermark when the URL lists
+    /// a standby: `standby` (a hot standby while one answers, else the primary) or `primary`.
+    /// Writes (the model registry) always go to the primary.
+    pub database_reads: DatabaseReads,
     /// Project state (private Postgres, qdrant-edge).
     pub state_dir: PathBuf,
     /// The vector store.
@@ -182,6 +197,7 @@ impl Default for Config {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             database_url: None,
             database_connections: 16,
+            database_reads: DatabaseReads::Standby,
             state_dir: PathBuf::from(".state"),
             store: StoreConfig::default(),
             model: ModelSpec::default(),

@@ -105,7 +105,11 @@ pub struct Core {
     pub config: Config,
     /// Metrics.
     pub metrics: Metrics,
+    /// Request-path reads (a hot standby when configured and there is one).
     pool: PgPool,
+    /// The primary: writes (`models`) and the watermark the read lag is measured against. The
+    /// same pool as `pool` when there is one host.
+    primary: PgPool,
     store: Arc<dyn VectorStore>,
     model: Model,
     collection: RwLock<Option<Live>>,
@@ -122,6 +126,15 @@ pub struct Core {
     postgres_gate: Gate,
     vector_gate: Gate,
     degraded_log: LogThrottle,
+}
+
+/// The server's Postgres pools.
+#[derive(Debug, Clone)]
+pub struct Pools {
+    /// Request-path reads: histories, popularity, the watermark.
+    pub reads: PgPool,
+    /// The primary (writes; the reference for the read lag). May be `reads` itself.
+    pub primary: PgPool,
 }
 
 /// (collection, user, history watermark) → what an item-weights plan's search found.
@@ -185,7 +198,7 @@ impl Core {
     /// up and answers — degraded — even when they are not there yet).
     pub fn new(
         config: Config,
-        pool: PgPool,
+        pools: Pools,
         store: Arc<dyn VectorStore>,
         metrics: Metrics,
     ) -> Result<Self, strategy::StrategyError> {
@@ -202,7 +215,8 @@ impl Core {
         Ok(Self {
             config,
             metrics,
-            pool,
+            pool: pools.reads,
+            primary: pools.primary,
             store,
             model,
             collection: RwLock::new(pinned),
@@ -234,9 +248,14 @@ impl Core {
         self.watermark.load(Ordering::Relaxed)
     }
 
-    /// The Postgres pool.
+    /// The Postgres pool of request-path reads.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The primary's pool (the reads' pool when there is one host).
+    pub fn primary(&self) -> &PgPool {
+        &self.primary
     }
 
     /// Records the served model in `models` (model version → strategy and parameters), once per
@@ -245,11 +264,9 @@ impl Core {
     pub async fn register_model(&self) {
         let model = self.model.clone();
         match self
-            .query(
-                self.config.deadlines.request(),
-                None,
-                |pool| async move { data::register_model(&pool, &model).await },
-            )
+            .query_on(self.primary.clone(), self.config.deadlines.request(), None, |pool| async move {
+                data::register_model(&pool, &model).await
+            })
             .await
         {
             Ok(Ok(())) => {}
@@ -320,6 +337,7 @@ impl Core {
                 let before = self.watermark.fetch_max(wm, Ordering::Relaxed);
                 self.metrics.watermark.set(wm.max(before));
                 self.postgres_ok.store(true, Ordering::Relaxed);
+                self.measure_read_lag(deadline, wm).await;
                 // The list changes only when a popularity run lands: compare run ids (one tiny
                 // query) instead of re-reading the list on every tick while events stream in.
                 let (loaded, loaded_run) = self.popularity_with_run();
@@ -547,6 +565,24 @@ impl Core {
         }
     }
 
+    /// Sets the read-lag gauge: the primary's watermark minus `read_watermark` (what the reads'
+    /// host had). Answers record the watermark of the host they read, in the same snapshot as
+    /// the history, so their provenance stays exact whatever the lag; the gauge says how stale.
+    async fn measure_read_lag(&self, deadline: Duration, read_watermark: i64) {
+        if self.primary.connect_options().get_port() == self.pool.connect_options().get_port()
+            && self.primary.connect_options().get_host() == self.pool.connect_options().get_host()
+        {
+            self.metrics.read_lag_events.set(0);
+            return;
+        }
+        let primary = self.primary.clone();
+        if let Ok(Ok(primary_watermark)) =
+            self.query_on(primary, deadline, None, |pool| async move { data::watermark(&pool).await }).await
+        {
+            self.metrics.read_lag_events.set((primary_watermark - read_watermark).max(0));
+        }
+    }
+
     /// Runs a Postgres query (connect included) as its own task and waits for it at most
     /// `deadline`. A late query is not cancelled: it runs to its end (bounded by the connections'
     /// `statement_timeout` and the pool's acquire timeout) and its connection stays in the pool;
@@ -564,7 +600,22 @@ impl Core {
         T: Send + 'static,
         Fut: std::future::Future<Output = Result<T, sqlx::Error>> + Send + 'static,
     {
-        let running = query(self.pool.clone());
+        self.query_on(self.pool.clone(), deadline, permit, query).await
+    }
+
+    /// [`Self::query`] on `pool`.
+    async fn query_on<T, Fut>(
+        &self,
+        pool: PgPool,
+        deadline: Duration,
+        permit: Option<Permit>,
+        query: impl FnOnce(PgPool) -> Fut,
+    ) -> Result<Result<T, String>, tokio::time::error::Elapsed>
+    where
+        T: Send + 'static,
+        Fut: std::future::Future<Output = Result<T, sqlx::Error>> + Send + 'static,
+    {
+        let running = query(pool);
         let task = tokio::spawn(async move {
             let result = running.await;
             drop(permit);

@@ -73,6 +73,7 @@ impl RunningServer {
         // Close the pool (a Terminate per connection, once late queries have returned theirs),
         // so Postgres does not count the sessions as abandoned; bounded, a shutdown never hangs.
         let _closed = tokio::time::timeout(Duration::from_secs(2), self.core.pool().close()).await;
+        let _closed = tokio::time::timeout(Duration::from_secs(2), self.core.primary().close()).await;
         Ok(())
     }
 
@@ -87,17 +88,34 @@ impl RunningServer {
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     config.validate()?;
     let url = db::resolve_database_url(config.database_url.as_deref(), &config.state_dir)?;
-    let pool = PgPoolOptions::new()
-        .max_connections(config.database_connections)
-        // Queries run detached (see `core`): the request waits for its stage deadline only, the
-        // pool may take longer to hand out or open a connection.
-        .acquire_timeout(Duration::from_millis(config.deadlines.statement_timeout_ms()))
-        .connect_lazy_with(
-            db::connect_options(&url)
-                .with_context(|| format!("bad database URL {}", db::redact(&url)))?
-                .application_name(&format!("lazyrec-server {}", config.variant.as_str()))
-                .options([("statement_timeout", config.deadlines.statement_timeout_ms().to_string())]),
-        );
+    let hosts =
+        db::failover::Hosts::parse(&url).with_context(|| format!("bad database URL {}", db::redact(&url)))?.map(|o| {
+            o.application_name(&format!("lazyrec-server {}", config.variant.as_str()))
+                .options([("statement_timeout", config.deadlines.statement_timeout_ms().to_string())])
+        });
+    // Queries run detached (see `core`): the request waits for its stage deadline only, the
+    // pool may take longer to hand out or open a connection.
+    let acquire = Duration::from_millis(config.deadlines.statement_timeout_ms());
+    let options = || PgPoolOptions::new().acquire_timeout(acquire);
+    let pools = if hosts.is_multi() {
+        let reads = match config.database_reads {
+            config::DatabaseReads::Standby => db::failover::Target::PreferStandby,
+            config::DatabaseReads::Primary => db::failover::Target::ReadWrite,
+        };
+        core::Pools {
+            reads: db::failover::lazy_pool(
+                options().max_connections(config.database_connections),
+                hosts.clone().with_target(reads),
+            ),
+            primary: db::failover::lazy_pool(
+                options().max_connections(2),
+                hosts.with_target(db::failover::Target::ReadWrite),
+            ),
+        }
+    } else {
+        let pool = db::failover::lazy_pool(options().max_connections(config.database_connections), hosts);
+        core::Pools { reads: pool.clone(), primary: pool }
+    };
     let store = open_store(&config)?;
     let metrics = metrics::Metrics::new(config.variant.as_str())?;
     let http_listener = tokio::net::TcpListener::bind(config.http_addr)
@@ -109,7 +127,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let http_addr = http_listener.local_addr()?;
     let grpc_addr = grpc_listener.local_addr()?;
     let refresh = Duration::from_millis(config.caches.refresh_ms);
-    let core = Arc::new(Core::new(config, pool, store, metrics)?);
+    let core = Arc::new(Core::new(config, pools, store, metrics)?);
     core.refresh().await;
     core.register_model().await;
     // Before the listeners answer: the first request must not pay for a cold engine.

@@ -20,6 +20,9 @@ pub struct Metrics {
     pub degraded: IntCounterVec,
     /// The ingest watermark last seen.
     pub watermark: IntGauge,
+    /// How many events the host answers read from (a hot standby) is behind the primary's
+    /// watermark (0 when reads go to the primary).
+    pub read_lag_events: IntGauge,
     /// Operations running per stage (admission control).
     pub in_flight: IntGaugeVec,
     /// Requests queued per stage.
@@ -71,6 +74,10 @@ impl Metrics {
             &["reason"],
         )?;
         let watermark = IntGauge::new("data_watermark", "The ingest watermark (last event id) last seen")?;
+        let read_lag_events = IntGauge::new(
+            "db_read_lag_events",
+            "Events the host reads go to (a hot standby) is behind the primary's ingest watermark",
+        )?;
         let in_flight = IntGaugeVec::new(
             Opts::new("stage_in_flight", "Operations running per stage (admission control)"),
             &["stage"],
@@ -96,6 +103,7 @@ impl Metrics {
         registry.register(Box::new(cache.clone()))?;
         registry.register(Box::new(degraded.clone()))?;
         registry.register(Box::new(watermark.clone()))?;
+        registry.register(Box::new(read_lag_events.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -104,6 +112,7 @@ impl Metrics {
             cache,
             degraded,
             watermark,
+            read_lag_events,
             in_flight,
             queued,
             limit,

@@ -83,9 +83,9 @@ pub enum SinkError {
         source: KafkaError,
     },
     /// The topic is missing (the simulator does not create topics: their partition count is a
-    /// decision, and the ingester reads single-partition topics).
+    /// decision of whoever runs the broker).
     #[error(
-        "kafka {brokers}: topic {topic:?} does not exist; create it with one partition (e.g. `tansu topic create {topic} --partitions 1`)"
+        "kafka {brokers}: topic {topic:?} does not exist; create it (e.g. `tansu topic create {topic} --partitions 3`)"
     )]
     NoTopic {
         /// The brokers.

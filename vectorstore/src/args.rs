@@ -6,12 +6,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{StoreError, VectorStore};
+use crate::{ClusterLayout, StoreError, VectorStore};
 
-/// `--qdrant-url`, `--qdrant-api-key`, `--qdrant-timeout-secs`, `--edge-dir`.
+/// `--qdrant-url`, `--qdrant-api-key`, `--qdrant-timeout-secs`, `--qdrant-shards`,
+/// `--qdrant-replication-factor`, `--qdrant-write-consistency`, `--edge-dir`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct StoreArgs {
-    /// Use a Qdrant server (gRPC URL, e.g. http://localhost:6334) instead of embedded qdrant-edge.
+    /// Use a Qdrant server (gRPC URL, e.g. http://localhost:6334) instead of embedded
+    /// qdrant-edge; the nodes of a cluster separated by commas (calls move to the next node when
+    /// one is unreachable).
     #[arg(long, env = "QDRANT_URL", global = true)]
     pub qdrant_url: Option<String>,
     /// API key for the Qdrant server.
@@ -20,20 +23,39 @@ pub struct StoreArgs {
     /// Timeout of each Qdrant server call, in seconds.
     #[arg(long, default_value_t = 30, global = true)]
     pub qdrant_timeout_secs: u64,
+    /// Shards of each new collection on a Qdrant cluster.
+    #[arg(long, env = "QDRANT_SHARDS", default_value_t = 1, global = true)]
+    pub qdrant_shards: u32,
+    /// Copies of each shard on a Qdrant cluster (reads survive one lost node with 2).
+    #[arg(long, env = "QDRANT_REPLICATION_FACTOR", default_value_t = 1, global = true)]
+    pub qdrant_replication_factor: u32,
+    /// Copies that must acknowledge each write (at most the replication factor).
+    #[arg(long, env = "QDRANT_WRITE_CONSISTENCY", default_value_t = 1, global = true)]
+    pub qdrant_write_consistency: u32,
     /// qdrant-edge directory (default: <state-dir>/qdrant-edge).
     #[arg(long, env = "LAZYREC_EDGE_DIR", global = true)]
     pub edge_dir: Option<PathBuf>,
 }
 
 impl StoreArgs {
+    /// The layout of new collections on a Qdrant cluster.
+    pub fn layout(&self) -> ClusterLayout {
+        ClusterLayout {
+            shard_number: self.qdrant_shards,
+            replication_factor: self.qdrant_replication_factor,
+            write_consistency_factor: self.qdrant_write_consistency,
+        }
+    }
+
     /// Opens the configured store (qdrant-edge creates its directory when missing).
     pub fn open(&self, state_dir: &Path) -> Result<Arc<dyn VectorStore>, StoreError> {
-        crate::open(
+        crate::open_with_layout(
             self.qdrant_url.as_deref(),
             self.qdrant_api_key.clone(),
             Duration::from_secs(self.qdrant_timeout_secs),
             self.edge_dir.as_deref(),
             state_dir,
+            self.layout(),
         )
     }
 
@@ -46,12 +68,13 @@ impl StoreArgs {
             return Ok(None);
         }
         let dir = self.edge_dir.clone().or(default_dir);
-        crate::open(
+        crate::open_with_layout(
             self.qdrant_url.as_deref(),
             self.qdrant_api_key.clone(),
             Duration::from_secs(self.qdrant_timeout_secs),
             dir.as_deref(),
             Path::new("."),
+            self.layout(),
         )
         .map(Some)
     }

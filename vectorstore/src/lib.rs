@@ -282,6 +282,9 @@ pub enum StoreError {
         /// Its message.
         detail: String,
     },
+    /// The store's configuration is invalid (caught before anything is touched).
+    #[error("vector store configuration: {0}")]
+    Config(String),
     /// Local file trouble (edge).
     #[error("{operation} ({path}): {source}")]
     Io {
@@ -295,9 +298,49 @@ pub enum StoreError {
     },
 }
 
-/// Where the vectors live: a Qdrant server when `qdrant_url` is set, else qdrant-edge in
-/// `edge_dir` (default `<state_dir>/qdrant-edge`). The one place both the embedder and the
-/// server resolve this.
+/// How a Qdrant cluster lays out the collections this project creates (the Qdrant server's
+/// `shard_number`, `replication_factor` and `write_consistency_factor`). The default, 1/1/1, is
+/// one machine; qdrant-edge is always that, and other values without a server are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterLayout {
+    /// Shards per collection (spread over the nodes; searches fan out to all of them).
+    pub shard_number: u32,
+    /// Copies of each shard on different nodes: reads survive `replication_factor - 1` lost nodes.
+    pub replication_factor: u32,
+    /// Copies that must acknowledge a write before it returns (≤ `replication_factor`).
+    pub write_consistency_factor: u32,
+}
+
+impl Default for ClusterLayout {
+    fn default() -> Self {
+        Self { shard_number: 1, replication_factor: 1, write_consistency_factor: 1 }
+    }
+}
+
+impl ClusterLayout {
+    /// Checks the three numbers are usable together.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        if self.shard_number == 0 || self.replication_factor == 0 || self.write_consistency_factor == 0 {
+            return Err(StoreError::Config(format!(
+                "shard_number, replication_factor and write_consistency_factor must be at least 1 (got {}, {}, {})",
+                self.shard_number, self.replication_factor, self.write_consistency_factor
+            )));
+        }
+        if self.write_consistency_factor > self.replication_factor {
+            return Err(StoreError::Config(format!(
+                "write_consistency_factor {} is larger than replication_factor {}: no write could succeed",
+                self.write_consistency_factor, self.replication_factor
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Where the vectors live: a Qdrant server when `qdrant_url` is set (one gRPC URL, or several
+/// nodes of a cluster separated by commas: calls move to the next node when one is unreachable),
+/// else qdrant-edge in `edge_dir` (default `<state_dir>/qdrant-edge`). The one place the
+/// embedder, the server and the tools resolve this.
 pub fn open(
     qdrant_url: Option<&str>,
     api_key: Option<String>,
@@ -305,8 +348,26 @@ pub fn open(
     edge_dir: Option<&std::path::Path>,
     state_dir: &std::path::Path,
 ) -> Result<std::sync::Arc<dyn VectorStore>, StoreError> {
+    open_with_layout(qdrant_url, api_key, timeout, edge_dir, state_dir, ClusterLayout::default())
+}
+
+/// [`open`], with the layout new collections get on a Qdrant cluster.
+pub fn open_with_layout(
+    qdrant_url: Option<&str>,
+    api_key: Option<String>,
+    timeout: std::time::Duration,
+    edge_dir: Option<&std::path::Path>,
+    state_dir: &std::path::Path,
+    layout: ClusterLayout,
+) -> Result<std::sync::Arc<dyn VectorStore>, StoreError> {
+    layout.validate()?;
     Ok(match qdrant_url {
-        Some(url) => std::sync::Arc::new(server::ServerStore::connect(url, api_key, timeout)?),
+        Some(url) => std::sync::Arc::new(server::ServerStore::connect(url, api_key, timeout, layout)?),
+        None if layout != ClusterLayout::default() => {
+            return Err(StoreError::Config(
+                "shards and replicas need a Qdrant server (--qdrant-url); qdrant-edge is one local shard".into(),
+            ));
+        }
         None => {
             let dir = edge_dir.map(std::path::Path::to_path_buf).unwrap_or_else(|| state_dir.join("qdrant-edge"));
             std::sync::Arc::new(edge::EdgeStore::open(&dir)?)

@@ -1,6 +1,15 @@
 //! A Qdrant server or cluster through qdrant-client (gRPC). What users switch to when one
 //! machine is not enough; the live pointer is a collection alias.
+//!
+//! A cluster is given as its nodes' URLs. Every call goes to one node (which routes it to the
+//! shards' replicas on the others); when that node is unreachable (gRPC `UNAVAILABLE`: refused,
+//! reset, down) the call is repeated on the next node and the store stays there. Collections
+//! are created with the configured [`ClusterLayout`] (shards, replicas, write consistency), so
+//! with a replication factor of 2 reads survive the loss of any one node.
 
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,11 +24,11 @@ use qdrant_client::qdrant::{
     UpsertPointsBuilder, Vector, VectorInput, VectorOutput, VectorParamsBuilder, VectorsConfigBuilder, VectorsSelector,
     point_id::PointIdOptions, vector_output, vectors_config, vectors_output::VectorsOptions,
 };
-use qdrant_client::{Payload, Qdrant};
+use qdrant_client::{Payload, Qdrant, QdrantError};
 
 use super::{
-    CollectionSpec, Hit, ITEMS, ItemsHits, ItemsQuery, MoviePoint, PointDigest, SearchFilter, Space, SparseVector,
-    StoreError, VectorStore,
+    ClusterLayout, CollectionSpec, Hit, ITEMS, ItemsHits, ItemsQuery, MoviePoint, PointDigest, SearchFilter, Space,
+    SparseVector, StoreError, VectorStore,
 };
 
 const ENGINE: &str = "qdrant";
@@ -30,10 +39,26 @@ fn engine(operation: &'static str) -> impl FnOnce(qdrant_client::QdrantError) ->
     move |e| StoreError::Engine { engine: ENGINE, operation, detail: e.to_string() }
 }
 
-/// A Qdrant server.
+/// gRPC's `UNAVAILABLE`: the node could not be reached (another node may answer).
+const GRPC_UNAVAILABLE: i32 = 14;
+
+/// Whether `e` says the node is unreachable rather than that the request is wrong.
+fn unreachable(e: &QdrantError) -> bool {
+    match e {
+        QdrantError::ResponseError { status } => status.code() as i32 == GRPC_UNAVAILABLE,
+        _ => false,
+    }
+}
+
+/// A Qdrant server, or the nodes of a Qdrant cluster.
 pub struct ServerStore {
-    client: Qdrant,
+    /// One client per node, in the order given.
+    nodes: Vec<(String, Arc<Qdrant>)>,
+    /// The node calls go to first.
+    current: AtomicUsize,
     url: String,
+    /// Shards and replicas of the collections this store creates.
+    cluster: ClusterLayout,
     /// Per collection: its vector names.
     layouts: Mutex<HashMap<String, Layout>>,
 }
@@ -57,15 +82,93 @@ impl std::fmt::Debug for ServerStore {
 }
 
 impl ServerStore {
-    /// Connects to `url` (gRPC, e.g. `http://localhost:6334`) with an optional API key.
-    pub fn connect(url: &str, api_key: Option<String>, timeout: Duration) -> Result<Self, StoreError> {
-        let client = Qdrant::from_url(url)
-            .api_key(api_key)
-            .timeout(timeout)
-            .skip_compatibility_check()
-            .build()
-            .map_err(engine("connecting"))?;
-        Ok(Self { client, url: url.to_string(), layouts: Mutex::new(HashMap::new()) })
+    /// Connects to `url` (gRPC, e.g. `http://localhost:6334`; a cluster's nodes separated by
+    /// commas) with an optional API key; collections it creates get `cluster`'s layout.
+    pub fn connect(
+        url: &str,
+        api_key: Option<String>,
+        timeout: Duration,
+        cluster: ClusterLayout,
+    ) -> Result<Self, StoreError> {
+        cluster.validate()?;
+        let urls: Vec<&str> = url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+        if urls.is_empty() {
+            return Err(StoreError::Config(format!("{url:?} names no Qdrant node")));
+        }
+        let nodes = urls
+            .iter()
+            .map(|u| {
+                let client = Qdrant::from_url(u)
+                    .api_key(api_key.clone())
+                    .timeout(timeout)
+                    .skip_compatibility_check()
+                    .build()
+                    .map_err(engine("connecting"))?;
+                Ok((u.to_string(), Arc::new(client)))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Self {
+            nodes,
+            current: AtomicUsize::new(0),
+            url: urls.join(","),
+            cluster,
+            layouts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// How `collection` is laid out on the cluster (as the server reports it).
+    pub async fn cluster_layout(&self, collection: &str) -> Result<ClusterLayout, StoreError> {
+        let info = self
+            .call("reading a collection's layout", |c| {
+                let collection = collection.to_string();
+                async move { c.collection_info(collection).await }
+            })
+            .await?;
+        let params = info
+            .result
+            .and_then(|i| i.config)
+            .and_then(|c| c.params)
+            .ok_or_else(|| StoreError::NoSuchCollection(collection.to_string()))?;
+        Ok(ClusterLayout {
+            shard_number: params.shard_number,
+            replication_factor: params.replication_factor.unwrap_or(1),
+            write_consistency_factor: params.write_consistency_factor.unwrap_or(1),
+        })
+    }
+
+    /// The node calls go to first (moves when a node is unreachable).
+    pub fn current_node(&self) -> &str {
+        &self.nodes[self.current.load(Ordering::Relaxed) % self.nodes.len()].0
+    }
+
+    /// Runs `call` on the current node, and on the next ones while a node is unreachable; the
+    /// node that answered becomes the current one.
+    async fn call<T, F, Fut>(&self, operation: &'static str, call: F) -> Result<T, StoreError>
+    where
+        F: Fn(Arc<Qdrant>) -> Fut,
+        Fut: Future<Output = Result<T, QdrantError>>,
+    {
+        let start = self.current.load(Ordering::Relaxed);
+        let n = self.nodes.len();
+        let mut attempt = 0;
+        loop {
+            let i = (start + attempt) % n;
+            let (url, client) = &self.nodes[i];
+            match call(client.clone()).await {
+                Ok(v) => {
+                    if attempt > 0 {
+                        self.current.store(i, Ordering::Relaxed);
+                        tracing::warn!(node = %url, operation, "moved to the next Qdrant node");
+                    }
+                    return Ok(v);
+                }
+                Err(e) if unreachable(&e) && attempt + 1 < n => {
+                    tracing::warn!(node = %url, operation, error = %e, "Qdrant node unreachable; trying the next");
+                    attempt += 1;
+                }
+                Err(e) => return Err(engine(operation)(e)),
+            }
+        }
     }
 
     /// The vector names of `collection` (looked up once per collection).
@@ -73,7 +176,12 @@ impl ServerStore {
         if let Some(layout) = self.layouts.lock().unwrap_or_else(|p| p.into_inner()).get(collection).cloned() {
             return Ok(layout);
         }
-        let info = self.client.collection_info(collection).await.map_err(engine("reading a collection's layout"))?;
+        let info = self
+            .call("reading a collection's layout", |c| {
+                let collection = collection.to_string();
+                async move { c.collection_info(collection).await }
+            })
+            .await?;
         let params = info.result.and_then(|i| i.config).and_then(|c| c.params);
         let items =
             params.as_ref().and_then(|p| p.sparse_vectors_config.as_ref()).is_some_and(|s| s.map.contains_key(ITEMS));
@@ -150,14 +258,20 @@ impl VectorStore for ServerStore {
     }
 
     async fn collections(&self) -> Result<Vec<String>, StoreError> {
-        let list = self.client.list_collections().await.map_err(engine("listing collections"))?;
+        let list = self.call("listing collections", |c| async move { c.list_collections().await }).await?;
         let mut names: Vec<String> = list.collections.into_iter().map(|c| c.name).collect();
         names.sort();
         Ok(names)
     }
 
     async fn create_collection(&self, name: &str, spec: &CollectionSpec) -> Result<(), StoreError> {
-        if self.client.collection_exists(name).await.map_err(engine("checking a collection"))? {
+        let exists = self
+            .call("checking a collection", |c| {
+                let name = name.to_string();
+                async move { c.collection_exists(name).await }
+            })
+            .await?;
+        if exists {
             return Ok(());
         }
         let hnsw = HnswConfigDiffBuilder::default()
@@ -170,26 +284,41 @@ impl VectorStore for ServerStore {
         if let Some(dim) = spec.behaviour_dim {
             vectors.add_named_vector_params(Space::Behaviour.name(), params(dim));
         }
-        let mut create = CreateCollectionBuilder::new(name).vectors_config(vectors);
+        let mut create = CreateCollectionBuilder::new(name)
+            .vectors_config(vectors)
+            .shard_number(self.cluster.shard_number)
+            .replication_factor(self.cluster.replication_factor)
+            .write_consistency_factor(self.cluster.write_consistency_factor);
         if spec.items {
             let mut sparse = SparseVectorsConfigBuilder::default();
             sparse.add_named_vector_params(ITEMS, SparseVectorParamsBuilder::default());
             create = create.sparse_vectors_config(sparse);
         }
-        self.client.create_collection(create).await.map_err(engine("creating a collection"))?;
+        let create = create.build();
+        self.call("creating a collection", |c| {
+            let create = create.clone();
+            async move { c.create_collection(create).await }
+        })
+        .await?;
         for (field, kind) in
             [("genres", FieldType::Keyword), ("year", FieldType::Integer), ("movie_id", FieldType::Keyword)]
         {
-            self.client
-                .create_field_index(CreateFieldIndexCollectionBuilder::new(name, field, kind).wait(true))
-                .await
-                .map_err(engine("creating a payload index"))?;
+            let index = CreateFieldIndexCollectionBuilder::new(name, field, kind).wait(true).build();
+            self.call("creating a payload index", |c| {
+                let index = index.clone();
+                async move { c.create_field_index(index).await }
+            })
+            .await?;
         }
         Ok(())
     }
 
     async fn drop_collection(&self, name: &str) -> Result<(), StoreError> {
-        self.client.delete_collection(name).await.map_err(engine("dropping a collection"))?;
+        self.call("dropping a collection", |c| {
+            let name = name.to_string();
+            async move { c.delete_collection(name).await }
+        })
+        .await?;
         self.layouts.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
         Ok(())
     }
@@ -218,20 +347,24 @@ impl VectorStore for ServerStore {
             })
             .collect();
         for chunk in points.chunks(256) {
-            self.client
-                .upsert_points(UpsertPointsBuilder::new(collection, chunk.to_vec()).wait(true))
-                .await
-                .map_err(engine("upsert"))?;
+            let upsert = UpsertPointsBuilder::new(collection, chunk.to_vec()).wait(true).build();
+            self.call("upsert", |c| {
+                let upsert = upsert.clone();
+                async move { c.upsert_points(upsert).await }
+            })
+            .await?;
         }
         Ok(())
     }
 
     async fn delete(&self, collection: &str, ids: Vec<u64>) -> Result<(), StoreError> {
         let ids: Vec<PointId> = ids.into_iter().map(PointId::from).collect();
-        self.client
-            .delete_points(DeletePointsBuilder::new(collection).points(PointsIdsList { ids }).wait(true))
-            .await
-            .map_err(engine("delete"))?;
+        let delete = DeletePointsBuilder::new(collection).points(PointsIdsList { ids }).wait(true).build();
+        self.call("delete", |c| {
+            let delete = delete.clone();
+            async move { c.delete_points(delete).await }
+        })
+        .await?;
         Ok(())
     }
 
@@ -241,7 +374,13 @@ impl VectorStore for ServerStore {
     }
 
     async fn count(&self, collection: &str) -> Result<u64, StoreError> {
-        let r = self.client.count(CountPointsBuilder::new(collection).exact(true)).await.map_err(engine("count"))?;
+        let count = CountPointsBuilder::new(collection).exact(true).build();
+        let r = self
+            .call("count", |c| {
+                let count = count.clone();
+                async move { c.count(count).await }
+            })
+            .await?;
         Ok(r.result.map(|c| c.count).unwrap_or(0))
     }
 
@@ -253,7 +392,13 @@ impl VectorStore for ServerStore {
             if let Some(o) = offset.take() {
                 req = req.offset(o);
             }
-            let page = self.client.scroll(req).await.map_err(engine("scroll"))?;
+            let req = req.build();
+            let page = self
+                .call("scroll", |c| {
+                    let req = req.clone();
+                    async move { c.scroll(req).await }
+                })
+                .await?;
             for p in page.result {
                 if let Some(id) = num_id(p.id.as_ref()) {
                     out.push(PointDigest {
@@ -280,7 +425,13 @@ impl VectorStore for ServerStore {
         } else {
             req.with_vectors(VectorsSelector { names: vec![name.clone()] })
         };
-        let r = self.client.get_points(req).await.map_err(engine("retrieve"))?;
+        let req = req.build();
+        let r = self
+            .call("retrieve", |c| {
+                let req = req.clone();
+                async move { c.get_points(req).await }
+            })
+            .await?;
         let mut found: HashMap<u64, Vec<f32>> = HashMap::new();
         for p in r.result {
             let Some(id) = num_id(p.id.as_ref()) else { continue };
@@ -326,7 +477,13 @@ impl VectorStore for ServerStore {
         if !f.must.is_empty() || !f.must_not.is_empty() {
             req = req.filter(f);
         }
-        let r = self.client.search_points(req).await.map_err(engine("search"))?;
+        let req = req.build();
+        let r = self
+            .call("search", |c| {
+                let req = req.clone();
+                async move { c.search_points(req).await }
+            })
+            .await?;
         Ok(hits(r.result))
     }
 
@@ -338,7 +495,13 @@ impl VectorStore for ServerStore {
         let req = GetPointsBuilder::new(collection, point_ids)
             .with_payload(false)
             .with_vectors(VectorsSelector { names: vec![ITEMS.to_string()] });
-        let r = self.client.get_points(req).await.map_err(engine("retrieve"))?;
+        let req = req.build();
+        let r = self
+            .call("retrieve", |c| {
+                let req = req.clone();
+                async move { c.get_points(req).await }
+            })
+            .await?;
         let mut found: HashMap<u64, SparseVector> = HashMap::new();
         for p in r.result {
             let Some(id) = num_id(p.id.as_ref()) else { continue };
@@ -397,8 +560,13 @@ impl VectorStore for ServerStore {
         if batch.is_empty() {
             return Ok(ItemsHits::default());
         }
-        let r =
-            self.client.query_batch(QueryBatchPointsBuilder::new(collection, batch)).await.map_err(engine("search"))?;
+        let req = QueryBatchPointsBuilder::new(collection, batch).build();
+        let r = self
+            .call("search", |c| {
+                let req = req.clone();
+                async move { c.query_batch(req).await }
+            })
+            .await?;
         let mut results = r.result.into_iter().map(|b| hits(b.result));
         let weighted = if weighted { results.next().unwrap_or_default() } else { Vec::new() };
         let fresh = if fresh { results.next().unwrap_or_default() } else { Vec::new() };
@@ -406,17 +574,19 @@ impl VectorStore for ServerStore {
     }
 
     async fn live(&self) -> Result<Option<String>, StoreError> {
-        let aliases = self.client.list_aliases().await.map_err(engine("listing aliases"))?;
+        let aliases = self.call("listing aliases", |c| async move { c.list_aliases().await }).await?;
         Ok(aliases.aliases.into_iter().find(|a| a.alias_name == LIVE_ALIAS).map(|a| a.collection_name))
     }
 
     async fn set_live(&self, collection: &str) -> Result<(), StoreError> {
         // Qdrant's create-alias replaces an existing alias of the same name in one operation,
         // so readers see either the old or the new collection, never none.
-        self.client
-            .create_alias(CreateAliasBuilder::new(collection, LIVE_ALIAS))
-            .await
-            .map_err(engine("switching the live alias"))?;
+        let alias = CreateAliasBuilder::new(collection, LIVE_ALIAS).build();
+        self.call("switching the live alias", |c| {
+            let alias = alias.clone();
+            async move { c.create_alias(alias).await }
+        })
+        .await?;
         Ok(())
     }
 }

@@ -3,6 +3,7 @@
 
 mod cli;
 mod data;
+mod failover;
 mod import;
 mod ingest;
 mod parser;

@@ -6,7 +6,7 @@ use embedder::text::text_hash;
 use vectorstore::edge::EdgeStore;
 use vectorstore::point_id;
 use vectorstore::server::ServerStore;
-use vectorstore::{CollectionSpec, Hnsw, MoviePoint, SearchFilter, Space, VectorStore};
+use vectorstore::{ClusterLayout, CollectionSpec, Hnsw, MoviePoint, SearchFilter, Space, VectorStore};
 
 use crate::helpers::model;
 
@@ -156,7 +156,78 @@ fn qdrant_server(what: &str) -> Option<ServerStore> {
         );
         return None;
     };
-    Some(ServerStore::connect(&url, std::env::var("QDRANT_API_KEY").ok(), Duration::from_secs(10)).expect("connect"))
+    Some(
+        ServerStore::connect(
+            &url,
+            std::env::var("QDRANT_API_KEY").ok(),
+            Duration::from_secs(10),
+            ClusterLayout::default(),
+        )
+        .expect("connect"),
+    )
+}
+
+/// A Qdrant cluster of three nodes: collections are made with the configured shards, replicas
+/// and write consistency, and answers stay the same when a node is lost.
+///
+/// Runs when `QDRANT_CLUSTER_URLS` names three nodes' gRPC URLs (comma-separated) and
+/// `QDRANT_CLUSTER_STOP` is a shell command that stops the first of them (e.g. `kill <pid>`);
+/// prints `SKIPPED` otherwise. (No Qdrant server can be installed on the project's machines:
+/// it is not on crates.io, PyPI, npm or apt.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qdrant_cluster_answers_the_same_with_a_node_lost() {
+    let (Ok(urls), Ok(stop)) = (std::env::var("QDRANT_CLUSTER_URLS"), std::env::var("QDRANT_CLUSTER_STOP")) else {
+        testkit::skip_or_fail(
+            testkit::External::Qdrant,
+            "QDRANT_CLUSTER_URLS (three nodes) and QDRANT_CLUSTER_STOP are not set, so shards, replicas and a lost node were not exercised",
+        );
+        return;
+    };
+    assert_eq!(urls.split(',').count(), 3, "QDRANT_CLUSTER_URLS names three nodes");
+    let layout = ClusterLayout { shard_number: 3, replication_factor: 2, write_consistency_factor: 2 };
+    let store = ServerStore::connect(&urls, std::env::var("QDRANT_API_KEY").ok(), Duration::from_secs(10), layout)
+        .expect("connect");
+    let points = item_points();
+    let name = format!("movies_cluster_{}", std::process::id());
+    let spec = CollectionSpec { content_dim: 8, behaviour_dim: None, items: true, hnsw: Hnsw::default() };
+    store.create_collection(&name, &spec).await.expect("create");
+    assert_eq!(store.cluster_layout(&name).await.expect("layout"), layout, "the collection has the configured layout");
+    store.upsert(&name, points.clone()).await.expect("upsert");
+    let queries: Vec<vectorstore::ItemsQuery> = (0..20u32)
+        .map(|k| vectorstore::ItemsQuery {
+            query: vectorstore::SparseVector::new(
+                (0..6).map(|i| ((k * 11 + i * 37) % 260, 1.0 - i as f32 * 0.1)).collect(),
+            ),
+            exclude_ids: vec![points[k as usize].id],
+            limit: 20,
+            fresh: Some(points[(k * 7) as usize % 300].vector.clone()),
+            fresh_limit: 5,
+            exact: true,
+            ef: None,
+        })
+        .collect();
+    let mut before = Vec::new();
+    for q in &queries {
+        let hits = store.search_items(&name, q).await.expect("search");
+        let ids = |h: &[vectorstore::Hit]| h.iter().map(|h| h.id).collect::<Vec<_>>();
+        let (weighted, fresh) = expected_items(&points, q);
+        assert_eq!(ids(&hits.weighted), weighted, "the exact sparse answer over three shards");
+        assert_eq!(ids(&hits.fresh), fresh);
+        before.push((weighted, fresh));
+    }
+    let stopped = std::process::Command::new("sh").args(["-c", &stop]).status().expect("run QDRANT_CLUSTER_STOP");
+    assert!(stopped.success(), "QDRANT_CLUSTER_STOP failed");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (q, (weighted, fresh)) in queries.iter().zip(&before) {
+        let hits = store.search_items(&name, q).await.expect("search with a node lost");
+        assert_eq!(&hits.weighted.iter().map(|h| h.id).collect::<Vec<_>>(), weighted, "same answer with a node lost");
+        assert_eq!(&hits.fresh.iter().map(|h| h.id).collect::<Vec<_>>(), fresh);
+    }
+    println!(
+        "qdrant cluster: {layout:?}; 20 item queries answered the same after stopping a node (now on {})",
+        store.current_node()
+    );
+    let _cleanup = store.drop_collection(&name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

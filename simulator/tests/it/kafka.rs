@@ -1,6 +1,7 @@
 //! The Kafka path end to end against a real Kafka-protocol broker (tansu): simulator → topic →
 //! `lazyrec-db ingest --kafka-topic --follow` (a consumer group) → Postgres, with the ingester
-//! SIGKILLed mid-stream and restarted: no event lost or duplicated.
+//! SIGKILLed mid-stream and restarted: no event lost or duplicated, on a topic of one partition
+//! and on one of three (a position per partition, committed with the events).
 //!
 //! Runs when `tansu` is installed (`ci/install-kafka.sh`; or `LAZYREC_TANSU=/path/to/tansu`),
 //! prints `SKIPPED: <reason>` otherwise.
@@ -19,7 +20,6 @@ use simulator::sink::Output;
 use simulator::user::Behaviour;
 use tokio::process::{Child, Command};
 
-const TOPIC: &str = "movielog-test";
 const GROUP: &str = "lazyrec-ingest-test";
 
 fn tansu() -> Option<PathBuf> {
@@ -47,10 +47,10 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
-fn ingester(db: &TestDb, brokers: &str, log: &std::path::Path) -> Child {
+fn ingester(db: &TestDb, brokers: &str, topic: &str, log: &std::path::Path) -> Child {
     let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("ingester log");
     Command::new(lazyrec_db())
-        .args(["ingest", "--kafka-topic", TOPIC, "--kafka-brokers", brokers, "--kafka-group", GROUP])
+        .args(["ingest", "--kafka-topic", topic, "--kafka-brokers", brokers, "--kafka-group", GROUP])
         .args(["--follow", "--batch-lines", "500", "--rating-scale", "5", "--no-progress"])
         .env("DATABASE_URL", &db.url)
         .stdout(Stdio::from(out.try_clone().expect("clone")))
@@ -64,13 +64,13 @@ async fn scalar(db: &TestDb, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(&db.pool).await.expect(sql)
 }
 
-fn group_offset(brokers: &str) -> Option<i64> {
+fn group_offset(brokers: &str, topic: &str, partition: i32) -> Option<i64> {
     let consumer: BaseConsumer =
         ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", GROUP).create().expect("consumer");
     let mut list = TopicPartitionList::new();
-    list.add_partition(TOPIC, 0);
+    list.add_partition(topic, partition);
     let committed = consumer.committed_offsets(list, Duration::from_secs(5)).ok()?;
-    match committed.find_partition(TOPIC, 0)?.offset() {
+    match committed.find_partition(topic, partition)?.offset() {
         Offset::Offset(n) => Some(n),
         Offset::Beginning | Offset::End | Offset::Stored | Offset::Invalid | Offset::OffsetTail(_) => None,
     }
@@ -78,6 +78,15 @@ fn group_offset(brokers: &str) -> Option<i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulator_to_kafka_to_postgres_survives_an_ingester_killed_mid_stream() {
+    kill_mid_stream("movielog-test", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_of_three_partitions_is_ingested_exactly_once_across_a_sigkill() {
+    kill_mid_stream("movielog-three", 3).await;
+}
+
+async fn kill_mid_stream(topic: &str, partitions: i32) {
     let Some(tansu) = tansu() else {
         testkit::skip_or_fail(
             testkit::External::Kafka,
@@ -108,7 +117,7 @@ async fn simulator_to_kafka_to_postgres_survives_an_ingester_killed_mid_stream()
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let created = Command::new(&tansu)
-            .args(["topic", "create", TOPIC, "--partitions", "1", "--broker", &url])
+            .args(["topic", "create", topic, "--partitions", &partitions.to_string(), "--broker", &url])
             .output()
             .await
             .expect("tansu topic create");
@@ -126,7 +135,7 @@ async fn simulator_to_kafka_to_postgres_survives_an_ingester_killed_mid_stream()
 
     let db = TestDb::new().await;
     let ingest_log = work.path().join("ingest.log");
-    let mut first = ingester(&db, &brokers, &ingest_log);
+    let mut first = ingester(&db, &brokers, topic, &ingest_log);
 
     let (addr, stub) = simulator::stub::serve("127.0.0.1:0".parse().expect("addr"), 500).await.expect("stub");
     let config = Config {
@@ -137,7 +146,7 @@ async fn simulator_to_kafka_to_postgres_survives_an_ingester_killed_mid_stream()
         behaviour: Behaviour::default(),
         seed: 7,
         max_in_flight: 10_000,
-        output: Output::Kafka { brokers: brokers.clone(), topic: TOPIC.into() },
+        output: Output::Kafka { brokers: brokers.clone(), topic: topic.into() },
         progress: false,
         trace: false,
         metrics: None,
@@ -159,7 +168,8 @@ async fn simulator_to_kafka_to_postgres_survives_an_ingester_killed_mid_stream()
     first.start_kill().expect("SIGKILL");
     let _exit = first.wait().await;
     let at_kill = scalar(&db, "SELECT last_event_id FROM ingest_watermark").await;
-    let mut second = ingester(&db, &brokers, &ingest_log);
+    let lanes_at_kill = scalar(&db, "SELECT count(*) FROM ingest_sources WHERE position > 0").await;
+    let mut second = ingester(&db, &brokers, topic, &ingest_log);
 
     let finished = simulation.await.expect("join").expect("simulate");
     stub.abort();
@@ -195,29 +205,53 @@ async fn simulator_to_kafka_to_postgres_survives_an_ingester_killed_mid_stream()
     }
     assert_eq!(scalar(&db, "SELECT count(*) FROM rejected_lines").await, 0);
     assert_eq!(scalar(&db, "SELECT last_event_id FROM ingest_watermark").await, total);
-    let position = scalar(&db, &format!("SELECT position FROM ingest_sources WHERE source = 'kafka:{TOPIC}/0'")).await;
-    assert_eq!(position, total, "one message per line; the position is the next offset");
-    // The consumer group's offset follows Postgres (committed after each transaction).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let committed = tokio::task::spawn_blocking({
-            let brokers = brokers.clone();
-            move || group_offset(&brokers)
-        })
+    // One row per partition; the positions are the next offsets, and they add up to the lines.
+    let lanes: Vec<(String, i64)> = sqlx::query_as("SELECT source, position FROM ingest_sources ORDER BY source")
+        .fetch_all(&db.pool)
         .await
-        .expect("join");
-        if committed == Some(position) {
-            break;
+        .expect("lanes");
+    let expected: Vec<String> = (0..partitions).map(|p| format!("kafka:{topic}/{p}")).collect();
+    assert_eq!(lanes.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>(), expected, "a position per partition");
+    assert_eq!(lanes.iter().map(|(_, p)| p).sum::<i64>(), total, "one message per line");
+    assert!(lanes.iter().all(|(_, p)| *p > 0), "every partition carried lines (keyed by user): {lanes:?}");
+    // Every batch row names the partition its lines came from; each partition's rows tile it.
+    for (source, position) in &lanes {
+        let (rows, covered): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT count(*), sum(to_position - from_position)::bigint FROM ingest_batches WHERE source = $1",
+        )
+        .bind(source)
+        .fetch_one(&db.pool)
+        .await
+        .expect("batches");
+        assert!(rows > 0);
+        assert_eq!(covered, Some(*position), "{source}: batches cover 0..{position} once");
+    }
+    // The consumer group's offsets follow Postgres (committed after each transaction).
+    for (partition, (source, position)) in lanes.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let committed = tokio::task::spawn_blocking({
+                let (brokers, topic) = (brokers.clone(), topic.to_string());
+                move || group_offset(&brokers, &topic, partition as i32)
+            })
+            .await
+            .expect("join");
+            if committed == Some(*position) {
+                break;
+            }
+            assert!(
+                committed.is_none_or(|c| c <= *position),
+                "{source}: the group offset {committed:?} ran ahead of Postgres ({position})"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{source}: the group offset stayed at {committed:?}, Postgres has {position}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        assert!(
-            committed.is_none_or(|c| c <= position),
-            "the group offset {committed:?} ran ahead of Postgres ({position})"
-        );
-        assert!(Instant::now() < deadline, "the group offset stayed at {committed:?}, Postgres has {position}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     println!(
-        "kafka: {total} lines through {TOPIC}; ingester SIGKILLed at event {at_kill}, restarted; {total} events, no loss, no duplicate"
+        "kafka: {total} lines through {topic} ({partitions} partitions: {lanes:?}); ingester SIGKILLed at event {at_kill} with {lanes_at_kill} partition positions committed, restarted; {total} events, no loss, no duplicate"
     );
     second.start_kill().expect("kill");
     let _exit = second.wait().await;
