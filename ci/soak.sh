@@ -110,7 +110,7 @@ failover_postgres() {
   pid="$(head -1 "$LAZYREC_STATE_DIR/pg/data/postmaster.pid")"
   t0="$(date +%s.%N)"
   kill -KILL "$pid"
-  "$BIN/lazyrec-db" promote >/dev/null
+  env -u DATABASE_URL "$BIN/lazyrec-db" promote >/dev/null   # (with DATABASE_URL set, promote refuses)
   echo "primary (pid $pid) SIGKILLed, standby promoted after $(python3 -c "import time; print(f'{time.time() - $t0:.2f}')") s"
 }
 kill_lb() {

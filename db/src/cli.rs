@@ -399,7 +399,14 @@ async fn promote(cli: &Cli) -> Result<()> {
         let when = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         pgcluster::fence(&primary_dir, &format!("its standby {} was promoted at {when}", standby_dir.display()))?;
         // A primary that still runs is stopped (a failover on purpose); a dead one stays dead.
-        let _was_running = PgCluster::stop_daemon(&primary_dir)?;
+        if let Err(e) = PgCluster::stop_daemon(&primary_dir) {
+            // A postmaster SIGKILLed a moment ago can still look alive (its pid not yet reaped,
+            // its children exiting) and refuse a stop: look again a second later.
+            std::thread::sleep(Duration::from_secs(1));
+            if PgCluster::stop_daemon(&primary_dir).is_err() {
+                return Err(e);
+            }
+        }
         let standby = PgCluster::ensure_daemon(&standby_dir)?;
         standby.promote()?;
         Ok::<_, pgcluster::ClusterError>(standby)
@@ -450,9 +457,8 @@ async fn ingest(cli: &Cli, args: &IngestArgs) -> Result<IngestReport> {
         sources.push(Box::new(file));
     }
     let url = database_url(cli)?;
-    let conn = PgConnection::connect_with(&crate::connect_options(&url)?)
-        .await
-        .with_context(|| format!("connecting to Postgres at {}", crate::redact(&url)))?;
+    let conn =
+        crate::connect_one(&url).await.with_context(|| format!("connecting to Postgres at {}", crate::redact(&url)))?;
     let opts = IngestOptions {
         batch_lines: args.batch_lines as usize,
         parse: ParseConfig { rating_scale: args.rating_scale, max_user_id: args.max_user_id },
@@ -538,7 +544,7 @@ pub async fn load_movielens_holding_out(
 }
 
 async fn ingest_log(url: &str, log: Vec<u8>, name: String, progress: bool) -> Result<IngestReport> {
-    let conn = PgConnection::connect_with(&crate::connect_options(url)?).await.context("connecting for ingest")?;
+    let conn = crate::connect_one(url).await.context("connecting for ingest")?;
     let opts = IngestOptions {
         parse: ParseConfig { rating_scale: movielens::RATING_SCALE, max_user_id: DEFAULT_MAX_USER_ID },
         progress,

@@ -121,6 +121,11 @@ impl Hosts {
         self
     }
 
+    /// Host `i`'s connect options (the first host's when `i` is out of range).
+    pub fn options(&self, i: usize) -> PgConnectOptions {
+        self.options.get(i).unwrap_or(&self.options[0]).clone()
+    }
+
     /// The kind of host wanted.
     pub fn target(&self) -> Target {
         self.target

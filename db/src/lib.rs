@@ -30,7 +30,8 @@ use sqlx::{ConnectOptions, PgPool};
 /// The embedded migrations (`db/migrations`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Connection options from a URL, with quiet statement logging.
+/// Connection options from a one-host URL, with quiet statement logging (a URL listing several
+/// hosts goes through [`failover::Hosts`], [`connect_pool`] or [`connect_one`]).
 pub fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
     let opts: PgConnectOptions = url.parse()?;
     Ok(opts
@@ -44,6 +45,22 @@ pub fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
 pub async fn connect_pool(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     let options = PgPoolOptions::new().max_connections(max_connections).acquire_timeout(Duration::from_secs(5));
     failover::connect_pool(options, failover::Hosts::parse(url)?).await
+}
+
+/// One connection to the host `url` asks for: its only host, or the first that fits its
+/// `target_session_attrs` (the primary by default) when it lists several (see [`failover`]).
+pub async fn connect_one(url: &str) -> Result<sqlx::PgConnection, sqlx::Error> {
+    let hosts = failover::Hosts::parse(url)?;
+    let i = if hosts.is_multi() {
+        hosts.choose().await.ok_or_else(|| {
+            sqlx::Error::Configuration(
+                format!("none of {} is a {:?} host that answers", hosts.names().join(","), hosts.target()).into(),
+            )
+        })?
+    } else {
+        0
+    };
+    hosts.options(i).connect().await
 }
 
 /// Applies pending migrations.

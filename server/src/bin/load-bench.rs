@@ -301,7 +301,7 @@ fn parse_phase(s: &str) -> Result<(u64, u64), String> {
 async fn overload(load: &Load, phases: &[(u64, u64)], database_url: Option<&str>) -> Result<()> {
     use sqlx::Connection;
     let mut pg = match database_url {
-        Some(url) => Some(sqlx::PgConnection::connect(url).await.context("connecting to Postgres")?),
+        Some(url) => Some(db::connect_one(url).await.context("connecting to Postgres")?),
         None => None,
     };
     let before = match pg.as_mut() {
