@@ -141,34 +141,42 @@ impl Hosts {
         self.options.len() > 1
     }
 
-    /// Asks host `i` whether it is a standby (`None`: it did not answer).
-    pub async fn in_recovery(&self, i: usize) -> Option<bool> {
-        let options = self.options.get(i)?.clone();
+    /// Asks host `i` whether it is a standby (the error says why it did not answer).
+    pub async fn in_recovery(&self, i: usize) -> Result<bool, String> {
+        let options = self.options(i);
         let probe = async move {
             let mut conn = options.connect().await?;
             let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(&mut conn).await?;
             let _closed = conn.close().await;
             Ok::<_, sqlx::Error>(standby)
         };
-        tokio::time::timeout(PROBE_TIMEOUT, probe).await.ok()?.ok()
+        match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+            Ok(Ok(standby)) => Ok(standby),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
+        }
     }
 
-    /// The first host in list order that fits the target (probing them all), if any.
-    pub async fn choose(&self) -> Option<usize> {
+    /// The first host in list order that fits the target (probing them all); when none does,
+    /// an error naming what each host said.
+    pub async fn choose(&self) -> Result<usize, sqlx::Error> {
         let mut primary = None;
+        let mut said = Vec::new();
         for i in 0..self.options.len() {
             match (self.target, self.in_recovery(i).await) {
-                (_, None) => {}
-                (Target::Any, Some(_)) | (Target::ReadWrite, Some(false)) | (Target::PreferStandby, Some(true)) => {
-                    return Some(i);
+                (_, Err(e)) => said.push(format!("{}: {e}", self.names[i])),
+                (Target::Any, Ok(_)) | (Target::ReadWrite, Ok(false)) | (Target::PreferStandby, Ok(true)) => {
+                    return Ok(i);
                 }
-                (Target::PreferStandby, Some(false)) => {
+                (Target::PreferStandby, Ok(false)) => {
                     primary.get_or_insert(i);
                 }
-                (Target::ReadWrite, Some(true)) => {}
+                (Target::ReadWrite, Ok(true)) => said.push(format!("{}: a standby", self.names[i])),
             }
         }
-        primary
+        primary.ok_or_else(|| {
+            sqlx::Error::Configuration(format!("no {:?} host answers ({})", self.target, said.join("; ")).into())
+        })
     }
 
     fn fits(&self, in_recovery: bool) -> bool {
@@ -196,11 +204,7 @@ pub async fn connect_pool(pool_options: PgPoolOptions, hosts: Hosts) -> Result<P
     if !hosts.is_multi() {
         return pool_options.connect_with(hosts.options[0].clone()).await;
     }
-    let Some(i) = hosts.choose().await else {
-        return Err(sqlx::Error::Configuration(
-            format!("none of {} is a {:?} host that answers", hosts.names.join(","), hosts.target).into(),
-        ));
-    };
+    let i = hosts.choose().await?;
     let pool = pool_options.connect_with(hosts.options[i].clone()).await?;
     tokio::spawn(follow(pool.clone(), Arc::new(hosts), Some(i)));
     Ok(pool)
@@ -222,7 +226,7 @@ async fn follow(pool: PgPool, hosts: Arc<Hosts>, mut current: Option<usize>) {
                 }
             }
         };
-        if !fits && let Some(i) = hosts.choose().await {
+        if !fits && let Ok(i) = hosts.choose().await {
             if current != Some(i) {
                 let from = current.map(|c| hosts.names[c].as_str()).unwrap_or("none");
                 tracing::warn!(from, to = %hosts.names[i], target = ?hosts.target, "database pool moved to another host");

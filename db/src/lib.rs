@@ -51,15 +51,7 @@ pub async fn connect_pool(url: &str, max_connections: u32) -> Result<PgPool, sql
 /// `target_session_attrs` (the primary by default) when it lists several (see [`failover`]).
 pub async fn connect_one(url: &str) -> Result<sqlx::PgConnection, sqlx::Error> {
     let hosts = failover::Hosts::parse(url)?;
-    let i = if hosts.is_multi() {
-        hosts.choose().await.ok_or_else(|| {
-            sqlx::Error::Configuration(
-                format!("none of {} is a {:?} host that answers", hosts.names().join(","), hosts.target()).into(),
-            )
-        })?
-    } else {
-        0
-    };
+    let i = if hosts.is_multi() { hosts.choose().await? } else { 0 };
     hosts.options(i).connect().await
 }
 

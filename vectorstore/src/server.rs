@@ -118,10 +118,9 @@ impl ServerStore {
 
     /// How `collection` is laid out on the cluster (as the server reports it).
     pub async fn cluster_layout(&self, collection: &str) -> Result<ClusterLayout, StoreError> {
-        let info = self
-            .call("reading a collection's layout", |c| {
-                let collection = collection.to_string();
-                async move { c.collection_info(collection).await }
+        let info =
+            self.call("reading a collection's layout", collection.to_string(), |c, r| async move {
+                c.collection_info(r).await
             })
             .await?;
         let params = info
@@ -141,20 +140,24 @@ impl ServerStore {
         &self.nodes[self.current.load(Ordering::Relaxed) % self.nodes.len()].0
     }
 
-    /// Runs `call` on the current node, and on the next ones while a node is unreachable; the
-    /// node that answered becomes the current one.
-    async fn call<T, F, Fut>(&self, operation: &'static str, call: F) -> Result<T, StoreError>
+    /// Sends `request` with `call` to the current node, and to the next ones while a node is
+    /// unreachable; the node that answered becomes the current one. The request is cloned only
+    /// when another node may still be tried (never with one node).
+    async fn call<R, T, F, Fut>(&self, operation: &'static str, request: R, call: F) -> Result<T, StoreError>
     where
-        F: Fn(Arc<Qdrant>) -> Fut,
+        R: Clone,
+        F: Fn(Arc<Qdrant>, R) -> Fut,
         Fut: Future<Output = Result<T, QdrantError>>,
     {
         let start = self.current.load(Ordering::Relaxed);
         let n = self.nodes.len();
-        let mut attempt = 0;
-        loop {
+        let mut request = Some(request);
+        for attempt in 0..n {
             let i = (start + attempt) % n;
             let (url, client) = &self.nodes[i];
-            match call(client.clone()).await {
+            let last = attempt + 1 == n;
+            let Some(this) = (if last { request.take() } else { request.clone() }) else { break };
+            match call(client.clone(), this).await {
                 Ok(v) => {
                     if attempt > 0 {
                         self.current.store(i, Ordering::Relaxed);
@@ -162,13 +165,13 @@ impl ServerStore {
                     }
                     return Ok(v);
                 }
-                Err(e) if unreachable(&e) && attempt + 1 < n => {
+                Err(e) if unreachable(&e) && !last => {
                     tracing::warn!(node = %url, operation, error = %e, "Qdrant node unreachable; trying the next");
-                    attempt += 1;
                 }
                 Err(e) => return Err(engine(operation)(e)),
             }
         }
+        Err(StoreError::Config("no Qdrant node configured".into()))
     }
 
     /// The vector names of `collection` (looked up once per collection).
@@ -176,10 +179,9 @@ impl ServerStore {
         if let Some(layout) = self.layouts.lock().unwrap_or_else(|p| p.into_inner()).get(collection).cloned() {
             return Ok(layout);
         }
-        let info = self
-            .call("reading a collection's layout", |c| {
-                let collection = collection.to_string();
-                async move { c.collection_info(collection).await }
+        let info =
+            self.call("reading a collection's layout", collection.to_string(), |c, r| async move {
+                c.collection_info(r).await
             })
             .await?;
         let params = info.result.and_then(|i| i.config).and_then(|c| c.params);
@@ -258,7 +260,7 @@ impl VectorStore for ServerStore {
     }
 
     async fn collections(&self) -> Result<Vec<String>, StoreError> {
-        let list = self.call("listing collections", |c| async move { c.list_collections().await }).await?;
+        let list = self.call("listing collections", (), |c, ()| async move { c.list_collections().await }).await?;
         let mut names: Vec<String> = list.collections.into_iter().map(|c| c.name).collect();
         names.sort();
         Ok(names)
@@ -266,10 +268,7 @@ impl VectorStore for ServerStore {
 
     async fn create_collection(&self, name: &str, spec: &CollectionSpec) -> Result<(), StoreError> {
         let exists = self
-            .call("checking a collection", |c| {
-                let name = name.to_string();
-                async move { c.collection_exists(name).await }
-            })
+            .call("checking a collection", name.to_string(), |c, r| async move { c.collection_exists(r).await })
             .await?;
         if exists {
             return Ok(());
@@ -295,30 +294,19 @@ impl VectorStore for ServerStore {
             create = create.sparse_vectors_config(sparse);
         }
         let create = create.build();
-        self.call("creating a collection", |c| {
-            let create = create.clone();
-            async move { c.create_collection(create).await }
-        })
-        .await?;
+        self.call("creating a collection", create, |c, r| async move { c.create_collection(r).await }).await?;
         for (field, kind) in
             [("genres", FieldType::Keyword), ("year", FieldType::Integer), ("movie_id", FieldType::Keyword)]
         {
             let index = CreateFieldIndexCollectionBuilder::new(name, field, kind).wait(true).build();
-            self.call("creating a payload index", |c| {
-                let index = index.clone();
-                async move { c.create_field_index(index).await }
-            })
-            .await?;
+            self.call("creating a payload index", index, |c, r| async move { c.create_field_index(r).await }).await?;
         }
         Ok(())
     }
 
     async fn drop_collection(&self, name: &str) -> Result<(), StoreError> {
-        self.call("dropping a collection", |c| {
-            let name = name.to_string();
-            async move { c.delete_collection(name).await }
-        })
-        .await?;
+        self.call("dropping a collection", name.to_string(), |c, r| async move { c.delete_collection(r).await })
+            .await?;
         self.layouts.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
         Ok(())
     }
@@ -348,11 +336,7 @@ impl VectorStore for ServerStore {
             .collect();
         for chunk in points.chunks(256) {
             let upsert = UpsertPointsBuilder::new(collection, chunk.to_vec()).wait(true).build();
-            self.call("upsert", |c| {
-                let upsert = upsert.clone();
-                async move { c.upsert_points(upsert).await }
-            })
-            .await?;
+            self.call("upsert", upsert, |c, r| async move { c.upsert_points(r).await }).await?;
         }
         Ok(())
     }
@@ -360,11 +344,7 @@ impl VectorStore for ServerStore {
     async fn delete(&self, collection: &str, ids: Vec<u64>) -> Result<(), StoreError> {
         let ids: Vec<PointId> = ids.into_iter().map(PointId::from).collect();
         let delete = DeletePointsBuilder::new(collection).points(PointsIdsList { ids }).wait(true).build();
-        self.call("delete", |c| {
-            let delete = delete.clone();
-            async move { c.delete_points(delete).await }
-        })
-        .await?;
+        self.call("delete", delete, |c, r| async move { c.delete_points(r).await }).await?;
         Ok(())
     }
 
@@ -375,12 +355,7 @@ impl VectorStore for ServerStore {
 
     async fn count(&self, collection: &str) -> Result<u64, StoreError> {
         let count = CountPointsBuilder::new(collection).exact(true).build();
-        let r = self
-            .call("count", |c| {
-                let count = count.clone();
-                async move { c.count(count).await }
-            })
-            .await?;
+        let r = self.call("count", count, |c, r| async move { c.count(r).await }).await?;
         Ok(r.result.map(|c| c.count).unwrap_or(0))
     }
 
@@ -393,12 +368,7 @@ impl VectorStore for ServerStore {
                 req = req.offset(o);
             }
             let req = req.build();
-            let page = self
-                .call("scroll", |c| {
-                    let req = req.clone();
-                    async move { c.scroll(req).await }
-                })
-                .await?;
+            let page = self.call("scroll", req, |c, r| async move { c.scroll(r).await }).await?;
             for p in page.result {
                 if let Some(id) = num_id(p.id.as_ref()) {
                     out.push(PointDigest {
@@ -426,12 +396,7 @@ impl VectorStore for ServerStore {
             req.with_vectors(VectorsSelector { names: vec![name.clone()] })
         };
         let req = req.build();
-        let r = self
-            .call("retrieve", |c| {
-                let req = req.clone();
-                async move { c.get_points(req).await }
-            })
-            .await?;
+        let r = self.call("retrieve", req, |c, r| async move { c.get_points(r).await }).await?;
         let mut found: HashMap<u64, Vec<f32>> = HashMap::new();
         for p in r.result {
             let Some(id) = num_id(p.id.as_ref()) else { continue };
@@ -478,12 +443,7 @@ impl VectorStore for ServerStore {
             req = req.filter(f);
         }
         let req = req.build();
-        let r = self
-            .call("search", |c| {
-                let req = req.clone();
-                async move { c.search_points(req).await }
-            })
-            .await?;
+        let r = self.call("search", req, |c, r| async move { c.search_points(r).await }).await?;
         Ok(hits(r.result))
     }
 
@@ -496,12 +456,7 @@ impl VectorStore for ServerStore {
             .with_payload(false)
             .with_vectors(VectorsSelector { names: vec![ITEMS.to_string()] });
         let req = req.build();
-        let r = self
-            .call("retrieve", |c| {
-                let req = req.clone();
-                async move { c.get_points(req).await }
-            })
-            .await?;
+        let r = self.call("retrieve", req, |c, r| async move { c.get_points(r).await }).await?;
         let mut found: HashMap<u64, SparseVector> = HashMap::new();
         for p in r.result {
             let Some(id) = num_id(p.id.as_ref()) else { continue };
@@ -561,12 +516,7 @@ impl VectorStore for ServerStore {
             return Ok(ItemsHits::default());
         }
         let req = QueryBatchPointsBuilder::new(collection, batch).build();
-        let r = self
-            .call("search", |c| {
-                let req = req.clone();
-                async move { c.query_batch(req).await }
-            })
-            .await?;
+        let r = self.call("search", req, |c, r| async move { c.query_batch(r).await }).await?;
         let mut results = r.result.into_iter().map(|b| hits(b.result));
         let weighted = if weighted { results.next().unwrap_or_default() } else { Vec::new() };
         let fresh = if fresh { results.next().unwrap_or_default() } else { Vec::new() };
@@ -574,7 +524,7 @@ impl VectorStore for ServerStore {
     }
 
     async fn live(&self) -> Result<Option<String>, StoreError> {
-        let aliases = self.call("listing aliases", |c| async move { c.list_aliases().await }).await?;
+        let aliases = self.call("listing aliases", (), |c, ()| async move { c.list_aliases().await }).await?;
         Ok(aliases.aliases.into_iter().find(|a| a.alias_name == LIVE_ALIAS).map(|a| a.collection_name))
     }
 
@@ -582,11 +532,7 @@ impl VectorStore for ServerStore {
         // Qdrant's create-alias replaces an existing alias of the same name in one operation,
         // so readers see either the old or the new collection, never none.
         let alias = CreateAliasBuilder::new(collection, LIVE_ALIAS).build();
-        self.call("switching the live alias", |c| {
-            let alias = alias.clone();
-            async move { c.create_alias(alias).await }
-        })
-        .await?;
+        self.call("switching the live alias", alias, |c, r| async move { c.create_alias(r).await }).await?;
         Ok(())
     }
 }
