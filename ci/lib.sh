@@ -6,6 +6,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/lazyrec-target}"
 export LAZYREC_STATE_DIR="${LAZYREC_STATE_DIR:-$ROOT/.state}"
 export LAZYREC_ASSETS_DIR="${LAZYREC_ASSETS_DIR:-$LAZYREC_STATE_DIR/assets}"
+export LAZYREC_DEFAULT_DATA="${LAZYREC_DEFAULT_DATA:-$ROOT/db/data}"
 # One set of flags for every script, so ci/up.sh and ci/test.sh share one build cache (a change
 # of RUSTFLAGS rebuilds every dependency). Warnings are errors in the workspace's own crates
 # (dependencies' lints are capped by cargo).

@@ -127,6 +127,11 @@ struct LoadDefaultArgs {
     /// Where the held-out ratings go (`user<TAB>movie<TAB>rating<TAB>unix seconds`, the log's 1–10 scale).
     #[arg(long, value_name = "FILE", requires = "hold_out")]
     futures: Option<PathBuf>,
+    /// The directory holding the default dataset (`ml-latest-small/`, `tmdb/`; the repository's
+    /// `db/data`). Default: `db/data` under the current directory, else the source tree the
+    /// binary was built from.
+    #[arg(long, value_name = "DIR", env = "LAZYREC_DEFAULT_DATA")]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -214,10 +219,10 @@ pub async fn run() -> Result<()> {
         }
         Command::ImportMovielens(args) => {
             let pool = pool(&cli).await?;
-            let mut paths = movielens::MovieLensPaths::bundled();
-            if let Some(dir) = &args.dir {
-                paths = movielens::MovieLensPaths { dir: dir.clone(), tmdb_join: None, tmdb_stats: None };
-            }
+            let mut paths = match &args.dir {
+                Some(dir) => movielens::MovieLensPaths { dir: dir.clone(), tmdb_join: None, tmdb_stats: None },
+                None => movielens::MovieLensPaths::find_default(None).map_err(lifecycle::BadInput)?,
+            };
             if args.tmdb_join.is_some() {
                 paths.tmdb_join = args.tmdb_join.clone();
             }
@@ -237,6 +242,8 @@ pub async fn run() -> Result<()> {
             Ok(())
         }
         Command::LoadDefault(args) => {
+            let paths =
+                movielens::MovieLensPaths::find_default(args.data_dir.as_deref()).map_err(lifecycle::BadInput)?;
             let pool = pool(&cli).await?;
             match (args.hold_out, &args.futures) {
                 (Some(share), Some(futures)) => {
@@ -245,9 +252,7 @@ pub async fn run() -> Result<()> {
                     }
                     let url = database_url(&cli)?;
                     let progress = std::io::stderr().is_terminal();
-                    let loaded =
-                        load_movielens_holding_out(&pool, &url, &movielens::MovieLensPaths::bundled(), progress, share)
-                            .await?;
+                    let loaded = load_movielens_holding_out(&pool, &url, &paths, progress, share).await?;
                     movielens::write_futures(futures, &loaded.futures)
                         .with_context(|| format!("writing {}", futures.display()))?;
                     println!(
@@ -260,7 +265,7 @@ pub async fn run() -> Result<()> {
                         futures.display()
                     );
                 }
-                _ => import_movielens(&cli, &pool, &movielens::MovieLensPaths::bundled(), None).await?,
+                _ => import_movielens(&cli, &pool, &paths, None).await?,
             }
             let run = popularity::refresh(&pool, PopularityParams::default()).await.context("refreshing popularity")?;
             println!("popularity: {} movies ranked at watermark {}", run.movies, run.watermark);

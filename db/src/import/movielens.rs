@@ -34,14 +34,44 @@ pub struct MovieLensPaths {
 }
 
 impl MovieLensPaths {
-    /// The copy shipped in the repository (`db/data`).
+    /// The copy shipped in the repository (`db/data`), where this crate was compiled: for tests
+    /// and tools run from the source tree. A command finds the data at run time with
+    /// [`MovieLensPaths::find_default`] instead (a binary can outlive or move away from the tree
+    /// it was built in).
     pub fn bundled() -> Self {
-        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+        Self::in_data_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("data"))
+    }
+
+    /// The default dataset's files under `data` (the layout of `db/data`).
+    pub fn in_data_dir(data: &Path) -> Self {
         Self {
             dir: data.join("ml-latest-small"),
             tmdb_join: Some(data.join("tmdb/ml-latest-small_x_tmdb5000.csv")),
             tmdb_stats: Some(data.join("tmdb/tmdb_stats.csv")),
         }
+    }
+
+    /// The default dataset, found at run time: `explicit` (a flag or `LAZYREC_DEFAULT_DATA`)
+    /// when given, else `db/data` under the current directory (commands run from the
+    /// repository's root), else the tree the binary was built in. The error names every place
+    /// looked at.
+    pub fn find_default(explicit: Option<&Path>) -> Result<Self, String> {
+        let candidates: Vec<PathBuf> = match explicit {
+            Some(dir) => vec![dir.to_path_buf()],
+            None => vec![PathBuf::from("db/data"), Path::new(env!("CARGO_MANIFEST_DIR")).join("data")],
+        };
+        for data in &candidates {
+            let paths = Self::in_data_dir(data);
+            if paths.dir.join("movies.csv").is_file() {
+                return Ok(paths);
+            }
+        }
+        let looked: Vec<String> =
+            candidates.iter().map(|d| d.join("ml-latest-small/movies.csv").display().to_string()).collect();
+        Err(format!(
+            "the default dataset is not there (looked for {}): run from the repository's root or pass --data-dir / LAZYREC_DEFAULT_DATA",
+            looked.join(", ")
+        ))
     }
 }
 
