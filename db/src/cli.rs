@@ -148,6 +148,9 @@ struct MovieLensArgs {
     /// The course's course_to_ml-latest-small.csv: report how many of our ids agree with it.
     #[arg(long)]
     check_mapping: Option<PathBuf>,
+    /// The directory holding the default dataset, as for `load-default` (--dir, when given, wins).
+    #[arg(long, value_name = "DIR", env = "LAZYREC_DEFAULT_DATA")]
+    data_dir: Option<PathBuf>,
 }
 
 /// Runs the command line; the binary prints the error chain and exits non-zero on `Err`.
@@ -218,11 +221,13 @@ pub async fn run() -> Result<()> {
             Ok(())
         }
         Command::ImportMovielens(args) => {
-            let pool = pool(&cli).await?;
             let mut paths = match &args.dir {
                 Some(dir) => movielens::MovieLensPaths { dir: dir.clone(), tmdb_join: None, tmdb_stats: None },
-                None => movielens::MovieLensPaths::find_default(None).map_err(lifecycle::BadInput)?,
+                None => {
+                    movielens::MovieLensPaths::find_default(args.data_dir.as_deref()).map_err(lifecycle::BadInput)?
+                }
             };
+            let pool = pool(&cli).await?;
             if args.tmdb_join.is_some() {
                 paths.tmdb_join = args.tmdb_join.clone();
             }

@@ -435,4 +435,14 @@ mod tests {
             assert_eq!(course_id(&title, year), course, "{ml}");
         }
     }
+
+    #[test]
+    fn the_default_dataset_is_found_where_it_is_and_a_wrong_directory_is_named() {
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+        let found = MovieLensPaths::find_default(Some(&data)).expect("the repository's db/data");
+        assert_eq!(found.dir, data.join("ml-latest-small"));
+        let empty = std::env::temp_dir().join(format!("lazyrec-no-data-{}", std::process::id()));
+        let error = MovieLensPaths::find_default(Some(&empty)).expect_err("no dataset there");
+        assert!(error.contains(&empty.join("ml-latest-small/movies.csv").display().to_string()), "{error}");
+    }
 }
