@@ -27,6 +27,40 @@ pub fn int(out: &mut Vec<u8>, v: impl itoa::Integer) {
     out.extend_from_slice(buf.format(v).as_bytes());
 }
 
+/// Appends a `timestamptz` column value: `YYYY-MM-DD HH:MM:SS.ffffff+00` (UTC; microseconds,
+/// always six digits, so that the text orders as the time does).
+pub fn timestamp(out: &mut Vec<u8>, ts: chrono::DateTime<chrono::Utc>) {
+    use chrono::{Datelike, Timelike};
+    fn pad(out: &mut Vec<u8>, v: u32, width: usize) {
+        let mut buf = itoa::Buffer::new();
+        let digits = buf.format(v).as_bytes();
+        out.extend(std::iter::repeat_n(b'0', width.saturating_sub(digits.len())));
+        out.extend_from_slice(digits);
+    }
+    let t = ts.naive_utc();
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        // Outside what the fixed form holds (never a clock's reading): chrono's own form.
+        out.extend_from_slice(t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string().as_bytes());
+        return;
+    }
+    pad(out, year as u32, 4);
+    out.push(b'-');
+    pad(out, t.month(), 2);
+    out.push(b'-');
+    pad(out, t.day(), 2);
+    out.push(b' ');
+    pad(out, t.hour(), 2);
+    out.push(b':');
+    pad(out, t.minute(), 2);
+    out.push(b':');
+    pad(out, t.second(), 2);
+    out.push(b'.');
+    // A leap second's nanoseconds run past one second: kept in the last microsecond.
+    pad(out, (t.nanosecond() / 1_000).min(999_999), 6);
+    out.extend_from_slice(b"+00");
+}
+
 /// Appends a `text[]` column value. Elements are double-quoted; quotes and backslashes inside
 /// elements are escaped for the array literal and then again for COPY.
 pub fn text_array<'a>(out: &mut Vec<u8>, items: impl IntoIterator<Item = &'a str>) {
@@ -36,17 +70,21 @@ pub fn text_array<'a>(out: &mut Vec<u8>, items: impl IntoIterator<Item = &'a str
             out.push(b',');
         }
         out.push(b'"');
-        for ch in item.chars() {
-            match ch {
-                '"' => out.extend_from_slice(b"\\\\\""),
-                '\\' => out.extend_from_slice(b"\\\\\\\\"),
-                '\t' => out.extend_from_slice(b"\\t"),
-                '\n' => out.extend_from_slice(b"\\n"),
-                '\r' => out.extend_from_slice(b"\\r"),
-                other => {
-                    let mut buf = [0u8; 4];
-                    out.extend_from_slice(other.encode_utf8(&mut buf).as_bytes());
-                }
+        // Every byte escaped is ASCII, so going a byte at a time keeps UTF-8 whole.
+        let bytes = item.as_bytes();
+        if !bytes.iter().any(|b| matches!(b, b'"' | b'\\' | b'\t' | b'\n' | b'\r')) {
+            out.extend_from_slice(bytes);
+            out.push(b'"');
+            continue;
+        }
+        for &b in bytes {
+            match b {
+                b'"' => out.extend_from_slice(b"\\\\\""),
+                b'\\' => out.extend_from_slice(b"\\\\\\\\"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                other => out.push(other),
             }
         }
         out.push(b'"');
@@ -67,4 +105,26 @@ pub fn tab(out: &mut Vec<u8>) {
 /// Ends the row.
 pub fn end_row(out: &mut Vec<u8>) {
     out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+
+    #[test]
+    fn a_timestamp_is_written_in_the_fixed_form_postgres_reads() {
+        let mut out = Vec::new();
+        let ts = Utc.with_ymd_and_hms(2026, 3, 7, 4, 5, 6).unwrap() + chrono::Duration::microseconds(42);
+        super::timestamp(&mut out, ts);
+        assert_eq!(out, b"2026-03-07 04:05:06.000042+00");
+        // The same as chrono's formatter gives.
+        assert_eq!(String::from_utf8(out).unwrap(), ts.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string());
+    }
+
+    #[test]
+    fn array_elements_are_escaped_for_the_literal_and_for_copy() {
+        let mut out = Vec::new();
+        super::text_array(&mut out, ["plain", "é\"q\\\t"]);
+        assert_eq!(String::from_utf8(out).unwrap(), "{\"plain\",\"é\\\\\"q\\\\\\\\\\t\"}");
+    }
 }

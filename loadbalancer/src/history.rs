@@ -4,9 +4,12 @@
 //! The request path hands its row to [`HistoryLog::record`], which appends it to the
 //! [`Journal`] (one `write(2)`; with `fsync = "always"` it also waits for the group commit)
 //! *before* the response leaves: a response whose row is not on local disk is never sent, so
-//! a crash of the process — SIGKILL included — loses no row. One [`Shipper`] moves journaled
-//! rows to Postgres in batches — by `COPY`; a batch that hits the primary key (shipped again
-//! after a crash) goes again as `INSERT … ON CONFLICT (request_id, ts) DO NOTHING`, so it is stored
+//! a crash of the process — SIGKILL included — loses no row. A journal record is the row in
+//! `COPY` text format already (tagged [`RECORD_TAG`], the user's bucket appended), so shipping
+//! decodes only the few columns a sighting needs (journals written before hold JSON lines,
+//! still read). One [`Shipper`] moves journaled rows to Postgres in batches — by `COPY`; a
+//! batch that hits the primary key (shipped again after a crash) goes again through a
+//! temporary table and `INSERT … ON CONFLICT (request_id, ts) DO NOTHING`, so it is stored
 //! once — together with the first sightings of users for `user_model_map`, in one transaction,
 //! then releases them from the journal. While
 //! Postgres is away the rows simply wait in the journal; [`Shipper::step`] is the one unit of
@@ -117,13 +120,7 @@ impl HistoryLog {
     /// dropped and logged; the response still goes out.
     pub async fn record(&self, row: &Row<'_>) {
         let mut line = Vec::with_capacity(512);
-        if let Err(e) = serde_json::to_writer(&mut line, row) {
-            self.metrics.history_dropped.inc();
-            self.metrics.history_refused.with_label_values(&["unencodable"]).inc();
-            tracing::error!(error = %e, request_id = %row.request_id, "response-log row dropped: unencodable");
-            return;
-        }
-        line.push(b'\n');
+        encode_record(&mut line, row);
         match self.journal.append(&line, 1) {
             Ok(position) => self.journal.durable(position).await,
             Err(e) => {
@@ -233,13 +230,62 @@ impl SeenUsers {
     }
 }
 
-#[derive(Serialize)]
-struct Sighting<'a> {
+/// A user's first sighting, for `user_model_map`.
+#[derive(Debug, Serialize)]
+struct Sighting {
     user_id: i64,
-    experiment: &'a str,
+    experiment: String,
     bucket: u32,
-    variant: &'a str,
-    first_seen: DateTime<Utc>,
+    variant: String,
+    /// The row's `ts` in COPY text form (Postgres reads it as timestamptz).
+    first_seen: String,
+}
+
+/// Journaled rows decoded for one transaction.
+#[derive(Debug, Default)]
+struct Batch {
+    /// The rows in COPY text format.
+    copy: Vec<u8>,
+    rows: usize,
+    /// Lines that did not decode.
+    skipped: u64,
+    /// Users seen for the first time (not in [`SeenUsers`], once per batch).
+    fresh: Vec<Sighting>,
+    in_batch: SeenUsers,
+    /// The earliest and latest `ts` (text; the fixed format orders as time does).
+    ts_range: Option<(String, String)>,
+}
+
+impl Batch {
+    fn add(&mut self, fields: RecordFields<'_>, seen: &SeenUsers) {
+        self.rows += 1;
+        let ts = fields.ts;
+        match &mut self.ts_range {
+            Some((lo, hi)) => {
+                if ts < lo.as_str() {
+                    *lo = ts.to_string();
+                }
+                if ts > hi.as_str() {
+                    *hi = ts.to_string();
+                }
+            }
+            None => self.ts_range = Some((ts.to_string(), ts.to_string())),
+        }
+        if let (Some(user_id), Some(experiment), Some(variant), Some(bucket)) =
+            (fields.user_id, fields.experiment, fields.assigned_variant, fields.bucket)
+            && !seen.contains(&experiment, user_id)
+            && !self.in_batch.contains(&experiment, user_id)
+        {
+            self.in_batch.insert(experiment.to_string(), user_id);
+            self.fresh.push(Sighting {
+                user_id,
+                experiment: experiment.into_owned(),
+                bucket,
+                variant: variant.into_owned(),
+                first_seen: ts.to_string(),
+            });
+        }
+    }
 }
 
 impl Shipper {
@@ -268,16 +314,35 @@ impl Shipper {
         if chunk.lines.is_empty() && chunk.torn == 0 {
             return Ok(Shipped::default());
         }
-        let mut rows = Vec::with_capacity(chunk.lines.len());
-        let mut skipped = chunk.torn;
+        let mut batch = Batch { skipped: chunk.torn, ..Batch::default() };
+        batch.copy.reserve(chunk.lines.iter().map(|l| l.len() + 1).sum());
         for line in &chunk.lines {
-            match serde_json::from_slice::<Row>(line) {
-                Ok(row) => rows.push(row),
-                Err(_) => skipped += 1,
+            if line.starts_with(RECORD_TAG) {
+                match RecordFields::decode(line) {
+                    Some(fields) => {
+                        batch.copy.extend_from_slice(fields.columns);
+                        batch.copy.push(b'\n');
+                        batch.add(fields, &self.seen);
+                    }
+                    None => batch.skipped += 1,
+                }
+            } else {
+                // A JSON line, written before records were COPY rows.
+                match serde_json::from_slice::<Row>(line) {
+                    Ok(row) => {
+                        encode_columns(&mut batch.copy, &row);
+                        batch.copy.push(b'\n');
+                        let mut ts = Vec::with_capacity(32);
+                        db::copy::timestamp(&mut ts, row.ts);
+                        let ts = String::from_utf8(ts).unwrap_or_default();
+                        batch.add(RecordFields::of(&row, &ts), &self.seen);
+                    }
+                    Err(_) => batch.skipped += 1,
+                }
             }
         }
-        if !rows.is_empty()
-            && let Err(e) = self.insert(&rows).await
+        if batch.rows > 0
+            && let Err(e) = self.insert(&batch).await
         {
             self.reader.rewind(start);
             let pending = self.journal.pending_rows();
@@ -289,6 +354,7 @@ impl Shipper {
             }
             return Err(ShipError::Postgres(e));
         }
+        let skipped = batch.skipped;
         if skipped > 0 {
             self.metrics.history_journal_corrupt.inc_by(skipped);
             tracing::warn!(skipped, "journal lines that did not decode were skipped (a crash mid-append)");
@@ -300,7 +366,7 @@ impl Shipper {
             tracing::info!(down_ms = since.elapsed().as_millis() as u64, "Postgres back: shipping the journal");
         }
         self.metrics.history_journal_bytes.set(self.journal.pending_bytes() as i64);
-        Ok(Shipped { rows: rows.len(), skipped })
+        Ok(Shipped { rows: batch.rows, skipped })
     }
 
     /// Ships until `stop` turns true, then drains what is journaled (bounded by
@@ -342,50 +408,44 @@ impl Shipper {
     }
 
     /// One transaction: the rows (idempotent) and the users' first sightings.
-    async fn insert(&mut self, rows: &[Row<'_>]) -> Result<(), String> {
-        let mut fresh: Vec<Sighting<'_>> = Vec::new();
-        let mut in_batch: HashSet<(&str, i64)> = HashSet::new();
-        for row in rows {
-            if let (Some(user_id), Some(experiment), Some(variant), Some(bucket)) =
-                (row.user_id, row.experiment.as_deref(), row.assigned_variant.as_deref(), row.bucket)
-                && !self.seen.contains(experiment, user_id)
-                && in_batch.insert((experiment, user_id))
-            {
-                fresh.push(Sighting { user_id, experiment, bucket, variant, first_seen: row.ts });
-            }
-        }
-        let sightings_json = serde_json::to_string(&fresh).map_err(|e| e.to_string())?;
+    async fn insert(&mut self, batch: &Batch) -> Result<(), String> {
+        let sightings_json = if batch.fresh.is_empty() {
+            None
+        } else {
+            Some(serde_json::to_string(&batch.fresh).map_err(|e| e.to_string())?)
+        };
+        let sightings_json = sightings_json.as_deref();
         let timeout = self.options.insert_timeout;
         let late = || format!("insert took longer than {timeout:?}");
         // The fast path is a plain COPY; a batch that was (partly) stored before — shipped again
         // after a crash, or after an insert that timed out but committed — makes it fail on the
         // primary key, and goes again through the idempotent insert.
-        let mut attempt = tokio::time::timeout(timeout, self.store(rows, &sightings_json, true)).await;
+        let mut attempt = tokio::time::timeout(timeout, self.store(&batch.copy, sightings_json, true)).await;
         // A row whose month has no partition yet (the migration and `prune` keep three months
         // ahead; a clock far off, or a long-idle database): the partitions are made, once.
-        if matches!(&attempt, Ok(Err(e)) if is_missing_partition(e)) {
-            let (from, until) = (rows.iter().map(|r| r.ts).min(), rows.iter().map(|r| r.ts).max());
-            sqlx::query("SELECT history_ensure_partitions($1, $2)")
+        if matches!(&attempt, Ok(Err(e)) if is_missing_partition(e))
+            && let Some((from, until)) = &batch.ts_range
+        {
+            sqlx::query("SELECT history_ensure_partitions($1::text::timestamptz, $2::text::timestamptz)")
                 .bind(from)
                 .bind(until)
                 .execute(&self.pool)
                 .await
                 .map_err(|e| format!("making history partitions: {e}"))?;
-            tracing::info!(?from, ?until, "history partitions made for rows that had none");
-            attempt = tokio::time::timeout(timeout, self.store(rows, &sightings_json, true)).await;
+            tracing::info!(%from, %until, "history partitions made for rows that had none");
+            attempt = tokio::time::timeout(timeout, self.store(&batch.copy, sightings_json, true)).await;
         }
         let (written, sighted) = match attempt {
             Ok(Err(e)) if is_unique_violation(&e) => {
-                tokio::time::timeout(timeout, self.store(rows, &sightings_json, false))
+                tokio::time::timeout(timeout, self.store(&batch.copy, sightings_json, false))
                     .await
                     .map_err(|_| late())?
                     .map_err(|e| e.to_string())?
             }
             other => other.map_err(|_| late())?.map_err(|e| e.to_string())?,
         };
-        let new_seen: Vec<(String, i64)> = fresh.iter().map(|s| (s.experiment.to_string(), s.user_id)).collect();
-        for (experiment, user) in new_seen {
-            self.seen.insert(experiment, user);
+        for s in &batch.fresh {
+            self.seen.insert(s.experiment.clone(), s.user_id);
         }
         // Rows already present (a batch shipped again after a crash) are not counted twice.
         self.metrics.history_written.inc_by(written);
@@ -393,40 +453,43 @@ impl Shipper {
         Ok(())
     }
 
-    /// One transaction: the rows — by COPY (`copy`), or by an insert that skips rows already
-    /// present — and the users' first sightings. Returns (rows stored, sightings stored).
-    async fn store(&self, rows: &[Row<'_>], sightings_json: &str, copy: bool) -> Result<(u64, u64), sqlx::Error> {
+    /// One transaction: the rows (`copy`: COPY rows) — straight into the table (`direct`), or
+    /// through a temporary table and an insert that skips rows already present — and the users'
+    /// first sightings. Returns (rows stored, sightings stored).
+    async fn store(&self, copy: &[u8], sightings_json: Option<&str>, direct: bool) -> Result<(u64, u64), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let written = if copy {
-            let mut data = Vec::with_capacity(rows.len() * 640);
-            for row in rows {
-                encode_copy_row(&mut data, row);
-            }
-            let mut copy_in = tx
-                .copy_in_raw(
-                    "COPY recommendations_history (request_id, ts, user_id, experiment, assigned_variant,
-                       served_variant, backend, release_id, model_version, data_watermark, status, latency_us,
-                       movie_ids, degraded, error, inputs) FROM STDIN",
-                )
-                .await?;
-            copy_in.send(data.as_slice()).await?;
+        let written = if direct {
+            let mut copy_in =
+                tx.copy_in_raw(&format!("COPY recommendations_history ({HISTORY_COLUMNS}) FROM STDIN")).await?;
+            copy_in.send(copy).await?;
             copy_in.finish().await?
         } else {
-            insert_skipping_present(&mut tx, rows).await?
+            sqlx::query("CREATE TEMP TABLE history_incoming (LIKE recommendations_history) ON COMMIT DROP")
+                .execute(&mut *tx)
+                .await?;
+            let mut copy_in = tx.copy_in_raw(&format!("COPY history_incoming ({HISTORY_COLUMNS}) FROM STDIN")).await?;
+            copy_in.send(copy).await?;
+            copy_in.finish().await?;
+            sqlx::query(&format!(
+                "INSERT INTO recommendations_history ({HISTORY_COLUMNS}) SELECT {HISTORY_COLUMNS} FROM history_incoming
+                 ON CONFLICT (request_id, ts) DO NOTHING"
+            ))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
         };
-        let sighted = if sightings_json == "[]" {
-            0
-        } else {
-            sqlx::query(
+        let sighted = match sightings_json {
+            None => 0,
+            Some(json) => sqlx::query(
                 "INSERT INTO user_model_map (user_id, experiment, bucket, variant, first_seen)
                  SELECT user_id, experiment, bucket, variant, first_seen
                  FROM jsonb_to_recordset($1::text::jsonb) AS s(user_id bigint, experiment text, bucket integer, variant text, first_seen timestamptz)
                  ON CONFLICT (user_id, experiment) DO NOTHING",
             )
-            .bind(sightings_json)
+            .bind(json)
             .execute(&mut *tx)
             .await?
-            .rows_affected()
+            .rows_affected(),
         };
         tx.commit().await?;
         Ok((written, sighted))
@@ -442,8 +505,114 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))
 }
 
-/// One row in COPY text format (the column order of the COPY statement in `Shipper::store`).
-fn encode_copy_row(out: &mut Vec<u8>, row: &Row<'_>) {
+/// The columns of a journal record, in order (the COPY statements name them).
+const HISTORY_COLUMNS: &str = "request_id, ts, user_id, experiment, assigned_variant, served_variant, backend, \
+    release_id, model_version, data_watermark, status, latency_us, movie_ids, degraded, error, inputs";
+
+/// The start of a journal record: `R1`, a tab, the row's [`HISTORY_COLUMNS`] in COPY text
+/// format, a tab, the user's bucket (or `\N`), a newline. Lines without it are JSON rows.
+pub const RECORD_TAG: &[u8] = b"R1\t";
+/// Tab-separated fields of a record: the tag, 16 columns, the bucket.
+const RECORD_FIELDS: usize = 18;
+
+/// `row` as one journal record (see [`RECORD_TAG`]).
+pub fn encode_record(out: &mut Vec<u8>, row: &Row<'_>) {
+    out.extend_from_slice(RECORD_TAG);
+    encode_columns(out, row);
+    db::copy::tab(out);
+    match row.bucket {
+        Some(b) => db::copy::int(out, b),
+        None => db::copy::null(out),
+    }
+    db::copy::end_row(out);
+}
+
+/// What the shipper reads of a record beyond its COPY columns.
+#[derive(Debug)]
+struct RecordFields<'a> {
+    /// The COPY row (without its newline).
+    columns: &'a [u8],
+    ts: &'a str,
+    user_id: Option<i64>,
+    experiment: Option<Cow<'a, str>>,
+    assigned_variant: Option<Cow<'a, str>>,
+    bucket: Option<u32>,
+}
+
+impl<'a> RecordFields<'a> {
+    /// Decodes a record, checking what COPY would otherwise refuse for the whole batch (field
+    /// count, UTF-8, numbers, the timestamp, the boolean): None for a damaged line.
+    fn decode(line: &'a [u8]) -> Option<Self> {
+        let text = std::str::from_utf8(line.strip_prefix(RECORD_TAG)?).ok()?;
+        let (columns, bucket) = text.rsplit_once('\t')?;
+        let fields: Vec<&str> = columns.split('\t').collect();
+        if fields.len() != RECORD_FIELDS - 2 {
+            return None;
+        }
+        fn int<T: std::str::FromStr>(f: &str) -> Option<Option<T>> {
+            if f == "\\N" { Some(None) } else { f.parse().ok().map(Some) }
+        }
+        let ts = fields[1];
+        chrono::NaiveDateTime::parse_from_str(ts.strip_suffix("+00")?, "%Y-%m-%d %H:%M:%S%.f").ok()?;
+        let user_id = int::<i64>(fields[2])?;
+        for i in [7, 9] {
+            int::<i64>(fields[i])?;
+        }
+        for i in [10, 11] {
+            int::<i64>(fields[i])?.is_some().then_some(())?;
+        }
+        if !matches!(fields[13], "t" | "f") {
+            return None;
+        }
+        let text_field = |f: &'a str| (f != "\\N").then(|| unescape(f));
+        Some(Self {
+            columns: columns.as_bytes(),
+            ts,
+            user_id,
+            experiment: text_field(fields[3]),
+            assigned_variant: text_field(fields[4]),
+            bucket: int::<u32>(bucket)?,
+        })
+    }
+
+    /// The fields of a JSON row (`ts` as encoded in its COPY row).
+    fn of(row: &'a Row<'a>, ts: &'a str) -> Self {
+        Self {
+            columns: &[],
+            ts,
+            user_id: row.user_id,
+            experiment: row.experiment.as_deref().map(Cow::Borrowed),
+            assigned_variant: row.assigned_variant.as_deref().map(Cow::Borrowed),
+            bucket: row.bucket,
+        }
+    }
+}
+
+/// A COPY text value unescaped.
+fn unescape(f: &str) -> Cow<'_, str> {
+    if !f.contains('\\') {
+        return Cow::Borrowed(f);
+    }
+    let mut out = String::with_capacity(f.len());
+    let mut chars = f.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('t') => out.push('\t'),
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some(other) => out.push(other),
+            None => {}
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// The row's [`HISTORY_COLUMNS`] in COPY text format, without the newline.
+fn encode_columns(out: &mut Vec<u8>, row: &Row<'_>) {
     use db::copy;
     fn opt_text(out: &mut Vec<u8>, v: Option<&str>) {
         match v {
@@ -459,7 +628,7 @@ fn encode_copy_row(out: &mut Vec<u8>, row: &Row<'_>) {
     }
     copy::text(out, &row.request_id);
     copy::tab(out);
-    copy::text(out, &row.ts.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string());
+    copy::timestamp(out, row.ts);
     copy::tab(out);
     opt_int(out, row.user_id);
     copy::tab(out);
@@ -487,82 +656,84 @@ fn encode_copy_row(out: &mut Vec<u8>, row: &Row<'_>) {
     copy::tab(out);
     opt_text(out, row.error.as_deref());
     copy::tab(out);
-    opt_text(out, row.inputs.as_ref().and_then(|i| serde_json::to_string(i).ok()).as_deref());
-    copy::end_row(out);
-}
-
-/// Inserts `rows`, skipping those already present (`ON CONFLICT DO NOTHING`); column arrays in
-/// Postgres' binary format (ids are joined: arrays of arrays must be rectangular).
-async fn insert_skipping_present(tx: &mut sqlx::PgConnection, rows: &[Row<'_>]) -> Result<u64, sqlx::Error> {
-    let mut request_id = Vec::with_capacity(rows.len());
-    let mut ts = Vec::with_capacity(rows.len());
-    let mut user_id = Vec::with_capacity(rows.len());
-    let mut experiment = Vec::with_capacity(rows.len());
-    let mut assigned = Vec::with_capacity(rows.len());
-    let mut served = Vec::with_capacity(rows.len());
-    let mut backend = Vec::with_capacity(rows.len());
-    let mut release_id = Vec::with_capacity(rows.len());
-    let mut model_version = Vec::with_capacity(rows.len());
-    let mut watermark = Vec::with_capacity(rows.len());
-    let mut status = Vec::with_capacity(rows.len());
-    let mut latency_us = Vec::with_capacity(rows.len());
-    let mut movie_ids = Vec::with_capacity(rows.len());
-    let mut degraded = Vec::with_capacity(rows.len());
-    let mut error = Vec::with_capacity(rows.len());
-    let mut inputs = Vec::with_capacity(rows.len());
-    for row in rows {
-        request_id.push(row.request_id.as_ref());
-        ts.push(row.ts);
-        user_id.push(row.user_id);
-        experiment.push(row.experiment.as_deref());
-        assigned.push(row.assigned_variant.as_deref());
-        served.push(row.served_variant.as_ref());
-        backend.push(row.backend.as_deref());
-        release_id.push(row.release_id);
-        model_version.push(row.model_version.as_deref());
-        watermark.push(row.data_watermark);
-        status.push(row.status);
-        latency_us.push(row.latency_us);
-        movie_ids.push(row.movie_ids.join("\n"));
-        degraded.push(row.degraded);
-        error.push(row.error.as_deref());
-        inputs.push(row.inputs.as_ref().and_then(|i| serde_json::to_string(i).ok()));
+    match row.inputs.as_ref().and_then(|i| serde_json::to_string(i).ok()) {
+        Some(json) => copy::text(out, &json),
+        None => copy::null(out),
     }
-    Ok(sqlx::query(
-        "INSERT INTO recommendations_history
-         SELECT r, t, u, e, a, s, b, rel, m, w, st, l,
-                CASE WHEN ids = '' THEN '{}'::text[] ELSE string_to_array(ids, E'\\n') END,
-                d, err, i::jsonb
-         FROM unnest($1::text[], $2::timestamptz[], $3::int8[], $4::text[], $5::text[], $6::text[],
-                     $7::text[], $8::int8[], $9::text[], $10::int8[], $11::int4[], $12::int8[],
-                     $13::text[], $14::bool[], $15::text[], $16::text[])
-              AS x(r, t, u, e, a, s, b, rel, m, w, st, l, ids, d, err, i)
-         ON CONFLICT (request_id, ts) DO NOTHING",
-    )
-    .bind(&request_id)
-    .bind(&ts)
-    .bind(&user_id)
-    .bind(&experiment)
-    .bind(&assigned)
-    .bind(&served)
-    .bind(&backend)
-    .bind(&release_id)
-    .bind(&model_version)
-    .bind(&watermark)
-    .bind(&status)
-    .bind(&latency_us)
-    .bind(&movie_ids)
-    .bind(&degraded)
-    .bind(&error)
-    .bind(&inputs)
-    .execute(tx)
-    .await?
-    .rows_affected())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::SeenUsers;
+    use std::borrow::Cow;
+
+    use super::{Inputs, RecordFields, Row, SeenUsers, encode_record};
+
+    fn row() -> Row<'static> {
+        Row {
+            request_id: "r-1".into(),
+            ts: chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 12, 6, 16, 5, 1).unwrap()
+                + chrono::Duration::microseconds(123_456),
+            user_id: Some(42),
+            experiment: Some("exp\twith tab".into()),
+            assigned_variant: Some("nightly".into()),
+            served_variant: "main".into(),
+            backend: None,
+            release_id: Some(7),
+            model_version: Some("m@1".into()),
+            data_watermark: None,
+            status: 200,
+            latency_us: 1234,
+            movie_ids: vec!["a\nb".into()],
+            degraded: true,
+            error: None,
+            inputs: Some(Inputs {
+                protocol: "http".into(),
+                limit: Some(20),
+                kind: None,
+                client_request_id: None,
+                data_versions: None,
+            }),
+            bucket: Some(9),
+        }
+    }
+
+    #[test]
+    fn a_record_decodes_to_the_fields_a_sighting_needs_and_its_copy_row() {
+        let row = row();
+        let mut line = Vec::new();
+        encode_record(&mut line, &row);
+        assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1, "one line, escapes inside");
+        let line = line.strip_suffix(b"\n").unwrap();
+        let fields = RecordFields::decode(line).expect("decodes");
+        assert_eq!(fields.user_id, Some(42));
+        assert_eq!(fields.experiment, Some(Cow::Borrowed("exp\twith tab")));
+        assert_eq!(fields.assigned_variant.as_deref(), Some("nightly"));
+        assert_eq!(fields.bucket, Some(9));
+        let columns = std::str::from_utf8(fields.columns).unwrap();
+        assert_eq!(columns.split('\t').count(), 16, "the bucket is not a column");
+        assert!(columns.starts_with("r-1\t"));
+        assert_eq!(columns.split('\t').nth(1), Some(fields.ts));
+    }
+
+    #[test]
+    fn a_damaged_record_is_refused_not_sent_to_copy() {
+        let mut line = Vec::new();
+        encode_record(&mut line, &row());
+        let line = String::from_utf8(line).unwrap();
+        let line = line.trim_end_matches('\n');
+        assert!(RecordFields::decode(line.as_bytes()).is_some());
+        let damaged = [
+            line.replacen("\t", "", 2),           // a field lost
+            line.replacen("42", "4x", 1),         // a number that is not one
+            line.replacen("2026-", "20z6-", 1),   // a bad timestamp
+            format!("{line}\textra"),             // a field too many
+            line.replacen("\tt\t", "\tyes\t", 1), // not a boolean
+        ];
+        for d in &damaged {
+            assert!(RecordFields::decode(d.as_bytes()).is_none(), "accepted: {d}");
+        }
+        assert!(RecordFields::decode(b"R1\t\xff\xfe").is_none(), "not UTF-8");
+    }
 
     #[test]
     fn the_seen_users_stay_bounded_under_a_flood_of_distinct_ids() {

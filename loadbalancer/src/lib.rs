@@ -4,7 +4,7 @@
 //! One [`core::Lb`] (routing table, backend client, response log, metrics) with thin fronts:
 //! [`http`] (the course contract), [`grpc`] (`recommender.v1`, with health and reflection),
 //! [`admin`] (own port, bearer token). [`start`] binds them, runs the [`health`] checker, the
-//! [`fallback`]-list refresher and the [`history`] shipper, and returns a handle whose
+//! [`fallback`]-list refresher and the [`history`] shipper (on a thread of its own), and returns a handle whose
 //! [`RunningLb::shutdown`] stops the fronts, waits for in-flight requests, then ships what the
 //! [`journal`] holds.
 
@@ -70,7 +70,57 @@ pub struct RunningLb {
     stop_shipper: watch::Sender<bool>,
     fronts: Vec<JoinHandle<anyhow::Result<()>>>,
     background: Vec<JoinHandle<()>>,
-    shipper: JoinHandle<()>,
+    shipper: ShipperThread,
+}
+
+/// The [`history::Shipper`] on a thread and runtime of its own, with its own connections (a
+/// sqlx connection belongs to the runtime that opened it): encoding and `COPY` never take time
+/// from the request path's thread (`worker_threads = 1` runs the fronts on one thread).
+struct ShipperThread {
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl ShipperThread {
+    /// Connections of the shipper's own pool: one transaction at a time, one spare for the
+    /// partition check.
+    const CONNECTIONS: u32 = 2;
+
+    fn spawn(
+        hosts: db::failover::Hosts,
+        journal: Arc<journal::Journal>,
+        metrics: metrics::Metrics,
+        options: history::ShipperOptions,
+        stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the response-log shipper's runtime")?;
+        let thread = std::thread::Builder::new()
+            .name("lb-shipper".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let pool = db::failover::lazy_pool(
+                        PgPoolOptions::new().max_connections(Self::CONNECTIONS).acquire_timeout(Duration::from_secs(1)),
+                        hosts,
+                    );
+                    history::Shipper::new(pool.clone(), journal, metrics, options).run(stop).await;
+                    let _closed = tokio::time::timeout(Duration::from_secs(2), pool.close()).await;
+                });
+            })
+            .context("starting the response-log shipper's thread")?;
+        Ok(Self { thread })
+    }
+
+    /// Waits for the shipper to drain and stop (after its stop signal).
+    async fn join(self) -> anyhow::Result<()> {
+        let thread = self.thread;
+        match tokio::task::spawn_blocking(move || thread.join()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(anyhow::anyhow!("response-log shipper panicked")),
+            Err(e) => Err(anyhow::anyhow!("waiting for the response-log shipper: {e}")),
+        }
+    }
 }
 
 impl std::fmt::Debug for RunningLb {
@@ -106,7 +156,7 @@ impl RunningLb {
         }
         // Every request has been answered and journaled: the shipper can drain and stop.
         let _sent = self.stop_shipper.send(true);
-        self.shipper.await.context("response-log shipper panicked")?;
+        self.shipper.join().await?;
         // Say goodbye to Postgres (a Terminate per connection), so it does not count the
         // sessions as abandoned; bounded, a shutdown never hangs on it.
         let _closed = tokio::time::timeout(std::time::Duration::from_secs(2), self.lb.pool.close()).await;
@@ -192,11 +242,12 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningLb> {
     let url = db::resolve_database_url(config.database_url.as_deref(), &config.state_dir)?;
     // A two-host URL (primary, standby) is followed through a failover: the journal holds the
     // log while no host accepts writes, and ships it to the promoted standby.
+    let hosts = db::failover::Hosts::parse(&url)
+        .with_context(|| format!("bad database URL {}", db::redact(&url)))?
+        .with_target(db::failover::Target::ReadWrite);
     let pool = db::failover::lazy_pool(
         PgPoolOptions::new().max_connections(config.database_connections).acquire_timeout(Duration::from_secs(1)),
-        db::failover::Hosts::parse(&url)
-            .with_context(|| format!("bad database URL {}", db::redact(&url)))?
-            .with_target(db::failover::Target::ReadWrite),
+        hosts.clone(),
     );
     let (journal, journal_dir) = open_journal(&config)?;
     // From here on every path under the journal directory (routing and fallback files) is this
@@ -220,7 +271,6 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningLb> {
         drain_timeout: Duration::from_millis(h.drain_timeout_ms),
     };
     let log = history::HistoryLog::new(journal.clone(), metrics.clone());
-    let shipper = history::Shipper::new(pool.clone(), journal, metrics.clone(), options);
     let fallback = FallbackList::load(config.fallback_file());
 
     let reuse = config.front.reuse_port;
@@ -246,7 +296,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningLb> {
     let admin_addr = admin_listener.as_ref().map(|l| l.local_addr()).transpose()?;
 
     // Listeners are bound: from here on the process serves, and ships.
-    let shipper = tokio::spawn(shipper.run(shipper_rx));
+    let shipper = ShipperThread::spawn(hosts, journal, metrics.clone(), options, shipper_rx)?;
     let lb = Arc::new(Lb::new(config.clone(), routing, metrics, log, pool, fallback));
     if seeded {
         fleet::mark_seeded(&lb).await;

@@ -56,9 +56,13 @@ async fn rows_shipped_again_after_a_lost_checkpoint_are_stored_once() {
     let journal = open();
     let log = HistoryLog::new(journal.clone(), metrics.clone());
     let rows: Vec<Row<'static>> = (0..10).map(row).collect();
-    for r in &rows {
+    for r in &rows[..9] {
         log.record(r).await;
     }
+    // A row as journals written before records were COPY rows held it: a JSON line, still read.
+    let mut legacy = serde_json::to_vec(&rows[9]).expect("json");
+    legacy.push(b'\n');
+    journal.append(&legacy, 1).expect("append a JSON line");
     assert_eq!(log.queued(), 10);
     let mut shipper = Shipper::new(db.pool.clone(), journal.clone(), metrics.clone(), options());
     let mut shipped = 0;
@@ -95,6 +99,17 @@ async fn rows_shipped_again_after_a_lost_checkpoint_are_stored_once() {
             .expect("row");
     assert_eq!(ids, rows[2].movie_ids.iter().map(|m| m.to_string()).collect::<Vec<_>>());
     assert_eq!(error.as_deref(), rows[2].error.as_deref());
+    // Both record forms store the same columns.
+    for i in [2, 9] {
+        let (ts, user_id, inputs): (chrono::DateTime<Utc>, Option<i64>, serde_json::Value) =
+            sqlx::query_as("SELECT ts, user_id, inputs FROM recommendations_history WHERE request_id = $1")
+                .bind(format!("req-{i}"))
+                .fetch_one(&db.pool)
+                .await
+                .expect("row");
+        assert_eq!((ts.timestamp_micros(), user_id), (rows[i].ts.timestamp_micros(), rows[i].user_id), "row {i}");
+        assert_eq!(inputs["kind"], "personal", "row {i}");
+    }
     let sightings: i64 =
         sqlx::query_scalar("SELECT count(*) FROM user_model_map").fetch_one(&db.pool).await.expect("sightings");
     assert_eq!(sightings, 10);
