@@ -19,6 +19,7 @@ fi
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 wait_ready 8080 8082
 mkdir -p "$RUN/nginx/logs" "$RUN/nginx/tmp"
+: > "$RUN/nginx/logs/access.log"
 cat > "$RUN/nginx/nginx.conf" <<CONF
 worker_processes 1;
 pid $RUN/nginx/nginx.pid;
@@ -45,11 +46,32 @@ CONF
 "$NGINX" -t -q -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf"
 "$NGINX" -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf"
 trap '"$NGINX" -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf" -s quit 2>/dev/null || true; admin PUT /admin/share "{\"share\": $SHARE}" >/dev/null || true' EXIT
+# A bare proxy on the same crates (hyper server and client, one thread, nothing else): what
+# bounds any proxy built on them.
+"$BIN/load-bench" proxy --listen 127.0.0.1:8091 --upstream http://127.0.0.1:8080 2>"$RUN/nginx/logs/bare.log" &
+BARE_PID=$!
+trap 'kill $BARE_PID 2>/dev/null || true; "$NGINX" -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf" -s quit 2>/dev/null || true; admin PUT /admin/share "{\"share\": $SHARE}" >/dev/null || true' EXIT
+for _ in $(seq 1 100); do curl -sf -o /dev/null http://127.0.0.1:8091/recommend/1 && break; sleep 0.1; done
 SHARE="$(lb_state share)"
 admin PUT /admin/share '{"share": 0}' >/dev/null
 say "direct :8080, via our load balancer :8082, via nginx :$NGINX_PORT ($("$NGINX" -v 2>&1 | sed 's/.*: //'))"
 grep -m1 "model name" /proc/cpuinfo | sed 's/.*: /cpu: /'
+# CPU time each proxy spends per request (all its threads; /proc/<pid>/stat utime + stime, in
+# clock ticks): what one core allows, whatever the thread layout.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+lb_answers() { curl -s "http://127.0.0.1:8082/metrics" | awk '/^lazyrec_lb_requests_total/ {n += $2} END {printf "%d", n}'; }
+LB_PID="$(cat "$RUN/loadbalancer.pid")"
+NGINX_WORKER="$(pgrep -P "$(cat "$RUN/nginx/nginx.pid")" | head -1)"
+lb_cpu0="$(cpu_ticks "$LB_PID")" nginx_cpu0="$(cpu_ticks "$NGINX_WORKER")" lb_n0="$(lb_answers)"
 "$BIN/load-bench" compare --direct http://127.0.0.1:8080 --via http://127.0.0.1:8082 \
-  --peer nginx=http://127.0.0.1:$NGINX_PORT ${EXTRA_PEERS:+$(printf -- '--peer %s ' $EXTRA_PEERS)} --users "$USERS" --rate "$RATE" --seconds "$SECS" \
+  --peer nginx=http://127.0.0.1:$NGINX_PORT --peer bare=http://127.0.0.1:8091 ${EXTRA_PEERS:+$(printf -- '--peer %s ' $EXTRA_PEERS)} --users "$USERS" --rate "$RATE" --seconds "$SECS" \
   --rounds "$ROUNDS" --concurrency "$CONC"
+lb_cpu1="$(cpu_ticks "$LB_PID")" nginx_cpu1="$(cpu_ticks "$NGINX_WORKER")" lb_n1="$(lb_answers)"
+sleep 1.5 # the access log's buffer is flushed every second
+nginx_n="$(wc -l < "$RUN/nginx/logs/access.log")"
+hz="$(getconf CLK_TCK)"
+awk -v t="$((lb_cpu1 - lb_cpu0))" -v n="$((lb_n1 - lb_n0))" -v hz="$hz" \
+  'BEGIN {printf "cpu per request: our load balancer %.1f µs (%d requests, %.1f s of cpu)\n", n ? t / hz / n * 1e6 : 0, n, t / hz}'
+awk -v t="$((nginx_cpu1 - nginx_cpu0))" -v n="$nginx_n" -v hz="$hz" \
+  'BEGIN {printf "cpu per request: nginx worker %.1f µs (%d requests, %.1f s of cpu)\n", n ? t / hz / n * 1e6 : 0, n, t / hz}'
 echo "load balancer log: $(lb_state history)"

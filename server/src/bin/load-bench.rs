@@ -122,6 +122,18 @@ enum Cmd {
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
     },
+    /// A bare proxy: GET /recommend/{user} forwarded to UPSTREAM and its body copied back, on
+    /// one thread, with the same hyper server and pooled client the load balancer uses and
+    /// nothing else (no routing, answer check, metrics or log). ci/bench-lb.sh measures it
+    /// beside the load balancer and nginx: the floor of a proxy built on these crates.
+    Proxy {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:8091")]
+        listen: std::net::SocketAddr,
+        /// The server's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        upstream: String,
+    },
     /// Step the rate up until p99 exceeds the target.
     Capacity {
         #[command(flatten)]
@@ -570,6 +582,45 @@ async fn vectors(from: &std::path::Path, to: &std::path::Path, movies: usize) ->
     Ok(())
 }
 
+async fn proxy(listen: std::net::SocketAddr, upstream: String) -> Result<()> {
+    use axum::extract::Path;
+    use axum::http::StatusCode;
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: hyper_util::client::legacy::Client<_, Empty<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(256)
+            .build(connector);
+    eprintln!("load-bench proxy: http://{listen} -> {upstream}");
+    let upstream = Arc::new(upstream);
+    let forward = move |Path(user): Path<String>| {
+        let (client, upstream) = (client.clone(), upstream.clone());
+        async move {
+            let uri: hyper::Uri = match format!("{upstream}/recommend/{user}").parse() {
+                Ok(uri) => uri,
+                Err(e) => return (StatusCode::BAD_REQUEST, Bytes::from(e.to_string())),
+            };
+            match client.get(uri).await {
+                Ok(response) => {
+                    let (parts, body) = response.into_parts();
+                    match body.collect().await {
+                        Ok(body) => (parts.status, body.to_bytes()),
+                        Err(e) => (StatusCode::BAD_GATEWAY, Bytes::from(e.to_string())),
+                    }
+                }
+                Err(e) => (StatusCode::BAD_GATEWAY, Bytes::from(e.to_string())),
+            }
+        }
+    };
+    let app = axum::Router::new().route("/recommend/{user}", axum::routing::get(forward));
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ignored = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app).with_graceful_shutdown(lifecycle::shutdown_signal()).await?;
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     // The generator gets one thread: the server under test needs the other core.
@@ -577,6 +628,7 @@ fn main() -> Result<()> {
     rt.block_on(async {
         match args.command {
             Cmd::Vectors { from, to, movies } => vectors(&from, &to, movies).await,
+            Cmd::Proxy { listen, upstream } => proxy(listen, upstream).await,
             Cmd::Run { load, rate } => {
                 if load.warmup > 0 {
                     run_rate(&load, rate, load.warmup, 1).await?;
