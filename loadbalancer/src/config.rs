@@ -181,7 +181,8 @@ pub struct Config {
     pub attempt_timeout_ms: u64,
     /// Postgres URL; absent → the private cluster under `state_dir`.
     pub database_url: Option<String>,
-    /// Postgres connections (history writer, fallback list, admin records).
+    /// Postgres connections (fallback list, routing, admin records; the response-log shipper
+    /// has two of its own).
     pub database_connections: u32,
     /// Project state (private Postgres, the spool, admin changes).
     pub state_dir: PathBuf,

@@ -317,28 +317,27 @@ impl Shipper {
         let mut batch = Batch { skipped: chunk.torn, ..Batch::default() };
         batch.copy.reserve(chunk.lines.iter().map(|l| l.len() + 1).sum());
         for line in &chunk.lines {
-            if line.starts_with(RECORD_TAG) {
-                match RecordFields::decode(line) {
-                    Some(fields) => {
-                        batch.copy.extend_from_slice(fields.columns);
-                        batch.copy.push(b'\n');
-                        batch.add(fields, &self.seen);
-                    }
-                    None => batch.skipped += 1,
-                }
+            // A JSON line (written before records were COPY rows) is turned into a record first:
+            // one decoding path for both.
+            let converted;
+            let record: &[u8] = if line.starts_with(RECORD_TAG) {
+                line
+            } else if let Ok(row) = serde_json::from_slice::<Row>(line) {
+                let mut buf = Vec::with_capacity(line.len());
+                encode_record(&mut buf, &row);
+                converted = buf;
+                converted.strip_suffix(b"\n").unwrap_or(&converted)
             } else {
-                // A JSON line, written before records were COPY rows.
-                match serde_json::from_slice::<Row>(line) {
-                    Ok(row) => {
-                        encode_columns(&mut batch.copy, &row);
-                        batch.copy.push(b'\n');
-                        let mut ts = Vec::with_capacity(32);
-                        db::copy::timestamp(&mut ts, row.ts);
-                        let ts = String::from_utf8(ts).unwrap_or_default();
-                        batch.add(RecordFields::of(&row, &ts), &self.seen);
-                    }
-                    Err(_) => batch.skipped += 1,
+                batch.skipped += 1;
+                continue;
+            };
+            match RecordFields::decode(record) {
+                Some(fields) => {
+                    batch.copy.extend_from_slice(fields.columns);
+                    batch.copy.push(b'\n');
+                    batch.add(fields, &self.seen);
                 }
+                None => batch.skipped += 1,
             }
         }
         if batch.rows > 0
@@ -545,8 +544,12 @@ impl<'a> RecordFields<'a> {
     fn decode(line: &'a [u8]) -> Option<Self> {
         let text = std::str::from_utf8(line.strip_prefix(RECORD_TAG)?).ok()?;
         let (columns, bucket) = text.rsplit_once('\t')?;
-        let fields: Vec<&str> = columns.split('\t').collect();
-        if fields.len() != RECORD_FIELDS - 2 {
+        let mut fields = [""; RECORD_FIELDS - 2];
+        let mut split = columns.split('\t');
+        for field in &mut fields {
+            *field = split.next()?;
+        }
+        if split.next().is_some() {
             return None;
         }
         fn int<T: std::str::FromStr>(f: &str) -> Option<Option<T>> {
@@ -573,18 +576,6 @@ impl<'a> RecordFields<'a> {
             assigned_variant: text_field(fields[4]),
             bucket: int::<u32>(bucket)?,
         })
-    }
-
-    /// The fields of a JSON row (`ts` as encoded in its COPY row).
-    fn of(row: &'a Row<'a>, ts: &'a str) -> Self {
-        Self {
-            columns: &[],
-            ts,
-            user_id: row.user_id,
-            experiment: row.experiment.as_deref().map(Cow::Borrowed),
-            assigned_variant: row.assigned_variant.as_deref().map(Cow::Borrowed),
-            bucket: row.bucket,
-        }
     }
 }
 
@@ -723,11 +714,11 @@ mod tests {
         let line = line.trim_end_matches('\n');
         assert!(RecordFields::decode(line.as_bytes()).is_some());
         let damaged = [
-            line.replacen("\t", "", 2),           // a field lost
-            line.replacen("42", "4x", 1),         // a number that is not one
-            line.replacen("2026-", "20z6-", 1),   // a bad timestamp
-            format!("{line}\textra"),             // a field too many
-            line.replacen("\tt\t", "\tyes\t", 1), // not a boolean
+            line.replacen("\tmain\t", "\tmain", 1), // a field lost (not the tag's tab)
+            line.replacen("42", "4x", 1),           // a number that is not one
+            line.replacen("2026-", "20z6-", 1),     // a bad timestamp
+            format!("{line}\textra"),               // a field too many
+            line.replacen("\tt\t", "\tyes\t", 1),   // not a boolean
         ];
         for d in &damaged {
             assert!(RecordFields::decode(d.as_bytes()).is_none(), "accepted: {d}");

@@ -31,7 +31,7 @@ pub struct Metrics {
     pub connections_refused: IntCounter,
     /// Connections open on the HTTP port.
     pub connections_open: IntGauge,
-    /// The same rows by reason (`full`, `too_long`, `io`, `unencodable`).
+    /// The same rows by reason (`full`, `too_long`, `io`).
     pub history_refused: IntCounterVec,
     /// Journal lines skipped because they did not decode (a machine crash mid-append).
     pub history_journal_corrupt: IntCounter,
@@ -99,10 +99,7 @@ impl Metrics {
         )?;
         let connections_open = IntGauge::new("connections_open", "HTTP connections open")?;
         let history_refused = IntCounterVec::new(
-            Opts::new(
-                "history_rows_refused_total",
-                "Response-log rows lost, by reason (full, too_long, io, unencodable)",
-            ),
+            Opts::new("history_rows_refused_total", "Response-log rows lost, by reason (full, too_long, io)"),
             &["reason"],
         )?;
         let history_journal_corrupt =
