@@ -7,6 +7,9 @@
 # Usage: ci/bench-lb.sh [users] [rate] [seconds] [rounds] [concurrency]
 # EXTRA_PEERS="NAME=URL …": more proxies in front of the same server, measured in the same run
 # (e.g. another build of the load balancer).
+# HOLD_SHIPPING=1: the response log's rows stay in the journal for the run (a session holds a
+# SHARE lock on recommendations_history, so the shipper's COPY waits) and are shipped after it:
+# the load balancer's throughput without Postgres storing 10-20k rows/s on the same two cores.
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/stack.sh"
 USERS="${1:-610}" RATE="${2:-500}" SECS="${3:-10}" ROUNDS="${4:-3}" CONC="${5:-32}"
@@ -53,6 +56,16 @@ BARE_PID=$!
 trap 'kill $BARE_PID 2>/dev/null || true; "$NGINX" -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf" -s quit 2>/dev/null || true; admin PUT /admin/share "{\"share\": $SHARE}" >/dev/null || true' EXIT
 for _ in $(seq 1 100); do curl -sf -o /dev/null http://127.0.0.1:8091/recommend/1 && break; sleep 0.1; done
 SHARE="$(lb_state share)"
+HOLD_PID=""
+if [ "${HOLD_SHIPPING:-0}" = 1 ]; then
+  eval "export $("$BIN/lazyrec-db" up)"
+  printf 'SET application_name = bench_lb_hold;\nBEGIN;\nLOCK TABLE recommendations_history IN SHARE MODE;\nSELECT pg_sleep(100000);\n' \
+    | psql -q "$DATABASE_URL" >/dev/null 2>&1 &
+  HOLD_PID=$!
+  trap 'psql -qAt "$DATABASE_URL" -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '"'"'bench_lb_hold'"'"'" >/dev/null 2>&1 || true; kill $HOLD_PID 2>/dev/null || true; kill $BARE_PID 2>/dev/null || true; "$NGINX" -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf" -s quit 2>/dev/null || true; admin PUT /admin/share "{\"share\": $SHARE}" >/dev/null || true' EXIT
+  sleep 1
+  say "shipping held: the response log's rows wait in the journal for the run"
+fi
 admin PUT /admin/share '{"share": 0}' >/dev/null
 say "direct :8080, via our load balancer :8082, via nginx :$NGINX_PORT ($("$NGINX" -v 2>&1 | sed 's/.*: //'))"
 grep -m1 "model name" /proc/cpuinfo | sed 's/.*: /cpu: /'
@@ -75,3 +88,16 @@ awk -v t="$((lb_cpu1 - lb_cpu0))" -v n="$((lb_n1 - lb_n0))" -v hz="$hz" \
 awk -v t="$((nginx_cpu1 - nginx_cpu0))" -v n="$nginx_n" -v hz="$hz" \
   'BEGIN {printf "cpu per request: nginx worker %.1f µs (%d requests, %.1f s of cpu)\n", n ? t / hz / n * 1e6 : 0, n, t / hz}'
 echo "load balancer log: $(lb_state history)"
+if [ -n "$HOLD_PID" ]; then
+  # The session sleeps holding the lock: ended from the server side (killing psql alone would
+  # leave its backend asleep).
+  psql -qAt "$DATABASE_URL" -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'bench_lb_hold'" >/dev/null
+  wait "$HOLD_PID" 2>/dev/null || true
+  started=$(date +%s.%N)
+  for _ in $(seq 1 1200); do
+    [ "$(lb_state history | sed 's/.*"pending":\([0-9]*\).*/\1/')" = 0 ] && break
+    sleep 0.5
+  done
+  awk -v s="$started" -v e="$(date +%s.%N)" 'BEGIN {printf "shipping released: the journal drained into Postgres in %.1f s\n", e - s}'
+  echo "load balancer log: $(lb_state history)"
+fi

@@ -92,7 +92,7 @@ pub async fn forward(
     let accept = if scores { "application/json" } else { "text/plain" };
     let request = hyper::Request::get(uri)
         .header(hyper::header::ACCEPT, accept)
-        .header(headers::REQUEST_ID, request_id.as_str())
+        .header(contract::header_name(headers::REQUEST_ID), request_id.as_str())
         .body(Empty::new())
         .map_err(|e| AttemptError::Connect(format!("request: {e}")))?;
     let response = client.request(request).await.map_err(|e| AttemptError::Connect(with_causes(&e)))?;

@@ -527,9 +527,6 @@ impl Lb {
     }
 
     fn observe(&self, handled: &Handled, latency: Duration) {
-        let served = handled.served_label();
-        let status = handled.http_status();
-        self.metrics.requests.with_label_values(&[served, status.as_str()]).inc();
-        self.metrics.latency.with_label_values(&[served]).observe(latency.as_secs_f64());
+        self.metrics.observe_response(handled.served_label(), handled.http_status().as_u16(), latency.as_secs_f64());
     }
 }

@@ -17,7 +17,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use crate::journal::{Journal, JournalError, Reader};
+use crate::journal::{Journal, JournalError, MAX_ROW_BYTES, Reader};
 use crate::metrics::Metrics;
 
 /// One response, as logged. Field names are the table's column names. Text borrows where it
@@ -107,33 +107,129 @@ pub struct Inputs<'a> {
 pub struct HistoryLog {
     journal: Arc<Journal>,
     metrics: Metrics,
+    group: Arc<Mutex<Group>>,
+}
+
+/// The rows of the requests that finish in one turn of the runtime, gathered for one append.
+#[derive(Debug, Default)]
+struct Group {
+    lines: Vec<u8>,
+    rows: u64,
+    /// A request of this group waits to append it.
+    led: bool,
+    batch: Arc<GroupBatch>,
+}
+
+/// One group's append, awaited by every request in it.
+#[derive(Debug, Default)]
+struct GroupBatch {
+    /// The journal position after the group, or why the journal refused it.
+    result: OnceLock<Result<u64, Refusal>>,
+    done: tokio::sync::Notify,
+}
+
+/// The first request of a group: appends the group when dropped.
+struct Lead<'a> {
+    log: &'a HistoryLog,
+    batch: Arc<GroupBatch>,
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        self.log.append_group(&self.batch);
+    }
+}
+
+/// Why the journal refused a row: the metric label and the message.
+#[derive(Debug, Clone)]
+struct Refusal {
+    label: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    fn of(e: &JournalError) -> Self {
+        let label = match e {
+            JournalError::Full(_) => "full",
+            JournalError::RowTooLong(_) => "too_long",
+            JournalError::Io { .. } | JournalError::Locked(_) => "io",
+        };
+        Self { label, message: e.to_string() }
+    }
 }
 
 impl HistoryLog {
     /// The log over `journal`.
     pub fn new(journal: Arc<Journal>, metrics: Metrics) -> Self {
-        Self { journal, metrics }
+        Self { journal, metrics, group: Arc::default() }
     }
 
     /// Journals `row` before the response is sent: on local disk when this returns (and synced,
     /// under `fsync = "always"`). A row the journal refuses (full, disk error) is counted as
     /// dropped and logged; the response still goes out.
+    ///
+    /// Group append: the rows of requests that finish in the same turn of the runtime are
+    /// appended with one `write(2)`. The first of them yields once (the others of that turn
+    /// add their rows meanwhile), appends them all, then every one of them returns — no row's
+    /// response leaves before its row is in the journal. A group the journal refuses (full,
+    /// disk error) drops every row in it.
     pub async fn record(&self, row: &Row<'_>) {
-        let mut line = Vec::with_capacity(512);
-        encode_record(&mut line, row);
-        match self.journal.append(&line, 1) {
-            Ok(position) => self.journal.durable(position).await,
-            Err(e) => {
-                self.metrics.history_dropped.inc();
-                let reason = match e {
-                    JournalError::Full(_) => "full",
-                    JournalError::RowTooLong(_) => "too_long",
-                    JournalError::Io { .. } | JournalError::Locked(_) => "io",
-                };
-                self.metrics.history_refused.with_label_values(&[reason]).inc();
-                tracing::error!(error = %e, request_id = %row.request_id, "response-log row dropped");
+        let (batch, lead) = {
+            let mut g = self.group.lock().unwrap_or_else(|p| p.into_inner());
+            let start = g.lines.len();
+            encode_record(&mut g.lines, row);
+            let len = g.lines.len() - start - 1;
+            if len > MAX_ROW_BYTES {
+                g.lines.truncate(start);
+                drop(g);
+                return self.refused(&Refusal::of(&JournalError::RowTooLong(len)), &row.request_id);
+            }
+            g.rows += 1;
+            let lead = !std::mem::replace(&mut g.led, true);
+            (g.batch.clone(), lead)
+        };
+        if lead {
+            // The append is in the guard's drop: a request dropped while it yields (its client
+            // went away) still appends its group, so the others never wait for ever.
+            let lead = Lead { log: self, batch: batch.clone() };
+            tokio::task::yield_now().await;
+            drop(lead);
+        } else {
+            let notified = batch.done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if batch.result.get().is_none() {
+                notified.await;
             }
         }
+        match batch.result.get() {
+            Some(Ok(position)) => self.journal.durable(*position).await,
+            Some(Err(refusal)) => self.refused(refusal, &row.request_id),
+            None => self.refused(
+                &Refusal { label: "io", message: "the group's append never finished".into() },
+                &row.request_id,
+            ),
+        }
+    }
+
+    /// Appends the current group (under the group's lock, so groups reach the journal in order)
+    /// and wakes its requests.
+    fn append_group(&self, batch: &GroupBatch) {
+        let mut g = self.group.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.journal.append(&g.lines, g.rows).map_err(|e| Refusal::of(&e));
+        g.lines.clear();
+        g.rows = 0;
+        g.led = false;
+        g.batch = Arc::default();
+        drop(g);
+        let _set = batch.result.set(result);
+        batch.done.notify_waiters();
+    }
+
+    fn refused(&self, refusal: &Refusal, request_id: &str) {
+        self.metrics.history_dropped.inc();
+        self.metrics.history_refused.with_label_values(&[refusal.label]).inc();
+        tracing::error!(error = %refusal.message, %request_id, "response-log row dropped");
     }
 
     /// Rows journaled and not yet in Postgres.
@@ -735,5 +831,64 @@ mod tests {
         }
         assert!(seen.contains("exp", 3 * SeenUsers::CAPACITY as i64 - 1), "the newest are remembered");
         assert!(!seen.contains("other", 1));
+    }
+
+    fn log() -> (tempfile::TempDir, super::HistoryLog) {
+        let dir = tempfile::tempdir().expect("dir");
+        let journal = crate::journal::Journal::open(
+            dir.path(),
+            1 << 30,
+            crate::journal::FsyncPolicy::Never,
+            std::time::Duration::from_millis(200),
+        )
+        .expect("journal");
+        (dir, super::HistoryLog::new(journal, crate::metrics::Metrics::new().expect("metrics")))
+    }
+
+    fn journaled(log: &super::HistoryLog) -> Vec<String> {
+        let mut reader = crate::journal::Reader::new(log.journal());
+        let chunk = reader.read(log.journal(), 1_000).expect("read");
+        chunk.lines.iter().map(|l| String::from_utf8(l.clone()).expect("utf-8")).collect()
+    }
+
+    #[test]
+    fn requests_finishing_together_share_one_append_and_each_waits_for_it() {
+        let (_dir, log) = log();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        let rows: Vec<Row<'static>> =
+            (0..50).map(|i| Row { request_id: Cow::Owned(format!("r-{i}")), ..row() }).collect();
+        let before = log.journal().committed();
+        rt.block_on(futures_util::future::join_all(rows.iter().map(|r| log.record(r))));
+        let lines = journaled(&log);
+        assert_eq!(lines.len(), 50, "every row journaled");
+        assert_eq!(log.journal().pending_rows(), 50);
+        for (i, line) in lines.iter().enumerate() {
+            assert!(line.starts_with(&format!("R1\tr-{i}\t")), "in order, whole: {line}");
+        }
+        assert!(log.journal().committed() > before);
+        // One turn: the 50 rows went in one append (a second group would have started a new
+        // one after the first was written; the group is empty again).
+        let g = log.group.lock().expect("group");
+        assert!(g.lines.is_empty() && g.rows == 0 && !g.led);
+    }
+
+    #[test]
+    fn a_group_whose_first_request_is_dropped_is_still_appended() {
+        use std::future::Future;
+        let (_dir, log) = log();
+        let (a, b) = (Row { request_id: "first".into(), ..row() }, Row { request_id: "second".into(), ..row() });
+        let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        let _guard = rt.enter();
+        let mut first = Box::pin(log.record(&a));
+        let mut second = Box::pin(log.record(&b));
+        assert!(first.as_mut().poll(&mut cx).is_pending(), "the first yields before appending");
+        assert!(second.as_mut().poll(&mut cx).is_pending(), "the second waits for the group");
+        assert!(journaled(&log).is_empty());
+        drop(first); // its client went away mid-yield
+        assert!(second.as_mut().poll(&mut cx).is_ready(), "the group was appended all the same");
+        let lines = journaled(&log);
+        assert_eq!(lines.len(), 2);
+        assert!(lines[1].starts_with("R1\tsecond\t"));
     }
 }

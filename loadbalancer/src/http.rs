@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -95,7 +95,9 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Front, metrics: M
     let drained = tokio::time::timeout(Duration::from_millis(limits.drain_ms), permits.acquire_many(all)).await;
     tracing::info!(
         open,
-        still_open = limits.max_connections - permits.available_permits(),
+        // Once every permit is back (all closed), `drained` holds them all.
+        still_open =
+            if matches!(drained, Ok(Ok(_))) { 0 } else { limits.max_connections - permits.available_permits() },
         drained_ms = limits.drain_ms,
         "HTTP front: listener closed, keep-alive connections told to close"
     );
@@ -117,19 +119,18 @@ pub fn router(lb: Arc<Lb>) -> Router {
         .with_state(lb)
 }
 
-async fn recommend(
-    State(lb): State<Arc<Lb>>,
-    Path(raw): Path<String>,
-    RawQuery(query): RawQuery,
-    req_headers: HeaderMap,
-) -> Response {
+async fn recommend(State(lb): State<Arc<Lb>>, Path(raw): Path<String>, request: Request) -> Response {
+    // The request is read in place (the `HeaderMap` extractor would copy every header).
+    let req_headers = request.headers();
     // Header values that are not visible ASCII are not text to axum: such an id is not kept.
-    let client_id =
-        req_headers.get(headers::REQUEST_ID).and_then(|v| v.to_str().ok()).map(contract::recorded_request_id);
+    let client_id = req_headers
+        .get(contract::header_name(headers::REQUEST_ID))
+        .and_then(|v| v.to_str().ok())
+        .map(contract::recorded_request_id);
     let wants_json =
         req_headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/json"));
     let parsed = contract::parse_user_id(&raw).and_then(|user| {
-        Ok((user, contract::parse_limit(query.as_deref(), lb.config.default_limit, lb.config.max_limit)?))
+        Ok((user, contract::parse_limit(request.uri().query(), lb.config.default_limit, lb.config.max_limit)?))
     });
     let handled = match parsed {
         Ok((user_id, limit)) => lb.recommend(user_id, limit, wants_json, Protocol::Http, client_id).await,

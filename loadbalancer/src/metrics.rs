@@ -1,7 +1,8 @@
 //! Prometheus metrics of the load balancer (one registry per instance, so tests can run several).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// The load balancer's metrics.
@@ -12,6 +13,9 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// Latency seen by the client, by served variant.
     pub latency: HistogramVec,
+    /// The series of `requests` (status 200) and `latency` for main, nightly and fallback,
+    /// resolved once: looking a labelled series up hashes its labels, on every request.
+    served_ok: [(IntCounter, Histogram); 3],
     /// Failed attempts on a backend, by variant and reason (connect, timeout, status, body).
     pub errors: IntCounterVec,
     /// Requests served by the other variant than the assigned one, by assigned variant.
@@ -138,10 +142,13 @@ impl Metrics {
         registry.register(Box::new(history_pending.clone()))?;
         registry.register(Box::new(history_journal_bytes.clone()))?;
         registry.register(Box::new(sightings.clone()))?;
+        let served_ok = ["main", "nightly", "fallback"]
+            .map(|served| (requests.with_label_values(&[served, "200"]), latency.with_label_values(&[served])));
         Ok(Self {
             registry,
             requests,
             latency,
+            served_ok,
             errors,
             failovers,
             fallbacks,
@@ -161,6 +168,28 @@ impl Metrics {
             shed,
             routing_version,
         })
+    }
+
+    /// Counts a response and observes its latency.
+    pub fn observe_response(&self, served: &str, status: u16, latency_seconds: f64) {
+        let known = match served {
+            "main" => Some(0),
+            "nightly" => Some(1),
+            "fallback" => Some(2),
+            _ => None,
+        };
+        match known {
+            Some(i) if status == 200 => {
+                let (requests, latency) = &self.served_ok[i];
+                requests.inc();
+                latency.observe(latency_seconds);
+            }
+            _ => {
+                let status = status.to_string();
+                self.requests.with_label_values(&[served, &status]).inc();
+                self.latency.with_label_values(&[served]).observe(latency_seconds);
+            }
+        }
     }
 
     /// The text exposition format.

@@ -346,12 +346,36 @@ pub enum DecodeError {
 /// Sets a header, skipping values that are not valid header text.
 pub fn set_header(h: &mut HeaderMap, name: &'static str, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
-        h.insert(HeaderName::from_static(name), v);
+        h.insert(header_name(name), v);
+    }
+}
+
+/// The contract's header names, made once at compile time (parsing a name costs more than
+/// writing its value, on every request of a proxy).
+pub fn header_name(name: &'static str) -> HeaderName {
+    const MODEL_VERSION: HeaderName = HeaderName::from_static(headers::MODEL_VERSION);
+    const VARIANT: HeaderName = HeaderName::from_static(headers::VARIANT);
+    const ASSIGNED_VARIANT: HeaderName = HeaderName::from_static(headers::ASSIGNED_VARIANT);
+    const REQUEST_ID: HeaderName = HeaderName::from_static(headers::REQUEST_ID);
+    const DATA_WATERMARK: HeaderName = HeaderName::from_static(headers::DATA_WATERMARK);
+    const DEGRADED: HeaderName = HeaderName::from_static(headers::DEGRADED);
+    const KIND: HeaderName = HeaderName::from_static(headers::KIND);
+    const DATA_VERSIONS: HeaderName = HeaderName::from_static(headers::DATA_VERSIONS);
+    match name {
+        headers::MODEL_VERSION => MODEL_VERSION,
+        headers::VARIANT => VARIANT,
+        headers::ASSIGNED_VARIANT => ASSIGNED_VARIANT,
+        headers::REQUEST_ID => REQUEST_ID,
+        headers::DATA_WATERMARK => DATA_WATERMARK,
+        headers::DEGRADED => DEGRADED,
+        headers::KIND => KIND,
+        headers::DATA_VERSIONS => DATA_VERSIONS,
+        other => HeaderName::from_static(other),
     }
 }
 
 fn header<'a>(h: &'a HeaderMap, name: &'static str) -> Result<&'a str, DecodeError> {
-    let v = h.get(name).ok_or(DecodeError::MissingHeader(name))?;
+    let v = h.get(header_name(name)).ok_or(DecodeError::MissingHeader(name))?;
     v.to_str().map_err(|_| DecodeError::BadValue { field: name, value: String::from_utf8_lossy(v.as_bytes()).into() })
 }
 
@@ -401,7 +425,7 @@ impl Answer {
                 .collect(),
             model_version: header(h, headers::MODEL_VERSION)?.to_string(),
             variant: header(h, headers::VARIANT)?.parse()?,
-            assigned_variant: match h.get(headers::ASSIGNED_VARIANT) {
+            assigned_variant: match h.get(header_name(headers::ASSIGNED_VARIANT)) {
                 Some(_) => Some(header(h, headers::ASSIGNED_VARIANT)?.parse()?),
                 None => None,
             },
@@ -410,11 +434,11 @@ impl Answer {
                 .parse()
                 .map_err(|_| DecodeError::BadValue { field: headers::DATA_WATERMARK, value: watermark.into() })?,
             kind: header(h, headers::KIND)?.parse()?,
-            degraded: match h.get(headers::DEGRADED) {
+            degraded: match h.get(header_name(headers::DEGRADED)) {
                 Some(_) => Some(header(h, headers::DEGRADED)?.to_string()),
                 None => None,
             },
-            data_versions: match h.get(headers::DATA_VERSIONS) {
+            data_versions: match h.get(header_name(headers::DATA_VERSIONS)) {
                 Some(_) => Some(DataVersions::parse(header(h, headers::DATA_VERSIONS)?)?),
                 None => None,
             },
