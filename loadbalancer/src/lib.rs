@@ -317,11 +317,10 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningLb> {
     let mut background = background;
     background.push(tokio::spawn(fleet::follow(lb.clone(), stop_rx.clone())));
     let mut fronts = Vec::new();
-    let app = http::router(lb.clone());
     let rx = stop_rx.clone();
-    let (limits, metrics) = (config.front.clone(), lb.metrics.clone());
+    let (limits, metrics, front_lb) = (config.front.clone(), lb.metrics.clone(), lb.clone());
     fronts.push(tokio::spawn(async move {
-        http::serve(http_listener, app, limits, metrics, rx).await;
+        http::serve(http_listener, front_lb, limits, metrics, rx).await;
         Ok(())
     }));
 
