@@ -424,4 +424,21 @@ mod tests {
         let with_nightly = Config { nightly: vec!["http://127.0.0.1:8081".into()], ..Config::default() };
         assert_eq!(with_nightly.share(), 0.2);
     }
+
+    #[test]
+    fn the_shipped_example_holds_every_key_at_its_default() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/lb.toml");
+        let example = Config::load(Some(&path)).expect("docs/examples/lb.toml loads");
+        example.validate().expect("docs/examples/lb.toml is valid");
+        let expected = Config {
+            main: vec!["http://127.0.0.1:8080".into()],
+            nightly: vec!["http://127.0.0.1:8081".into()],
+            ..Config::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&example).expect("json"),
+            serde_json::to_value(&expected).expect("json"),
+            "docs/examples/lb.toml drifted from the defaults"
+        );
+    }
 }

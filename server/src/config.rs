@@ -304,3 +304,16 @@ impl Config {
         serde_json::to_string_pretty(&shown).unwrap_or_else(|e| format!("<unprintable: {e}>"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Config;
+
+    #[test]
+    fn the_shipped_example_holds_every_key_at_its_default() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/server.toml");
+        let example = Config::load(Some(&path)).expect("docs/examples/server.toml loads");
+        example.validate().expect("docs/examples/server.toml is valid");
+        assert_eq!(example, Config::default(), "docs/examples/server.toml drifted from the defaults");
+    }
+}
