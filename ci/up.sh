@@ -60,9 +60,9 @@ fi
 
 setup
 say "building (release)"
-cargo build --release --locked --quiet --manifest-path "$ROOT/Cargo.toml" -p db -p embedder -p server -p loadbalancer \
-  -p simulator -p release -p provenance -p report --bin lazyrec-db --bin embedder --bin lazyrec-server \
-  --bin lazyrec-lb --bin lazyrec-sim --bin lazyrec-release --bin lazyrec-provenance --bin lazyrec-report
+# Every binary of the workspace (the evaluator and the bench tools too), resolved as the test
+# suite resolves it: one set of compiled crates, no stale binary of a narrower build.
+cargo build --release --locked --quiet --manifest-path "$ROOT/Cargo.toml" --workspace --bins
 say "starting the private Postgres cluster (state in $LAZYREC_STATE_DIR)"
 eval "export $("$BIN/lazyrec-db" up "${STANDBY[@]}")"
 if [ -n "$SIMULATE" ]; then
