@@ -217,6 +217,7 @@ impl HistoryLog {
     fn append_group(&self, batch: &GroupBatch) {
         let mut g = self.group.lock().unwrap_or_else(|p| p.into_inner());
         let result = self.journal.append(&g.lines, g.rows).map_err(|e| Refusal::of(&e));
+        self.metrics.history_group_rows.observe(g.rows as f64);
         g.lines.clear();
         g.rows = 0;
         g.led = false;
@@ -866,8 +867,9 @@ mod tests {
             assert!(line.starts_with(&format!("R1\tr-{i}\t")), "in order, whole: {line}");
         }
         assert!(log.journal().committed() > before);
-        // One turn: the 50 rows went in one append (a second group would have started a new
-        // one after the first was written; the group is empty again).
+        // One turn: the 50 rows went in one append, and the group is empty again.
+        assert_eq!(log.metrics.history_group_rows.get_sample_count(), 1, "one write(2)");
+        assert_eq!(log.metrics.history_group_rows.get_sample_sum(), 50.0);
         let g = log.group.lock().expect("group");
         assert!(g.lines.is_empty() && g.rows == 0 && !g.led);
     }

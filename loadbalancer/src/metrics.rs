@@ -37,6 +37,8 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// The same rows by reason (`full`, `too_long`, `io`).
     pub history_refused: IntCounterVec,
+    /// Rows per journal append (the requests that finished in one runtime turn share one).
+    pub history_group_rows: Histogram,
     /// Journal lines skipped because they did not decode (a machine crash mid-append).
     pub history_journal_corrupt: IntCounter,
     /// Rows journaled and not yet in Postgres.
@@ -102,6 +104,10 @@ impl Metrics {
             "HTTP connections closed at once: front.max_connections were open",
         )?;
         let connections_open = IntGauge::new("connections_open", "HTTP connections open")?;
+        let history_group_rows = Histogram::with_opts(
+            HistogramOpts::new("history_group_rows", "Response-log rows per journal append (one write(2) each)")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+        )?;
         let history_refused = IntCounterVec::new(
             Opts::new("history_rows_refused_total", "Response-log rows lost, by reason (full, too_long, io)"),
             &["reason"],
@@ -136,6 +142,7 @@ impl Metrics {
         registry.register(Box::new(history_deferred.clone()))?;
         registry.register(Box::new(history_dropped.clone()))?;
         registry.register(Box::new(history_refused.clone()))?;
+        registry.register(Box::new(history_group_rows.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(connections_open.clone()))?;
         registry.register(Box::new(history_journal_corrupt.clone()))?;
@@ -157,6 +164,7 @@ impl Metrics {
             history_deferred,
             history_dropped,
             history_refused,
+            history_group_rows,
             connections_refused,
             connections_open,
             history_journal_corrupt,
