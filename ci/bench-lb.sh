@@ -53,16 +53,27 @@ trap '"$NGINX" -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf" -s quit 2>/dev/null ||
 # bounds any proxy built on them.
 "$BIN/load-bench" proxy --listen 127.0.0.1:8091 --upstream http://127.0.0.1:8080 2>"$RUN/nginx/logs/bare.log" &
 BARE_PID=$!
-trap 'kill $BARE_PID 2>/dev/null || true; "$NGINX" -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf" -s quit 2>/dev/null || true; admin PUT /admin/share "{\"share\": $SHARE}" >/dev/null || true' EXIT
+HOLD_PID=""
+# Ends the session holding the history table (from the server side: killing psql alone would
+# leave its backend asleep with the lock).
+release_hold() {
+  psql -qAt "$DATABASE_URL" -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'bench_lb_hold'" >/dev/null 2>&1 || true
+  wait "$HOLD_PID" 2>/dev/null || true
+}
+cleanup() {
+  [ -n "$HOLD_PID" ] && release_hold
+  kill $BARE_PID 2>/dev/null || true
+  "$NGINX" -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf" -s quit 2>/dev/null || true
+  admin PUT /admin/share "{\"share\": $SHARE}" >/dev/null || true
+}
+trap cleanup EXIT
 for _ in $(seq 1 100); do curl -sf -o /dev/null http://127.0.0.1:8091/recommend/1 && break; sleep 0.1; done
 SHARE="$(lb_state share)"
-HOLD_PID=""
 if [ "${HOLD_SHIPPING:-0}" = 1 ]; then
   eval "export $("$BIN/lazyrec-db" up)"
   printf 'SET application_name = bench_lb_hold;\nBEGIN;\nLOCK TABLE recommendations_history IN SHARE MODE;\nSELECT pg_sleep(100000);\n' \
     | psql -q "$DATABASE_URL" >/dev/null 2>&1 &
   HOLD_PID=$!
-  trap 'psql -qAt "$DATABASE_URL" -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '"'"'bench_lb_hold'"'"'" >/dev/null 2>&1 || true; kill $HOLD_PID 2>/dev/null || true; kill $BARE_PID 2>/dev/null || true; "$NGINX" -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf" -s quit 2>/dev/null || true; admin PUT /admin/share "{\"share\": $SHARE}" >/dev/null || true' EXIT
   sleep 1
   say "shipping held: the response log's rows wait in the journal for the run"
 fi
@@ -89,10 +100,8 @@ awk -v t="$((nginx_cpu1 - nginx_cpu0))" -v n="$nginx_n" -v hz="$hz" \
   'BEGIN {printf "cpu per request: nginx worker %.1f µs (%d requests, %.1f s of cpu)\n", n ? t / hz / n * 1e6 : 0, n, t / hz}'
 echo "load balancer log: $(lb_state history)"
 if [ -n "$HOLD_PID" ]; then
-  # The session sleeps holding the lock: ended from the server side (killing psql alone would
-  # leave its backend asleep).
-  psql -qAt "$DATABASE_URL" -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'bench_lb_hold'" >/dev/null
-  wait "$HOLD_PID" 2>/dev/null || true
+  release_hold
+  HOLD_PID=""
   started=$(date +%s.%N)
   for _ in $(seq 1 1200); do
     [ "$(lb_state history | sed 's/.*"pending":\([0-9]*\).*/\1/')" = 0 ] && break

@@ -15,7 +15,7 @@ pub struct Metrics {
     pub latency: HistogramVec,
     /// The series of `requests` (status 200) and `latency` for main, nightly and fallback,
     /// resolved once: looking a labelled series up hashes its labels, on every request.
-    served_ok: [(IntCounter, Histogram); 3],
+    served_ok: [(&'static str, IntCounter, Histogram); 3],
     /// Failed attempts on a backend, by variant and reason (connect, timeout, status, body).
     pub errors: IntCounterVec,
     /// Requests served by the other variant than the assigned one, by assigned variant.
@@ -150,7 +150,7 @@ impl Metrics {
         registry.register(Box::new(history_journal_bytes.clone()))?;
         registry.register(Box::new(sightings.clone()))?;
         let served_ok = ["main", "nightly", "fallback"]
-            .map(|served| (requests.with_label_values(&[served, "200"]), latency.with_label_values(&[served])));
+            .map(|served| (served, requests.with_label_values(&[served, "200"]), latency.with_label_values(&[served])));
         Ok(Self {
             registry,
             requests,
@@ -180,21 +180,14 @@ impl Metrics {
 
     /// Counts a response and observes its latency.
     pub fn observe_response(&self, served: &str, status: u16, latency_seconds: f64) {
-        let known = match served {
-            "main" => Some(0),
-            "nightly" => Some(1),
-            "fallback" => Some(2),
-            _ => None,
-        };
-        match known {
-            Some(i) if status == 200 => {
-                let (requests, latency) = &self.served_ok[i];
+        let resolved = (status == 200).then(|| self.served_ok.iter().find(|(label, ..)| *label == served)).flatten();
+        match resolved {
+            Some((_, requests, latency)) => {
                 requests.inc();
                 latency.observe(latency_seconds);
             }
-            _ => {
-                let status = status.to_string();
-                self.requests.with_label_values(&[served, &status]).inc();
+            None => {
+                self.requests.with_label_values(&[served, &status.to_string()]).inc();
                 self.latency.with_label_values(&[served]).observe(latency_seconds);
             }
         }
