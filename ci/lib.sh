@@ -51,6 +51,13 @@ setup() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       prometheus prometheus-alertmanager prometheus-postgres-exporter >/dev/null
   fi
+  # The console's browser tests: Debian's chromium driven over WebDriver by chromedriver.
+  if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    say "installing chromium and chromium-driver from apt (the console's browser tests)"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      chromium chromium-driver >/dev/null
+  fi
   # Zero-downtime restarts of the load balancer: connections queued on a stopping replica's
   # listener are handed to the other replica on the port instead of being reset (Linux ≥ 5.14).
   if [ "$(cat /proc/sys/net/ipv4/tcp_migrate_req 2>/dev/null || echo 1)" = 0 ]; then

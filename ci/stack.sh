@@ -6,6 +6,7 @@
 #   monitoring (start_monitoring): Prometheus :9090, Alertmanager :9093, Postgres exporter :9189,
 #   alert webhook receiver :9095 (appends to $RUN/alerts.jsonl); data under $LAZYREC_STATE_DIR
 #   load balancer  HTTP :8082  gRPC :8083  admin :8084 (token in $RUN/admin-token)
+#   console        HTTP :8088 (lazyrec-console, read-only; sign in with the admin token)
 # shellcheck shell=bash
 RUN="$LAZYREC_STATE_DIR/run"
 
@@ -19,7 +20,7 @@ alive() {
 # Stops the named processes (default: all, the simulator first) gracefully, waiting up to 30 s
 # each.
 stop_stack() {
-  [ $# -gt 0 ] || set -- simulator exporter ingester loadbalancer nightly slot-8085 slot-8086 main kafka \
+  [ $# -gt 0 ] || set -- simulator console exporter ingester loadbalancer nightly slot-8085 slot-8086 main kafka \
     prometheus alertmanager pg-exporter alert-webhook
   local stopped=0 name pid
   for name in "$@"; do
@@ -113,6 +114,13 @@ replace_lb() {
 }
 
 # The ingester following the simulator's output (a file, or --kafka-topic …).
+# The operators' console on :8088, read-only, behind the admin token.
+start_console() {
+  LAZYREC_CONSOLE_TOKEN_FILE="$RUN/admin-token" "$BIN/lazyrec-console" --listen 127.0.0.1:8088 \
+    >>"$RUN/console.log" 2>&1 &
+  echo $! > "$RUN/console.pid"
+}
+
 start_ingester() {
   "$BIN/lazyrec-db" ingest --follow --rating-scale 10 --batch-lines 5000 --no-progress "$@" >>"$RUN/ingester.log" 2>&1 &
   echo $! > "$RUN/ingester.pid"

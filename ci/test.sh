@@ -42,6 +42,8 @@ forbid simulator db sqlx server loadbalancer vectorstore
 forbid release embedder fastembed ort server
 # Provenance replays with the server's strategies and the vector store, never the embedding model.
 forbid provenance embedder fastembed ort server
+# The console reads and calls the controller; it never embeds text or runs a model server.
+forbid lazyrec-console embedder fastembed ort server
 # Reports are SQL over what the services logged: no service, store or model inside.
 forbid report server loadbalancer vectorstore embedder fastembed ort
 # The rule itself must be able to fail: embedder does depend on ort.

@@ -5,6 +5,7 @@
 #   main server    HTTP :8080  gRPC :50051   (its own copy of the qdrant-edge store)
 #   nightly server HTTP :8081  gRPC :50052   (its own copy)
 #   load balancer  HTTP :8082  gRPC :8083  admin :8084 (token in .state/run/admin-token)
+#   console        HTTP :8088 (read-only; sign in with that token)
 # Ctrl-C (or `ci/up.sh stop` from another shell) stops the servers gracefully; Postgres keeps
 # running (stop it with `ci/up.sh stop --all`).
 # `ci/up.sh --no-serve` prepares everything and exits.
@@ -93,6 +94,7 @@ trap 'stop_stack; exit 0' INT TERM
 start_server main 8080 50051
 start_server nightly 8081 50052
 start_lb
+start_console
 wait_ready 8080 8081 8082 || { echo "the stack did not come up; logs in $RUN" >&2; tail -5 "$RUN"/*.log >&2; stop_stack; exit 1; }
 say "the stack is up"
 if [ -n "$SIMULATE" ]; then
@@ -115,6 +117,7 @@ cat <<MSG
   curl localhost:8082/recommend/1                       # through the load balancer (sticky 80/20)
   curl -H 'accept: application/json' localhost:8082/recommend/1
   curl -H @$RUN/admin-header localhost:8084/admin/state   # the token from a file, not the command line
+  console: http://127.0.0.1:8088/  (sign in with the token in $RUN/admin-token)
   logs: $RUN/{main,nightly,loadbalancer}.log
   stop: Ctrl-C here, or ci/up.sh stop (ci/up.sh stop --all also stops Postgres)
 MSG
@@ -123,7 +126,7 @@ MSG
 declare -A reported=()
 while :; do
   running=0
-  for name in main nightly loadbalancer ingester simulator prometheus alertmanager; do
+  for name in main nightly loadbalancer console ingester simulator prometheus alertmanager; do
     [ -f "$RUN/$name.pid" ] || continue
     running=1
     if ! alive "$(cat "$RUN/$name.pid")" && [ -z "${reported[$name]:-}" ]; then

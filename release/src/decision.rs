@@ -111,9 +111,13 @@ pub struct Evaluation {
     #[serde(default)]
     pub switched_users: u64,
     /// How long the experiment has run.
+    #[serde(deserialize_with = "stats::null_as_nan")]
     pub elapsed_s: f64,
     /// The decision.
     pub decision: Decision,
+    /// The criteria it was judged by (absent in looks recorded before they were stored).
+    #[serde(default)]
+    pub criteria: Option<Criteria>,
 }
 
 /// Judges one look. `previous_p` is the always-valid p-value of the previous look (1.0 first);
@@ -191,7 +195,16 @@ pub fn decide(
             Decision::Continue { reason: summary }
         }
     };
-    Evaluation { main, nightly, comparison, srm, switched_users, elapsed_s: elapsed.as_secs_f64(), decision }
+    Evaluation {
+        main,
+        nightly,
+        comparison,
+        srm,
+        switched_users,
+        elapsed_s: elapsed.as_secs_f64(),
+        decision,
+        criteria: Some(*criteria),
+    }
 }
 
 /// The guardrails that trip, latency first (a slow nightly also fails over, and its cause is
@@ -240,6 +253,26 @@ mod tests {
             p50_ms: p99 / 3.0,
             p99_ms: p99,
         }
+    }
+
+    #[test]
+    fn a_recorded_look_reads_back_even_with_undefined_numbers() {
+        // No response whose window closed: p50/p99 are NaN, written as null.
+        let e = decide(
+            variant("main", 0, 0, 0, 0, f64::NAN),
+            variant("nightly", 0, 0, 0, 0, f64::NAN),
+            0,
+            0.2,
+            Duration::from_secs(5),
+            1.0,
+            &Criteria::default(),
+        );
+        let json = serde_json::to_value(&e).expect("encode");
+        assert!(json["main"]["p99_ms"].is_null(), "{json}");
+        let back: Evaluation = serde_json::from_value(json).expect("decode");
+        assert!(back.main.p99_ms.is_nan());
+        assert_eq!(back.criteria, Some(Criteria::default()));
+        assert_eq!(back.decision, e.decision);
     }
 
     fn outcome(e: &Evaluation) -> String {

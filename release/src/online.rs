@@ -43,8 +43,10 @@ pub struct VariantNumbers {
     /// Degraded answers (a stage of the server gave up).
     pub degraded: u64,
     /// Latency at the load balancer, ms.
+    #[serde(deserialize_with = "stats::null_as_nan")]
     pub p50_ms: f64,
     /// 99th percentile, ms.
+    #[serde(deserialize_with = "stats::null_as_nan")]
     pub p99_ms: f64,
 }
 

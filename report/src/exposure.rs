@@ -55,6 +55,10 @@ pub struct Exposure {
     pub recommended_watches: u64,
     /// The most recommended movies.
     pub top: Vec<MovieExposure>,
+    /// The Lorenz curve of exposure over the catalog (100 steps; zeros included).
+    pub lorenz_exposure: Vec<(f64, f64)>,
+    /// The Lorenz curve of organic first watches over the catalog.
+    pub lorenz_organic: Vec<(f64, f64)>,
 }
 
 /// (movie, slots, first watches, organic first watches).
@@ -104,8 +108,9 @@ pub async fn compute(
         v.extend(std::iter::repeat_n(0.0, zeros));
         v
     };
-    let gini_exposure = gini(&with_zeros(&|r| r.1 as f64));
-    let gini_organic = gini(&with_zeros(&|r| r.3 as f64));
+    let (exposure_amounts, organic_amounts) = (with_zeros(&|r| r.1 as f64), with_zeros(&|r| r.3 as f64));
+    let gini_exposure = gini(&exposure_amounts);
+    let gini_organic = gini(&organic_amounts);
     let mut movies: Vec<MovieExposure> = rows
         .iter()
         .filter(|r| r.1 > 0)
@@ -138,6 +143,8 @@ pub async fn compute(
         watches,
         recommended_watches: watches - organic,
         top: movies,
+        lorenz_exposure: crate::lorenz(&exposure_amounts, 100),
+        lorenz_organic: crate::lorenz(&organic_amounts, 100),
     })
 }
 

@@ -125,9 +125,44 @@ pub fn gini(amounts: &[f64]) -> f64 {
     weighted / (n as f64 * total)
 }
 
+/// The Lorenz curve of non-negative amounts at `points + 1` evenly spaced population shares:
+/// (share of items, smallest first; share of the total they hold). Empty or all-zero amounts:
+/// the diagonal (no inequality to show).
+pub fn lorenz(amounts: &[f64], points: usize) -> Vec<(f64, f64)> {
+    let points = points.max(1);
+    let total: f64 = amounts.iter().sum();
+    if amounts.is_empty() || total <= 0.0 {
+        return (0..=points).map(|i| (i as f64 / points as f64, i as f64 / points as f64)).collect();
+    }
+    let mut sorted = amounts.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mut cumulative = Vec::with_capacity(sorted.len() + 1);
+    cumulative.push(0.0);
+    for x in &sorted {
+        cumulative.push(cumulative.last().copied().unwrap_or(0.0) + x);
+    }
+    let n = sorted.len();
+    (0..=points)
+        .map(|i| {
+            let share = i as f64 / points as f64;
+            let k = ((share * n as f64).round() as usize).min(n);
+            (share, cumulative[k] / total)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lorenz_curve_is_the_diagonal_for_equal_amounts_and_bows_for_a_winner() {
+        let equal = lorenz(&[2.0; 10], 10);
+        assert!(equal.iter().all(|(x, y)| (x - y).abs() < 1e-12), "{equal:?}");
+        let winner = lorenz(&[0.0, 0.0, 0.0, 10.0], 4);
+        assert_eq!(winner, vec![(0.0, 0.0), (0.25, 0.0), (0.5, 0.0), (0.75, 0.0), (1.0, 1.0)]);
+        assert_eq!(lorenz(&[], 2), vec![(0.0, 0.0), (0.5, 0.5), (1.0, 1.0)]);
+    }
 
     #[test]
     fn gini_of_equal_amounts_is_zero_and_of_one_winner_tends_to_one() {

@@ -8,6 +8,13 @@ pub mod sequential;
 pub use sequential::{Comparison, Counts, Srm, compare, sample_ratio};
 use serde::{Deserialize, Serialize};
 
+/// Reads a number written by serde_json, which writes NaN and ±∞ as `null`, back as NaN: a
+/// record with an undefined number (a p99 of no responses) reads back instead of failing.
+/// `#[serde(deserialize_with = "stats::null_as_nan")]`.
+pub fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 /// z for a two-sided 95 % interval.
 pub const Z95: f64 = 1.959_963_984_540_054;
 

@@ -44,24 +44,34 @@ impl Counts {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Comparison {
     /// p̂_treatment − p̂_control.
+    #[serde(deserialize_with = "crate::null_as_nan")]
     pub diff: f64,
     /// The plug-in variance of `diff`.
+    #[serde(deserialize_with = "crate::null_as_nan")]
     pub variance: f64,
     /// mSPRT likelihood ratio Λ.
+    #[serde(deserialize_with = "crate::null_as_nan")]
     pub likelihood_ratio: f64,
     /// Always-valid p-value at this look (`min(previous, 1/Λ)`).
+    #[serde(deserialize_with = "crate::null_as_nan")]
     pub p_always_valid: f64,
     /// Always-valid (1 − α) confidence sequence on the difference.
+    #[serde(deserialize_with = "crate::null_as_nan")]
     pub cs_low: f64,
     /// Upper end.
+    #[serde(deserialize_with = "crate::null_as_nan")]
     pub cs_high: f64,
     /// Fixed-horizon two-proportion z (pooled variance), for reference.
+    #[serde(deserialize_with = "crate::null_as_nan")]
     pub z: f64,
     /// Its two-sided p-value (valid only for a single, pre-planned look).
+    #[serde(deserialize_with = "crate::null_as_nan")]
     pub p_fixed: f64,
     /// Fixed-horizon (1 − α) Wald interval, for reference.
+    #[serde(deserialize_with = "crate::null_as_nan")]
     pub ci_low: f64,
     /// Upper end.
+    #[serde(deserialize_with = "crate::null_as_nan")]
     pub ci_high: f64,
 }
 
@@ -115,12 +125,16 @@ pub struct Srm {
     /// Units in treatment (nightly).
     pub treatment: u64,
     /// The configured treatment share.
+    #[serde(deserialize_with = "crate::null_as_nan")]
     pub expected_share: f64,
     /// The observed treatment share.
+    #[serde(deserialize_with = "crate::null_as_nan")]
     pub observed_share: f64,
     /// Pearson's χ² (1 degree of freedom).
+    #[serde(deserialize_with = "crate::null_as_nan")]
     pub chi2: f64,
     /// Its p-value.
+    #[serde(deserialize_with = "crate::null_as_nan")]
     pub p: f64,
     /// `p < threshold`: the split is broken and the experiment's numbers cannot be trusted.
     pub mismatch: bool,

@@ -15,6 +15,7 @@
 
 use std::io::Write;
 
+pub mod closed_loop;
 pub mod fleet;
 pub mod history;
 pub mod stack;

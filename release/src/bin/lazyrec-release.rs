@@ -7,10 +7,11 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use lifecycle::BadInput;
 use proto::admin::AdminClient;
+use release::controller::{self, ControlError};
 use release::decision::{self, Criteria, Decision};
 use release::exit::Exit;
 use release::online::{self, Window};
-use release::{controller, steps, store};
+use release::{look, steps, store};
 
 /// The release controller. `evaluate` judges a running experiment (nightly against main) from
 /// recommendations_history and the ingested watches: conversion with an always-valid sequential
@@ -262,42 +263,6 @@ async fn evaluate(cli: &Cli, args: &EvaluateArgs) -> anyhow::Result<std::process
         }
     }
     let pool = pool(cli).await?;
-    let (experiment, share, previous_p, applied) = match args.release {
-        Some(id) => {
-            let record = match store::record(&pool, id).await {
-                Err(store::StoreError::NotFound(_)) => return Err(BadInput(format!("no release {id}")).into()),
-                other => other?,
-            };
-            let previous = store::previous_p(&pool, id).await?;
-            (
-                record.experiment,
-                record.share,
-                previous.unwrap_or(1.0).min(args.previous_p),
-                (record.experiment_started_at, record.experiment_ended_at),
-            )
-        }
-        None => (args.experiment.clone().unwrap_or_default(), args.share, args.previous_p, (None, None)),
-    };
-    let (applied_start, applied_end) = applied;
-    // The window is the one the load balancer applied (its clock, recorded by route, promote
-    // and abort); without a record, the first response under the experiment until now.
-    let started = match applied_start {
-        Some(t) => Some(t),
-        None => store::first_response(&pool, &experiment).await.context("finding the experiment's start")?,
-    };
-    let Some(started) = started else {
-        return Err(BadInput(format!("no responses recorded under experiment {experiment:?}")).into());
-    };
-    let now = chrono::Utc::now();
-    let until = applied_end.map_or(now, |end| end.min(now));
-    let window = Window {
-        experiment: experiment.clone(),
-        since: started,
-        until,
-        conversion_window: chrono::Duration::seconds(args.window_s as i64),
-    };
-    let (main, nightly) = online::measure(&pool, &window).await.context("measuring the experiment")?;
-    let switched = online::switched_users(&pool, &window).await.context("checking the assignment")?;
     let criteria = Criteria {
         alpha: args.alpha,
         tau: args.tau,
@@ -309,22 +274,39 @@ async fn evaluate(cli: &Cli, args: &EvaluateArgs) -> anyhow::Result<std::process
         max_p99_increase_ms: args.max_p99_increase_ms,
         ..Criteria::default()
     };
-    let elapsed = (until - started).to_std().unwrap_or_default();
-    let e = decision::decide(main, nightly, switched, share, elapsed, previous_p, &criteria);
-    if let Some(id) = args.release {
-        store::record_online(&pool, id, &serde_json::to_value(&e)?).await?;
-        if args.act {
-            let token = args.admin.admin_token.clone().ok_or_else(|| BadInput("--act needs --admin-token".into()))?;
-            let admin = AdminClient::new(&args.admin.admin_url, &token);
-            match &e.decision {
-                Decision::Promote { reason } => controller::promote(&pool, &admin, &notifier(cli), id, reason).await?,
-                Decision::Abort { criterion, reason } => {
-                    controller::abort(&pool, &admin, &notifier(cli), id, &format!("{criterion:?}: {reason}")).await?
+    let conversion_window = chrono::Duration::seconds(args.window_s as i64);
+    let e = match args.release {
+        Some(id) => {
+            let params = look::LookParams { conversion_window, previous_p: args.previous_p, criteria };
+            let e = match look::look(&pool, id, &params).await {
+                Err(ControlError::Store(store::StoreError::NotFound(_))) => {
+                    return Err(BadInput(format!("no release {id}")).into());
                 }
-                Decision::Continue { .. } => {}
+                Err(ControlError::Input(why)) => return Err(BadInput(why).into()),
+                other => other?,
+            };
+            if args.act {
+                let token =
+                    args.admin.admin_token.clone().ok_or_else(|| BadInput("--act needs --admin-token".into()))?;
+                let admin = AdminClient::new(&args.admin.admin_url, &token);
+                look::act(&pool, &admin, &notifier(cli), id, &e.decision).await?;
             }
+            e
         }
-    }
+        None => {
+            let experiment = args.experiment.clone().unwrap_or_default();
+            let started = store::first_response(&pool, &experiment).await.context("finding the experiment's start")?;
+            let Some(started) = started else {
+                return Err(BadInput(format!("no responses recorded under experiment {experiment:?}")).into());
+            };
+            let until = chrono::Utc::now();
+            let window = Window { experiment, since: started, until, conversion_window };
+            let (main, nightly) = online::measure(&pool, &window).await.context("measuring the experiment")?;
+            let switched = online::switched_users(&pool, &window).await.context("checking the assignment")?;
+            let elapsed = (until - started).to_std().unwrap_or_default();
+            decision::decide(main, nightly, switched, args.share, elapsed, args.previous_p, &criteria)
+        }
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&e)?);
     } else {

@@ -5,18 +5,13 @@
 
 use std::time::{Duration, Instant};
 
-use db::ingest::{IngestOptions, Ingester};
-use db::parse::ParseConfig;
-use db::source::{FileSource, LineSource};
-use db::testing::TestDb;
-use server::config::Variant;
-use simulator::population::{self, FutureItem, PopulationSpec};
+use simulator::population::{self, PopulationSpec};
 use simulator::run::{self, Config, Limit};
 use simulator::sink::Output;
 use simulator::user::Behaviour;
-use sqlx::Connection;
+use testkit::closed_loop::{ClosedLoop, db_futures};
 
-use crate::helpers::{Stack, get, wait_ready};
+use crate::helpers::get;
 
 async fn count(pool: &sqlx::PgPool, table: &str) -> i64 {
     sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(pool).await.expect("count")
@@ -32,87 +27,6 @@ where
     while !f().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// The closed loop's stack: the default dataset with each user's latest 20 % held out, two
-/// servers (real embeddings) behind the load balancer, and the ingester following the
-/// simulator's log file, as `lazyrec-db ingest --follow` would.
-pub(crate) struct ClosedLoop {
-    pub(crate) loaded: db::cli::HeldOutLoad,
-    pub(crate) stack: Stack,
-    pub(crate) main: server::RunningServer,
-    pub(crate) nightly: server::RunningServer,
-    pub(crate) lb: loadbalancer::RunningLb,
-    pub(crate) main_url: String,
-    pub(crate) nightly_url: String,
-    pub(crate) lb_url: String,
-    /// The simulator's log, followed by the ingester.
-    pub(crate) log: std::path::PathBuf,
-    pub(crate) ingester: tokio::task::JoinHandle<Result<db::ingest::IngestReport, db::ingest::IngestError>>,
-    /// Where the log and the load balancer's state live.
-    pub(crate) work: tempfile::TempDir,
-    /// The nightly's copy of the store.
-    pub(crate) nightly_edge: tempfile::TempDir,
-}
-
-impl ClosedLoop {
-    /// Starts it; the servers cache a user's history for `history_ttl_ms` (default when None).
-    pub(crate) async fn start(experiment: &str, history_ttl_ms: Option<u64>) -> Self {
-        let db = TestDb::new().await;
-        let loaded = db::cli::load_movielens_holding_out(
-            &db.pool,
-            &db.url,
-            &db::import::movielens::MovieLensPaths::bundled(),
-            false,
-            0.2,
-        )
-        .await
-        .expect("load with a held-out future");
-        db::popularity::refresh(&db.pool, db::popularity::PopularityParams::default()).await.expect("popularity");
-        let stack = Stack::with_db(db).await;
-        let work = tempfile::tempdir().expect("work dir");
-        let mut main_config = stack.config();
-        if let Some(ttl) = history_ttl_ms {
-            main_config.caches.user_history_ttl_ms = ttl;
-        }
-        let main = server::start(main_config.clone()).await.expect("main");
-        let nightly_edge = stack.edge_copy().await;
-        let mut nightly_config = main_config;
-        nightly_config.variant = Variant::Nightly;
-        nightly_config.store.edge_dir = Some(nightly_edge.path().to_path_buf());
-        nightly_config.state_dir = nightly_edge.path().to_path_buf();
-        let nightly = server::start(nightly_config).await.expect("nightly");
-        let (main_url, nightly_url) = (format!("http://{}", main.http_addr), format!("http://{}", nightly.http_addr));
-        wait_ready(&main_url).await;
-        wait_ready(&nightly_url).await;
-        let lb = loadbalancer::start(loadbalancer::config::Config {
-            http_addr: "127.0.0.1:0".parse().expect("addr"),
-            grpc_addr: "127.0.0.1:0".parse().expect("addr"),
-            admin_addr: "127.0.0.1:0".parse().expect("addr"),
-            main: vec![main_url.clone()],
-            nightly: vec![nightly_url.clone()],
-            experiment: experiment.into(),
-            database_url: Some(stack.db.url.clone()),
-            state_dir: work.path().join("lb"),
-            ..loadbalancer::config::Config::default()
-        })
-        .await
-        .expect("load balancer");
-        let lb_url = format!("http://{}", lb.http_addr);
-        wait_ready(&lb_url).await;
-        let log = work.path().join("simulated.log");
-        std::fs::write(&log, "").expect("create the log");
-        let conn = sqlx::PgConnection::connect(&stack.db.url).await.expect("connect");
-        let source: Box<dyn LineSource> =
-            Box::new(FileSource::open(&log, Some(Duration::from_millis(100))).expect("follow the log"));
-        let opts = IngestOptions {
-            batch_lines: 2_000,
-            parse: ParseConfig { rating_scale: 10, ..ParseConfig::default() },
-            ..IngestOptions::default()
-        };
-        let ingester = tokio::spawn(Ingester::run_once(conn, opts, vec![source]));
-        Self { loaded, stack, main, nightly, lb, main_url, nightly_url, lb_url, log, ingester, work, nightly_edge }
     }
 }
 
@@ -218,16 +132,4 @@ async fn the_simulator_closes_the_loop_through_the_load_balancer_and_the_ingeste
     lb.shutdown().await.expect("lb shutdown");
     main.shutdown().await.expect("main shutdown");
     nightly.shutdown().await.expect("nightly shutdown");
-}
-
-pub(crate) fn db_futures(
-    rows: &[db::import::movielens::FutureRating],
-) -> std::collections::BTreeMap<i64, Vec<FutureItem>> {
-    let mut out: std::collections::BTreeMap<i64, Vec<FutureItem>> = Default::default();
-    for f in rows {
-        out.entry(f.user_id)
-            .or_default()
-            .push(FutureItem { movie: std::sync::Arc::from(f.movie_id.as_str()), rating: Some(f.rating) });
-    }
-    out
 }

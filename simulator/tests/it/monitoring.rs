@@ -17,7 +17,7 @@ use simulator::sink::Output;
 use simulator::user::Behaviour;
 
 use crate::helpers::get;
-use crate::loop_closing::ClosedLoop;
+use testkit::closed_loop::ClosedLoop;
 
 fn monitoring_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../monitoring")
@@ -221,7 +221,7 @@ async fn prometheus_scrapes_everything_dashboards_have_data_and_instance_down_re
     }
 
     // The simulator drives the stack meanwhile.
-    let futures = crate::loop_closing::db_futures(&loaded.futures);
+    let futures = testkit::closed_loop::db_futures(&loaded.futures);
     let people =
         population::build(&futures, &PopulationSpec { users: None, new_share: 0.05, new_user_base: 900_000, seed: 7 });
     let sim = Config {
