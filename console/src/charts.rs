@@ -134,6 +134,14 @@ impl Lines {
             };
             anno.label(s.name.as_str())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+            // Markers where points are few (a single point draws no line).
+            let defined: Vec<(f64, f64)> =
+                s.points.iter().copied().filter(|p| p.0.is_finite() && p.1.is_finite()).collect();
+            if !s.dashed && defined.len() <= 60 {
+                chart
+                    .draw_series(defined.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+                    .map_err(|e| e.to_string())?;
+            }
         }
         chart
             .configure_series_labels()
@@ -257,6 +265,7 @@ mod tests {
         };
         let svg = chart.svg();
         assert!(svg.starts_with("<svg") && svg.contains("main") && svg.contains("<polygon"), "{svg}");
+        assert!(svg.contains("<circle"), "few points get markers: {svg}");
         let empty = Lines { x_label: "x".into(), y_label: "y".into(), bands: vec![], series: vec![] };
         assert!(empty.svg().contains("no data yet"));
         let bars = bars(

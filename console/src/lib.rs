@@ -13,7 +13,8 @@
 //!
 //! Queries stay bounded as history grows: the overview reads the last hour (the `ts` index of
 //! each monthly partition), a user's page that user's rows (`(user_id, ts)` index, newest 20), a
-//! release its own events, provenance one row by key; reports read the range asked for.
+//! release its own events, provenance one row by key; reports read the range asked for, the
+//! default one (the last hour) recomputed in the background every [`pages::reports::REFRESH`].
 
 pub mod auth;
 pub mod charts;
@@ -59,6 +60,9 @@ pub struct App {
     pub admin: AdminClient,
     /// The vector store, opened on the first replay.
     pub store: OnceCell<Arc<dyn VectorStore>>,
+    /// Reports by range (hours), each kept for [`pages::reports::FRESH`]; the default range is
+    /// recomputed in the background so that its page never waits for the queries.
+    pub reports: moka::future::Cache<i64, Arc<pages::reports::Computed>>,
     /// A plain HTTP client (backends' answers).
     pub http: hyper_util::client::legacy::Client<
         hyper_util::client::legacy::connect::HttpConnector,
@@ -120,7 +124,8 @@ impl App {
     pub fn new(pool: PgPool, config: Config) -> Arc<Self> {
         let admin = AdminClient::new(&config.lb_admin_url, &config.lb_admin_token);
         let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-        Arc::new(Self { pool, config, admin, store: OnceCell::new(), http })
+        let reports = moka::future::Cache::builder().max_capacity(16).time_to_live(pages::reports::FRESH).build();
+        Arc::new(Self { pool, config, admin, store: OnceCell::new(), http, reports })
     }
 }
 
@@ -148,7 +153,10 @@ pub async fn serve(
     app: Arc<App>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(app).into_make_service_with_connect_info::<SocketAddr>())
+    let refresher = tokio::spawn(pages::reports::refresh_default(app.clone()));
+    let served = axum::serve(listener, router(app).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    refresher.abort();
+    served
 }

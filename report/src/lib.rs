@@ -91,13 +91,15 @@ impl Report {
         .fetch_one(pool)
         .await?;
         let (first, second) = params.range.halves();
-        Ok(Self {
-            range: params.range,
-            answers: answers as u64,
-            exposure: exposure::compute(pool, &params.range, params.conversion_window, params.top).await?,
-            fairness: fairness::compute(pool, &params.range, params.conversion_window, params.popular).await?,
-            drift: drift::compute(pool, &params.baseline.unwrap_or(first), &params.current.unwrap_or(second)).await?,
-        })
+        let (baseline, current) = (params.baseline.unwrap_or(first), params.current.unwrap_or(second));
+        // The sections are independent read-only queries: run side by side (a pool of one
+        // connection runs them one after another).
+        let (exposure, fairness, drift) = tokio::try_join!(
+            exposure::compute(pool, &params.range, params.conversion_window, params.top),
+            fairness::compute(pool, &params.range, params.conversion_window, params.popular),
+            drift::compute(pool, &baseline, &current),
+        )?;
+        Ok(Self { range: params.range, answers: answers as u64, exposure, fairness, drift })
     }
 
     /// Text tables.

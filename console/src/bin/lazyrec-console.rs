@@ -68,7 +68,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         )
         .into());
     }
-    let pool = cli.db.pool(4).await?;
+    let pool = cli.db.pool(6).await?;
     let (store_args, state_dir) = (Arc::new(cli.store), cli.db.state_dir.clone());
     let config = Config {
         lb_admin_token: cli.admin_token.clone().unwrap_or_else(|| token.clone()),

@@ -3,6 +3,7 @@
 //! exposure and of organic watching), fairness by group with 95 % intervals, and drift.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
 use axum::response::Html;
@@ -17,6 +18,53 @@ use crate::{App, PageError, PageResult};
 /// The longest range a page computes (30 days).
 const MAX_HOURS: i64 = 720;
 
+/// The default range, in hours (as `lazyrec-report`).
+const DEFAULT_HOURS: i64 = 1;
+
+/// How long a computed report is shown before it is computed again.
+pub const FRESH: Duration = Duration::from_secs(60);
+
+/// How often the default range is recomputed in the background (within [`FRESH`]).
+pub const REFRESH: Duration = Duration::from_secs(45);
+
+/// A report and when it was computed.
+pub struct Computed {
+    /// The report.
+    pub report: Report,
+    /// How long the queries took.
+    pub took: Duration,
+}
+
+async fn compute(pool: &sqlx::PgPool, hours: i64) -> Result<Computed, sqlx::Error> {
+    let until = Utc::now();
+    let params = Params {
+        range: Range { since: until - chrono::Duration::hours(hours), until },
+        baseline: None,
+        current: None,
+        conversion_window: chrono::Duration::seconds(600),
+        top: 15,
+        popular: 100,
+    };
+    let t = Instant::now();
+    let report = Report::compute(pool, &params).await?;
+    Ok(Computed { report, took: t.elapsed() })
+}
+
+/// Recomputes the default range every [`REFRESH`] (until aborted), so its page is served from a
+/// report at most [`FRESH`] old without waiting for the queries.
+pub async fn refresh_default(app: Arc<App>) {
+    loop {
+        match compute(&app.pool, DEFAULT_HOURS).await {
+            Ok(c) => {
+                tracing::debug!(took_ms = c.took.as_millis() as u64, "default report refreshed");
+                app.reports.insert(DEFAULT_HOURS, Arc::new(c)).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "refreshing the default report"),
+        }
+        tokio::time::sleep(REFRESH).await;
+    }
+}
+
 /// `?hours=` (1 by default, as `lazyrec-report`).
 #[derive(serde::Deserialize)]
 pub struct Asked {
@@ -25,21 +73,19 @@ pub struct Asked {
 
 /// `GET /reports`.
 pub async fn page(State(app): State<Arc<App>>, Query(q): Query<Asked>) -> PageResult {
-    let hours = q.hours.unwrap_or(1);
+    let hours = q.hours.unwrap_or(DEFAULT_HOURS);
     if !(1..=MAX_HOURS).contains(&hours) {
         return Err(PageError::BadRequest(format!("hours must be 1..={MAX_HOURS}, got {hours}")));
     }
-    let until = Utc::now();
-    let range = Range { since: until - chrono::Duration::hours(hours), until };
-    let params = Params {
-        range,
-        baseline: None,
-        current: None,
-        conversion_window: chrono::Duration::seconds(600),
-        top: 15,
-        popular: 100,
+    let computed = match app.reports.get(&hours).await {
+        Some(c) => c,
+        None => {
+            let c = Arc::new(compute(&app.pool, hours).await?);
+            app.reports.insert(hours, c.clone()).await;
+            c
+        }
     };
-    let r = Report::compute(&app.pool, &params).await?;
+    let r = &computed.report;
     let e = &r.exposure;
     let pc = |v: &[(f64, f64)]| v.iter().map(|(x, y)| (100.0 * x, 100.0 * y)).collect::<Vec<_>>();
     let lorenz = Lines {
@@ -141,7 +187,8 @@ pub async fn page(State(app): State<Arc<App>>, Query(q): Query<Asked>) -> PageRe
             (at(r.range.since)) " .. " (at(r.range.until)) " UTC: " span #answers { (r.answers) } " answers. "
             code { "lazyrec-report --since " (r.range.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
                 " --until " (r.range.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)) }
-            " prints the same tables."
+            " prints the same tables. Computed in " (format!("{} ms", computed.took.as_millis()))
+            "; shown for up to " (FRESH.as_secs()) " s (the last hour is recomputed every " (REFRESH.as_secs()) " s)."
         }
         h2 { "Popularity bias and the feedback loop" }
         p {

@@ -60,7 +60,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         _ => (first, second),
     };
-    let pool = cli.db.pool(2).await?;
+    let pool = cli.db.pool(3).await?;
     let params = Params {
         range,
         baseline: Some(baseline),
