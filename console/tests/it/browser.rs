@@ -105,6 +105,7 @@ impl Browser {
 
     pub async fn click(&mut self, css: &str) {
         let t = Instant::now();
+        let page = self.client.find(Locator::Css("html")).await.expect("the page");
         self.client
             .find(Locator::Css(css))
             .await
@@ -112,15 +113,26 @@ impl Browser {
             .click()
             .await
             .expect("click");
-        // A form submission: wait for the new page.
-        self.client.wait().for_element(Locator::Css("nav")).await.expect("the next page");
+        self.next_page(page).await;
         self.timings.push((format!("click {css}"), t.elapsed().as_millis()));
     }
 
     pub async fn sign_in(&mut self, token: &str) {
+        let page = self.client.find(Locator::Css("html")).await.expect("the page");
         let form = self.client.form(Locator::Css("form[action='/login']")).await.expect("the login form");
         form.set_by_name("token", token).await.expect("token");
         form.submit().await.expect("submit");
+        self.next_page(page).await;
+    }
+
+    /// Waits until `page` (the old document's root) is gone and the new one has its navigation:
+    /// a form's response has loaded (the new page may be at the same URL).
+    async fn next_page(&self, page: fantoccini::elements::Element) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while page.tag_name().await.is_ok() {
+            assert!(Instant::now() < deadline, "the next page did not load within 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         self.client.wait().for_element(Locator::Css("nav")).await.expect("the next page");
     }
 
