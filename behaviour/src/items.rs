@@ -5,7 +5,11 @@
 //! `‖X − XB‖² + λ‖B‖²` with a zero diagonal: `P = (G + Λ)⁻¹`, `B = I − P·diag(1 / diag P)`, i.e.
 //! `B[i, j] = −P[i, j] / P[j, j]` off the diagonal. EDLAE (Steck, "Autoencoders that don't
 //! overfit towards the identity", NeurIPS 2020) is the same form with the dropout-emphasised
-//! regulariser `Λ = λI + p / (1 − p) · diag(G)`: `dropout = 0` is EASE.
+//! regulariser `Λ = λI + p / (1 − p) · diag(G)`: `dropout = 0` is EASE. RDLAE (Moon, Kim and
+//! Lee, "It's Enough: Relaxing Diagonal Constraints in Linear Autoencoders for Recommendation",
+//! SIGIR 2023) bounds the diagonal by `ξ` instead of fixing it at 0: `B = I − P·diag(m)` with
+//! `m_j = max(Λ_j, (1 − ξ) / P[j, j])`, so `relax = 0` is EASE / EDLAE (off the diagonal, up to a
+//! common factor) and a larger `ξ` gives the rarely watched columns relatively more weight.
 //!
 //! A user's score for movie `j` is `Σ_i w_i · B[i, j]` over the movies `i` they watched, so the
 //! model is served as sparse vectors: movie `j` holds `{i: B[i, j]}` and a history is the sparse
@@ -33,6 +37,10 @@ pub struct ItemParams {
     pub lambda: f64,
     /// EDLAE dropout probability `p` in `[0, 1)` (0: EASE).
     pub dropout: f64,
+    /// RDLAE's bound `ξ` on the diagonal, in `[0, 1)` (0: EASE / EDLAE). Left out of the
+    /// version's hash at 0, so the weights made before it keep their names.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub relax: f64,
     /// Movies in the model: the most watched first (memory 16 n² bytes, time ∝ n³).
     pub max_items: usize,
     /// Movies with fewer distinct users get no weights (they reach users through content).
@@ -43,11 +51,15 @@ pub struct ItemParams {
 
 impl Default for ItemParams {
     /// Chosen on the validation splits of the default dataset (temporal, random, held-out
-    /// users; EVALUATION.md): λ ∈ {150, 250, 400}, dropout ∈ {0, 0.2, 0.25, 0.33, 0.5},
-    /// top_k ∈ {200, 500, 1000, all}, min_users ∈ {1, 2}.
+    /// users; EVALUATION.md): λ ∈ {150, 250, 400}, dropout ∈ {0, 0.1, …, 0.33, 0.5},
+    /// relax ∈ {0, 0.1, 0.2, 0.3, 0.5, 0.7}, top_k ∈ {200, 500, 1000, all}, min_users ∈ {1, 2}.
     fn default() -> Self {
-        Self { lambda: 250.0, dropout: 0.0, max_items: 12_000, min_users: 1, top_k: 1_000 }
+        Self { lambda: 250.0, dropout: 0.0, relax: 0.0, max_items: 12_000, min_users: 1, top_k: 1_000 }
     }
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 impl ItemParams {
@@ -59,6 +71,9 @@ impl ItemParams {
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("item weights: dropout must be in [0, 1), got {}", self.dropout));
+        }
+        if !(0.0..1.0).contains(&self.relax) {
+            return bad(format!("item weights: relax must be in [0, 1), got {}", self.relax));
         }
         if self.max_items == 0 || self.top_k == 0 {
             return bad("item weights: max_items and top_k must be at least 1".into());
@@ -176,9 +191,11 @@ pub fn fit(
         }
     }
     let emphasis = params.dropout / (1.0 - params.dropout);
-    for k in 0..n {
+    let mut regulariser = vec![0.0; n];
+    for (k, r) in regulariser.iter_mut().enumerate() {
         let g = a[(k, k)];
         a[(k, k)] = g + params.lambda + emphasis * g;
+        *r = params.lambda + emphasis * g;
     }
 
     let par = Par::rayon(0);
@@ -202,10 +219,15 @@ pub fn fit(
     );
     drop(l_inv);
     let p = |r: usize, c: usize| if r >= c { a[(r, c)] } else { a[(c, r)] };
-    let diag: Vec<f64> = (0..n).map(|k| p(k, k)).collect();
+    // Column j's divisor: m_j = max(Λ_j, (1 − ξ) / P[j, j]) written as (1 − ξ) / d_j with
+    // d_j = min(P[j, j], (1 − ξ) / Λ_j); the common factor (1 − ξ) does not change a ranking, and
+    // ξ = 0 is EASE's P[j, j] itself.
+    let divisor: Vec<f64> = (0..n)
+        .map(|k| if params.relax == 0.0 { p(k, k) } else { p(k, k).min((1.0 - params.relax) / regulariser[k]) })
+        .collect();
     for r in 0..n {
         let mut row: Vec<(u32, f32)> =
-            (0..n).filter(|&c| c != r).map(|c| (model[c], (-p(r, c) / diag[c]) as f32)).collect();
+            (0..n).filter(|&c| c != r).map(|c| (model[c], (-p(r, c) / divisor[c]) as f32)).collect();
         if row.len() > params.top_k {
             row.select_nth_unstable_by(params.top_k - 1, |x, y| y.1.abs().total_cmp(&x.1.abs()).then(x.0.cmp(&y.0)));
             row.truncate(params.top_k);
@@ -273,5 +295,32 @@ mod tests {
         assert!(fit(4, 4, &data, &ItemParams { dropout: 1.0, ..ItemParams::default() }).is_err());
         assert!(fit(1, 1, &x(&[(0, 3)]), &ItemParams::default()).is_err(), "out of range");
         assert_ne!(ItemParams::default().version(), ItemParams { top_k: 100, ..ItemParams::default() }.version());
+    }
+
+    #[test]
+    fn a_relaxed_diagonal_lifts_the_rare_columns_and_zero_is_ease() {
+        // Item 0 is watched by everyone, item 2 by two users; both co-occur with item 1.
+        let data = x(&[(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 2), (3, 0), (3, 1), (3, 2), (4, 0)]);
+        let base = ItemParams { lambda: 2.0, min_users: 1, top_k: 10, ..ItemParams::default() };
+        let ease = fit(5, 3, &data, &base).expect("ease");
+        assert_eq!(ItemParams { relax: 0.0, ..base.clone() }.version(), base.version(), "0 keeps the name");
+        let relaxed = fit(5, 3, &data, &ItemParams { relax: 0.5, ..base.clone() }).expect("rdlae");
+        assert_ne!(ItemParams { relax: 0.5, ..base.clone() }.version(), base.version());
+        let w = |m: &ItemWeights, i: usize, j: u32| m.rows[i].iter().find(|e| e.0 == j).expect("weight").1;
+        // What item 1 says about the rare item 2, relative to what it says about the popular 0.
+        let ratio = |m: &ItemWeights| w(m, 1, 2) / w(m, 1, 0);
+        assert!(ratio(&relaxed) > ratio(&ease), "{} vs {}", ratio(&relaxed), ratio(&ease));
+        // Reference for the relaxed form: B = I − P·diag(max(Λ, (1 − ξ) / diag P)), up to (1 − ξ).
+        let g = faer::mat![[5.0 + 2.0, 3.0, 2.0], [3.0, 3.0 + 2.0, 1.0], [2.0, 1.0, 2.0 + 2.0]];
+        let p = faer::linalg::solvers::DenseSolveCore::inverse(&g.llt(faer::Side::Lower).expect("llt"));
+        for (i, row) in relaxed.rows.iter().enumerate() {
+            for &(j, b) in row {
+                let j = j as usize;
+                let m = f64::max(2.0, 0.5 / p[(j, j)]);
+                let expected = -p[(i, j)] * m / 0.5;
+                assert!((f64::from(b) - expected).abs() < 1e-5, "B[{i},{j}] = {b} vs {expected}");
+            }
+        }
+        assert!(fit(5, 3, &data, &ItemParams { relax: 1.0, ..base }).is_err());
     }
 }

@@ -21,7 +21,6 @@ pub mod charts;
 pub mod html;
 pub mod pages;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -154,9 +153,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let refresher = tokio::spawn(pages::reports::refresh_default(app.clone()));
-    let served = axum::serve(listener, router(app).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = axum::serve(listener, router(app)).with_graceful_shutdown(shutdown).await;
     refresher.abort();
     served
 }

@@ -135,7 +135,7 @@ pub async fn page(State(app): State<Arc<App>>, Path(user): Path<i64>) -> PageRes
                 tr id=(format!("now-{}", n.variant)) {
                     td { (n.variant) } td { code { (n.backend) } }
                     @match &n.answer {
-                        Ok((version, text)) => { td { code { (version) } } td { (text) } }
+                        Ok((version, text)) => { td { code { (version) } } td { (text.split(',').map(str::trim).collect::<Vec<_>>().join(", ")) } }
                         Err(why) => { td {} td.error { (why) } }
                     }
                 }

@@ -188,7 +188,7 @@ struct EvalArgs {
     /// Parameters of the behaviour vectors (JSON), for strategies that use them.
     #[arg(long, default_value = "{}")]
     behaviour: String,
-    /// Parameters of the item weights (JSON: lambda, dropout, max_items, min_users, top_k), for
+    /// Parameters of the item weights (JSON: lambda, dropout, relax, max_items, min_users, top_k), for
     /// strategies that use them.
     #[arg(long, default_value = "{}")]
     items: String,
