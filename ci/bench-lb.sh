@@ -7,6 +7,9 @@
 # Usage: ci/bench-lb.sh [users] [rate] [seconds] [rounds] [concurrency]
 # EXTRA_PEERS="NAME=URL …": more proxies in front of the same server, measured in the same run
 # (e.g. another build of the load balancer).
+# BARE_LOG=1: a second bare proxy (peer bare+pg, :8092) that also stores every answer as a row of
+# recommendations_history by COPY every 10 ms: the floor of any proxy that logs each response to
+# Postgres on these cores (its rows are deleted when it stops).
 # HOLD_SHIPPING=1: the response log's rows stay in the journal for the run (a session holds a
 # SHARE lock on recommendations_history, so the shipper's COPY waits) and are shipped after it:
 # the load balancer's throughput without Postgres storing 10-20k rows/s on the same two cores.
@@ -53,6 +56,14 @@ trap '"$NGINX" -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf" -s quit 2>/dev/null ||
 # bounds any proxy built on them.
 "$BIN/load-bench" proxy --listen 127.0.0.1:8091 --upstream http://127.0.0.1:8080 2>"$RUN/nginx/logs/bare.log" &
 BARE_PID=$!
+BARE_PG_PID=""
+if [ "${BARE_LOG:-0}" = 1 ]; then
+  eval "export $("$BIN/lazyrec-db" up)"
+  "$BIN/load-bench" proxy --listen 127.0.0.1:8092 --upstream http://127.0.0.1:8080 --history-url "$DATABASE_URL" \
+    2>"$RUN/nginx/logs/bare-pg.log" &
+  BARE_PG_PID=$!
+  EXTRA_PEERS="${EXTRA_PEERS:+$EXTRA_PEERS }bare+pg=http://127.0.0.1:8092"
+fi
 HOLD_PID=""
 # Ends the session holding the history table (from the server side: killing psql alone would
 # leave its backend asleep with the lock).
@@ -63,11 +74,18 @@ release_hold() {
 cleanup() {
   [ -n "$HOLD_PID" ] && release_hold
   kill $BARE_PID 2>/dev/null || true
+  if [ -n "$BARE_PG_PID" ]; then
+    kill "$BARE_PG_PID" 2>/dev/null || true
+    wait "$BARE_PG_PID" 2>/dev/null || true
+    cat "$RUN/nginx/logs/bare-pg.log"
+  fi
   "$NGINX" -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf" -s quit 2>/dev/null || true
   admin PUT /admin/share "{\"share\": $SHARE}" >/dev/null || true
 }
 trap cleanup EXIT
-for _ in $(seq 1 100); do curl -sf -o /dev/null http://127.0.0.1:8091/recommend/1 && break; sleep 0.1; done
+for port in 8091 ${BARE_PG_PID:+8092}; do
+  for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/recommend/1" && break; sleep 0.1; done
+done
 SHARE="$(lb_state share)"
 if [ "${HOLD_SHIPPING:-0}" = 1 ]; then
   eval "export $("$BIN/lazyrec-db" up)"

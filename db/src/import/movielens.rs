@@ -34,12 +34,19 @@ pub struct MovieLensPaths {
 }
 
 impl MovieLensPaths {
-    /// The copy shipped in the repository (`db/data`), where this crate was compiled: for tests
-    /// and tools run from the source tree. A command finds the data at run time with
+    /// The copy shipped in the repository (`db/data`), for tests and tools run from the source
+    /// tree: the `db/data` of the tree the current directory is in (a test runs in its crate's
+    /// directory), else the one this crate was compiled in. The tree comes first: a build cache
+    /// made in another checkout keeps that checkout's path. A command finds the data with
     /// [`MovieLensPaths::find_default`] instead (a binary can outlive or move away from the tree
     /// it was built in).
     pub fn bundled() -> Self {
-        Self::in_data_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("data"))
+        let here = std::env::current_dir().ok().and_then(|cwd| {
+            cwd.ancestors()
+                .map(|dir| dir.join("db/data"))
+                .find(|data| data.join("ml-latest-small/movies.csv").is_file())
+        });
+        Self::in_data_dir(&here.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("data")))
     }
 
     /// The default dataset's files under `data` (the layout of `db/data`).

@@ -126,6 +126,9 @@ enum Cmd {
     /// one thread, with the same hyper server and pooled client the load balancer uses and
     /// nothing else (no routing, answer check, metrics or log). ci/bench-lb.sh measures it
     /// beside the load balancer and nginx: the floor of a proxy built on these crates.
+    /// With --history-url, it also stores every answer as a row of `recommendations_history`
+    /// (COPY every 10 ms; rows `bare-…`, deleted when it stops): the floor of a proxy that logs
+    /// every response to Postgres on the same machine.
     Proxy {
         /// Where to listen.
         #[arg(long, default_value = "127.0.0.1:8091")]
@@ -133,6 +136,9 @@ enum Cmd {
         /// The server's base URL.
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         upstream: String,
+        /// Postgres to store a history row per answer in (none: no log).
+        #[arg(long)]
+        history_url: Option<String>,
     },
     /// Step the rate up until p99 exceeds the target.
     Capacity {
@@ -582,7 +588,106 @@ async fn vectors(from: &std::path::Path, to: &std::path::Path, movies: usize) ->
     Ok(())
 }
 
-async fn proxy(listen: std::net::SocketAddr, upstream: String) -> Result<()> {
+/// The bare proxy's response log: rows in COPY text form, sent every 10 ms.
+struct BareLog {
+    rows: std::sync::Mutex<Vec<u8>>,
+    next: std::sync::atomic::AtomicU64,
+    upstream: String,
+}
+
+impl BareLog {
+    /// One answered request as a row with the load balancer's columns and the same kinds of
+    /// values (provenance from the answer's headers, the movie ids, the inputs object).
+    fn record(&self, user: &str, h: &hyper::HeaderMap, status: u16, body: &[u8], latency: Duration) {
+        use db::copy;
+        use proto::contract::headers;
+        let header = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let line = std::str::from_utf8(body).unwrap_or("").trim();
+        let inputs = serde_json::json!({
+            "protocol": "http",
+            "limit": 20,
+            "kind": header(headers::KIND),
+            "data_versions": header(headers::DATA_VERSIONS).and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok()),
+        });
+        let mut out = self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        copy::text(&mut out, &format!("bare-{n}"));
+        copy::tab(&mut out);
+        copy::timestamp(&mut out, sqlx::types::chrono::Utc::now());
+        copy::tab(&mut out);
+        match user.parse::<i64>() {
+            Ok(u) => copy::int(&mut out, u),
+            Err(_) => copy::null(&mut out),
+        }
+        for v in [None, None, Some("main"), Some(self.upstream.as_str())] {
+            copy::tab(&mut out);
+            match v {
+                Some(v) => copy::text(&mut out, v),
+                None => copy::null(&mut out),
+            }
+        }
+        copy::tab(&mut out);
+        copy::null(&mut out); // release_id
+        copy::tab(&mut out);
+        match header(headers::MODEL_VERSION) {
+            Some(v) => copy::text(&mut out, v),
+            None => copy::null(&mut out),
+        }
+        copy::tab(&mut out);
+        match header(headers::DATA_WATERMARK).and_then(|v| v.parse::<i64>().ok()) {
+            Some(v) => copy::int(&mut out, v),
+            None => copy::null(&mut out),
+        }
+        copy::tab(&mut out);
+        copy::int(&mut out, status);
+        copy::tab(&mut out);
+        copy::int(&mut out, latency.as_micros() as i64);
+        copy::tab(&mut out);
+        copy::text_array(&mut out, line.split(',').filter(|m| !m.is_empty()));
+        copy::tab(&mut out);
+        out.push(if header(headers::DEGRADED).is_some() { b't' } else { b'f' });
+        copy::tab(&mut out);
+        copy::null(&mut out); // error
+        copy::tab(&mut out);
+        copy::text(&mut out, &inputs.to_string());
+        copy::end_row(&mut out);
+    }
+
+    /// Sends what was recorded every 10 ms until the process stops; then deletes its rows.
+    async fn ship(self: Arc<Self>, pool: sqlx::PgPool) {
+        const COLUMNS: &str = "request_id, ts, user_id, experiment, assigned_variant, served_variant, backend, \
+            release_id, model_version, data_watermark, status, latency_us, movie_ids, degraded, error, inputs";
+        let mut stop = std::pin::pin!(lifecycle::shutdown_signal());
+        loop {
+            let stopping = tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(10)) => false,
+                () = &mut stop => true,
+            };
+            let batch = std::mem::take(&mut *self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+            if !batch.is_empty() {
+                let sent = async {
+                    let mut conn = pool.acquire().await?;
+                    let mut copy =
+                        conn.copy_in_raw(&format!("COPY recommendations_history ({COLUMNS}) FROM STDIN")).await?;
+                    copy.send(batch).await?;
+                    copy.finish().await
+                };
+                if let Err(e) = sent.await {
+                    eprintln!("load-bench proxy: history COPY failed: {e}");
+                }
+            }
+            if stopping {
+                break;
+            }
+        }
+        match sqlx::query("DELETE FROM recommendations_history WHERE request_id LIKE 'bare-%'").execute(&pool).await {
+            Ok(done) => eprintln!("load-bench proxy: {} history rows of its own deleted", done.rows_affected()),
+            Err(e) => eprintln!("load-bench proxy: deleting its history rows failed: {e}"),
+        }
+    }
+}
+
+async fn proxy(listen: std::net::SocketAddr, upstream: String, history_url: Option<String>) -> Result<()> {
     use axum::extract::Path;
     use axum::http::StatusCode;
     let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
@@ -591,11 +696,32 @@ async fn proxy(listen: std::net::SocketAddr, upstream: String) -> Result<()> {
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_max_idle_per_host(256)
             .build(connector);
-    eprintln!("load-bench proxy: http://{listen} -> {upstream}");
+    let log = match history_url {
+        Some(url) => {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(2)
+                .connect(&url)
+                .await
+                .context("connecting to the history database")?;
+            let log = Arc::new(BareLog {
+                rows: std::sync::Mutex::new(Vec::new()),
+                next: std::sync::atomic::AtomicU64::new(0),
+                upstream: upstream.clone(),
+            });
+            Some((log.clone(), tokio::spawn(log.ship(pool))))
+        }
+        None => None,
+    };
+    let (log, shipper) = log.unzip();
+    eprintln!(
+        "load-bench proxy: http://{listen} -> {upstream}{}",
+        if log.is_some() { " (every answer stored in recommendations_history)" } else { "" }
+    );
     let upstream = Arc::new(upstream);
     let forward = move |Path(user): Path<String>| {
-        let (client, upstream) = (client.clone(), upstream.clone());
+        let (client, upstream, log) = (client.clone(), upstream.clone(), log.clone());
         async move {
+            let started = Instant::now();
             let uri: hyper::Uri = match format!("{upstream}/recommend/{user}").parse() {
                 Ok(uri) => uri,
                 Err(e) => return (StatusCode::BAD_REQUEST, Bytes::from(e.to_string())),
@@ -604,7 +730,13 @@ async fn proxy(listen: std::net::SocketAddr, upstream: String) -> Result<()> {
                 Ok(response) => {
                     let (parts, body) = response.into_parts();
                     match body.collect().await {
-                        Ok(body) => (parts.status, body.to_bytes()),
+                        Ok(body) => {
+                            let body = body.to_bytes();
+                            if let Some(log) = &log {
+                                log.record(&user, &parts.headers, parts.status.as_u16(), &body, started.elapsed());
+                            }
+                            (parts.status, body)
+                        }
                         Err(e) => (StatusCode::BAD_GATEWAY, Bytes::from(e.to_string())),
                     }
                 }
@@ -618,6 +750,9 @@ async fn proxy(listen: std::net::SocketAddr, upstream: String) -> Result<()> {
         let _ignored = tcp.set_nodelay(true);
     });
     axum::serve(listener, app).with_graceful_shutdown(lifecycle::shutdown_signal()).await?;
+    if let Some(shipper) = shipper {
+        shipper.await?;
+    }
     Ok(())
 }
 
@@ -628,7 +763,7 @@ fn main() -> Result<()> {
     rt.block_on(async {
         match args.command {
             Cmd::Vectors { from, to, movies } => vectors(&from, &to, movies).await,
-            Cmd::Proxy { listen, upstream } => proxy(listen, upstream).await,
+            Cmd::Proxy { listen, upstream, history_url } => proxy(listen, upstream, history_url).await,
             Cmd::Run { load, rate } => {
                 if load.warmup > 0 {
                     run_rate(&load, rate, load.warmup, 1).await?;

@@ -20,7 +20,11 @@ use crate::helpers::get;
 use testkit::closed_loop::ClosedLoop;
 
 fn monitoring_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../monitoring")
+    // At run time (cargo sets it for tests): a build cache made in another checkout keeps that
+    // checkout's path in `env!`.
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("../monitoring")
 }
 
 fn free_addr() -> String {
