@@ -611,7 +611,8 @@ impl BareLog {
             "data_versions": header(headers::DATA_VERSIONS).and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok()),
         });
         let mut out = self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        copy::text(&mut out, &format!("bare-{n}"));
+        // The process id keeps ids apart from rows a killed earlier run could not delete.
+        copy::text(&mut out, &format!("bare-{}-{n}", std::process::id()));
         copy::tab(&mut out);
         copy::timestamp(&mut out, sqlx::types::chrono::Utc::now());
         copy::tab(&mut out);
