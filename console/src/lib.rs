@@ -75,6 +75,9 @@ pub enum PageError {
     /// Postgres failed.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    /// Postgres failed computing a report that several page loads were waiting for.
+    #[error("database: {0}")]
+    SharedDb(#[from] Arc<sqlx::Error>),
     /// Nothing by that name or id.
     #[error("{0}")]
     NotFound(String),
@@ -98,7 +101,9 @@ impl IntoResponse for PageError {
             PageError::Control(release::controller::ControlError::Store(
                 release::store::StoreError::Transition { .. } | release::store::StoreError::StepOpen { .. },
             )) => StatusCode::CONFLICT,
-            PageError::Db(_) | PageError::Control(_) | PageError::Other(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            PageError::Db(_) | PageError::SharedDb(_) | PageError::Control(_) | PageError::Other(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         if status.is_server_error() {
             tracing::error!(error = %self, "page failed");

@@ -77,14 +77,8 @@ pub async fn page(State(app): State<Arc<App>>, Query(q): Query<Asked>) -> PageRe
     if !(1..=MAX_HOURS).contains(&hours) {
         return Err(PageError::BadRequest(format!("hours must be 1..={MAX_HOURS}, got {hours}")));
     }
-    let computed = match app.reports.get(&hours).await {
-        Some(c) => c,
-        None => {
-            let c = Arc::new(compute(&app.pool, hours).await?);
-            app.reports.insert(hours, c.clone()).await;
-            c
-        }
-    };
+    // Loads of the same range while it is being computed wait for that one computation.
+    let computed = app.reports.try_get_with(hours, async { compute(&app.pool, hours).await.map(Arc::new) }).await?;
     let r = &computed.report;
     let e = &r.exposure;
     let pc = |v: &[(f64, f64)]| v.iter().map(|(x, y)| (100.0 * x, 100.0 * y)).collect::<Vec<_>>();
